@@ -1,0 +1,94 @@
+"""Checkpoint a running process tree into an images directory with CRIU."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import process
+from .criu import find_criu, log_excerpt, require_supported, rpc_client
+from .errors import CheckpointError
+
+DUMP_LOG = "dump.log"
+
+
+@dataclass(frozen=True)
+class DumpResult:
+    """What a successful dump recorded about the process tree."""
+
+    pid: int
+    rss_bytes: int
+    duration_s: float
+    criu_version: str
+    pipes: dict[str, str] = field(default_factory=dict)
+
+
+def pipe_keys(pid: int, pipes: Mapping[str, int]) -> dict[str, str]:
+    """Map names of the root's pipe fds to CRIU's keys for them (``pipe:[INODE]``)."""
+    keys: dict[str, str] = {}
+    for name, fd in pipes.items():
+        try:
+            target = process.fd_target(pid, fd)
+        except OSError as error:
+            raise CheckpointError(f"process {pid} has no fd {fd} ({name!r}): {error}") from error
+        if not target.startswith("pipe:["):
+            raise CheckpointError(
+                f"fd {fd} ({name!r}) of process {pid} is {target}, not a pipe: only pipes can "
+                "be replaced at restore"
+            )
+        keys[name] = target
+    return keys
+
+
+def checkpoint(
+    pid: int,
+    images_dir: Path,
+    work_dir: Path,
+    *,
+    pipes: Mapping[str, int] | None = None,
+    leave_running: bool = True,
+    criu_binary: str | None = None,
+) -> DumpResult:
+    """Dump the process tree rooted at `pid` into `images_dir` (which must be empty)."""
+    binary = find_criu(criu_binary)
+    version = require_supported(binary)
+    if not process.is_alive(pid):
+        raise CheckpointError(f"process {pid} does not exist")
+    if os.getsid(pid) != pid:
+        raise CheckpointError(
+            f"process {pid} is not a session leader: CRIU can only dump a tree whose root "
+            "started its own session (start it with setsid / start_new_session=True)"
+        )
+    keys = pipe_keys(pid, pipes or {})
+    rss = process.tree_rss_bytes(pid)
+    images_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    client = rpc_client(binary)
+    client.opts.pid = pid
+    client.opts.images_dir = str(images_dir)
+    client.opts.leave_running = leave_running
+    client.opts.log_file = DUMP_LOG
+    work_fd = os.open(work_dir, os.O_DIRECTORY)
+    try:
+        client.opts.work_dir_fd = work_fd
+        started = time.perf_counter()
+        try:
+            client.dump()
+        except Exception as error:
+            raise CheckpointError(
+                f"CRIU refused to dump process {pid}: {error}", log_excerpt(work_dir / DUMP_LOG)
+            ) from error
+        duration = time.perf_counter() - started
+    finally:
+        os.close(work_fd)
+    return DumpResult(
+        pid=pid,
+        rss_bytes=rss,
+        duration_s=duration,
+        criu_version=".".join(map(str, version)),
+        pipes=keys,
+    )

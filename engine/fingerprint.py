@@ -1,0 +1,70 @@
+"""Fingerprints of the Python environment and the hardware a snapshot was taken on."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import sys
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+
+from .gpu import inventory
+
+
+def digest(data: object) -> str:
+    """Return a stable sha256 of JSON-serialisable data."""
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def distributions_digest() -> str:
+    """Hash the names and versions of every installed distribution."""
+    installed = sorted(
+        {f"{dist.metadata['Name']}=={dist.version}".lower() for dist in metadata.distributions()}
+    )
+    return digest(installed)
+
+
+def environment_fingerprint() -> dict[str, str]:
+    """Describe the Python environment: interpreter and installed distributions."""
+    return {
+        "python_executable": sys.executable,
+        "python_version": platform.python_version(),
+        "implementation": sys.implementation.name,
+        "distributions_sha256": distributions_digest(),
+    }
+
+
+def _cpuinfo() -> dict[str, str]:
+    fields: dict[str, str] = {}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return fields
+    for line in text.split("\n\n")[0].splitlines():
+        name, _, value = line.partition(":")
+        fields[name.strip()] = value.strip()
+    return fields
+
+
+@lru_cache(maxsize=1)
+def hardware_fingerprint() -> dict[str, object]:
+    """Describe the hardware and kernel: CPU model and flags, kernel release, NVIDIA GPUs."""
+    cpu = _cpuinfo()
+    flags = sorted((cpu.get("flags") or cpu.get("Features") or "").split())
+    return {
+        "arch": platform.machine(),
+        "cpu_model": cpu.get("model name") or cpu.get("CPU part") or platform.processor(),
+        "cpu_flags_sha256": digest(flags),
+        "kernel_release": platform.release(),
+        "nvidia": inventory().to_fingerprint(),
+    }
+
+
+def differences(recorded: dict[str, object], current: dict[str, object]) -> list[str]:
+    """Name the fields that differ between a recorded and the current fingerprint."""
+    return sorted(
+        name for name in recorded.keys() | current.keys() if recorded.get(name) != current.get(name)
+    )

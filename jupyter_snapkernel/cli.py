@@ -1,0 +1,137 @@
+"""`jupyter snapkernel`: check the machine and manage snapshots from a terminal."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from engine import SnapshotError, SnapshotStore
+from engine.diagnostics import cpu_snapshots_work, run_checks
+
+from .paths import default_store_root
+
+STATUS_MARKS = {"ok": "✓", "warn": "!", "fail": "✗", "absent": "-"}
+
+
+def _human_size(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"
+
+
+def doctor(args: argparse.Namespace) -> int:
+    """Report what snapshots need here; exit 0 when CPU snapshots can work."""
+    checks = run_checks(args.store, args.criu)
+    works = cpu_snapshots_work(checks)
+    if args.json:
+        print(json.dumps({"cpu_snapshots": works, "checks": [check.to_dict() for check in checks]}, indent=2))
+    else:
+        for check in checks:
+            print(f"{STATUS_MARKS[check.status]} {check.name:<12} {check.detail}")
+            if check.fix and check.status in ("fail", "warn"):
+                print(f"  {'':<12} fix: {check.fix}")
+        print("CPU snapshots: " + ("ready" if works else "NOT available (see the failures above)"))
+    return 0 if works else 1
+
+
+def list_snapshots(args: argparse.Namespace) -> int:
+    """List the store's snapshots."""
+    store = SnapshotStore(args.store)
+    manifests = store.list()
+    if args.json:
+        rows = [
+            {
+                "id": manifest.id,
+                "setup_hash": manifest.key,
+                "hardware": manifest.hardware,
+                "size_bytes": manifest.size_bytes,
+                "created": manifest.created,
+                "labels": manifest.labels,
+                "stale": store.mismatches(manifest),
+            }
+            for manifest in manifests
+        ]
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not manifests:
+        print(f"no snapshots in {store.root}")
+        return 0
+    print(f"{'ID':<14}{'CREATED':<27}{'SIZE':>10}  {'KEY':<18}STATE")
+    for manifest in manifests:
+        state = "; ".join(store.mismatches(manifest)) or "ready"
+        print(
+            f"{manifest.id:<14}{manifest.created:<27}{_human_size(manifest.size_bytes):>10}  "
+            f"{manifest.key[:16]:<18}{state}"
+        )
+    return 0
+
+
+def remove(args: argparse.Namespace) -> int:
+    """Delete snapshots by id."""
+    store = SnapshotStore(args.store)
+    for snapshot_id in args.ids:
+        store.delete(snapshot_id)
+        print(f"deleted {snapshot_id}")
+    return 0
+
+
+def collect(args: argparse.Namespace) -> int:
+    """Delete old snapshots and keep the store under its quota."""
+    store = SnapshotStore(args.store)
+    max_age = args.max_age_days * 86400 if args.max_age_days is not None else None
+    deleted = store.gc(max_age_s=max_age, quota_bytes=args.quota_bytes)
+    print(f"deleted {len(deleted)} snapshot(s){': ' + ' '.join(deleted) if deleted else ''}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of `jupyter snapkernel`."""
+    parser = argparse.ArgumentParser(prog="jupyter snapkernel", description=__doc__)
+    parser.add_argument(
+        "--store",
+        type=Path,
+        default=None,
+        help="snapshot store root (default: $SNAPKERNEL_STORE or $JUPYTER_DATA_DIR/snapkernel)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    doctor_parser = commands.add_parser("doctor", help="check CRIU, privileges, namespaces, store and GPU")
+    doctor_parser.add_argument("--json", action="store_true", help="print the checks as JSON")
+    doctor_parser.add_argument("--criu", default=None, help="CRIU binary to check")
+    doctor_parser.set_defaults(handler=doctor)
+
+    list_parser = commands.add_parser("list", help="list snapshots")
+    list_parser.add_argument("--json", action="store_true", help="print JSON")
+    list_parser.set_defaults(handler=list_snapshots)
+
+    rm_parser = commands.add_parser("rm", help="delete snapshots")
+    rm_parser.add_argument("ids", nargs="+", metavar="ID")
+    rm_parser.set_defaults(handler=remove)
+
+    gc_parser = commands.add_parser("gc", help="delete old snapshots and enforce a size quota")
+    gc_parser.add_argument(
+        "--max-age-days", type=float, default=None, help="delete snapshots unused for this long"
+    )
+    gc_parser.add_argument("--quota-bytes", type=int, default=None, help="keep the store at most this large")
+    gc_parser.set_defaults(handler=collect)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `jupyter snapkernel`."""
+    args = build_parser().parse_args(argv)
+    args.store = args.store or default_store_root()
+    try:
+        return args.handler(args)
+    except SnapshotError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

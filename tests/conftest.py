@@ -1,0 +1,15 @@
+"""Shared fixtures: a private snapshot store per test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine import SnapshotStore
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SnapshotStore:
+    """An empty snapshot store in the test's temporary directory."""
+    return SnapshotStore(tmp_path / "store")

@@ -1,0 +1,154 @@
+"""Checkpoint a real process tree with CRIU and restore it, several times at once."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from engine import CheckpointError, SnapshotStore, process
+
+from .conftest import Conversation, Workload, pipes_for_restore
+
+KEY = "test-key"
+PIPES = {"stdin": 0, "stdout": 1}
+
+
+def image_hashes(store: SnapshotStore, snapshot_id: str) -> dict[str, str]:
+    images = store.snapshots_dir / snapshot_id / "images"
+    return {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(images.iterdir())}
+
+
+def restore_with_pipes(store: SnapshotStore, snapshot_id: str) -> Conversation:
+    handed, to_tree, from_tree, to_close = pipes_for_restore()
+    try:
+        tree = store.restore(snapshot_id, key=KEY, pipes=handed)
+    finally:
+        for fd in to_close:
+            os.close(fd)
+    return Conversation(tree, to_tree, from_tree)
+
+
+def namespace_members_gone(tree_pids: list[int]) -> bool:
+    return not any(process.is_alive(pid) or Path(f"/proc/{pid}").exists() for pid in tree_pids)
+
+
+def test_four_concurrent_restores_have_intact_data_threads_and_children(
+    store: SnapshotStore, workload: Workload
+) -> None:
+    manifest = store.checkpoint(workload.pid, KEY, pipes=PIPES)
+    assert manifest.rss_bytes >= 100 * 2**20
+    assert workload.process.poll() is None, "the original keeps running after the dump"
+    before = image_hashes(store, manifest.id)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        conversations = list(pool.map(lambda _: restore_with_pipes(store, manifest.id), range(4)))
+    try:
+        reports = [conversation.ask("report") for conversation in conversations]
+        for report in reports:
+            assert report["checksum"] == workload.checksum
+            assert report["thread_alive"] is True
+            assert report["child_alive"] is True
+            assert report["pid"] == manifest.pid == report["proc_self"]
+        host_pids = {conversation.tree.pid for conversation in conversations}
+        assert len(host_pids) == 4
+        assert workload.pid not in host_pids
+        for conversation in conversations:
+            assert len(conversation.tree.members()) == 2, "root and its child"
+    finally:
+        for conversation in conversations:
+            conversation.tree.kill()
+    assert image_hashes(store, manifest.id) == before
+
+
+def test_kill_leaves_no_process_or_zombie(store: SnapshotStore, workload: Workload) -> None:
+    manifest = store.checkpoint(workload.pid, KEY, pipes=PIPES)
+    conversation = restore_with_pipes(store, manifest.id)
+    assert conversation.ask("report")["child_alive"] is True
+    members = conversation.tree.members()
+    everyone = [conversation.tree.init_pid, *members]
+    assert len(members) == 2
+
+    conversation.tree.kill()
+
+    assert conversation.tree.returncode == -9
+    assert namespace_members_gone(everyone)
+    children_left = process.children(os.getpid())
+    assert not any(pid in everyone for pid in children_left)
+
+
+def test_restored_tree_ends_when_root_exits(store: SnapshotStore, workload: Workload) -> None:
+    manifest = store.checkpoint(workload.pid, KEY, pipes=PIPES)
+    conversation = restore_with_pipes(store, manifest.id)
+    everyone = [conversation.tree.init_pid, *conversation.tree.members()]
+    conversation.to_tree.write("exit\n")
+    conversation.to_tree.flush()
+    assert conversation.tree.wait(timeout=30) == 0
+    assert namespace_members_gone(everyone)
+
+
+def test_send_signal_reaches_every_member(store: SnapshotStore, workload: Workload) -> None:
+    manifest = store.checkpoint(workload.pid, KEY, pipes=PIPES)
+    conversation = restore_with_pipes(store, manifest.id)
+    members = conversation.tree.members()
+    conversation.tree.terminate()
+    assert conversation.tree.wait(timeout=30) == 128 + 15
+    assert namespace_members_gone(members)
+
+
+def test_dump_refused_for_established_tcp_connection(store: SnapshotStore) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    client = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import socket, sys; s = socket.create_connection(('127.0.0.1', {port})); "
+            "print('connected', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _accepted, _ = listener.accept()
+        assert client.stdout.readline().strip() == "connected"
+        with pytest.raises(CheckpointError) as caught:
+            store.checkpoint(client.pid, KEY)
+        message = str(caught.value)
+        assert f"CRIU refused to dump process {client.pid}" in message
+        assert "TCP" in message, message
+        assert store.list() == []
+        assert list(store.staging_dir.iterdir()) == []
+        assert client.poll() is None, "the process keeps running"
+    finally:
+        client.kill()
+        client.wait()
+        listener.close()
+
+
+def test_dump_refuses_a_process_that_is_not_a_session_leader(store: SnapshotStore) -> None:
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        with pytest.raises(CheckpointError, match="not a session leader"):
+            store.checkpoint(sleeper.pid, KEY)
+        assert store.list() == []
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_dump_without_leave_running_stops_the_original(store: SnapshotStore, workload: Workload) -> None:
+    store.checkpoint(workload.pid, KEY, pipes=PIPES, leave_running=False)
+    deadline = time.monotonic() + 10
+    while workload.process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert workload.process.poll() is not None

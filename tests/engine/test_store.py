@@ -1,0 +1,95 @@
+"""The snapshot store: atomic publishing, permissions, lookup, deletion and garbage collection."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+
+import pytest
+
+from engine import SnapshotBusy, SnapshotNotFound, SnapshotStore, StoreError
+from engine.fingerprint import environment_fingerprint, hardware_fingerprint
+
+from .conftest import Workload
+
+KEY = "store-key"
+
+
+def test_published_snapshot_layout_and_permissions(store: SnapshotStore, workload: Workload) -> None:
+    manifest = store.checkpoint(workload.pid, KEY, labels={"notebook": "a.ipynb"})
+    directory = store.snapshots_dir / manifest.id
+    assert json.loads((directory / "manifest.json").read_text())["id"] == manifest.id
+    for path in [store.root, *store.root.rglob("*")]:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert path.stat().st_uid == os.geteuid()
+        assert mode == (0o700 if path.is_dir() else 0o600), f"{path} has mode {mode:o}"
+    assert list(store.staging_dir.iterdir()) == []
+    assert manifest.size_bytes == sum(record.size for record in manifest.files.values())
+    assert manifest.size_bytes == sum(path.stat().st_size for path in (directory / "images").iterdir())
+    assert manifest.labels == {"notebook": "a.ipynb"}
+    assert manifest.versions["criu"].startswith("4.")
+    assert manifest.environment == environment_fingerprint()
+    assert manifest.hardware == hardware_fingerprint()
+    assert {"arch", "cpu_model", "cpu_flags_sha256", "kernel_release", "nvidia"} <= manifest.hardware.keys()
+
+
+def test_lookup_by_key_environment_and_hardware(store: SnapshotStore, workload: Workload) -> None:
+    older = store.checkpoint(workload.pid, KEY)
+    newer = store.checkpoint(workload.pid, KEY)
+    store.checkpoint(workload.pid, "other-key")
+    assert store.find(KEY) == newer
+    assert store.find("missing-key") is None
+
+    path = store.snapshots_dir / newer.id / "manifest.json"
+    data = json.loads(path.read_text())
+    data["hardware"]["cpu_model"] = "Some Other CPU"
+    path.write_text(json.dumps(data))
+    usable, stale = store.lookup(KEY)
+    assert usable == older
+    assert [mismatch.manifest.id for mismatch in stale] == [newer.id]
+    assert stale[0].reasons == ["hardware changed (cpu_model)"]
+
+    data["environment"]["distributions_sha256"] = "0" * 64
+    path.write_text(json.dumps(data))
+    assert "Python environment changed (distributions_sha256)" in store.mismatches(store.get(newer.id))
+
+
+def test_delete_and_busy_snapshot(store: SnapshotStore, workload: Workload) -> None:
+    manifest = store.checkpoint(workload.pid, KEY)
+    with store._locked(manifest.id, exclusive=False), pytest.raises(SnapshotBusy):
+        store.delete(manifest.id)
+    store.delete(manifest.id)
+    assert store.list() == []
+    with pytest.raises(SnapshotNotFound):
+        store.delete(manifest.id)
+    with pytest.raises(SnapshotNotFound):
+        store.get("../escape")
+
+
+def test_gc_by_age_and_quota_spares_busy_snapshots(store: SnapshotStore, workload: Workload) -> None:
+    first, second, third = (store.checkpoint(workload.pid, KEY) for _ in range(3))
+    long_ago = time.time() - 10 * 86400
+    os.utime(store.snapshots_dir / first.id / ".lock", (long_ago, long_ago))
+    assert store.gc(max_age_s=86400) == [first.id]
+
+    with store._locked(second.id, exclusive=False):
+        # Over quota by both; the least recently used one is being restored and survives.
+        assert store.gc(quota_bytes=third.size_bytes) == [third.id]
+    assert [manifest.id for manifest in store.list()] == [second.id]
+    assert store.gc(quota_bytes=0) == [second.id]
+
+
+def test_store_owned_by_another_user_is_refused(store: SnapshotStore) -> None:
+    store.root.mkdir(mode=0o700)
+    os.chown(store.root, 12345, 12345)
+    with pytest.raises(StoreError, match="belongs to uid 12345"):
+        store.ensure_layout()
+
+
+def test_loose_permissions_are_tightened(store: SnapshotStore) -> None:
+    store.root.mkdir(mode=0o777)
+    os.chmod(store.root, 0o777)
+    store.ensure_layout()
+    assert stat.S_IMODE(store.root.stat().st_mode) == 0o700
