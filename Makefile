@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: setup run test lint format bench clean
+.PHONY: setup run demo test lint format bench clean
 
 setup: $(INSTALLED)
 	@bash scripts/install-criu.sh
@@ -12,10 +12,15 @@ setup: $(INSTALLED)
 $(INSTALLED): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip setuptools wheel
-	@$(PY) -m pip install -q -e ".[test]"
+	@$(PY) -m pip install -q -e ".[test,examples]"
 	@touch $@
 
+# JupyterLab on localhost with the snapkernel kernel and the example notebooks.
 run: setup
+	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --no-browser --ServerApp.root_dir=examples \
+		$(if $(filter 0,$(shell id -u)),--allow-root)
+
+demo: setup
 	$(PY) examples/engine_demo.py
 
 test: setup lint
@@ -31,6 +36,8 @@ format: $(INSTALLED)
 
 bench: setup
 	$(PY) benchmarks/engine_bench.py
+	$(VENV)/bin/jupyter snapkernel build --quiet examples/torch_setup.ipynb
+	$(VENV)/bin/jupyter snapkernel bench examples/torch_setup.ipynb --runs 5
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache

@@ -36,8 +36,7 @@ def pipe_keys(pid: int, pipes: Mapping[str, int]) -> dict[str, str]:
             raise CheckpointError(f"process {pid} has no fd {fd} ({name!r}): {error}") from error
         if not target.startswith("pipe:["):
             raise CheckpointError(
-                f"fd {fd} ({name!r}) of process {pid} is {target}, not a pipe: only pipes can "
-                "be replaced at restore"
+                f"fd {fd} ({name!r}) of process {pid} is {target}, not a pipe: only pipes can be replaced at restore"
             )
         keys[name] = target
     return keys

@@ -41,9 +41,7 @@ def find_criu(explicit: str | os.PathLike[str] | None = None) -> str:
 def criu_version(binary: str) -> tuple[int, ...]:
     """Return the version of a CRIU binary as a tuple of integers."""
     try:
-        output = subprocess.run(
-            [binary, "--version"], capture_output=True, text=True, timeout=30, check=False
-        ).stdout
+        output = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30, check=False).stdout
     except OSError as error:
         raise CriuUnavailable(f"cannot run {binary}: {error}") from error
     match = re.search(r"Version:\s*([\d.]+)", output)

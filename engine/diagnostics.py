@@ -47,9 +47,7 @@ def check_criu_binary(explicit: str | None) -> Check:
         return Check("criu", "fail", str(error), "run `make setup` or set $SNAPKERNEL_CRIU")
     text = ".".join(map(str, version))
     if version < MINIMUM_VERSION:
-        return Check(
-            "criu", "fail", f"{binary} is CRIU {text}, older than 4.0", "run `make setup` to build CRIU 4.x"
-        )
+        return Check("criu", "fail", f"{binary} is CRIU {text}, older than 4.0", "run `make setup` to build CRIU 4.x")
     return Check("criu", "ok", f"{binary} (CRIU {text})")
 
 
@@ -80,9 +78,7 @@ def check_pycriu(explicit: str | None) -> Check:
     except SnapshotError as error:
         return Check("pycriu", "fail", str(error), "run `make setup`")
     except Exception as error:  # pycriu raises plain exceptions for RPC failures
-        return Check(
-            "pycriu", "fail", f"criu swrk did not answer: {error}", "run as root; check `criu check`"
-        )
+        return Check("pycriu", "fail", f"criu swrk did not answer: {error}", "run as root; check `criu check`")
     return Check("pycriu", "ok", "pycriu talks to criu swrk")
 
 

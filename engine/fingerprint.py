@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import sys
+from collections.abc import Mapping
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
@@ -21,20 +23,31 @@ def digest(data: object) -> str:
 
 def distributions_digest() -> str:
     """Hash the names and versions of every installed distribution."""
-    installed = sorted(
-        {f"{dist.metadata['Name']}=={dist.version}".lower() for dist in metadata.distributions()}
-    )
+    installed = sorted({f"{dist.metadata['Name']}=={dist.version}".lower() for dist in metadata.distributions()})
     return digest(installed)
 
 
-def environment_fingerprint() -> dict[str, str]:
-    """Describe the Python environment: interpreter and installed distributions."""
+def environment_fingerprint(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Describe the Python environment: interpreter, installed distributions, and `extra` facts."""
     return {
-        "python_executable": sys.executable,
+        "python": os.path.realpath(sys.executable),
+        "prefix": sys.prefix,
         "python_version": platform.python_version(),
         "implementation": sys.implementation.name,
         "distributions_sha256": distributions_digest(),
+        **(extra or {}),
     }
+
+
+def source_digest(*packages: str) -> str:
+    """Hash the Python sources of imported packages (code a snapshot holds in memory)."""
+    digest = hashlib.sha256()
+    for name in packages:
+        root = Path(sys.modules[name].__file__ or "").parent
+        for path in sorted(root.rglob("*.py")):
+            digest.update(str(path.relative_to(root)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def _cpuinfo() -> dict[str, str]:
@@ -65,6 +78,4 @@ def hardware_fingerprint() -> dict[str, object]:
 
 def differences(recorded: dict[str, object], current: dict[str, object]) -> list[str]:
     """Name the fields that differ between a recorded and the current fingerprint."""
-    return sorted(
-        name for name in recorded.keys() | current.keys() if recorded.get(name) != current.get(name)
-    )
+    return sorted(name for name in recorded.keys() | current.keys() if recorded.get(name) != current.get(name))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import select
@@ -10,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,12 +27,24 @@ DEFAULT_TIMEOUT_S = 120.0
 class RestoredTree:
     """Handle to a restored process tree living in its own PID namespace."""
 
-    def __init__(self, launcher: subprocess.Popen[bytes], init_pid: int, pid: int, ns_pid: int) -> None:
+    def __init__(
+        self,
+        launcher: subprocess.Popen[bytes],
+        init_pid: int,
+        pid: int,
+        ns_pid: int,
+        pages_loaded: threading.Event | None = None,
+    ) -> None:
         self._launcher = launcher
         self.init_pid = init_pid
         self.pid = pid
         self.ns_pid = ns_pid
         self._killed = False
+        if pages_loaded is None:
+            pages_loaded = threading.Event()
+            pages_loaded.set()
+        #: Set once all memory is in place (at once for eager restores; lazy ones fill it in later).
+        self.pages_loaded = pages_loaded
 
     def __repr__(self) -> str:
         return f"<RestoredTree pid={self.pid} ns_pid={self.ns_pid} returncode={self.returncode}>"
@@ -82,7 +96,7 @@ class RestoredTree:
 
 
 def _read_status(fd: int, launcher: subprocess.Popen[bytes], timeout: float) -> dict[str, object]:
-    """Read the init's one-line JSON report, or fail when it dies or times out."""
+    """Read the init's first JSON report line, or fail when it dies or times out."""
     deadline = time.monotonic() + timeout
     buffer = b""
     while not buffer.endswith(b"\n"):
@@ -92,7 +106,7 @@ def _read_status(fd: int, launcher: subprocess.Popen[bytes], timeout: float) -> 
         ready, _, _ = select.select([fd], [], [], remaining)
         if not ready:
             continue
-        chunk = os.read(fd, 65536)
+        chunk = os.read(fd, 1)  # byte-wise: later lines belong to the pages watcher
         if not chunk:
             break
         buffer += chunk
@@ -100,6 +114,26 @@ def _read_status(fd: int, launcher: subprocess.Popen[bytes], timeout: float) -> 
         launcher.wait()
         return {}
     return json.loads(buffer)
+
+
+def _watch_pages(fd: int, loaded: threading.Event) -> None:
+    """Wait for the init's report that lazy pages are all in (or its exit), then set `loaded`."""
+    # The launcher keeps a copy of the pipe's write end, so the report line, not EOF, is the signal.
+    received = b""
+    try:
+        while b"pages_loaded" not in received and (chunk := os.read(fd, 4096)):
+            received += chunk
+    finally:
+        os.close(fd)
+        loaded.set()
+
+
+@functools.lru_cache(maxsize=4)
+def lazy_restore_supported(criu_binary: str | None = None) -> bool:
+    """Tell whether this kernel and CRIU can restore memory lazily (userfaultfd, non-cooperative)."""
+    binary = find_criu(criu_binary)
+    result = subprocess.run([binary, "check", "--feature", "uffd-noncoop"], capture_output=True, check=False)
+    return result.returncode == 0
 
 
 def _host_pid_of(init_pid: int, ns_pid: int) -> int:
@@ -120,12 +154,16 @@ def restore(
     inherit_fds: Mapping[str, int] | None = None,
     criu_binary: str | None = None,
     timeout: float = DEFAULT_TIMEOUT_S,
+    lazy: bool = False,
+    tie_to_caller: bool = True,
 ) -> RestoredTree:
     """Restore the image in `images_dir` into new PID and mount namespaces.
 
     `inherit_fds` maps CRIU keys of the dumped tree's pipes (``pipe:[INODE]``) to fds of this
     process that replace them in the restored tree. `images_dir` is only read; logs go to
-    `work_dir`, which must be private to this restore.
+    `work_dir`, which must be private to this restore. With `lazy`, the tree resumes before its
+    memory is copied in: `images_dir` and `work_dir` must stay until ``tree.pages_loaded`` is set.
+    With `tie_to_caller`, the tree is killed when this process exits.
     """
     binary = find_criu(criu_binary)
     require_supported(binary)
@@ -142,6 +180,14 @@ def restore(
         "--status-fd", str(status_write),
     ]  # fmt: skip
     command += [f"--inherit={key}={fd}" for key, fd in inherit_fds.items()]
+    passed = [status_write, *inherit_fds.values()]
+    owner_fd = None
+    if lazy:
+        command.append("--lazy")
+    if tie_to_caller:
+        owner_fd = os.pidfd_open(os.getpid())
+        command.append(f"--watch-fd={owner_fd}")
+        passed.append(owner_fd)
     environment = dict(os.environ)
     package_root = str(Path(__file__).resolve().parent.parent)
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, environment.get("PYTHONPATH")]))
@@ -152,21 +198,29 @@ def restore(
                 stdin=subprocess.DEVNULL,
                 stdout=init_log,
                 stderr=init_log,
-                pass_fds=[status_write, *inherit_fds.values()],
+                pass_fds=passed,
                 start_new_session=True,
                 env=environment,
             )
     finally:
         os.close(status_write)
+        if owner_fd is not None:
+            os.close(owner_fd)
     try:
-        try:
-            status = _read_status(status_read, launcher, timeout)
-        except TimeoutError:
-            launcher.kill()
-            launcher.wait()
-            raise RestoreError(f"restore did not finish within {timeout:.0f} s") from None
-    finally:
+        status = _read_status(status_read, launcher, timeout)
+    except BaseException as error:
         os.close(status_read)
+        launcher.kill()
+        launcher.wait()
+        if isinstance(error, TimeoutError):
+            raise RestoreError(f"restore did not finish within {timeout:.0f} s") from None
+        raise
+    pages_loaded = threading.Event()
+    if status.get("lazy"):
+        threading.Thread(target=_watch_pages, args=(status_read, pages_loaded), daemon=True).start()
+    else:
+        os.close(status_read)
+        pages_loaded.set()
     if not status.get("ok"):
         launcher.wait()
         reason = status.get("error") or _tail(work_dir / INIT_LOG) or "restore helper exited early"
@@ -183,7 +237,7 @@ def restore(
         os.kill(init_pids[0], signal.SIGKILL)
         launcher.wait()
         raise
-    return RestoredTree(launcher, init_pids[0], host_pid, ns_pid)
+    return RestoredTree(launcher, init_pids[0], host_pid, ns_pid, pages_loaded)
 
 
 def _tail(path: Path, lines: int = 10) -> str:

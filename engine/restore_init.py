@@ -1,6 +1,8 @@
 """PID 1 of a restore namespace: restores an image through CRIU, then reaps until the root exits.
 
-Run by engine.restore under ``unshare --pid --mount --fork --mount-proc``; not an API.
+Run by engine.restore under ``unshare --pid --mount --fork --mount-proc``; not an API. With
+``--lazy`` it first starts CRIU's lazy-pages daemon, so the tree resumes before its memory is
+copied in; the daemon fills the rest in the background and answers page faults first.
 """
 
 from __future__ import annotations
@@ -9,11 +11,17 @@ import argparse
 import json
 import os
 import signal
+import subprocess
+import time
 from pathlib import Path
+from typing import TextIO
 
 from .criu import log_excerpt, rpc_client
 
 RESTORE_LOG = "restore.log"
+LAZY_PAGES_LOG = "lazy-pages.log"
+LAZY_PAGES_SOCKET = "lazy-pages.socket"
+DAEMON_START_TIMEOUT_S = 10.0
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -23,23 +31,58 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--work", required=True)
     parser.add_argument("--status-fd", type=int, required=True)
     parser.add_argument("--inherit", action="append", default=[], metavar="KEY=FD")
+    parser.add_argument("--lazy", action="store_true", help="restore memory lazily (userfaultfd)")
+    parser.add_argument("--watch-fd", type=int, default=None, help="pidfd of the owner: exit when it exits")
     return parser.parse_args(argv)
 
 
-def _report(fd: int, **fields: object) -> None:
-    with os.fdopen(fd, "w") as status:
-        status.write(json.dumps(fields) + "\n")
+def _report(status: TextIO, **fields: object) -> None:
+    status.write(json.dumps(fields) + "\n")
+    status.flush()
 
 
-def _reap_until(root: int) -> int:
+def _start_lazy_pages(args: argparse.Namespace) -> subprocess.Popen[bytes]:
+    """Start the lazy-pages daemon and wait until it listens."""
+    daemon = subprocess.Popen(
+        [args.criu, "lazy-pages", "-D", args.images, "-W", args.work, "-o", LAZY_PAGES_LOG, "-v2"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    socket_path = Path(args.work) / LAZY_PAGES_SOCKET
+    deadline = time.monotonic() + DAEMON_START_TIMEOUT_S
+    while not socket_path.exists():
+        if daemon.poll() is not None or time.monotonic() > deadline:
+            daemon.kill()
+            raise RuntimeError("the lazy-pages daemon did not start: " + log_excerpt(Path(args.work) / LAZY_PAGES_LOG))
+        time.sleep(0.002)
+    return daemon
+
+
+def _exit_with_owner(pidfd: int) -> None:
+    """Exit (ending the namespace) when the owner process exits."""
+    import select
+    import threading
+
+    def watch() -> None:
+        select.select([pidfd], [], [])
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _reap_until(root: int, daemon_pid: int | None, status: TextIO) -> int:
     """Reap every orphan of the namespace; return the root's exit code when it ends."""
     while True:
         try:
-            pid, status = os.wait()
+            pid, wait_status = os.wait()
         except ChildProcessError:
             return 0
+        if pid == daemon_pid:
+            _report(status, pages_loaded=True, exit_code=os.waitstatus_to_exitcode(wait_status))
+            status.close()
         if pid == root:
-            code = os.waitstatus_to_exitcode(status)
+            code = os.waitstatus_to_exitcode(wait_status)
             return code if code >= 0 else 128 - code
 
 
@@ -49,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     # A namespace init only receives signals it handles; Python's SIGINT handler would make an
     # interrupt meant for the tree raise here instead.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    status = os.fdopen(args.status_fd, "w")
+    if args.watch_fd is not None:
+        _exit_with_owner(args.watch_fd)
     inherited = {}
     for item in args.inherit:
         key, _, fd = item.rpartition("=")
@@ -63,18 +109,26 @@ def main(argv: list[str] | None = None) -> int:
         entry.fd = fd
     work_fd = os.open(args.work, os.O_DIRECTORY)
     client.opts.work_dir_fd = work_fd
+    daemon = None
     try:
+        if args.lazy:
+            daemon = _start_lazy_pages(args)
+            client.opts.lazy_pages = True
         response = client.restore()
     except Exception as error:  # any failure is reported to the caller, who decides what to do
-        _report(args.status_fd, ok=False, error=str(error), log=log_excerpt(Path(args.work) / RESTORE_LOG))
+        if daemon is not None:
+            daemon.kill()
+        _report(status, ok=False, error=str(error), log=log_excerpt(Path(args.work) / RESTORE_LOG))
         return 1
     finally:
         os.close(work_fd)
     for fd in inherited.values():
         # The restored tree holds its own copies; ours would keep pipes from reaching EOF.
         os.close(fd)
-    _report(args.status_fd, ok=True, pid=response.pid)
-    return _reap_until(response.pid)
+    _report(status, ok=True, pid=response.pid, lazy=daemon is not None)
+    if daemon is None:
+        status.close()
+    return _reap_until(response.pid, daemon.pid if daemon else None, status)
 
 
 if __name__ == "__main__":

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
+import platform
 import secrets
 import shutil
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
@@ -26,6 +29,7 @@ VerifyMode = Literal["sha256", "size"]
 MANIFEST = "manifest.json"
 IMAGES = "images"
 LOCK = ".lock"
+VERIFIED = "verified.json"
 LEFTOVER_AGE_S = 3600.0  # staging and work dirs older than this belong to crashed operations
 
 
@@ -38,7 +42,7 @@ class Mismatch:
 
 
 def _utcnow() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 def _fsync_path(path: Path) -> None:
@@ -54,12 +58,24 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+def _identity(path: Path) -> list[int]:
+    """What changes whenever a file's content may have changed (ctime cannot be set back)."""
+    info = path.stat()
+    return [info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino]
+
+
 class SnapshotStore:
     """Snapshots on the local disk under `root`: ``snapshots/ID/{manifest.json,images/}``."""
 
-    def __init__(self, root: str | os.PathLike[str], verify: VerifyMode = "sha256") -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        verify: VerifyMode = "sha256",
+        environment_extra: Mapping[str, str] | None = None,
+    ) -> None:
         self.root = Path(root)
         self.verify_mode: VerifyMode = verify
+        self.environment_extra = dict(environment_extra or {})
         self.snapshots_dir = self.root / "snapshots"
         self.staging_dir = self.root / "staging"
         self.work_dir = self.root / "work"
@@ -122,10 +138,10 @@ class SnapshotStore:
                 pid=pid,
                 versions={
                     "criu": result.criu_version,
-                    "python": environment_fingerprint()["python_version"],
+                    "python": platform.python_version(),
                     "engine": __version__,
                 },
-                environment=environment_fingerprint(),
+                environment=environment_fingerprint(self.environment_extra),
                 hardware=hardware_fingerprint(),
                 files=files,
                 pipes=result.pipes,
@@ -138,6 +154,7 @@ class SnapshotStore:
                 os.fsync(handle.fileno())
             os.chmod(manifest_path, 0o600)
             (staging / LOCK).touch(mode=0o600)
+            self._remember_verified(staging, manifest)
             _fsync_path(staging)
             os.rename(staging, self.snapshots_dir / snapshot_id)
             _fsync_path(self.snapshots_dir)
@@ -183,7 +200,7 @@ class SnapshotStore:
     def mismatches(self, manifest: Manifest) -> list[str]:
         """Say why a snapshot cannot be restored in this environment on this hardware."""
         reasons = []
-        changed = differences(manifest.environment, environment_fingerprint())
+        changed = differences(manifest.environment, environment_fingerprint(self.environment_extra))
         if changed:
             reasons.append(f"Python environment changed ({', '.join(changed)})")
         changed = differences(manifest.hardware, hardware_fingerprint())
@@ -213,13 +230,10 @@ class SnapshotStore:
         mode = mode or self.verify_mode
         manifest = self.get(snapshot_id)
         if manifest.id != snapshot_id:
-            raise VerificationError(
-                f"snapshot {snapshot_id}: manifest names another snapshot ({manifest.id})"
-            )
+            raise VerificationError(f"snapshot {snapshot_id}: manifest names another snapshot ({manifest.id})")
         if key is not None and manifest.key != key:
             raise VerificationError(
-                f"snapshot {snapshot_id}: manifest key {manifest.key!r} does not match the "
-                f"requested key {key!r}"
+                f"snapshot {snapshot_id}: manifest key {manifest.key!r} does not match the requested key {key!r}"
             )
         images = self._snapshot_path(snapshot_id) / IMAGES
         present = {path.name for path in images.iterdir()} if images.is_dir() else set()
@@ -236,32 +250,61 @@ class SnapshotStore:
                     f"{record.size} ({'truncated' if size < record.size else 'grown'})"
                 )
         if mode == "sha256":
+            directory = self._snapshot_path(snapshot_id)
+            verified = self._verified(directory)
             for name, record in sorted(manifest.files.items()):
+                if verified.get(name) == [*_identity(images / name), record.sha256]:
+                    continue  # hashed before, and untouched since
                 actual = _sha256(images / name)
                 if actual != record.sha256:
                     raise VerificationError(
                         f"snapshot {snapshot_id}: {IMAGES}/{name} is corrupted (sha256 "
                         f"{actual[:16]}…, expected {record.sha256[:16]}…)"
                     )
+            self._remember_verified(directory, manifest)
         return manifest
+
+    @staticmethod
+    def _verified(directory: Path) -> dict[str, list[object]]:
+        try:
+            return json.loads((directory / VERIFIED).read_text())
+        except (OSError, ValueError):
+            return {}
+
+    @staticmethod
+    def _remember_verified(directory: Path, manifest: Manifest) -> None:
+        """Record the identity of files whose sha256 matched, so unchanged files are not rehashed."""
+        images = directory / IMAGES
+        verified = {name: [*_identity(images / name), record.sha256] for name, record in manifest.files.items()}
+        temporary = directory / f"{VERIFIED}.{secrets.token_hex(4)}"
+        temporary.write_text(json.dumps(verified))
+        os.chmod(temporary, 0o600)
+        os.replace(temporary, directory / VERIFIED)
 
     # -- restoring ----------------------------------------------------------------------------
 
-    @contextmanager
-    def _locked(self, snapshot_id: str, exclusive: bool) -> Iterator[Path]:
-        """Hold the snapshot's lock: shared while restoring, exclusive while deleting."""
+    def _lock(self, snapshot_id: str, exclusive: bool) -> tuple[int, Path]:
+        """Take the snapshot's lock (shared while restoring, exclusive while deleting): (fd, dir)."""
         directory = self._snapshot_path(snapshot_id)
         try:
             fd = os.open(directory / LOCK, os.O_RDONLY)
         except FileNotFoundError:
             raise SnapshotNotFound(f"no snapshot {snapshot_id!r} in {self.snapshots_dir}") from None
         try:
-            try:
-                fcntl.flock(fd, (fcntl.LOCK_EX | fcntl.LOCK_NB) if exclusive else fcntl.LOCK_SH)
-            except BlockingIOError:
-                raise SnapshotBusy(f"snapshot {snapshot_id} is being restored; try again later") from None
-            if not directory.is_dir():
-                raise SnapshotNotFound(f"snapshot {snapshot_id!r} was deleted")
+            fcntl.flock(fd, (fcntl.LOCK_EX | fcntl.LOCK_NB) if exclusive else fcntl.LOCK_SH)
+        except BlockingIOError:
+            os.close(fd)
+            raise SnapshotBusy(f"snapshot {snapshot_id} is being restored; try again later") from None
+        if not directory.is_dir():
+            os.close(fd)
+            raise SnapshotNotFound(f"snapshot {snapshot_id!r} was deleted")
+        return fd, directory
+
+    @contextmanager
+    def _locked(self, snapshot_id: str, exclusive: bool) -> Iterator[Path]:
+        """Hold the snapshot's lock for the duration of a block."""
+        fd, directory = self._lock(snapshot_id, exclusive)
+        try:
             yield directory
         finally:
             os.close(fd)
@@ -275,9 +318,21 @@ class SnapshotStore:
         verify: VerifyMode | None = None,
         criu_binary: str | None = None,
         timeout: float | None = None,
+        lazy: bool = False,
     ) -> RestoredTree:
-        """Verify a snapshot, then restore it; `pipes` maps pipe names given at dump to new fds."""
-        with self._locked(snapshot_id, exclusive=False) as directory:
+        """Verify a snapshot, then restore it; `pipes` maps pipe names given at dump to new fds.
+
+        The snapshot counts as being restored (gc and delete leave it alone) until the restored
+        tree's memory is all in place, which for a `lazy` restore is after this returns.
+        """
+        lock_fd, directory = self._lock(snapshot_id, exclusive=False)
+        work = self.work_dir / f"{snapshot_id}-{secrets.token_hex(4)}"
+
+        def release() -> None:
+            shutil.rmtree(work, ignore_errors=True)
+            os.close(lock_fd)
+
+        try:
             manifest = self.verify(snapshot_id, key=key, mode=verify)
             unknown = sorted(set(pipes or {}) - manifest.pipes.keys())
             if unknown:
@@ -287,16 +342,17 @@ class SnapshotStore:
                 )
             inherit = {manifest.pipes[name]: fd for name, fd in (pipes or {}).items()}
             self.ensure_layout()
-            work = self.work_dir / f"{snapshot_id}-{secrets.token_hex(4)}"
-            try:
-                options = {} if timeout is None else {"timeout": timeout}
-                tree = restore(
-                    directory / IMAGES, work, inherit_fds=inherit, criu_binary=criu_binary, **options
-                )
-            finally:
-                shutil.rmtree(work, ignore_errors=True)
-            with suppress(OSError):
-                os.utime(directory / LOCK)
+            options = {} if timeout is None else {"timeout": timeout}
+            tree = restore(directory / IMAGES, work, inherit_fds=inherit, criu_binary=criu_binary, lazy=lazy, **options)
+        except BaseException:
+            release()
+            raise
+        with suppress(OSError):
+            os.utime(directory / LOCK)
+        if tree.pages_loaded.is_set():
+            release()
+        else:
+            threading.Thread(target=lambda: (tree.pages_loaded.wait(), release()), daemon=True).start()
         return tree
 
     # -- removing -----------------------------------------------------------------------------
@@ -327,11 +383,7 @@ class SnapshotStore:
         by_use = sorted(self.list(), key=self.last_used)
         kept = []
         for manifest in by_use:
-            if (
-                max_age_s is not None
-                and now - self.last_used(manifest) > max_age_s
-                and self._try_delete(manifest.id)
-            ):
+            if max_age_s is not None and now - self.last_used(manifest) > max_age_s and self._try_delete(manifest.id):
                 deleted.append(manifest.id)
             else:
                 kept.append(manifest)

@@ -2,4 +2,6 @@
 
 from engine.version import __version__
 
-__all__ = ["__version__"]
+from .hooks import after_restore, before_snapshot
+
+__all__ = ["__version__", "after_restore", "before_snapshot"]

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from engine import SnapshotError, SnapshotStore
+from engine import SnapshotError
 from engine.diagnostics import cpu_snapshots_work, run_checks
 
-from .paths import default_store_root
+from .paths import STORE_ENV_VAR, default_store_root, open_store
 
 STATUS_MARKS = {"ok": "✓", "warn": "!", "fail": "✗", "absent": "-"}
 
@@ -41,7 +43,7 @@ def doctor(args: argparse.Namespace) -> int:
 
 def list_snapshots(args: argparse.Namespace) -> int:
     """List the store's snapshots."""
-    store = SnapshotStore(args.store)
+    store = open_store(args.store)
     manifests = store.list()
     if args.json:
         rows = [
@@ -73,7 +75,7 @@ def list_snapshots(args: argparse.Namespace) -> int:
 
 def remove(args: argparse.Namespace) -> int:
     """Delete snapshots by id."""
-    store = SnapshotStore(args.store)
+    store = open_store(args.store)
     for snapshot_id in args.ids:
         store.delete(snapshot_id)
         print(f"deleted {snapshot_id}")
@@ -82,10 +84,75 @@ def remove(args: argparse.Namespace) -> int:
 
 def collect(args: argparse.Namespace) -> int:
     """Delete old snapshots and keep the store under its quota."""
-    store = SnapshotStore(args.store)
+    store = open_store(args.store)
     max_age = args.max_age_days * 86400 if args.max_age_days is not None else None
     deleted = store.gc(max_age_s=max_age, quota_bytes=args.quota_bytes)
     print(f"deleted {len(deleted)} snapshot(s){': ' + ' '.join(deleted) if deleted else ''}")
+    return 0
+
+
+def build(args: argparse.Namespace) -> int:
+    """Build (or rebuild) the snapshot of a notebook's setup section, showing progress."""
+    from .builder import build_snapshot
+    from .setup_section import read_setup_section
+
+    notebook = args.notebook.resolve()
+    section = read_setup_section(notebook)
+    total = len(section.cells) if section else 0
+    started = time.perf_counter()
+
+    def progress(event: dict[str, object]) -> None:
+        if args.quiet:
+            return
+        elapsed = time.perf_counter() - started
+        if event["event"] == "cell":
+            print(f"[{elapsed:6.1f}s] running setup cell {int(event['index']) + 1}/{total}", file=sys.stderr)
+        elif event["event"] == "checkpoint":
+            print(f"[{elapsed:6.1f}s] checkpointing the kernel", file=sys.stderr)
+
+    manifest = build_snapshot(
+        notebook, open_store(args.store), section=section, progress=progress, timeout=args.timeout
+    )
+    print(
+        f"snapshot {manifest.id}: {_human_size(manifest.size_bytes)}, built in "
+        f"{time.perf_counter() - started:.1f} s for {notebook.name}"
+    )
+    return 0
+
+
+def run_headless(args: argparse.Namespace) -> int:
+    """Execute a notebook headless, restored when a snapshot matches."""
+    from .headless import run, run_notebook
+
+    os.environ[STORE_ENV_VAR] = str(args.store)
+    summary = run(run_notebook(args.notebook.resolve(), cold=args.cold, output=args.output))
+    if args.json:
+        print(json.dumps(summary.to_dict()))
+    else:
+        how = f"restored from {summary.snapshot}" if summary.start == "restored" else f"cold ({summary.reason})"
+        timing = f"kernel ready in {summary.kernel_ready_s:.2f} s, total {summary.total_s:.2f} s"
+        print(f"{args.notebook.name}: {how}; {timing}")
+    return 0
+
+
+def bench(args: argparse.Namespace) -> int:
+    """Compare cold and restored starts of a notebook."""
+    from .headless import bench_notebook, run
+
+    os.environ[STORE_ENV_VAR] = str(args.store)
+    notebook = args.notebook.resolve()
+    if not args.json:
+        print(f"timing {notebook.name}: {args.runs} cold and {args.runs} restored starts…", file=sys.stderr)
+    result = run(bench_notebook(notebook, args.runs))
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print("time to the first reply after the setup cells (median):")
+    print(f"  cold      {result['cold_s']:7.2f} s   runs: {', '.join(f'{s:.2f}' for s in result['cold_runs_s'])}")
+    print(
+        f"  restored  {result['restored_s']:7.2f} s   runs: {', '.join(f'{s:.2f}' for s in result['restored_runs_s'])}"
+    )
+    print(f"  ratio     {result['ratio']:7.1f}x")
     return 0
 
 
@@ -99,6 +166,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="snapshot store root (default: $SNAPKERNEL_STORE or $JUPYTER_DATA_DIR/snapkernel)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
+
+    build_parser_ = commands.add_parser("build", help="build the snapshot of a notebook's setup cells")
+    build_parser_.add_argument("notebook", type=Path)
+    build_parser_.add_argument("--timeout", type=float, default=600.0, help="seconds the build may take")
+    build_parser_.add_argument("--quiet", action="store_true", help="no progress lines")
+    build_parser_.set_defaults(handler=build)
+
+    run_parser = commands.add_parser("run", help="execute a notebook headless with a restored kernel")
+    run_parser.add_argument("notebook", type=Path)
+    run_parser.add_argument("--cold", action="store_true", help="start the kernel cold even if a snapshot matches")
+    run_parser.add_argument("--output", type=Path, default=None, help="write the executed notebook here")
+    run_parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    run_parser.set_defaults(handler=run_headless)
+
+    bench_parser = commands.add_parser("bench", help="time cold against restored starts of a notebook")
+    bench_parser.add_argument("notebook", type=Path)
+    bench_parser.add_argument("--runs", type=int, default=5, help="starts of each kind (medians are reported)")
+    bench_parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    bench_parser.set_defaults(handler=bench)
 
     doctor_parser = commands.add_parser("doctor", help="check CRIU, privileges, namespaces, store and GPU")
     doctor_parser.add_argument("--json", action="store_true", help="print the checks as JSON")
@@ -114,9 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     rm_parser.set_defaults(handler=remove)
 
     gc_parser = commands.add_parser("gc", help="delete old snapshots and enforce a size quota")
-    gc_parser.add_argument(
-        "--max-age-days", type=float, default=None, help="delete snapshots unused for this long"
-    )
+    gc_parser.add_argument("--max-age-days", type=float, default=None, help="delete snapshots unused for this long")
     gc_parser.add_argument("--quota-bytes", type=int, default=None, help="keep the store at most this large")
     gc_parser.set_defaults(handler=collect)
     return parser

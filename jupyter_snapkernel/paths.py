@@ -1,11 +1,16 @@
-"""Where snapkernel keeps its snapshots."""
+"""Where snapkernel keeps its snapshots, and the store that knows what a snapshot depends on."""
 
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 from pathlib import Path
 
 from jupyter_core.paths import jupyter_data_dir
+
+from engine import SnapshotStore
+from engine.fingerprint import source_digest
+from engine.store import VerifyMode
 
 STORE_ENV_VAR = "SNAPKERNEL_STORE"
 
@@ -14,3 +19,16 @@ def default_store_root() -> Path:
     """Return $SNAPKERNEL_STORE, else ``$JUPYTER_DATA_DIR/snapkernel``."""
     configured = os.environ.get(STORE_ENV_VAR)
     return Path(configured) if configured else Path(jupyter_data_dir()) / "snapkernel"
+
+
+@lru_cache(maxsize=1)
+def kernel_code_digest() -> str:
+    """Hash of the kernel code a snapshot carries in memory: other code means a stale snapshot."""
+    return source_digest("engine", "jupyter_snapkernel")
+
+
+def open_store(root: str | os.PathLike[str] | None = None, verify: VerifyMode = "sha256") -> SnapshotStore:
+    """Return the snapshot store, keyed also on the snapkernel code that built the snapshots."""
+    return SnapshotStore(
+        root or default_store_root(), verify=verify, environment_extra={"snapkernel_sha256": kernel_code_digest()}
+    )

@@ -8,6 +8,8 @@ import pytest
 
 from engine import SnapshotStore
 
+pytest_plugins = ("pytest_jupyter.jupyter_server",)
+
 
 @pytest.fixture
 def store(tmp_path: Path) -> SnapshotStore:

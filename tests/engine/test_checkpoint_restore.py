@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from engine import CheckpointError, SnapshotStore, process
+from engine.restore import lazy_restore_supported
 
 from .conftest import Conversation, Workload, pipes_for_restore
 
@@ -152,3 +153,24 @@ def test_dump_without_leave_running_stops_the_original(store: SnapshotStore, wor
     while workload.process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert workload.process.poll() is not None
+
+
+def test_lazy_restore_resumes_before_memory_is_loaded(store: SnapshotStore, workload: Workload) -> None:
+    if not lazy_restore_supported():
+        pytest.skip("this kernel lacks non-cooperative userfaultfd (criu check --feature uffd-noncoop)")
+    manifest = store.checkpoint(workload.pid, KEY, pipes=PIPES)
+    handed, to_tree, from_tree, to_close = pipes_for_restore()
+    try:
+        tree = store.restore(manifest.id, key=KEY, pipes=handed, lazy=True)
+    finally:
+        for fd in to_close:
+            os.close(fd)
+    conversation = Conversation(tree, to_tree, from_tree)
+    try:
+        report = conversation.ask("report")
+        assert report["checksum"] == workload.checksum
+        assert report["thread_alive"] is True and report["child_alive"] is True
+        assert tree.pages_loaded.wait(timeout=60)
+        assert conversation.ask("report")["checksum"] == workload.checksum
+    finally:
+        tree.kill()

@@ -58,9 +58,7 @@ def test_flipped_byte_in_page_image(store: SnapshotStore, snapshot: Manifest) ->
 def test_truncated_file(store: SnapshotStore, snapshot: Manifest) -> None:
     pages = largest_pages_image(store, snapshot)
     truncate(pages)
-    assert_rejected_before_criu(
-        store, snapshot, rf"images/{pages.name} has \d+ bytes, expected \d+ \(truncated\)"
-    )
+    assert_rejected_before_criu(store, snapshot, rf"images/{pages.name} has \d+ bytes, expected \d+ \(truncated\)")
 
 
 def test_missing_file(store: SnapshotStore, snapshot: Manifest) -> None:

@@ -1,0 +1,133 @@
+"""Run notebooks headless with snapkernel kernels, and time cold against restored starts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import nbformat
+from jupyter_client.manager import AsyncKernelManager
+from nbclient import NotebookClient
+
+from .provisioner import COLD_ENV_VAR, RestoredKernelProcess
+from .setup_section import normalise, read_setup_section
+
+KERNEL_NAME = "snapkernel"
+
+
+@dataclass
+class RunSummary:
+    """How a headless run started and how long it took."""
+
+    start: str  # "restored" or "cold"
+    snapshot: str | None
+    reason: str | None
+    kernel_ready_s: float
+    total_s: float
+    cells: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def kernel_env(notebook: Path, cold: bool) -> dict[str, str]:
+    """The environment jupyter_server would give the notebook's kernel."""
+    env = {**os.environ, "JPY_SESSION_NAME": str(notebook)}
+    if cold:
+        env[COLD_ENV_VAR] = "1"
+    return env
+
+
+def describe_start(manager: AsyncKernelManager) -> tuple[str, str | None, str | None]:
+    """Return (start, snapshot id, reason) of a started kernel."""
+    provisioner = manager.provisioner
+    plan = getattr(provisioner, "start_plan", None)
+    if isinstance(getattr(provisioner, "process", None), RestoredKernelProcess):
+        return "restored", plan.snapshot.id if plan and plan.snapshot else None, None
+    return "cold", None, (plan.reason if plan else None) or "no setup section"
+
+
+async def run_notebook(
+    notebook: Path, *, cold: bool = False, output: Path | None = None, timeout: float = 600
+) -> RunSummary:
+    """Execute a notebook top to bottom, restoring its kernel when a snapshot matches."""
+    book = nbformat.read(notebook, as_version=4)
+    manager = AsyncKernelManager(kernel_name=KERNEL_NAME)
+    client = NotebookClient(book, km=manager, timeout=timeout, resources={"metadata": {"path": str(notebook.parent)}})
+    started = time.perf_counter()
+    try:
+        async with client.async_setup_kernel(env=kernel_env(notebook, cold)):
+            ready = time.perf_counter() - started
+            start, snapshot, reason = describe_start(manager)
+            for index, cell in enumerate(book.cells):
+                await client.async_execute_cell(cell, index)
+        total = time.perf_counter() - started
+    finally:
+        # nbclient leaves a kernel manager it did not create running.
+        if manager.has_kernel:
+            await manager.shutdown_kernel(now=True)
+    if output is not None:
+        nbformat.write(book, output)
+    code_cells = sum(cell.cell_type == "code" for cell in book.cells)
+    return RunSummary(start, snapshot, reason, round(ready, 3), round(total, 3), code_cells)
+
+
+async def time_to_first_reply(notebook: Path, cold: bool) -> tuple[float, str]:
+    """Seconds from launch to the reply of the first cell after the setup section (Run All)."""
+    section = read_setup_section(notebook)
+    book = nbformat.read(notebook, as_version=4)
+    sources = [normalise(cell.source) for cell in book.cells if cell.cell_type == "code"]
+    setup_count = len(section.cells) if section else 0
+    probe = sources[setup_count] if setup_count < len(sources) else "pass"
+    manager = AsyncKernelManager(kernel_name=KERNEL_NAME)
+    started = time.perf_counter()
+    await manager.start_kernel(env=kernel_env(notebook, cold), cwd=str(notebook.parent))
+    client = manager.client()
+    client.start_channels()
+    try:
+        # Requests queue on the shell channel until the kernel listens, so no wait_for_ready (whose
+        # fixed iopub drain would add the same 0.2 s to both kinds of start).
+        for source in [*sources[:setup_count], probe]:
+            message_id = client.execute(source)
+            while True:
+                reply = await client.get_shell_msg(timeout=600)
+                if reply["parent_header"].get("msg_id") == message_id:
+                    break
+            if reply["content"]["status"] != "ok":
+                raise RuntimeError(f"cell failed while timing {notebook.name}: {reply['content'].get('evalue')}")
+        elapsed = time.perf_counter() - started
+        start, _, _ = describe_start(manager)
+    finally:
+        client.stop_channels()
+        await manager.shutdown_kernel(now=True)
+    return elapsed, start
+
+
+async def bench_notebook(notebook: Path, runs: int) -> dict[str, Any]:
+    """Median time to the first post-setup reply, cold and restored."""
+    cold = [await time_to_first_reply(notebook, cold=True) for _ in range(runs)]
+    restored = [await time_to_first_reply(notebook, cold=False) for _ in range(runs)]
+    not_restored = [start for _, start in restored if start != "restored"]
+    if not_restored:
+        raise RuntimeError(f"{len(not_restored)} of {runs} kernels did not restore: build the snapshot first")
+    cold_s = statistics.median(seconds for seconds, _ in cold)
+    restored_s = statistics.median(seconds for seconds, _ in restored)
+    return {
+        "notebook": str(notebook),
+        "runs": runs,
+        "cold_s": round(cold_s, 3),
+        "restored_s": round(restored_s, 3),
+        "ratio": round(cold_s / restored_s, 2),
+        "cold_runs_s": [round(seconds, 3) for seconds, _ in cold],
+        "restored_runs_s": [round(seconds, 3) for seconds, _ in restored],
+    }
+
+
+def run(coroutine: Any) -> Any:
+    """Run a coroutine from synchronous code."""
+    return asyncio.run(coroutine)

@@ -1,0 +1,231 @@
+"""Kernel provisioner that restores a notebook's kernel from its snapshot, or starts it cold."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jupyter_client.connect import KernelConnectionInfo
+from jupyter_client.provisioning import LocalProvisioner
+from traitlets import Bool, Enum, Float, Unicode, default
+
+from engine import Manifest, RestoredTree, SnapshotStore
+from engine.restore import lazy_restore_supported
+
+from .builder import BuildError, build_snapshot
+from .kernelapp import START_ENV_VAR, PipeChannel
+from .paths import STORE_ENV_VAR, default_store_root, open_store
+from .setup_section import SetupSection, read_setup_section
+
+COLD_ENV_VAR = "SNAPKERNEL_COLD"
+
+# One build per setup section in this server process; later requests join it.
+_builds: dict[str, asyncio.Task[Manifest]] = {}
+
+
+@dataclass
+class StartPlan:
+    """What the provisioner decided for one launch."""
+
+    notebook: Path | None = None
+    section: SetupSection | None = None
+    snapshot: Manifest | None = None
+    reason: str | None = None
+
+
+class RestoredKernelProcess:
+    """The Popen-like view of a restored tree that LocalProvisioner expects."""
+
+    stdin = stdout = stderr = None
+
+    def __init__(self, tree: RestoredTree) -> None:
+        self.tree = tree
+        self.pid = tree.pid
+
+    def poll(self) -> int | None:
+        return self.tree.poll()
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self.tree.wait(timeout)
+
+    def send_signal(self, signum: int) -> None:
+        self.tree.send_signal(signum)
+
+    def terminate(self) -> None:
+        self.tree.terminate()
+
+    def kill(self) -> None:
+        self.tree.kill()
+
+
+def ensure_build(notebook: Path, store: SnapshotStore, section: SetupSection, timeout: float) -> asyncio.Task[Manifest]:
+    """Start a background build of a setup section, or return the one already running."""
+    running = _builds.get(section.setup_hash)
+    if running is not None and not running.done():
+        return running
+    task = asyncio.ensure_future(asyncio.to_thread(build_snapshot, notebook, store, section=section, timeout=timeout))
+    _builds[section.setup_hash] = task
+    return task
+
+
+class SnapKernelProvisioner(LocalProvisioner):
+    """Restores `snapkernel` kernels from snapshots of their notebook's setup cells."""
+
+    store_root = Unicode(
+        help="Snapshot store directory (default: $SNAPKERNEL_STORE or $JUPYTER_DATA_DIR/snapkernel)."
+    ).tag(config=True)
+    auto_build = Bool(
+        help="Start a background snapshot build when a notebook with a setup section gets a cold kernel.",
+    ).tag(config=True)
+    verify = Enum(
+        ["sha256", "size"],
+        "sha256",
+        help="How image files are checked before a restore: full sha256, or sizes only.",
+    ).tag(config=True)
+    restore_timeout = Float(60.0, help="Seconds a restore may take before the kernel starts cold instead.").tag(
+        config=True
+    )
+    lazy_restore = Bool(
+        False,
+        help="Resume restored kernels before their memory is copied in (userfaultfd): pages load in the "
+        "background and on first touch. Faster to the first reply when the setup's memory is touched "
+        "little at first; slower when the first cells touch most of it. Needs userfaultfd (see doctor).",
+    ).tag(config=True)
+    build_timeout = Float(600.0, help="Seconds a snapshot build may take before it is abandoned.").tag(config=True)
+
+    @default("store_root")
+    def _store_root_default(self) -> str:
+        return str(default_store_root())
+
+    @default("auto_build")
+    def _auto_build_default(self) -> bool:
+        return os.environ.get("SNAPKERNEL_AUTO_BUILD", "1").lower() not in {"0", "false", "no", "off"}
+
+    @property
+    def store(self) -> SnapshotStore:
+        return open_store(self.store_root, verify=self.verify)
+
+    def plan(self, env: dict[str, str], cwd: str | None) -> StartPlan:
+        """Decide between restoring and a cold start, with the reason for a cold one."""
+        session_name = env.get("JPY_SESSION_NAME")
+        if not session_name:
+            return StartPlan(reason=None)
+        if env.get(COLD_ENV_VAR, "").lower() in {"1", "true", "yes"}:
+            return StartPlan(notebook=Path(session_name), reason="cold start requested")
+        notebook = Path(session_name)
+        if not notebook.is_absolute():
+            notebook = Path(cwd or ".") / notebook.name
+        if notebook.suffix != ".ipynb" or not notebook.is_file():
+            return StartPlan(notebook=notebook, reason=None)
+        try:
+            section = read_setup_section(notebook)
+        except (OSError, ValueError) as error:
+            return StartPlan(notebook=notebook, reason=f"cannot read the notebook: {error}")
+        if section is None:
+            return StartPlan(notebook=notebook)
+        usable, stale = self.store.lookup(section.setup_hash)
+        if usable is not None:
+            return StartPlan(notebook, section, usable)
+        resolved = str(notebook.resolve())
+        if stale:
+            return StartPlan(notebook, section, reason="stale: " + "; ".join(stale[0].reasons))
+        if any(m.labels.get("notebook") == resolved for m in self.store.list()):
+            return StartPlan(notebook, section, reason="stale: the setup cells changed since the snapshot")
+        return StartPlan(notebook, section, reason="no snapshot yet")
+
+    async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        kwargs = await super().pre_launch(**kwargs)
+        env = kwargs.setdefault("env", dict(os.environ))
+        self.start_plan = await asyncio.to_thread(self.plan, env, kwargs.get("cwd"))
+        env[STORE_ENV_VAR] = self.store_root
+        return kwargs
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
+        plan: StartPlan = getattr(self, "start_plan", StartPlan())
+        if plan.snapshot is not None:
+            try:
+                return await self._restore(plan.snapshot, kwargs)
+            except Exception as error:
+                plan.reason = f"restore of snapshot {plan.snapshot.id} failed: {error}"
+                self.log.warning("snapkernel: %s; starting cold", plan.reason)
+        if plan.reason:
+            self.log.info("snapkernel: cold start for %s (%s)", plan.notebook, plan.reason)
+        env = kwargs.setdefault("env", dict(os.environ))
+        env[START_ENV_VAR] = json.dumps({"reason": plan.reason, "notebook": str(plan.notebook or "")})
+        info = await super().launch_kernel(cmd, **kwargs)
+        wants_build = plan.section is not None and plan.notebook is not None and self.auto_build
+        if wants_build and env.get(COLD_ENV_VAR, "").lower() not in {"1", "true", "yes"}:
+            self._background_build(plan.notebook, plan.section)
+        return info
+
+    def _background_build(self, notebook: Path, section: SetupSection) -> None:
+        task = ensure_build(notebook, self.store, section, self.build_timeout)
+
+        def report(done: asyncio.Task[Manifest]) -> None:
+            if done.cancelled():
+                return
+            error = done.exception()
+            if error is None:
+                self.log.info("snapkernel: snapshot %s of %s is ready", done.result().id, notebook)
+            elif not isinstance(error, BuildError) or "already being built" not in str(error):
+                self.log.warning("snapkernel: snapshot build of %s failed: %s", notebook, error)
+
+        task.add_done_callback(report)
+
+    async def _restore(self, manifest: Manifest, kwargs: dict[str, Any]) -> KernelConnectionInfo:
+        """Restore the snapshot and hand it this launch's connection, environment and cwd."""
+        started = time.time()
+        control_read, control_write = os.pipe()
+        report_read, report_write = os.pipe()
+        handed = {
+            "stdin": os.open(os.devnull, os.O_RDONLY),
+            "stdout": os.dup(1),
+            "stderr": os.dup(2),
+            "control": control_read,
+            "report": report_write,
+        }
+        try:
+            tree = await asyncio.to_thread(
+                self.store.restore,
+                manifest.id,
+                key=manifest.key,
+                pipes=handed,
+                timeout=self.restore_timeout,
+                lazy=self.lazy_restore and lazy_restore_supported(),
+            )
+        finally:
+            for fd in handed.values():
+                os.close(fd)
+        channel = PipeChannel(report_read, control_write)
+        cwd = str(kwargs.get("cwd") or os.getcwd())
+        try:
+            channel.send(
+                connection_file=self.parent.connection_file,
+                env=kwargs.get("env") or dict(os.environ),
+                cwd=cwd,
+                snapshot=manifest.id,
+                restore_started=started,
+            )
+            reply = await asyncio.wait_for(asyncio.to_thread(channel.receive), self.restore_timeout)
+            if reply.get("event") != "resumed":
+                raise RuntimeError(reply.get("error") or f"unexpected reply {reply}")
+        except BaseException:
+            tree.kill()
+            raise
+        finally:
+            os.close(control_write)
+            os.close(report_read)
+        self.log.info(
+            "snapkernel: restored %s from snapshot %s in %.2f s", kwargs.get("kernel_id", "kernel"), manifest.id,
+            time.time() - started,
+        )  # fmt: skip
+        self.process = RestoredKernelProcess(tree)
+        self.pid = tree.pid
+        self.pgid = tree.pid
+        self.cwd = cwd
+        return self.connection_info

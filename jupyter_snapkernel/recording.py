@@ -1,0 +1,94 @@
+"""Record a cell's outputs as nbformat outputs while the shell has no sockets (snapshot builds)."""
+
+from __future__ import annotations
+
+import io
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from IPython.core.displayhook import DisplayHook
+from IPython.core.displaypub import DisplayPublisher
+from IPython.core.interactiveshell import InteractiveShell
+
+Output = dict[str, Any]
+
+
+class RecordingStream(io.TextIOBase):
+    """A text stream that appends what is written to a list of stream outputs."""
+
+    def __init__(self, name: str, outputs: list[Output]) -> None:
+        super().__init__()
+        self.name = name
+        self._outputs = outputs
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if text:
+            last = self._outputs[-1] if self._outputs else None
+            if last and last["output_type"] == "stream" and last["name"] == self.name:
+                last["text"] += text
+            else:
+                self._outputs.append({"output_type": "stream", "name": self.name, "text": text})
+        return len(text)
+
+
+class RecordingDisplayHook(DisplayHook):
+    """Turns a cell's result into an execute_result output."""
+
+    def __init__(self, shell: InteractiveShell, outputs: list[Output]) -> None:
+        super().__init__(shell=shell)
+        self._outputs = outputs
+
+    def write_output_prompt(self) -> None:
+        pass
+
+    def write_format_data(self, format_dict: dict[str, Any], md_dict: dict[str, Any] | None = None) -> None:
+        self._outputs.append(
+            {
+                "output_type": "execute_result",
+                "execution_count": self.shell.execution_count,
+                "data": format_dict,
+                "metadata": md_dict or {},
+            }
+        )
+
+
+class RecordingDisplayPublisher(DisplayPublisher):
+    """Turns display() calls into display_data outputs."""
+
+    def __init__(self, shell: InteractiveShell, outputs: list[Output]) -> None:
+        super().__init__(shell=shell)
+        self._outputs = outputs
+
+    def publish(self, data: dict[str, Any], metadata: dict[str, Any] | None = None, *args: Any, **kwargs: Any) -> None:
+        transient = kwargs.get("transient") or {}
+        self._outputs.append(
+            {"output_type": "display_data", "data": data, "metadata": metadata or {}, "transient": transient}
+        )
+
+    def clear_output(self, wait: bool = False) -> None:
+        self._outputs.append({"output_type": "clear_output", "wait": wait})
+
+
+@contextmanager
+def recording(shell: InteractiveShell, outputs: list[Output]) -> Iterator[None]:
+    """Route stdout, stderr, results, displays and tracebacks of the shell into `outputs`."""
+    saved = (sys.stdout, sys.stderr, shell.displayhook, shell.display_trap.hook, shell.display_pub)
+
+    def record_traceback(etype: type, evalue: BaseException, stb: list[str]) -> None:
+        outputs.append({"output_type": "error", "ename": etype.__name__, "evalue": str(evalue), "traceback": stb})
+
+    sys.stdout = RecordingStream("stdout", outputs)
+    sys.stderr = RecordingStream("stderr", outputs)
+    shell.displayhook = shell.display_trap.hook = RecordingDisplayHook(shell, outputs)
+    shell.display_pub = RecordingDisplayPublisher(shell, outputs)
+    shell._showtraceback = record_traceback
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr, shell.displayhook, shell.display_trap.hook, shell.display_pub = saved
+        del shell._showtraceback

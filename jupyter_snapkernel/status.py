@@ -1,0 +1,70 @@
+"""The snapshot state of a notebook: none, building, ready, stale or failed."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine import Manifest, SnapshotStore
+
+from .setup_section import read_setup_section
+
+
+@dataclass
+class NotebookState:
+    """What the store holds for one notebook's current setup section."""
+
+    state: str  # none | building | ready | stale | failed
+    setup_hash: str | None = None
+    snapshot: Manifest | None = None
+    reasons: list[str] = field(default_factory=list)
+
+
+def builds_dir(store: SnapshotStore) -> Path:
+    """Where running and failed builds leave their records."""
+    return store.root / "builds"
+
+
+def build_record(store: SnapshotStore, setup_hash: str) -> dict[str, object] | None:
+    """Return the record of a running or failed build for a setup hash."""
+    try:
+        record = json.loads((builds_dir(store) / f"{setup_hash}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if record.get("state") == "building" and not _alive(int(record.get("pid", 0))):
+        return None
+    return record
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid > 0
+
+
+def notebook_state(store: SnapshotStore, notebook: str | Path) -> NotebookState:
+    """Work out the snapshot state of a notebook on disk."""
+    section = read_setup_section(notebook)
+    if section is None:
+        return NotebookState("none", reasons=["no setup cell is marked"])
+    usable, mismatched = store.lookup(section.setup_hash)
+    record = build_record(store, section.setup_hash)
+    if record and record.get("state") == "building":
+        return NotebookState("building", section.setup_hash, usable)
+    if usable is not None:
+        return NotebookState("ready", section.setup_hash, usable)
+    if record and record.get("state") == "failed":
+        return NotebookState("failed", section.setup_hash, reasons=[str(record.get("error", ""))])
+    if mismatched:
+        return NotebookState("stale", section.setup_hash, mismatched[0].manifest, mismatched[0].reasons)
+    resolved = str(Path(notebook).resolve())
+    older = [m for m in store.list() if m.labels.get("notebook") == resolved and m.key != section.setup_hash]
+    if older:
+        return NotebookState("stale", section.setup_hash, older[-1], ["setup cells changed since the snapshot"])
+    return NotebookState("none", section.setup_hash)

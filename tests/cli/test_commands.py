@@ -1,0 +1,84 @@
+"""`jupyter snapkernel build | list | run | bench | rm | gc` on a real notebook."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from tests.kernel.conftest import write_notebook
+
+JUPYTER = Path(sys.executable).with_name("jupyter")
+SETUP = ["import numpy as np\nweights = np.ones((500, 500))\nprint('weights ready')"]
+AFTER = ["print('sum', weights.sum())"]
+
+
+def snapkernel(*args: str, store: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SNAPKERNEL_STORE": str(store)}
+    result = subprocess.run(
+        [str(JUPYTER), "snapkernel", *args], capture_output=True, text=True, timeout=300, env=env, check=False
+    )
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+@pytest.fixture
+def notebook(tmp_path: Path) -> Path:
+    return write_notebook(tmp_path / "small.ipynb", SETUP, marked=0, after=AFTER)
+
+
+def test_build_list_run_rm_and_gc(tmp_path: Path, notebook: Path) -> None:
+    store = tmp_path / "store"
+    built = snapkernel("build", str(notebook), store=store)
+    assert "running setup cell 1/1" in built.stderr
+    assert built.stdout.startswith("snapshot ")
+
+    listed = json.loads(snapkernel("list", "--json", store=store).stdout)
+    assert len(listed) == 1
+    entry = listed[0]
+    assert {"id", "setup_hash", "hardware", "size_bytes", "created"} <= entry.keys()
+    assert entry["size_bytes"] > 0
+
+    output = tmp_path / "executed.ipynb"
+    restored = json.loads(snapkernel("run", str(notebook), "--json", "--output", str(output), store=store).stdout)
+    assert restored["start"] == "restored"
+    assert restored["snapshot"] == entry["id"]
+    assert restored["reason"] is None
+    assert 0 < restored["kernel_ready_s"] <= restored["total_s"]
+    executed = nbformat.read(output, as_version=4)
+    assert executed.cells[0].outputs[0]["text"] == "weights ready\n"
+    assert executed.cells[1].outputs[0]["text"] == "sum 250000.0\n"
+
+    cold = json.loads(snapkernel("run", str(notebook), "--cold", "--json", store=store).stdout)
+    assert cold["start"] == "cold"
+    assert cold["snapshot"] is None
+    assert cold["reason"] == "cold start requested"
+
+    snapkernel("rm", entry["id"], store=store)
+    assert json.loads(snapkernel("list", "--json", store=store).stdout) == []
+    missing = snapkernel("rm", entry["id"], store=store, check=False)
+    assert missing.returncode == 1
+    assert "no snapshot" in missing.stderr
+    assert "deleted 0 snapshot(s)" in snapkernel("gc", "--max-age-days", "1", store=store).stdout
+
+
+def test_bench_reports_cold_and_restored_medians(tmp_path: Path, notebook: Path) -> None:
+    store = tmp_path / "store"
+    snapkernel("build", "--quiet", str(notebook), store=store)
+    result = json.loads(snapkernel("bench", str(notebook), "--runs", "1", "--json", store=store).stdout)
+    assert result["runs"] == 1
+    assert result["cold_s"] > 0 and result["restored_s"] > 0
+    assert result["ratio"] == pytest.approx(result["cold_s"] / result["restored_s"], rel=0.05)
+
+
+def test_build_of_a_notebook_without_setup_cell_says_how_to_mark_one(tmp_path: Path) -> None:
+    plain = write_notebook(tmp_path / "plain.ipynb", ["x = 1"], marked=-1)
+    result = snapkernel("build", str(plain), store=tmp_path / "store", check=False)
+    assert result.returncode == 1
+    assert "has no setup cell: tag one `snapshot` or start it with %%snapshot" in result.stderr

@@ -1,0 +1,217 @@
+"""Notebook kernels restored from snapshots through jupyter_server, with real CRIU."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+from engine import SnapshotStore, process
+from jupyter_snapkernel.builder import build_snapshot
+from jupyter_snapkernel.setup_section import read_setup_section
+
+from .conftest import AFTER_SETUP, SETUP_CELLS, KernelSession, write_notebook
+
+
+async def test_session_gets_a_restored_kernel_with_the_setup_state(
+    open_session: Any, notebook: Path, kernel_store: SnapshotStore
+) -> None:
+    manifest = build_snapshot(notebook, kernel_store)
+    session: KernelSession = await open_session(notebook)
+    assert session.restored
+    facts = await session.value(
+        "{'mode': get_ipython().kernel.start_info.mode, 'snapshot': get_ipython().kernel.start_info.snapshot,"
+        " 'value': setup_value, 'sum': float(matrix.sum()), 'ticker': ticker.is_alive(),"
+        " 'helper': helper.poll() is None, 'pid': os.getpid(), 'proc_self': int(os.readlink('/proc/self')),"
+        " 'cwd': os.getcwd(), 'session': os.environ.get('JPY_SESSION_NAME')}"
+    )
+    assert facts["mode"] == "restored"
+    assert facts["snapshot"] == manifest.id
+    assert facts["value"] == 42
+    assert facts["sum"] == float(sum(range(1_000_000)))
+    assert facts["ticker"] is True
+    assert facts["helper"] is True
+    assert facts["pid"] == facts["proc_self"]
+    assert facts["cwd"] == str(notebook.parent)
+    assert facts["session"] == str(notebook)
+    ticks = await session.value("ticks[0]")
+    assert await session.value("(time.sleep(0.2), ticks[0])[1]") > ticks, "the setup's thread runs"
+    shell = await session.execute("!echo from-a-shell-command")
+    assert "from-a-shell-command" in shell.stdout
+    status = await session.execute("%snapshot status")
+    assert f"restored from snapshot {manifest.id}" in status.stdout
+    assert "notebook snapshot: ready" in status.stdout
+
+
+async def test_two_restored_kernels_are_independent(
+    open_kernel: Any, notebook: Path, kernel_store: SnapshotStore
+) -> None:
+    build_snapshot(notebook, kernel_store)
+    first, second = await asyncio.gather(open_kernel(notebook), open_kernel(notebook))
+    assert first.restored and second.restored
+    assert first.manager.provisioner.pid != second.manager.provisioner.pid
+    await first.execute("setup_value = -1; matrix[0, 0] = 99")
+    assert await second.value("[setup_value, float(matrix[0, 0])]") == [42, 0.0]
+    draw = "[random.random(), float(np.random.rand()), __import__('tempfile').mktemp()]"
+    assert await first.value(draw) != await second.value(draw)
+
+
+async def test_edited_setup_cell_starts_cold_with_stale_reason(
+    open_session: Any, notebook: Path, kernel_store: SnapshotStore
+) -> None:
+    build_snapshot(notebook, kernel_store)
+    write_notebook(notebook, [SETUP_CELLS[0], SETUP_CELLS[1].replace("42", "43")], marked=1, after=[AFTER_SETUP])
+    session: KernelSession = await open_session(notebook)
+    assert not session.restored
+    first = await session.execute("1 + 1")
+    notes = "".join(o["content"]["text"] for o in first.outputs if o["msg_type"] == "stream")
+    assert "snapkernel: cold start (stale" in notes
+    assert (await session.value("get_ipython().kernel.start_info.reason")).startswith("stale")
+    for source in [SETUP_CELLS[0], SETUP_CELLS[1].replace("42", "43")]:
+        assert (await session.execute(source)).status == "ok"
+    assert await session.value("setup_value") == 43
+
+
+async def test_corrupted_snapshot_starts_cold_with_the_verification_error(
+    open_session: Any, notebook: Path, kernel_store: SnapshotStore
+) -> None:
+    manifest = build_snapshot(notebook, kernel_store)
+    pages = max(
+        (kernel_store.snapshots_dir / manifest.id / "images").glob("pages-*.img"), key=lambda p: p.stat().st_size
+    )
+    with open(pages, "r+b") as handle:
+        handle.seek(4096)
+        byte = handle.read(1)
+        handle.seek(4096)
+        handle.write(bytes([byte[0] ^ 1]))
+    session: KernelSession = await open_session(notebook)
+    assert not session.restored
+    reason = await session.value("get_ipython().kernel.start_info.reason")
+    assert f"restore of snapshot {manifest.id} failed" in reason
+    assert "is corrupted (sha256" in reason
+    for source in SETUP_CELLS:
+        assert (await session.execute(source)).status == "ok"
+
+
+async def test_interrupt_restart_and_shutdown_of_a_restored_kernel(
+    open_session: Any, notebook: Path, kernel_store: SnapshotStore, jp_fetch: Any, jp_serverapp: Any
+) -> None:
+    build_snapshot(notebook, kernel_store)
+    session: KernelSession = await open_session(notebook)
+    assert session.restored
+    message_id = session.client.execute("time.sleep(60)")
+    await session.client.get_iopub_msg(timeout=10)  # busy
+    await jp_fetch("api", "kernels", session.kernel_id, "interrupt", method="POST", body="")
+    while True:
+        reply = await session.client.get_shell_msg(timeout=20)
+        if reply["parent_header"].get("msg_id") == message_id:
+            break
+    assert reply["content"]["status"] == "error"
+    assert reply["content"]["ename"] == "KeyboardInterrupt"
+    assert await session.value("setup_value") == 42, "the kernel lives on after the interrupt"
+
+    first_pid = session.manager.provisioner.pid
+    await jp_fetch("api", "kernels", session.kernel_id, "restart", method="POST", body="")
+    await session.client.wait_for_ready(timeout=30)
+    assert session.restored, "a restart restores again"
+    assert session.manager.provisioner.pid != first_pid
+    assert await session.value("setup_value") == 42
+
+    tree = session.manager.provisioner.process.tree
+    members = [tree.init_pid, *tree.members()]
+    assert len(members) >= 3, "init, the kernel and its helper child"
+    await jp_fetch("api", "kernels", session.kernel_id, method="DELETE")
+    assert not any(process.is_alive(pid) or Path(f"/proc/{pid}").exists() for pid in members)
+    zombies = [pid for pid in process.children(os.getpid()) if not process.is_alive(pid)]
+    assert zombies == []
+
+
+async def test_run_all_replays_setup_outputs_then_runs_the_rest(
+    open_session: Any, notebook: Path, kernel_store: SnapshotStore
+) -> None:
+    build_snapshot(notebook, kernel_store)
+    session: KernelSession = await open_session(notebook)
+    first = await session.execute(SETUP_CELLS[0])
+    assert first.reply["content"]["snapkernel"]["replayed"] is True
+    assert "setup total 499999500000.0" in first.stdout
+    second = await session.execute(SETUP_CELLS[1])
+    assert second.reply["content"]["execution_count"] == 2
+    results = [o for o in second.outputs if o["msg_type"] == "execute_result"]
+    assert results[0]["content"]["data"]["text/plain"] == "84"
+    assert results[0]["content"]["metadata"]["snapkernel"]["replayed"] is True
+    assert await session.value("len(threading.enumerate()) >= 2")
+    rest = await session.execute(AFTER_SETUP)
+    assert "snapkernel" not in rest.reply["content"]
+    assert rest.stdout.strip() == "after setup 43"
+
+
+async def test_a_changed_cell_ends_the_replay(open_session: Any, notebook: Path, kernel_store: SnapshotStore) -> None:
+    build_snapshot(notebook, kernel_store)
+    session: KernelSession = await open_session(notebook)
+    changed = await session.execute("print('something else')")
+    assert "snapkernel" not in changed.reply["content"]
+    again = await session.execute(SETUP_CELLS[0])
+    assert "snapkernel" not in again.reply["content"], "after a differing cell, setup cells run for real"
+
+
+def test_failing_setup_cell_fails_the_build_and_publishes_nothing(tmp_path: Path, kernel_store: SnapshotStore) -> None:
+    import pytest
+
+    from jupyter_snapkernel.builder import BuildError
+
+    broken = write_notebook(tmp_path / "broken.ipynb", ["x = 1", "raise ValueError('no data here')"], marked=1)
+    with pytest.raises(BuildError, match=r"setup cell 2 of broken\.ipynb failed") as caught:
+        build_snapshot(broken, kernel_store)
+    assert "ValueError: no data here" in str(caught.value)
+    assert kernel_store.list() == []
+    assert list(kernel_store.staging_dir.iterdir()) == []
+
+
+async def test_hooks_and_cell_magic_marker(open_session: Any, jp_root_dir: Path, kernel_store: SnapshotStore) -> None:
+    cells = [
+        "from jupyter_snapkernel import before_snapshot, after_restore\nevents = []\n"
+        "@before_snapshot\ndef note_snapshot():\n    events.append('before')\n"
+        "@after_restore\ndef note_restore():\n    events.append('after')",
+        "%%snapshot\nmarker = 'set'",
+    ]
+    hooked = write_notebook(jp_root_dir / "hooked.ipynb", cells, marked=-1)
+    build_snapshot(hooked, kernel_store)
+    session: KernelSession = await open_session(hooked)
+    assert session.restored
+    assert await session.value("[events, marker]") == [["before", "after"], "set"]
+
+
+async def test_failing_after_restore_hook_is_reported(
+    open_session: Any, jp_root_dir: Path, kernel_store: SnapshotStore
+) -> None:
+    cells = [
+        "from jupyter_snapkernel import after_restore\n"
+        "@after_restore\ndef broken():\n    raise RuntimeError('hook exploded')\nready = True",
+    ]
+    hooked = write_notebook(jp_root_dir / "broken_hook.ipynb", cells, marked=0)
+    build_snapshot(hooked, kernel_store)
+    session: KernelSession = await open_session(hooked)
+    assert session.restored
+    first = await session.execute("ready")
+    notes = "".join(o["content"]["text"] for o in first.outputs if o["msg_type"] == "stream")
+    assert "after_restore hooks failed" in notes
+    assert "RuntimeError: hook exploded" in notes
+    assert first.status == "ok"
+
+
+async def test_cold_kernel_builds_in_the_background_then_the_next_one_restores(
+    open_session: Any, open_kernel: Any, notebook: Path, kernel_store: SnapshotStore, jp_serverapp: Any
+) -> None:
+    jp_serverapp.config.SnapKernelProvisioner.auto_build = True
+    first: KernelSession = await open_session(notebook)
+    assert not first.restored
+    assert (await first.value("get_ipython().kernel.start_info.reason")) == "no snapshot yet"
+    for _ in range(600):
+        if kernel_store.find(read_setup_section(notebook).setup_hash):
+            break
+        await asyncio.sleep(0.1)
+    manifest = kernel_store.find(read_setup_section(notebook).setup_hash)
+    assert manifest is not None, "the background build published a snapshot"
+    second: KernelSession = await open_kernel(notebook)
+    assert second.restored
