@@ -143,11 +143,12 @@ def bench(args: argparse.Namespace) -> int:
     notebook = args.notebook.resolve()
     if not args.json:
         print(f"timing {notebook.name}: {args.runs} cold and {args.runs} restored starts…", file=sys.stderr)
-    result = run(bench_notebook(notebook, args.runs))
+    result = run(bench_notebook(notebook, args.runs, spares=args.spares))
     if args.json:
         print(json.dumps(result))
         return 0
-    print("time to the first reply after the setup cells (median):")
+    how = "taking kernels restored ahead of time" if args.spares else "restoring at each start"
+    print(f"time to the first reply after the setup cells (median; restored: {how}):")
     print(f"  cold      {result['cold_s']:7.2f} s   runs: {', '.join(f'{s:.2f}' for s in result['cold_runs_s'])}")
     print(
         f"  restored  {result['restored_s']:7.2f} s   runs: {', '.join(f'{s:.2f}' for s in result['restored_runs_s'])}"
@@ -183,6 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser = commands.add_parser("bench", help="time cold against restored starts of a notebook")
     bench_parser.add_argument("notebook", type=Path)
     bench_parser.add_argument("--runs", type=int, default=5, help="starts of each kind (medians are reported)")
+    bench_parser.add_argument(
+        "--no-spares",
+        dest="spares",
+        action="store_false",
+        help="restore at every start instead of taking the kernel restored ahead of time (the default)",
+    )
     bench_parser.add_argument("--json", action="store_true", help="print the result as JSON")
     bench_parser.set_defaults(handler=bench)
 

@@ -14,8 +14,9 @@ import nbformat
 from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 
-from .provisioner import COLD_ENV_VAR, RestoredKernelProcess
+from .provisioner import COLD_ENV_VAR, SPARES_ENV_VAR, RestoredKernelProcess
 from .setup_section import normalise, read_setup_section
+from .spares import spare_pool
 
 KERNEL_NAME = "snapkernel"
 
@@ -108,10 +109,28 @@ async def time_to_first_reply(notebook: Path, cold: bool) -> tuple[float, str]:
     return elapsed, start
 
 
-async def bench_notebook(notebook: Path, runs: int) -> dict[str, Any]:
-    """Median time to the first post-setup reply, cold and restored."""
+async def _wait_for_spare(timeout: float = 30) -> None:
+    """Let the spare that the last restore started finish, as it would between two real starts."""
+    deadline = time.monotonic() + timeout
+    while spare_pool.filling and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+
+
+async def bench_notebook(notebook: Path, runs: int, spares: bool = False) -> dict[str, Any]:
+    """Median time to the first post-setup reply, cold and restored.
+
+    Without `spares` every restored start runs CRIU while the launch waits; with them, each start
+    takes the kernel restored ahead of time by the start before it (the first restores directly).
+    """
+    os.environ[SPARES_ENV_VAR] = "1" if spares else "0"
     cold = [await time_to_first_reply(notebook, cold=True) for _ in range(runs)]
-    restored = [await time_to_first_reply(notebook, cold=False) for _ in range(runs)]
+    restored = []
+    for _ in range(runs + (1 if spares else 0)):
+        restored.append(await time_to_first_reply(notebook, cold=False))
+        await _wait_for_spare()
+    if spares:
+        restored = restored[1:]  # the first start had no spare to take
+    spare_pool.discard_all()
     not_restored = [start for _, start in restored if start != "restored"]
     if not_restored:
         raise RuntimeError(f"{len(not_restored)} of {runs} kernels did not restore: build the snapshot first")
@@ -120,6 +139,7 @@ async def bench_notebook(notebook: Path, runs: int) -> dict[str, Any]:
     return {
         "notebook": str(notebook),
         "runs": runs,
+        "spares": spares,
         "cold_s": round(cold_s, 3),
         "restored_s": round(restored_s, 3),
         "ratio": round(cold_s / restored_s, 2),

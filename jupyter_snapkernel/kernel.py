@@ -33,6 +33,7 @@ class StartInfo:
     snapshot: str | None = None
     notebook: str | None = None
     restore_s: float | None = None
+    from_spare: bool = False
     setup_s: float | None = None
     hook_failures: list[str] = field(default_factory=list)
 

@@ -143,6 +143,7 @@ class SnapKernelApp(IPKernelApp):
             snapshot=request["snapshot"],
             notebook=request["env"].get("JPY_SESSION_NAME"),
             restore_s=time.time() - request["restore_started"],
+            from_spare=bool(request.get("from_spare")),
             setup_s=sum(cell.seconds for cell in request["setup_record"]),
             hook_failures=failures,
         )

@@ -54,8 +54,9 @@ class SnapshotMagics(Magics):
         info = getattr(kernel, "start_info", None)
         if info is not None and info.mode == "restored":
             saved = max((info.setup_s or 0) - (info.restore_s or 0), 0)
+            ahead = ", restored ahead of time" if info.from_spare else ""
             print(
-                f"kernel: restored from snapshot {info.snapshot} in {info.restore_s:.2f} s "
+                f"kernel: restored from snapshot {info.snapshot} in {info.restore_s:.2f} s{ahead} "
                 f"(the setup took {info.setup_s:.2f} s when built: {saved:.2f} s saved)"
             )
             print(f"setup cells replayed: {kernel.replayed} of {len(kernel.setup_record)}")

@@ -18,11 +18,13 @@ from engine import Manifest, RestoredTree, SnapshotStore
 from engine.restore import lazy_restore_supported
 
 from .builder import BuildError, build_snapshot
-from .kernelapp import START_ENV_VAR, PipeChannel
+from .kernelapp import START_ENV_VAR
 from .paths import STORE_ENV_VAR, default_store_root, open_store
 from .setup_section import SetupSection, read_setup_section
+from .spares import restore_waiting, spare_pool
 
 COLD_ENV_VAR = "SNAPKERNEL_COLD"
+SPARES_ENV_VAR = "SNAPKERNEL_SPARE_KERNELS"
 
 # One build per setup section in this server process; later requests join it.
 _builds: dict[str, asyncio.Task[Manifest]] = {}
@@ -96,11 +98,20 @@ class SnapKernelProvisioner(LocalProvisioner):
         "background and on first touch. Faster to the first reply when the setup's memory is touched "
         "little at first; slower when the first cells touch most of it. Needs userfaultfd (see doctor).",
     ).tag(config=True)
+    spare_kernels = Bool(
+        help="Keep one kernel restored ahead of time for each snapshot in use, so that the next start of that "
+        "notebook (another session, a restart) only hands it a connection. Costs the memory of one idle kernel "
+        "per notebook in use.",
+    ).tag(config=True)
     build_timeout = Float(600.0, help="Seconds a snapshot build may take before it is abandoned.").tag(config=True)
 
     @default("store_root")
     def _store_root_default(self) -> str:
         return str(default_store_root())
+
+    @default("spare_kernels")
+    def _spare_kernels_default(self) -> bool:
+        return os.environ.get(SPARES_ENV_VAR, "1").lower() not in {"0", "false", "no", "off"}
 
     @default("auto_build")
     def _auto_build_default(self) -> bool:
@@ -172,58 +183,48 @@ class SnapKernelProvisioner(LocalProvisioner):
             error = done.exception()
             if error is None:
                 self.log.info("snapkernel: snapshot %s of %s is ready", done.result().id, notebook)
+                if self.spare_kernels:
+                    lazy = self.lazy_restore and lazy_restore_supported()
+                    spare_pool.refill(self.store, done.result(), lazy=lazy, timeout=self.restore_timeout)
             elif not isinstance(error, BuildError) or "already being built" not in str(error):
                 self.log.warning("snapkernel: snapshot build of %s failed: %s", notebook, error)
 
         task.add_done_callback(report)
 
     async def _restore(self, manifest: Manifest, kwargs: dict[str, Any]) -> KernelConnectionInfo:
-        """Restore the snapshot and hand it this launch's connection, environment and cwd."""
+        """Restore the snapshot (or take its spare) and hand it this launch's connection, env and cwd."""
         started = time.time()
-        control_read, control_write = os.pipe()
-        report_read, report_write = os.pipe()
-        handed = {
-            "stdin": os.open(os.devnull, os.O_RDONLY),
-            "stdout": os.dup(1),
-            "stderr": os.dup(2),
-            "control": control_read,
-            "report": report_write,
-        }
-        try:
-            tree = await asyncio.to_thread(
-                self.store.restore,
-                manifest.id,
-                key=manifest.key,
-                pipes=handed,
-                timeout=self.restore_timeout,
-                lazy=self.lazy_restore and lazy_restore_supported(),
+        lazy = self.lazy_restore and lazy_restore_supported()
+        waiting = spare_pool.take(manifest.id) if self.spare_kernels else None
+        from_spare = waiting is not None
+        if waiting is None:
+            waiting = await asyncio.to_thread(
+                restore_waiting, self.store, manifest, lazy=lazy, timeout=self.restore_timeout
             )
-        finally:
-            for fd in handed.values():
-                os.close(fd)
-        channel = PipeChannel(report_read, control_write)
         cwd = str(kwargs.get("cwd") or os.getcwd())
         try:
-            channel.send(
+            waiting.channel.send(
                 connection_file=self.parent.connection_file,
                 env=kwargs.get("env") or dict(os.environ),
                 cwd=cwd,
                 snapshot=manifest.id,
                 restore_started=started,
+                from_spare=from_spare,
             )
-            reply = await asyncio.wait_for(asyncio.to_thread(channel.receive), self.restore_timeout)
+            reply = await asyncio.wait_for(asyncio.to_thread(waiting.channel.receive), self.restore_timeout)
             if reply.get("event") != "resumed":
                 raise RuntimeError(reply.get("error") or f"unexpected reply {reply}")
         except BaseException:
-            tree.kill()
+            waiting.discard()
             raise
-        finally:
-            os.close(control_write)
-            os.close(report_read)
+        waiting.close_pipes()
         self.log.info(
-            "snapkernel: restored %s from snapshot %s in %.2f s", kwargs.get("kernel_id", "kernel"), manifest.id,
-            time.time() - started,
+            "snapkernel: restored %s from snapshot %s in %.2f s%s", kwargs.get("kernel_id", "kernel"), manifest.id,
+            time.time() - started, " (a spare restored ahead)" if from_spare else "",
         )  # fmt: skip
+        if self.spare_kernels:
+            spare_pool.refill(self.store, manifest, lazy=lazy, timeout=self.restore_timeout)
+        tree = waiting.tree
         self.process = RestoredKernelProcess(tree)
         self.pid = tree.pid
         self.pgid = tree.pid

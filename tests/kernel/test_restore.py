@@ -215,3 +215,30 @@ async def test_cold_kernel_builds_in_the_background_then_the_next_one_restores(
     assert manifest is not None, "the background build published a snapshot"
     second: KernelSession = await open_kernel(notebook)
     assert second.restored
+
+
+async def test_restart_takes_the_kernel_restored_ahead_of_time(
+    open_session: Any, notebook: Path, kernel_store: SnapshotStore, jp_serverapp: Any, jp_fetch: Any
+) -> None:
+    from jupyter_snapkernel.spares import spare_pool
+
+    jp_serverapp.config.SnapKernelProvisioner.spare_kernels = True
+    build_snapshot(notebook, kernel_store)
+    try:
+        session: KernelSession = await open_session(notebook)
+        assert session.restored
+        assert await session.value("get_ipython().kernel.start_info.from_spare") is False
+        first_draw = await session.value("random.random()")
+        for _ in range(300):
+            if not spare_pool.filling:
+                break
+            await asyncio.sleep(0.1)
+        await jp_fetch("api", "kernels", session.kernel_id, "restart", method="POST", body="")
+        await session.client.wait_for_ready(timeout=30)
+        assert session.restored
+        assert await session.value("get_ipython().kernel.start_info.from_spare") is True
+        assert await session.value("[setup_value, ticker.is_alive(), helper.poll() is None]") == [42, True, True]
+        assert await session.value("os.environ['JPY_SESSION_NAME']") == str(notebook)
+        assert await session.value("random.random()") != first_draw
+    finally:
+        spare_pool.discard_all()

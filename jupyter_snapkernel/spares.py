@@ -1,0 +1,102 @@
+"""Kernels restored ahead of time: each waits on its control pipe until a launch hands it a connection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from dataclasses import dataclass
+
+from engine import Manifest, RestoredTree, SnapshotStore
+
+from .kernelapp import PipeChannel
+
+
+@dataclass
+class WaitingKernel:
+    """A restored kernel that has no socket yet, blocked until it is sent a resume request."""
+
+    tree: RestoredTree
+    channel: PipeChannel
+    snapshot: str
+
+    def close_pipes(self) -> None:
+        for fd in (self.channel.read_fd, self.channel.write_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def discard(self) -> None:
+        self.tree.kill()
+        self.close_pipes()
+
+
+def restore_waiting(store: SnapshotStore, manifest: Manifest, *, lazy: bool, timeout: float) -> WaitingKernel:
+    """Restore a snapshot's kernel with fresh pipes; it waits for its resume request."""
+    control_read, control_write = os.pipe()
+    report_read, report_write = os.pipe()
+    handed = {
+        "stdin": os.open(os.devnull, os.O_RDONLY),
+        "stdout": os.dup(1),  # restored kernels write where a cold kernel of this server would
+        "stderr": os.dup(2),
+        "control": control_read,
+        "report": report_write,
+    }
+    try:
+        tree = store.restore(manifest.id, key=manifest.key, pipes=handed, timeout=timeout, lazy=lazy)
+    except BaseException:
+        os.close(control_write)
+        os.close(report_read)
+        raise
+    finally:
+        for fd in handed.values():
+            os.close(fd)
+    return WaitingKernel(tree, PipeChannel(report_read, control_write), manifest.id)
+
+
+class SparePool:
+    """At most one spare kernel per snapshot, restored in the background after each launch."""
+
+    def __init__(self) -> None:
+        self._spares: dict[str, WaitingKernel] = {}
+        self._filling: dict[str, asyncio.Task[WaitingKernel]] = {}
+
+    @property
+    def filling(self) -> bool:
+        """Whether a spare is being restored now."""
+        return bool(self._filling)
+
+    def take(self, snapshot_id: str) -> WaitingKernel | None:
+        """Return the live spare for a snapshot, if one is ready."""
+        spare = self._spares.pop(snapshot_id, None)
+        if spare is not None and spare.tree.poll() is not None:
+            spare.close_pipes()
+            return None
+        return spare
+
+    def refill(self, store: SnapshotStore, manifest: Manifest, *, lazy: bool, timeout: float) -> None:
+        """Restore a spare for `manifest` in the background unless one exists or is on its way."""
+        if manifest.id in self._spares or manifest.id in self._filling:
+            return
+        for snapshot_id in [known for known in self._spares if known != manifest.id]:
+            try:
+                store.get(snapshot_id)
+            except Exception:  # deleted or unreadable: its spare is of no more use
+                self._spares.pop(snapshot_id).discard()
+        task = asyncio.ensure_future(asyncio.to_thread(restore_waiting, store, manifest, lazy=lazy, timeout=timeout))
+        self._filling[manifest.id] = task
+
+        def settle(done: asyncio.Task[WaitingKernel]) -> None:
+            self._filling.pop(manifest.id, None)
+            if not done.cancelled() and done.exception() is None:
+                self._spares[manifest.id] = done.result()
+
+        task.add_done_callback(settle)
+
+    def discard_all(self) -> None:
+        """Kill every spare."""
+        for spare in self._spares.values():
+            spare.discard()
+        self._spares.clear()
+
+
+spare_pool = SparePool()
