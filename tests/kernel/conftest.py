@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -21,7 +22,11 @@ from jupyter_snapkernel.paths import open_store
 REPO = Path(__file__).resolve().parents[2]
 SETUP_CELLS = [
     "import os, random, subprocess, threading, time\nimport numpy as np\n"
-    "matrix = np.arange(1_000_000, dtype=np.float64).reshape(1000, 1000)\nprint('setup total', matrix.sum())",
+    "matrix = np.arange(1_000_000, dtype=np.float64).reshape(1000, 1000)\nprint('setup total', matrix.sum())\n"
+    "!echo from-a-setup-shell-command\n"
+    "targets = []\nfor name in os.listdir('/proc/self/fd'):\n    try:\n"
+    "        targets.append(os.readlink('/proc/self/fd/' + name))\n    except FileNotFoundError:\n        pass\n"
+    "sockets_at_build = [target for target in targets if target.startswith('socket:')]",
     "ticks = [0]\ndef tick():\n    while True:\n        ticks[0] += 1\n        time.sleep(0.01)\n"
     "ticker = threading.Thread(target=tick, daemon=True)\nticker.start()\n"
     "helper = subprocess.Popen(['sleep', '600'])\nsetup_value = 42\nsetup_value * 2",
@@ -155,12 +160,13 @@ def open_session(jp_fetch: Any, jp_serverapp: Any, jp_root_dir: Path, snapkernel
 def open_kernel(jp_serverapp: Any, jp_root_dir: Path, snapkernel_spec: Path) -> Any:
     """Start another kernel for a notebook through the server's kernel manager (as a second session would)."""
     sessions: list[KernelSession] = []
+    launches = itertools.count()
 
     async def start(notebook: Path) -> KernelSession:
         kernel_id = await jp_serverapp.kernel_manager.start_kernel(
             kernel_name="snapkernel",
             path=str(notebook.parent.relative_to(jp_root_dir)),
-            env={**os.environ, "JPY_SESSION_NAME": str(notebook)},
+            env={**os.environ, "JPY_SESSION_NAME": str(notebook), "LAUNCH_TOKEN": f"token-{next(launches)}"},
         )
         session = KernelSession(jp_serverapp, kernel_id)
         sessions.append(session)

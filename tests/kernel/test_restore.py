@@ -55,6 +55,9 @@ async def test_two_restored_kernels_are_independent(
     assert await second.value("[setup_value, float(matrix[0, 0])]") == [42, 0.0]
     draw = "[random.random(), float(np.random.rand()), __import__('tempfile').mktemp()]"
     assert await first.value(draw) != await second.value(draw)
+    # Each gets its own launch's environment, not the build's.
+    tokens = {await first.value("os.environ.get('LAUNCH_TOKEN')"), await second.value("os.environ.get('LAUNCH_TOKEN')")}
+    assert tokens == {"token-0", "token-1"}
 
 
 async def test_edited_setup_cell_starts_cold_with_stale_reason(
@@ -135,6 +138,7 @@ async def test_run_all_replays_setup_outputs_then_runs_the_rest(
     first = await session.execute(SETUP_CELLS[0])
     assert first.reply["content"]["snapkernel"]["replayed"] is True
     assert "setup total 499999500000.0" in first.stdout
+    assert "from-a-setup-shell-command" in first.stdout
     second = await session.execute(SETUP_CELLS[1])
     assert second.reply["content"]["execution_count"] == 2
     results = [o for o in second.outputs if o["msg_type"] == "execute_result"]
@@ -242,3 +246,50 @@ async def test_restart_takes_the_kernel_restored_ahead_of_time(
         assert await session.value("random.random()") != first_draw
     finally:
         spare_pool.discard_all()
+
+
+async def test_restored_kernel_behaves_as_a_normal_kernel(
+    open_session: Any, notebook: Path, kernel_store: SnapshotStore
+) -> None:
+    build_snapshot(notebook, kernel_store)
+    session: KernelSession = await open_session(notebook)
+    assert session.restored
+    assert await session.value("sockets_at_build") == [], "no socket existed when the kernel was checkpointed"
+
+    def answer(message: dict[str, Any]) -> None:
+        session.client.input("typed by a person")
+
+    reply = await session.client.execute_interactive(
+        "name = input('who? ')", allow_stdin=True, stdin_hook=answer, timeout=30, output_hook=lambda m: None
+    )
+    assert reply["content"]["status"] == "ok"
+    assert await session.value("name") == "typed by a person"
+
+    session.client.comm_info()
+    comm_reply = await session.client.get_shell_msg(timeout=10)
+    assert comm_reply["msg_type"] == "comm_info_reply"
+    assert comm_reply["content"]["status"] == "ok"
+
+    output = await session.value("subprocess.run(['echo', 'child'], capture_output=True, text=True).stdout")
+    assert output == "child\n"
+    await asyncio.sleep(2.5)  # longer than ipykernel's parent poller interval
+    assert session.manager.provisioner.process.poll() is None
+
+
+async def test_snapshot_magics_build_list_and_remove(
+    open_session: Any, notebook: Path, kernel_store: SnapshotStore
+) -> None:
+    session: KernelSession = await open_session(notebook)
+    assert not session.restored
+    status = await session.execute("%snapshot status")
+    assert "kernel: cold start (no snapshot yet)" in status.stdout
+    assert "notebook snapshot: none" in status.stdout
+    built = await session.execute("%snapshot build", timeout=300)
+    assert "running setup cell 1" in built.stdout
+    manifest = kernel_store.find(read_setup_section(notebook).setup_hash)
+    assert manifest is not None
+    assert f"snapshot {manifest.id} ready" in built.stdout
+    assert "notebook snapshot: ready" in (await session.execute("%snapshot status")).stdout
+    assert manifest.id in (await session.execute("%snapshot list")).stdout
+    assert f"deleted {manifest.id}" in (await session.execute(f"%snapshot rm {manifest.id}")).stdout
+    assert kernel_store.list() == []
