@@ -72,13 +72,15 @@ class SnapshotStore:
         root: str | os.PathLike[str],
         verify: VerifyMode = "sha256",
         environment_extra: Mapping[str, str] | None = None,
+        work_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.root = Path(root)
         self.verify_mode: VerifyMode = verify
         self.environment_extra = dict(environment_extra or {})
         self.snapshots_dir = self.root / "snapshots"
         self.staging_dir = self.root / "staging"
-        self.work_dir = self.root / "work"
+        # Restores of a read-only (shared) store do their CRIU work elsewhere.
+        self.work_dir = Path(work_dir) if work_dir else self.root / "work"
 
     # -- layout and permissions -------------------------------------------------------------
 
@@ -277,9 +279,12 @@ class SnapshotStore:
         images = directory / IMAGES
         verified = {name: [*_identity(images / name), record.sha256] for name, record in manifest.files.items()}
         temporary = directory / f"{VERIFIED}.{secrets.token_hex(4)}"
-        temporary.write_text(json.dumps(verified))
-        os.chmod(temporary, 0o600)
-        os.replace(temporary, directory / VERIFIED)
+        try:
+            temporary.write_text(json.dumps(verified))
+            os.chmod(temporary, 0o600)
+            os.replace(temporary, directory / VERIFIED)
+        except OSError:  # a read-only (shared) store: verify in full each time
+            temporary.unlink(missing_ok=True)
 
     # -- restoring ----------------------------------------------------------------------------
 
@@ -341,7 +346,7 @@ class SnapshotStore:
                     f"(it has: {', '.join(sorted(manifest.pipes)) or 'none'})"
                 )
             inherit = {manifest.pipes[name]: fd for name, fd in (pipes or {}).items()}
-            self.ensure_layout()
+            self.work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             options = {} if timeout is None else {"timeout": timeout}
             tree = restore(directory / IMAGES, work, inherit_fds=inherit, criu_binary=criu_binary, lazy=lazy, **options)
         except BaseException:
@@ -395,6 +400,16 @@ class SnapshotStore:
                 if self._try_delete(manifest.id):
                     deleted.append(manifest.id)
                     total -= manifest.size_bytes
+        return deleted
+
+    def trim(self, *, quota_bytes: int = 0, max_snapshots: int = 0) -> list[str]:
+        """Delete the least recently used snapshots beyond a size quota and a count (0: no limit)."""
+        deleted = self.gc(quota_bytes=quota_bytes) if quota_bytes else []
+        if max_snapshots:
+            kept = sorted(self.list(), key=self.last_used)
+            for manifest in kept[: max(len(kept) - max_snapshots, 0)]:
+                if self._try_delete(manifest.id):
+                    deleted.append(manifest.id)
         return deleted
 
     def _try_delete(self, snapshot_id: str) -> bool:

@@ -27,8 +27,15 @@ def kernel_code_digest() -> str:
     return source_digest("engine", "jupyter_snapkernel")
 
 
-def open_store(root: str | os.PathLike[str] | None = None, verify: VerifyMode = "sha256") -> SnapshotStore:
-    """Return the snapshot store, keyed also on the snapkernel code that built the snapshots."""
+def open_store(
+    root: str | os.PathLike[str] | None = None,
+    verify: VerifyMode = "sha256",
+    work_dir: str | os.PathLike[str] | None = None,
+) -> SnapshotStore:
+    """Return a snapshot store, keyed also on the snapkernel code that built the snapshots."""
     return SnapshotStore(
-        root or default_store_root(), verify=verify, environment_extra={"snapkernel_sha256": kernel_code_digest()}
+        root or default_store_root(),
+        verify=verify,
+        environment_extra={"snapkernel_sha256": kernel_code_digest()},
+        work_dir=work_dir,
     )

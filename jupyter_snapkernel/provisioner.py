@@ -12,19 +12,19 @@ from typing import Any
 
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning import LocalProvisioner
-from traitlets import Bool, Enum, Float, Unicode, default
 
 from engine import Manifest, RestoredTree, SnapshotStore
 from engine.restore import lazy_restore_supported
 
 from .builder import BuildError, build_snapshot
+from .config import SnapKernelSettings
 from .kernelapp import START_ENV_VAR
-from .paths import STORE_ENV_VAR, default_store_root, open_store
+from .paths import STORE_ENV_VAR, open_store
 from .setup_section import SetupSection, read_setup_section
 from .spares import restore_waiting, spare_pool
 
 COLD_ENV_VAR = "SNAPKERNEL_COLD"
-SPARES_ENV_VAR = "SNAPKERNEL_SPARE_KERNELS"
+SPARES_ENV_VAR = "SNAPKERNEL_SPARE_KERNELS"  # read by SnapKernelSettings
 
 # One build per setup section in this server process; later requests join it.
 _builds: dict[str, asyncio.Task[Manifest]] = {}
@@ -38,6 +38,7 @@ class StartPlan:
     section: SetupSection | None = None
     snapshot: Manifest | None = None
     reason: str | None = None
+    store: SnapshotStore | None = None
 
 
 class RestoredKernelProcess:
@@ -78,54 +79,36 @@ def ensure_build(notebook: Path, store: SnapshotStore, section: SetupSection, ti
 class SnapKernelProvisioner(LocalProvisioner):
     """Restores `snapkernel` kernels from snapshots of their notebook's setup cells."""
 
-    store_root = Unicode(
-        help="Snapshot store directory (default: $SNAPKERNEL_STORE or $JUPYTER_DATA_DIR/snapkernel)."
-    ).tag(config=True)
-    auto_build = Bool(
-        help="Start a background snapshot build when a notebook with a setup section gets a cold kernel.",
-    ).tag(config=True)
-    verify = Enum(
-        ["sha256", "size"],
-        "sha256",
-        help="How image files are checked before a restore: full sha256, or sizes only.",
-    ).tag(config=True)
-    restore_timeout = Float(60.0, help="Seconds a restore may take before the kernel starts cold instead.").tag(
-        config=True
-    )
-    lazy_restore = Bool(
-        False,
-        help="Resume restored kernels before their memory is copied in (userfaultfd): pages load in the "
-        "background and on first touch. Faster to the first reply when the setup's memory is touched "
-        "little at first; slower when the first cells touch most of it. Needs userfaultfd (see doctor).",
-    ).tag(config=True)
-    spare_kernels = Bool(
-        help="Keep one kernel restored ahead of time for each snapshot in use, so that the next start of that "
-        "notebook (another session, a restart) only hands it a connection. Costs the memory of one idle kernel "
-        "per notebook in use.",
-    ).tag(config=True)
-    build_timeout = Float(600.0, help="Seconds a snapshot build may take before it is abandoned.").tag(config=True)
-
-    @default("store_root")
-    def _store_root_default(self) -> str:
-        return str(default_store_root())
-
-    @default("spare_kernels")
-    def _spare_kernels_default(self) -> bool:
-        return os.environ.get(SPARES_ENV_VAR, "1").lower() not in {"0", "false", "no", "off"}
-
-    @default("auto_build")
-    def _auto_build_default(self) -> bool:
-        return os.environ.get("SNAPKERNEL_AUTO_BUILD", "1").lower() not in {"0", "false", "no", "off"}
+    @property
+    def settings(self) -> SnapKernelSettings:
+        """The administrator's settings (``c.SnapKernelSettings``), read through this server's config."""
+        if not hasattr(self, "_settings"):
+            self._settings = SnapKernelSettings(parent=self)
+        return self._settings
 
     @property
     def store(self) -> SnapshotStore:
-        return open_store(self.store_root, verify=self.verify)
+        """This user's store."""
+        return open_store(self.settings.user_store_root, verify=self.settings.verify)
+
+    def stores(self) -> list[SnapshotStore]:
+        """This user's store, then the shared read-only ones (their restores work in the user's store)."""
+        own = self.store
+        shared = [
+            open_store(root, verify=self.settings.verify, work_dir=own.work_dir) for root in self.settings.shared_roots
+        ]
+        return [own, *shared]
 
     def plan(self, env: dict[str, str], cwd: str | None) -> StartPlan:
         """Decide between restoring and a cold start, with the reason for a cold one."""
         session_name = env.get("JPY_SESSION_NAME")
         if not session_name:
             return StartPlan(reason=None)
+        if not self.settings.enabled:
+            return StartPlan(notebook=Path(session_name), reason="snapshots are disabled (SnapKernelSettings.enabled)")
+        kernel_name = getattr(self.parent, "kernel_name", "snapkernel")
+        if kernel_name not in self.settings.allowed_kernelspecs:
+            return StartPlan(notebook=Path(session_name), reason=f"kernelspec {kernel_name!r} is not allowed snapshots")
         if env.get(COLD_ENV_VAR, "").lower() in {"1", "true", "yes"}:
             return StartPlan(notebook=Path(session_name), reason="cold start requested")
         notebook = Path(session_name)
@@ -139,9 +122,12 @@ class SnapKernelProvisioner(LocalProvisioner):
             return StartPlan(notebook=notebook, reason=f"cannot read the notebook: {error}")
         if section is None:
             return StartPlan(notebook=notebook)
-        usable, stale = self.store.lookup(section.setup_hash)
-        if usable is not None:
-            return StartPlan(notebook, section, usable)
+        stale: list[Any] = []
+        for store in self.stores():
+            usable, mismatched = store.lookup(section.setup_hash)
+            if usable is not None:
+                return StartPlan(notebook, section, usable, store=store)
+            stale += mismatched
         resolved = str(notebook.resolve())
         if stale:
             return StartPlan(notebook, section, reason="stale: " + "; ".join(stale[0].reasons))
@@ -153,14 +139,14 @@ class SnapKernelProvisioner(LocalProvisioner):
         kwargs = await super().pre_launch(**kwargs)
         env = kwargs.setdefault("env", dict(os.environ))
         self.start_plan = await asyncio.to_thread(self.plan, env, kwargs.get("cwd"))
-        env[STORE_ENV_VAR] = self.store_root
+        env[STORE_ENV_VAR] = str(self.settings.user_store_root)
         return kwargs
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         plan: StartPlan = getattr(self, "start_plan", StartPlan())
         if plan.snapshot is not None:
             try:
-                return await self._restore(plan.snapshot, kwargs)
+                return await self._restore(plan.snapshot, plan.store or self.store, kwargs)
             except Exception as error:
                 plan.reason = f"restore of snapshot {plan.snapshot.id} failed: {error}"
                 self.log.warning("snapkernel: %s; starting cold", plan.reason)
@@ -169,13 +155,13 @@ class SnapKernelProvisioner(LocalProvisioner):
         env = kwargs.setdefault("env", dict(os.environ))
         env[START_ENV_VAR] = json.dumps({"reason": plan.reason, "notebook": str(plan.notebook or "")})
         info = await super().launch_kernel(cmd, **kwargs)
-        wants_build = plan.section is not None and plan.notebook is not None and self.auto_build
+        wants_build = plan.section is not None and plan.notebook is not None and self.settings.auto_build
         if wants_build and env.get(COLD_ENV_VAR, "").lower() not in {"1", "true", "yes"}:
             self._background_build(plan.notebook, plan.section)
         return info
 
     def _background_build(self, notebook: Path, section: SetupSection) -> None:
-        task = ensure_build(notebook, self.store, section, self.build_timeout)
+        task = ensure_build(notebook, self.store, section, self.settings.build_timeout)
 
         def report(done: asyncio.Task[Manifest]) -> None:
             if done.cancelled():
@@ -183,23 +169,25 @@ class SnapKernelProvisioner(LocalProvisioner):
             error = done.exception()
             if error is None:
                 self.log.info("snapkernel: snapshot %s of %s is ready", done.result().id, notebook)
-                if self.spare_kernels:
-                    lazy = self.lazy_restore and lazy_restore_supported()
-                    spare_pool.refill(self.store, done.result(), lazy=lazy, timeout=self.restore_timeout)
+                self.store.trim(quota_bytes=self.settings.quota_bytes, max_snapshots=self.settings.max_snapshots)
+                if self.settings.spare_kernels:
+                    lazy = self.settings.lazy_restore and lazy_restore_supported()
+                    spare_pool.refill(self.store, done.result(), lazy=lazy, timeout=self.settings.restore_timeout)
             elif not isinstance(error, BuildError) or "already being built" not in str(error):
                 self.log.warning("snapkernel: snapshot build of %s failed: %s", notebook, error)
 
         task.add_done_callback(report)
 
-    async def _restore(self, manifest: Manifest, kwargs: dict[str, Any]) -> KernelConnectionInfo:
+    async def _restore(self, manifest: Manifest, store: SnapshotStore, kwargs: dict[str, Any]) -> KernelConnectionInfo:
         """Restore the snapshot (or take its spare) and hand it this launch's connection, env and cwd."""
         started = time.time()
-        lazy = self.lazy_restore and lazy_restore_supported()
-        waiting = spare_pool.take(manifest.id) if self.spare_kernels else None
+        settings = self.settings
+        lazy = settings.lazy_restore and lazy_restore_supported()
+        waiting = spare_pool.take(manifest.id) if settings.spare_kernels else None
         from_spare = waiting is not None
         if waiting is None:
             waiting = await asyncio.to_thread(
-                restore_waiting, self.store, manifest, lazy=lazy, timeout=self.restore_timeout
+                restore_waiting, store, manifest, lazy=lazy, timeout=settings.restore_timeout
             )
         cwd = str(kwargs.get("cwd") or os.getcwd())
         try:
@@ -211,7 +199,7 @@ class SnapKernelProvisioner(LocalProvisioner):
                 restore_started=started,
                 from_spare=from_spare,
             )
-            reply = await asyncio.wait_for(asyncio.to_thread(waiting.channel.receive), self.restore_timeout)
+            reply = await asyncio.wait_for(asyncio.to_thread(waiting.channel.receive), settings.restore_timeout)
             if reply.get("event") != "resumed":
                 raise RuntimeError(reply.get("error") or f"unexpected reply {reply}")
         except BaseException:
@@ -222,8 +210,8 @@ class SnapKernelProvisioner(LocalProvisioner):
             "snapkernel: restored %s from snapshot %s in %.2f s%s", kwargs.get("kernel_id", "kernel"), manifest.id,
             time.time() - started, " (a spare restored ahead)" if from_spare else "",
         )  # fmt: skip
-        if self.spare_kernels:
-            spare_pool.refill(self.store, manifest, lazy=lazy, timeout=self.restore_timeout)
+        if settings.spare_kernels:
+            spare_pool.refill(store, manifest, lazy=lazy, timeout=settings.restore_timeout)
         tree = waiting.tree
         self.process = RestoredKernelProcess(tree)
         self.pid = tree.pid

@@ -70,7 +70,7 @@ def kernel_store(store_root: Path) -> SnapshotStore:
 @pytest.fixture
 def jp_server_config() -> Config:
     # Builds start only when a test asks for one.
-    return Config({"SnapKernelProvisioner": {"auto_build": False, "spare_kernels": False}})
+    return Config({"SnapKernelSettings": {"auto_build": False, "spare_kernels": False}})
 
 
 @pytest.fixture

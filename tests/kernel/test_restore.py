@@ -207,7 +207,7 @@ async def test_failing_after_restore_hook_is_reported(
 async def test_cold_kernel_builds_in_the_background_then_the_next_one_restores(
     open_session: Any, open_kernel: Any, notebook: Path, kernel_store: SnapshotStore, jp_serverapp: Any
 ) -> None:
-    jp_serverapp.config.SnapKernelProvisioner.auto_build = True
+    jp_serverapp.config.SnapKernelSettings.auto_build = True
     first: KernelSession = await open_session(notebook)
     assert not first.restored
     assert (await first.value("get_ipython().kernel.start_info.reason")) == "no snapshot yet"
@@ -226,7 +226,7 @@ async def test_restart_takes_the_kernel_restored_ahead_of_time(
 ) -> None:
     from jupyter_snapkernel.spares import spare_pool
 
-    jp_serverapp.config.SnapKernelProvisioner.spare_kernels = True
+    jp_serverapp.config.SnapKernelSettings.spare_kernels = True
     build_snapshot(notebook, kernel_store)
     try:
         session: KernelSession = await open_session(notebook)

@@ -1,0 +1,116 @@
+"""Settings an administrator sets for every user: in jupyter_server_config.py, on the command line,
+or through SNAPKERNEL_* environment variables (e.g. from ``c.Spawner.environment``)."""
+
+from __future__ import annotations
+
+import getpass
+import os
+from pathlib import Path
+
+from traitlets import Bool, Enum, Float, Int, List, Unicode, default
+from traitlets.config import LoggingConfigurable
+
+from .paths import default_store_root
+
+FALSE_WORDS = {"0", "false", "no", "off"}
+
+
+def _env_flag(name: str, fallback: bool) -> bool:
+    value = os.environ.get(name)
+    return fallback if value is None else value.strip().lower() not in FALSE_WORDS
+
+
+def _env_list(name: str) -> list[str] | None:
+    value = os.environ.get(name)
+    return None if value is None else [item for item in value.replace(":", ",").split(",") if item]
+
+
+class SnapKernelSettings(LoggingConfigurable):
+    """snapkernel's settings (``c.SnapKernelSettings.*``)."""
+
+    enabled = Bool(help="Restore kernels from snapshots and build snapshots. Off: every kernel starts cold.").tag(
+        config=True
+    )
+    store_root = Unicode(
+        help="Directory of this user's snapshots; '{username}' is replaced by the user's name "
+        "(default: $SNAPKERNEL_STORE, else $JUPYTER_DATA_DIR/snapkernel).",
+    ).tag(config=True)
+    shared_roots = List(
+        Unicode(),
+        help="Read-only snapshot stores that administrators prepared for all users (a course image's setup, "
+        "say), searched after the user's own store ($SNAPKERNEL_SHARED_ROOTS, comma separated).",
+    ).tag(config=True)
+    quota_bytes = Int(
+        0, help="Most bytes of snapshots a user keeps; the least recently used go first (0: no limit)."
+    ).tag(config=True)
+    max_snapshots = Int(0, help="Most snapshots a user keeps; the least recently used go first (0: no limit).").tag(
+        config=True
+    )
+    auto_build = Bool(
+        help="Start a background snapshot build when a notebook with a setup section gets a cold kernel."
+    ).tag(config=True)
+    allowed_kernelspecs = List(
+        Unicode(),
+        ["snapkernel"],
+        help="Kernelspecs whose kernels may be restored from snapshots.",
+    ).tag(config=True)
+    verify = Enum(
+        ["sha256", "size"], help="How image files are checked before a restore: full sha256, or sizes only."
+    ).tag(config=True)
+    build_timeout = Float(help="Seconds a snapshot build may take before it is abandoned.").tag(config=True)
+    restore_timeout = Float(60.0, help="Seconds a restore may take before the kernel starts cold instead.").tag(
+        config=True
+    )
+    lazy_restore = Bool(
+        False,
+        help="Resume restored kernels before their memory is copied in (userfaultfd): pages load in the "
+        "background and on first touch. Faster when the setup's memory is touched little at first; slower "
+        "when the first cells touch most of it.",
+    ).tag(config=True)
+    spare_kernels = Bool(
+        help="Keep one kernel restored ahead of time for each snapshot in use, so that the next start of that "
+        "notebook (another session, a restart) only hands it a connection. Costs the memory of one idle "
+        "kernel per notebook in use.",
+    ).tag(config=True)
+
+    @default("enabled")
+    def _enabled_default(self) -> bool:
+        return _env_flag("SNAPKERNEL_ENABLED", True)
+
+    @default("store_root")
+    def _store_root_default(self) -> str:
+        return str(default_store_root())
+
+    @default("shared_roots")
+    def _shared_roots_default(self) -> list[str]:
+        return _env_list("SNAPKERNEL_SHARED_ROOTS") or []
+
+    @default("auto_build")
+    def _auto_build_default(self) -> bool:
+        return _env_flag("SNAPKERNEL_AUTO_BUILD", True)
+
+    @default("verify")
+    def _verify_default(self) -> str:
+        return os.environ.get("SNAPKERNEL_VERIFY", "sha256")
+
+    @default("build_timeout")
+    def _build_timeout_default(self) -> float:
+        return float(os.environ.get("SNAPKERNEL_BUILD_TIMEOUT", "600"))
+
+    @default("spare_kernels")
+    def _spare_kernels_default(self) -> bool:
+        return _env_flag("SNAPKERNEL_SPARE_KERNELS", True)
+
+    @default("quota_bytes")
+    def _quota_bytes_default(self) -> int:
+        return int(os.environ.get("SNAPKERNEL_QUOTA_BYTES", "0"))
+
+    @default("max_snapshots")
+    def _max_snapshots_default(self) -> int:
+        return int(os.environ.get("SNAPKERNEL_MAX_SNAPSHOTS", "0"))
+
+    @property
+    def user_store_root(self) -> Path:
+        """The store root with '{username}' filled in."""
+        username = os.environ.get("JUPYTERHUB_USER") or getpass.getuser()
+        return Path(self.store_root.replace("{username}", username)).expanduser()
