@@ -6,7 +6,6 @@ import itertools
 import json
 import os
 import shutil
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,13 +128,25 @@ class KernelSession:
         self.client.stop_channels()
 
 
-OpenSession = Callable[[Path], Awaitable[KernelSession]]
+@pytest.fixture
+def connect(jp_serverapp: Any) -> Any:
+    """Connect a client to a kernel the server started; every client is closed after the test."""
+    sessions: list[KernelSession] = []
+
+    async def to(kernel_id: str) -> KernelSession:
+        session = KernelSession(jp_serverapp, kernel_id)
+        sessions.append(session)
+        await session.client.wait_for_ready(timeout=60)  # iopub is subscribed from here on
+        return session
+
+    yield to
+    for session in sessions:
+        session.close()
 
 
 @pytest.fixture
-def open_session(jp_fetch: Any, jp_serverapp: Any, jp_root_dir: Path, snapkernel_spec: Path) -> Any:
+def open_session(jp_fetch: Any, jp_root_dir: Path, snapkernel_spec: Path, connect: Any) -> Any:
     """Start a notebook session through the sessions API and return a client on its kernel."""
-    sessions: list[KernelSession] = []
 
     async def start(notebook: Path, name: str | None = None) -> KernelSession:
         body = {
@@ -145,21 +156,14 @@ def open_session(jp_fetch: Any, jp_serverapp: Any, jp_root_dir: Path, snapkernel
             "kernel": {"name": "snapkernel"},
         }
         response = await jp_fetch("api", "sessions", method="POST", body=json.dumps(body))
-        kernel_id = json.loads(response.body)["kernel"]["id"]
-        session = KernelSession(jp_serverapp, kernel_id)
-        sessions.append(session)
-        await session.client.wait_for_ready(timeout=60)  # iopub is subscribed from here on
-        return session
+        return await connect(json.loads(response.body)["kernel"]["id"])
 
-    yield start
-    for session in sessions:
-        session.close()
+    return start
 
 
 @pytest.fixture
-def open_kernel(jp_serverapp: Any, jp_root_dir: Path, snapkernel_spec: Path) -> Any:
+def open_kernel(jp_serverapp: Any, jp_root_dir: Path, snapkernel_spec: Path, connect: Any) -> Any:
     """Start another kernel for a notebook through the server's kernel manager (as a second session would)."""
-    sessions: list[KernelSession] = []
     launches = itertools.count()
 
     async def start(notebook: Path) -> KernelSession:
@@ -168,11 +172,6 @@ def open_kernel(jp_serverapp: Any, jp_root_dir: Path, snapkernel_spec: Path) -> 
             path=str(notebook.parent.relative_to(jp_root_dir)),
             env={**os.environ, "JPY_SESSION_NAME": str(notebook), "LAUNCH_TOKEN": f"token-{next(launches)}"},
         )
-        session = KernelSession(jp_serverapp, kernel_id)
-        sessions.append(session)
-        await session.client.wait_for_ready(timeout=60)  # iopub is subscribed from here on
-        return session
+        return await connect(kernel_id)
 
-    yield start
-    for session in sessions:
-        session.close()
+    return start
