@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -191,6 +192,20 @@ def run_checks(store_root: Path, criu_binary: str | None = None) -> list[Check]:
         check_store(store_root),
         check_gpu(),
     ]
+
+
+@functools.lru_cache(maxsize=4)
+def snapshot_blocker(criu_binary: str | None = None) -> str | None:
+    """Say what keeps this process from taking or restoring snapshots, or None when nothing does."""
+    for check in (
+        check_criu_binary(criu_binary),
+        check_privileges(),
+        check_namespaces(),
+        check_pycriu(criu_binary),
+    ):
+        if check.status != "ok":
+            return f"{check.name}: {check.detail}" + (f" (fix: {check.fix})" if check.fix else "")
+    return None
 
 
 def cpu_snapshots_work(checks: list[Check]) -> bool:

@@ -14,6 +14,7 @@ from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning import LocalProvisioner
 
 from engine import Manifest, RestoredTree, SnapshotStore
+from engine.diagnostics import snapshot_blocker
 from engine.restore import lazy_restore_supported
 
 from .builder import BuildError, build_snapshot
@@ -106,6 +107,9 @@ class SnapKernelProvisioner(LocalProvisioner):
             return StartPlan(reason=None)
         if not self.settings.enabled:
             return StartPlan(notebook=Path(session_name), reason="snapshots are disabled (SnapKernelSettings.enabled)")
+        blocker = snapshot_blocker()
+        if blocker:
+            return StartPlan(notebook=Path(session_name), reason=f"snapshots are unavailable on this server: {blocker}")
         kernel_name = getattr(self.parent, "kernel_name", "snapkernel")
         if kernel_name not in self.settings.allowed_kernelspecs:
             return StartPlan(notebook=Path(session_name), reason=f"kernelspec {kernel_name!r} is not allowed snapshots")

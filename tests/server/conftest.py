@@ -1,0 +1,11 @@
+"""Server tests share the kernel tests' fixtures."""
+
+from tests.kernel.conftest import (  # noqa: F401
+    connect,
+    kernel_store,
+    notebook,
+    open_kernel,
+    open_session,
+    snapkernel_spec,
+    store_root,
+)

@@ -1,0 +1,86 @@
+"""Administrator settings: traits, environment fallbacks, and their effect on kernel starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from traitlets.config import Config
+
+from engine import SnapshotStore
+from jupyter_snapkernel.builder import build_snapshot
+from jupyter_snapkernel.config import SnapKernelSettings
+from jupyter_snapkernel.paths import open_store
+from tests.kernel.conftest import KernelSession
+
+
+def test_every_setting_is_a_configurable_trait_with_help() -> None:
+    traits = SnapKernelSettings.class_traits(config=True)
+    expected = {
+        "enabled", "store_root", "shared_roots", "quota_bytes", "max_snapshots", "auto_build",
+        "allowed_kernelspecs", "verify", "build_timeout", "restore_timeout", "lazy_restore", "spare_kernels",
+    }  # fmt: skip
+    assert expected <= traits.keys()
+    assert all(trait.help for trait in traits.values())
+
+
+def test_environment_fallbacks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SNAPKERNEL_ENABLED", "0")
+    monkeypatch.setenv("SNAPKERNEL_STORE", str(tmp_path / "{username}" / "snaps"))
+    monkeypatch.setenv("JUPYTERHUB_USER", "ada")
+    monkeypatch.setenv("SNAPKERNEL_SHARED_ROOTS", "/srv/course-a,/srv/course-b")
+    monkeypatch.setenv("SNAPKERNEL_QUOTA_BYTES", "1000")
+    monkeypatch.setenv("SNAPKERNEL_VERIFY", "size")
+    settings = SnapKernelSettings()
+    assert settings.enabled is False
+    assert settings.user_store_root == tmp_path / "ada" / "snaps"
+    assert settings.shared_roots == ["/srv/course-a", "/srv/course-b"]
+    assert settings.quota_bytes == 1000
+    assert settings.verify == "size"
+
+
+def test_config_wins_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SNAPKERNEL_AUTO_BUILD", "1")
+    settings = SnapKernelSettings(config=Config({"SnapKernelSettings": {"auto_build": False}}))
+    assert settings.auto_build is False
+
+
+@pytest.fixture
+def jp_server_config(tmp_path: Path) -> Config:
+    return Config({"SnapKernelSettings": {"enabled": False, "auto_build": False, "spare_kernels": False}})
+
+
+async def test_disabled_snapshots_start_cold_and_say_so(
+    open_session: Any, notebook: Path, kernel_store: SnapshotStore
+) -> None:
+    build_snapshot(notebook, kernel_store)
+    session: KernelSession = await open_session(notebook)
+    assert not session.restored
+    reason = await session.value("get_ipython().kernel.start_info.reason")
+    assert reason == "snapshots are disabled (SnapKernelSettings.enabled)"
+
+
+def test_trim_keeps_the_most_recently_used(tmp_path: Path) -> None:
+    from tests.kernel.conftest import write_notebook
+
+    store = open_store(tmp_path / "store")
+    ids = []
+    for index in range(3):
+        notebook = write_notebook(tmp_path / f"nb{index}.ipynb", [f"value = {index}"], marked=0)
+        ids.append(build_snapshot(notebook, store).id)
+    assert store.trim(max_snapshots=1) == ids[:2]
+    assert [manifest.id for manifest in store.list()] == ids[2:]
+
+
+def test_missing_privileges_are_one_clear_reason(tmp_path: Path) -> None:
+    """Without a usable CRIU the provisioner plans a cold start that says why, and builds nothing."""
+    from engine.diagnostics import snapshot_blocker
+
+    old_criu = tmp_path / "criu"
+    old_criu.write_text("#!/bin/sh\necho 'Version: 3.17.1'\n")
+    old_criu.chmod(0o755)
+    reason = snapshot_blocker(str(old_criu))
+    assert reason is not None
+    assert reason.startswith("criu: ") and "older than 4.0" in reason and "fix: run `make setup`" in reason
+    assert snapshot_blocker() is None, "this machine can take snapshots"
