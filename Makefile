@@ -9,7 +9,7 @@ INSTALLED := $(VENV)/.installed
 setup: $(INSTALLED)
 	@bash scripts/install-criu.sh
 
-$(INSTALLED): pyproject.toml
+$(INSTALLED): pyproject.toml labextension/package.json $(wildcard labextension/src/*.ts labextension/style/*)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip setuptools wheel
 	@$(PY) -m pip install -q -e ".[test,examples]"

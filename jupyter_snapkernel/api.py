@@ -158,6 +158,22 @@ class BuildHandler(SnapKernelHandler):
         self.write_json(build.to_dict())
 
 
+class KernelStartHandler(SnapKernelHandler):
+    """GET kernels/ID: whether a kernel was restored or started cold, and why."""
+
+    @web.authenticated
+    @authorized
+    async def get(self, kernel_id: str) -> None:
+        try:
+            manager = self.kernel_manager.get_kernel(kernel_id)
+        except KeyError:
+            raise web.HTTPError(404, f"no kernel {kernel_id}") from None
+        report = getattr(manager.provisioner, "start_report", None)
+        if report is None:
+            raise web.HTTPError(404, f"kernel {kernel_id} is not a snapkernel kernel")
+        self.write_json(report)
+
+
 def _timestamp(created: str) -> float:
     from datetime import datetime
 
@@ -173,4 +189,5 @@ def handlers(base_url: str) -> list[tuple[str, type[APIHandler]]]:
         (f"{prefix}/status", StatusHandler),
         (f"{prefix}/builds", BuildsHandler),
         (f"{prefix}/builds/([A-Za-z0-9_-]+)", BuildHandler),
+        (f"{prefix}/kernels/([A-Za-z0-9_-]+)", KernelStartHandler),
     ]

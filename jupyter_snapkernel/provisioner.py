@@ -148,9 +148,19 @@ class SnapKernelProvisioner(LocalProvisioner):
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         plan: StartPlan = getattr(self, "start_plan", StartPlan())
+        started = time.time()
         if plan.snapshot is not None:
             try:
-                return await self._restore(plan.snapshot, plan.store or self.store, kwargs)
+                info = await self._restore(plan.snapshot, plan.store or self.store, kwargs)
+                self.start_report = {
+                    "start": "restored",
+                    "snapshot": plan.snapshot.id,
+                    "reason": None,
+                    "restore_s": round(time.time() - started, 3),
+                    "setup_s": float(plan.snapshot.labels.get("setup_s", 0)),
+                    "started": started,
+                }
+                return info
             except Exception as error:
                 plan.reason = f"restore of snapshot {plan.snapshot.id} failed: {error}"
                 self.log.warning("snapkernel: %s; starting cold", plan.reason)
@@ -158,6 +168,14 @@ class SnapKernelProvisioner(LocalProvisioner):
             self.log.info("snapkernel: cold start for %s (%s)", plan.notebook, plan.reason)
         env = kwargs.setdefault("env", dict(os.environ))
         env[START_ENV_VAR] = json.dumps({"reason": plan.reason, "notebook": str(plan.notebook or "")})
+        self.start_report = {
+            "start": "cold",
+            "snapshot": None,
+            "reason": plan.reason,
+            "restore_s": None,
+            "setup_s": None,
+            "started": started,
+        }
         info = await super().launch_kernel(cmd, **kwargs)
         wants_build = plan.section is not None and plan.notebook is not None and self.settings.auto_build
         if wants_build and env.get(COLD_ENV_VAR, "").lower() not in {"1", "true", "yes"}:

@@ -118,6 +118,24 @@ async def test_two_concurrent_build_requests_give_one_build(
     assert len(store.list()) == 1
 
 
+async def test_kernel_start_report(
+    jp_fetch: Any, open_session: Any, notebook: Path, store: SnapshotStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SNAPKERNEL_STORE", str(store.root))
+    cold = await open_session(notebook)
+    report = await api(jp_fetch, "kernels", cold.kernel_id)
+    assert report["start"] == "cold" and report["reason"] == "no snapshot yet"
+    manifest = build_snapshot(notebook, store)
+    await jp_fetch("api", "kernels", cold.kernel_id, "restart", method="POST", body="")
+    report = await api(jp_fetch, "kernels", cold.kernel_id)
+    assert report["start"] == "restored"
+    assert report["snapshot"] == manifest.id
+    assert report["restore_s"] > 0 and report["setup_s"] > 0
+    with pytest.raises(HTTPClientError) as missing:
+        await jp_fetch("snapkernel", "api", "kernels", "no-such-kernel")
+    assert missing.value.code == 404
+
+
 @pytest.mark.parametrize(
     "path",
     ["../outside.ipynb", "/etc/passwd", "sub/../../outside.ipynb", "escape/outside.ipynb"],
@@ -147,6 +165,7 @@ async def test_paths_outside_the_root_are_refused(
         ("POST", ("builds",), "{}"),
         ("GET", ("builds", "abc"), None),
         ("DELETE", ("snapshots", "abc"), None),
+        ("GET", ("kernels", "abc"), None),
     ],
 )
 async def test_requests_without_a_token_get_403(
