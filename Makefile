@@ -8,6 +8,7 @@ INSTALLED := $(VENV)/.installed
 
 setup: $(INSTALLED)
 	@bash scripts/install-criu.sh
+	@bash scripts/install-chromium.sh
 
 $(INSTALLED): pyproject.toml labextension/package.json $(wildcard labextension/src/*.ts labextension/style/*)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
