@@ -3,12 +3,18 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
+PROXY := build/node/node_modules/.bin/configurable-http-proxy
 
 .PHONY: setup run demo test lint format bench clean
 
-setup: $(INSTALLED)
+setup: $(INSTALLED) $(PROXY)
 	@bash scripts/install-criu.sh
 	@bash scripts/install-chromium.sh
+
+# JupyterHub's proxy, for the hub integration test.
+$(PROXY):
+	@mkdir -p build/node
+	@npm install --silent --no-audit --no-fund --prefix build/node configurable-http-proxy@4
 
 $(INSTALLED): pyproject.toml labextension/package.json $(wildcard labextension/src/*.ts labextension/style/*)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -3,14 +3,13 @@ or through SNAPKERNEL_* environment variables (e.g. from ``c.Spawner.environment
 
 from __future__ import annotations
 
-import getpass
 import os
 from pathlib import Path
 
 from traitlets import Bool, Enum, Float, Int, List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
-from .paths import default_store_root
+from .paths import default_store_root, for_user
 
 FALSE_WORDS = {"0", "false", "no", "off"}
 
@@ -112,5 +111,4 @@ class SnapKernelSettings(LoggingConfigurable):
     @property
     def user_store_root(self) -> Path:
         """The store root with '{username}' filled in."""
-        username = os.environ.get("JUPYTERHUB_USER") or getpass.getuser()
-        return Path(self.store_root.replace("{username}", username)).expanduser()
+        return for_user(self.store_root)

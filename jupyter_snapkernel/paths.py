@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -15,10 +16,16 @@ from engine.store import VerifyMode
 STORE_ENV_VAR = "SNAPKERNEL_STORE"
 
 
+def for_user(path: str | os.PathLike[str]) -> Path:
+    """Fill '{username}' in a path with this server's user (JupyterHub's, else the login name)."""
+    username = os.environ.get("JUPYTERHUB_USER") or getpass.getuser()
+    return Path(str(path).replace("{username}", username)).expanduser()
+
+
 def default_store_root() -> Path:
-    """Return $SNAPKERNEL_STORE, else ``$JUPYTER_DATA_DIR/snapkernel``."""
+    """Return $SNAPKERNEL_STORE (with '{username}' filled in), else ``$JUPYTER_DATA_DIR/snapkernel``."""
     configured = os.environ.get(STORE_ENV_VAR)
-    return Path(configured) if configured else Path(jupyter_data_dir()) / "snapkernel"
+    return for_user(configured) if configured else Path(jupyter_data_dir()) / "snapkernel"
 
 
 @lru_cache(maxsize=1)
