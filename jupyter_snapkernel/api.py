@@ -142,7 +142,12 @@ class BuildsHandler(SnapKernelHandler):
         section = read_setup_section(notebook)
         if section is None:
             raise web.HTTPError(422, "the notebook has no setup cell: tag one `snapshot` or start it with %%snapshot")
-        build = self.builds.start(notebook, section, self.store, self.settings_.build_timeout)
+        store, settings = self.store, self.settings_
+
+        def trim(_: Manifest) -> None:
+            store.trim(quota_bytes=settings.quota_bytes, max_snapshots=settings.max_snapshots)
+
+        build = self.builds.start(notebook, section, store, settings.build_timeout, on_ready=trim)
         self.write_json(build.to_dict(), status=202)
 
 

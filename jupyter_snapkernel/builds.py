@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,14 @@ class BuildManager:
                 return build
         return None
 
-    def start(self, notebook: Path, section: SetupSection, store: SnapshotStore, timeout: float) -> Build:
+    def start(
+        self,
+        notebook: Path,
+        section: SetupSection,
+        store: SnapshotStore,
+        timeout: float,
+        on_ready: Callable[[Manifest], object] | None = None,
+    ) -> Build:
         """Start a build, or return the one already running for the same setup section."""
         running = self.running(section.setup_hash)
         if running is not None:
@@ -93,11 +101,11 @@ class BuildManager:
         build.task = asyncio.ensure_future(
             asyncio.to_thread(build_snapshot, notebook, store, section=section, progress=progress, timeout=timeout)
         )
-        build.task.add_done_callback(lambda done: self._finish(build, done))
+        build.task.add_done_callback(lambda done: self._finish(build, done, on_ready))
         return build
 
     @staticmethod
-    def _finish(build: Build, done: asyncio.Task[Manifest]) -> None:
+    def _finish(build: Build, done: asyncio.Task[Manifest], on_ready: Callable[[Manifest], object] | None) -> None:
         build.finished = time.time()
         error = None if done.cancelled() else done.exception()
         if done.cancelled() or error is not None:
@@ -108,3 +116,5 @@ class BuildManager:
             build.state = "ready"
             build.snapshot = done.result()
             build.log.append(f"snapshot {build.snapshot.id} ready")
+            if on_ready is not None:
+                on_ready(build.snapshot)

@@ -47,8 +47,14 @@ def test_config_wins_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 @pytest.fixture
-def jp_server_config(tmp_path: Path) -> Config:
-    return Config({"SnapKernelSettings": {"enabled": False, "auto_build": False, "spare_kernels": False}})
+def jp_server_config(store_root: Path) -> Config:
+    # store_root first: it points SNAPKERNEL_STORE at the test's store before the server reads it.
+    return Config(
+        {
+            "ServerApp": {"jpserver_extensions": {"jupyter_snapkernel": True}},
+            "SnapKernelSettings": {"enabled": False, "auto_build": False, "spare_kernels": False},
+        }
+    )
 
 
 async def test_disabled_snapshots_start_cold_and_say_so(
@@ -84,3 +90,51 @@ def test_missing_privileges_are_one_clear_reason(tmp_path: Path) -> None:
     assert reason is not None
     assert reason.startswith("criu: ") and "older than 4.0" in reason and "fix: run `make setup`" in reason
     assert snapshot_blocker() is None, "this machine can take snapshots"
+
+
+@pytest.fixture
+def shared_store(tmp_path: Path) -> SnapshotStore:
+    return open_store(tmp_path / "shared")
+
+
+async def test_kernels_restore_from_a_shared_read_only_store(
+    open_session: Any, notebook: Path, kernel_store: SnapshotStore, shared_store: SnapshotStore, jp_serverapp: Any
+) -> None:
+    jp_serverapp.config.SnapKernelSettings.enabled = True
+    jp_serverapp.config.SnapKernelSettings.shared_roots = [str(shared_store.root)]
+    manifest = build_snapshot(notebook, shared_store)
+    for path in [shared_store.root, *shared_store.root.rglob("*")]:
+        path.chmod(0o500 if path.is_dir() else 0o400)  # read-only, as an admin would leave it
+    try:
+        session: KernelSession = await open_session(notebook)
+        assert session.restored
+        assert await session.value("get_ipython().kernel.start_info.snapshot") == manifest.id
+        assert kernel_store.list() == [], "nothing was written into the user's snapshots"
+    finally:
+        for path in [shared_store.root, *shared_store.root.rglob("*")]:
+            path.chmod(0o700 if path.is_dir() else 0o600)
+
+
+async def test_quota_applies_to_builds_through_the_api(
+    jp_fetch: Any, jp_root_dir: Path, kernel_store: SnapshotStore, jp_serverapp: Any
+) -> None:
+    import asyncio
+    import json
+
+    from tests.kernel.conftest import write_notebook
+
+    jp_serverapp.config.SnapKernelSettings.max_snapshots = 1
+    jp_serverapp.web_app.settings["snapkernel_settings"].max_snapshots = 1
+    for name in ("first", "second"):
+        write_notebook(jp_root_dir / f"{name}.ipynb", [f"name = {name!r}"], marked=0)
+        response = await jp_fetch(
+            "snapkernel", "api", "builds", method="POST", body=json.dumps({"path": f"{name}.ipynb"})
+        )
+        build_id = json.loads(response.body)["id"]
+        for _ in range(600):
+            build = json.loads((await jp_fetch("snapkernel", "api", "builds", build_id)).body)
+            if build["state"] != "building":
+                break
+            await asyncio.sleep(0.1)
+        assert build["state"] == "ready"
+    assert [manifest.labels["notebook"] for manifest in kernel_store.list()] == [str(jp_root_dir / "second.ipynb")]
