@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import process
 from .criu import find_criu, log_excerpt, require_supported, rpc_client
+from .cuda import (
+    DEFAULT_LOCK_TIMEOUT_MS,
+    CudaDriver,
+    CudaError,
+    cuda_processes,
+    gpu_state_in_host_memory,
+    system_driver,
+    uses_nvidia_devices,
+)
 from .errors import CheckpointError
 
 DUMP_LOG = "dump.log"
@@ -24,6 +34,7 @@ class DumpResult:
     duration_s: float
     criu_version: str
     pipes: dict[str, str] = field(default_factory=dict)
+    cuda_pids: list[int] = field(default_factory=list)
 
 
 def pipe_keys(pid: int, pipes: Mapping[str, int]) -> dict[str, str]:
@@ -50,8 +61,16 @@ def checkpoint(
     pipes: Mapping[str, int] | None = None,
     leave_running: bool = True,
     criu_binary: str | None = None,
+    gpu_state: bool = True,
+    cuda_driver: CudaDriver | None = None,
+    lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
 ) -> DumpResult:
-    """Dump the process tree rooted at `pid` into `images_dir` (which must be empty)."""
+    """Dump the process tree rooted at `pid` into `images_dir` (which must be empty).
+
+    Processes of the tree that hold CUDA state have it moved into host memory first (and back
+    afterwards when they keep running); `gpu_state` False refuses such trees instead.
+    `cuda_driver` defaults to the machine's driver.
+    """
     binary = find_criu(criu_binary)
     version = require_supported(binary)
     if not process.is_alive(pid):
@@ -62,6 +81,24 @@ def checkpoint(
             "started its own session (start it with setsid / start_new_session=True)"
         )
     keys = pipe_keys(pid, pipes or {})
+    members = process.tree(pid)
+    driver = cuda_driver if cuda_driver is not None else system_driver()
+    if driver is None:
+        on_gpu = [member for member in members if uses_nvidia_devices(member)]
+        if on_gpu:
+            raise CheckpointError(
+                f"process {on_gpu[0]} uses the GPU, but this machine's NVIDIA driver has no CUDA checkpoint "
+                "API (driver >= 570 needed)"
+            )
+        cuda_pids: list[int] = []
+    else:
+        cuda_pids = cuda_processes(driver, members)
+    if cuda_pids and not gpu_state:
+        raise CheckpointError(
+            f"process {cuda_pids[0]} has initialised CUDA, but GPU state is excluded from this snapshot: "
+            "do not use the GPU before the snapshot (e.g. no torch.cuda or .to('cuda') in the setup cells), "
+            "or include GPU state"
+        )
     rss = process.tree_rss_bytes(pid)
     images_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -76,10 +113,16 @@ def checkpoint(
         client.opts.work_dir_fd = work_fd
         started = time.perf_counter()
         try:
-            client.dump()
-        except Exception as error:
+            with _gpu_state_moved_out(driver, cuda_pids, leave_running, lock_timeout_ms):
+                try:
+                    client.dump()
+                except Exception as error:
+                    raise CheckpointError(
+                        f"CRIU refused to dump process {pid}: {error}", log_excerpt(work_dir / DUMP_LOG)
+                    ) from error
+        except CudaError as error:
             raise CheckpointError(
-                f"CRIU refused to dump process {pid}: {error}", log_excerpt(work_dir / DUMP_LOG)
+                f"could not move the GPU state of process {error.pid} to host memory: {error}"
             ) from error
         duration = time.perf_counter() - started
     finally:
@@ -90,4 +133,16 @@ def checkpoint(
         duration_s=duration,
         criu_version=".".join(map(str, version)),
         pipes=keys,
+        cuda_pids=cuda_pids,
     )
+
+
+@contextmanager
+def _gpu_state_moved_out(
+    driver: CudaDriver | None, cuda_pids: list[int], leave_running: bool, lock_timeout_ms: int
+) -> Iterator[None]:
+    if driver is None or not cuda_pids:
+        yield
+        return
+    with gpu_state_in_host_memory(driver, cuda_pids, lock_timeout_ms=lock_timeout_ms, resume=leave_running):
+        yield

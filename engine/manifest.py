@@ -36,6 +36,7 @@ class Manifest:
     files: dict[str, FileRecord]
     pipes: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+    cuda_pids: list[int] = field(default_factory=list)
     format: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:

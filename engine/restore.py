@@ -13,11 +13,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from . import process
 from .criu import find_criu, require_supported
+from .cuda import CudaDriver, CudaError, resume_restored, system_driver
 from .errors import CriuUnavailable, RestoreError
 
 INIT_LOG = "init.log"
@@ -156,6 +157,8 @@ def restore(
     timeout: float = DEFAULT_TIMEOUT_S,
     lazy: bool = False,
     tie_to_caller: bool = True,
+    cuda_pids: Sequence[int] = (),
+    cuda_driver: CudaDriver | None = None,
 ) -> RestoredTree:
     """Restore the image in `images_dir` into new PID and mount namespaces.
 
@@ -163,8 +166,13 @@ def restore(
     process that replace them in the restored tree. `images_dir` is only read; logs go to
     `work_dir`, which must be private to this restore. With `lazy`, the tree resumes before its
     memory is copied in: `images_dir` and `work_dir` must stay until ``tree.pages_loaded`` is set.
-    With `tie_to_caller`, the tree is killed when this process exits.
+    With `tie_to_caller`, the tree is killed when this process exits. `cuda_pids` are the processes
+    (by their PIDs in the image) whose GPU state the dump moved to host memory: it is put back on the
+    GPU before this returns, through `cuda_driver` (default: the machine's driver).
     """
+    driver = cuda_driver if cuda_driver is not None else (system_driver() if cuda_pids else None)
+    if cuda_pids and driver is None:
+        raise RestoreError("the snapshot holds GPU state, but this machine has no CUDA driver with the checkpoint API")
     binary = find_criu(criu_binary)
     require_supported(binary)
     unshare = shutil.which("unshare")
@@ -231,13 +239,34 @@ def restore(
         launcher.kill()
         launcher.wait()
         raise RestoreError(f"cannot find the namespace init below {launcher.pid}")
+    tree = None
     try:
         host_pid = _host_pid_of(init_pids[0], ns_pid)
-    except RestoreError:
+        tree = RestoredTree(launcher, init_pids[0], host_pid, ns_pid, pages_loaded)
+        if cuda_pids and driver is not None:
+            _put_gpu_state_back(tree, list(cuda_pids), driver)
+    except BaseException:
         os.kill(init_pids[0], signal.SIGKILL)
         launcher.wait()
         raise
-    return RestoredTree(launcher, init_pids[0], host_pid, ns_pid, pages_loaded)
+    return tree
+
+
+def _put_gpu_state_back(tree: RestoredTree, cuda_pids: list[int], driver: CudaDriver) -> None:
+    """Restore and unlock the CUDA state of the restored processes (found by their PIDs in the image)."""
+    by_image_pid = {}
+    for member in process.descendants(tree.init_pid):
+        try:
+            by_image_pid[process.innermost_pid(member)] = member
+        except OSError:
+            continue
+    missing = [pid for pid in cuda_pids if pid not in by_image_pid]
+    if missing:
+        raise RestoreError(f"restored CUDA process {missing[0]} is not in the restored tree")
+    try:
+        resume_restored(driver, [by_image_pid[pid] for pid in cuda_pids])
+    except CudaError as error:
+        raise RestoreError(f"could not put the GPU state back on the GPU: {error}") from error
 
 
 def _tail(path: Path, lines: int = 10) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from .checkpoint import checkpoint
+from .cuda import CudaDriver
 from .errors import SnapshotBusy, SnapshotNotFound, StoreError, VerificationError
 from .fingerprint import differences, environment_fingerprint, hardware_fingerprint
 from .manifest import FileRecord, Manifest
@@ -113,6 +114,8 @@ class SnapshotStore:
         pipes: Mapping[str, int] | None = None,
         leave_running: bool = True,
         criu_binary: str | None = None,
+        gpu_state: bool = True,
+        cuda_driver: CudaDriver | None = None,
     ) -> Manifest:
         """Dump the tree rooted at `pid` and publish it atomically; nothing is left on failure."""
         self.ensure_layout()
@@ -128,6 +131,8 @@ class SnapshotStore:
                 pipes=pipes,
                 leave_running=leave_running,
                 criu_binary=criu_binary,
+                gpu_state=gpu_state,
+                cuda_driver=cuda_driver,
             )
             files = self._seal(staging, images)
             manifest = Manifest(
@@ -148,6 +153,7 @@ class SnapshotStore:
                 files=files,
                 pipes=result.pipes,
                 labels=dict(labels or {}),
+                cuda_pids=result.cuda_pids,
             )
             manifest_path = staging / MANIFEST
             with open(manifest_path, "x") as handle:
@@ -324,6 +330,7 @@ class SnapshotStore:
         criu_binary: str | None = None,
         timeout: float | None = None,
         lazy: bool = False,
+        cuda_driver: CudaDriver | None = None,
     ) -> RestoredTree:
         """Verify a snapshot, then restore it; `pipes` maps pipe names given at dump to new fds.
 
@@ -348,7 +355,16 @@ class SnapshotStore:
             inherit = {manifest.pipes[name]: fd for name, fd in (pipes or {}).items()}
             self.work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             options = {} if timeout is None else {"timeout": timeout}
-            tree = restore(directory / IMAGES, work, inherit_fds=inherit, criu_binary=criu_binary, lazy=lazy, **options)
+            tree = restore(
+                directory / IMAGES,
+                work,
+                inherit_fds=inherit,
+                criu_binary=criu_binary,
+                lazy=lazy,
+                cuda_pids=manifest.cuda_pids,
+                cuda_driver=cuda_driver,
+                **options,
+            )
         except BaseException:
             release()
             raise

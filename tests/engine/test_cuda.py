@@ -1,0 +1,144 @@
+"""GPU state around checkpoints and restores, with real CRIU and a double for the CUDA driver calls."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine import CheckpointError, RestoreError, SnapshotStore, process
+
+from .conftest import Conversation, Workload, pipes_for_restore
+from .cuda_double import RUNNING, CudaDriverDouble
+
+KEY = "gpu-key"
+PIPES = {"stdin": 0, "stdout": 1}
+
+
+@pytest.fixture
+def driver() -> CudaDriverDouble:
+    return CudaDriverDouble()
+
+
+def restore(store: SnapshotStore, snapshot_id: str, driver: CudaDriverDouble) -> Conversation:
+    handed, to_tree, from_tree, to_close = pipes_for_restore()
+    try:
+        tree = store.restore(snapshot_id, key=KEY, pipes=handed, cuda_driver=driver)
+    finally:
+        for fd in to_close:
+            os.close(fd)
+    return Conversation(tree, to_tree, from_tree)
+
+
+def test_gpu_state_goes_to_host_memory_for_the_dump_and_back_after_each_restore(
+    store: SnapshotStore, workload: Workload, driver: CudaDriverDouble
+) -> None:
+    driver.holds_cuda(workload.pid)
+    manifest = store.checkpoint(workload.pid, KEY, pipes=PIPES, cuda_driver=driver)
+    pid = workload.pid
+    assert driver.calls == [("lock", pid), ("checkpoint", pid), ("restore", pid), ("unlock", pid)]
+    assert driver.states[pid] == RUNNING, "the original runs on"
+    assert manifest.cuda_pids == [pid]
+
+    driver.calls.clear()
+    conversation = restore(store, manifest.id, driver)
+    try:
+        host_pid = conversation.tree.pid
+        assert driver.calls == [("restore", host_pid), ("unlock", host_pid)]
+        assert driver.states[host_pid] == RUNNING
+        assert conversation.ask("report")["checksum"] == workload.checksum
+    finally:
+        conversation.tree.kill()
+
+
+def test_lock_timeout_fails_the_checkpoint_and_leaves_the_process_running(
+    store: SnapshotStore, workload: Workload, driver: CudaDriverDouble
+) -> None:
+    driver.holds_cuda(workload.pid)
+    driver.failures["lock"] = "CUDA_ERROR_TIMEOUT"
+    with pytest.raises(CheckpointError, match=r"GPU state of process \d+ .*CUDA_ERROR_TIMEOUT"):
+        store.checkpoint(workload.pid, KEY, pipes=PIPES, cuda_driver=driver)
+    assert driver.states[workload.pid] == RUNNING
+    assert workload.process.poll() is None
+    assert store.list() == [] and list(store.staging_dir.iterdir()) == []
+
+
+def test_a_checkpoint_error_puts_locked_processes_back(
+    store: SnapshotStore, workload: Workload, driver: CudaDriverDouble
+) -> None:
+    driver.holds_cuda(workload.pid)
+    driver.failures["checkpoint"] = "CUDA_ERROR_OUT_OF_MEMORY"
+    with pytest.raises(CheckpointError, match="CUDA_ERROR_OUT_OF_MEMORY"):
+        store.checkpoint(workload.pid, KEY, pipes=PIPES, cuda_driver=driver)
+    assert driver.calls[-1] == ("unlock", workload.pid)
+    assert driver.states[workload.pid] == RUNNING
+
+
+def test_criu_refusal_after_the_gpu_checkpoint_puts_gpu_state_back(
+    store: SnapshotStore, driver: CudaDriverDouble
+) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    script = (
+        f"import socket, sys; s = socket.create_connection(('127.0.0.1', {listener.getsockname()[1]})); "
+        "print('connected', flush=True); sys.stdin.read()"
+    )
+    client = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        listener.accept()
+        client.stdout.readline()
+        driver.holds_cuda(client.pid)
+        with pytest.raises(CheckpointError, match="CRIU refused"):
+            store.checkpoint(client.pid, KEY, cuda_driver=driver)
+        assert [call for call, _ in driver.calls] == ["lock", "checkpoint", "restore", "unlock"]
+        assert driver.states[client.pid] == RUNNING
+        assert client.poll() is None
+    finally:
+        client.kill()
+        client.wait()
+        listener.close()
+
+
+def test_out_of_memory_at_restore_kills_the_restored_tree(
+    store: SnapshotStore, workload: Workload, driver: CudaDriverDouble
+) -> None:
+    driver.holds_cuda(workload.pid)
+    manifest = store.checkpoint(workload.pid, KEY, pipes=PIPES, cuda_driver=driver)
+    driver.failures["restore"] = "CUDA_ERROR_OUT_OF_MEMORY"
+    before = set(process.children(os.getpid()))
+    with pytest.raises(RestoreError, match=r"could not put the GPU state back on the GPU: .*CUDA_ERROR_OUT_OF_MEMORY"):
+        restore(store, manifest.id, driver)
+    restored_pids = [pid for pid, _ in driver.calls if pid != workload.pid]
+    assert restored_pids and not any(Path(f"/proc/{pid}").exists() for pid in restored_pids)
+    assert set(process.children(os.getpid())) <= before, "no helper or zombie left"
+    assert list(store.work_dir.iterdir()) == []
+
+
+def test_excluded_gpu_state_refuses_a_process_that_initialised_cuda(
+    store: SnapshotStore, workload: Workload, driver: CudaDriverDouble
+) -> None:
+    driver.holds_cuda(workload.pid)
+    with pytest.raises(CheckpointError, match="has initialised CUDA, but GPU state is excluded"):
+        store.checkpoint(workload.pid, KEY, pipes=PIPES, cuda_driver=driver, gpu_state=False)
+    assert driver.calls == []
+    assert store.list() == []
+
+
+def test_a_dump_that_ends_the_process_does_not_resume_its_gpu_state(
+    store: SnapshotStore, workload: Workload, driver: CudaDriverDouble
+) -> None:
+    driver.holds_cuda(workload.pid)
+    store.checkpoint(workload.pid, KEY, pipes=PIPES, cuda_driver=driver, leave_running=False)
+    assert [call for call, _ in driver.calls] == ["lock", "checkpoint"]
+
+
+def test_processes_without_cuda_state_need_no_driver_calls(
+    store: SnapshotStore, workload: Workload, driver: CudaDriverDouble
+) -> None:
+    manifest = store.checkpoint(workload.pid, KEY, pipes=PIPES, cuda_driver=driver)
+    assert manifest.cuda_pids == [] and driver.calls == []
