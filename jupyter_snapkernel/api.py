@@ -13,6 +13,7 @@ from tornado import web
 
 from engine import Manifest, SnapshotError, SnapshotNotFound, SnapshotStore
 
+from .builder import notebook_gpu_state
 from .builds import BuildManager
 from .config import SnapKernelSettings
 from .paths import open_store
@@ -147,7 +148,14 @@ class BuildsHandler(SnapKernelHandler):
         def trim(_: Manifest) -> None:
             store.trim(quota_bytes=settings.quota_bytes, max_snapshots=settings.max_snapshots)
 
-        build = self.builds.start(notebook, section, store, settings.build_timeout, on_ready=trim)
+        build = self.builds.start(
+            notebook,
+            section,
+            store,
+            settings.build_timeout,
+            on_ready=trim,
+            gpu_state=notebook_gpu_state(notebook, settings.gpu_state),
+        )
         self.write_json(build.to_dict(), status=202)
 
 

@@ -78,9 +78,16 @@ def build_snapshot(
     section: SetupSection | None = None,
     progress: Progress | None = None,
     timeout: float = DEFAULT_BUILD_TIMEOUT_S,
+    gpu_state: bool | None = None,
 ) -> Manifest:
-    """Build and publish the snapshot of a notebook's setup section; raise BuildError on failure."""
+    """Build and publish the snapshot of a notebook's setup section; raise BuildError on failure.
+
+    `gpu_state` None takes the notebook's own choice (metadata ``snapkernel.gpu_state``), else
+    $SNAPKERNEL_GPU_STATE, else includes GPU state.
+    """
     notebook = Path(notebook).resolve()
+    if gpu_state is None:
+        gpu_state = notebook_gpu_state(notebook)
     section = section or read_setup_section(notebook)
     if section is None:
         raise BuildError(f"{notebook.name} has no setup cell: tag one `snapshot` or start it with %%snapshot")
@@ -94,7 +101,7 @@ def build_snapshot(
             raise BuildInProgress(f"a snapshot of {notebook.name} is already being built") from None
         _write_record(store, section.setup_hash, state="building", pid=os.getpid(), started=time.time())
         try:
-            manifest = _run_build(notebook, store, section, progress or (lambda event: None), timeout)
+            manifest = _run_build(notebook, store, section, progress or (lambda event: None), timeout, gpu_state)
         except BaseException as error:
             _write_record(store, section.setup_hash, state="failed", error=str(error), finished=time.time())
             raise
@@ -104,8 +111,22 @@ def build_snapshot(
         os.close(lock_fd)
 
 
+def notebook_gpu_state(notebook: Path, configured: bool | None = None) -> bool:
+    """Whether a notebook's snapshot includes GPU state: its metadata, else `configured`, else
+    $SNAPKERNEL_GPU_STATE, else yes."""
+    try:
+        chosen = json.loads(notebook.read_text()).get("metadata", {}).get("snapkernel", {}).get("gpu_state")
+    except (OSError, ValueError, AttributeError):
+        chosen = None
+    if isinstance(chosen, bool):
+        return chosen
+    if configured is not None:
+        return configured
+    return os.environ.get("SNAPKERNEL_GPU_STATE", "1").lower() not in {"0", "false", "no", "off"}
+
+
 def _run_build(
-    notebook: Path, store: SnapshotStore, section: SetupSection, progress: Progress, timeout: float
+    notebook: Path, store: SnapshotStore, section: SetupSection, progress: Progress, timeout: float, gpu_state: bool
 ) -> Manifest:
     control_read, control_write = os.pipe()
     report_read, report_write = os.pipe()
@@ -155,6 +176,7 @@ def _run_build(
             labels={"notebook": str(notebook), "cells": str(len(section.cells)), "setup_s": f"{setup_s:.3f}"},
             pipes={"stdin": 0, "stdout": 1, "stderr": 2, "control": control_read, "report": report_write},
             leave_running=False,
+            gpu_state=gpu_state,
         )
     finally:
         with contextlib.suppress(ProcessLookupError):

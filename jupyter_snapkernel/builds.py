@@ -86,6 +86,7 @@ class BuildManager:
         store: SnapshotStore,
         timeout: float,
         on_ready: Callable[[Manifest], object] | None = None,
+        gpu_state: bool | None = None,
     ) -> Build:
         """Start a build, or return the one already running for the same setup section."""
         running = self.running(section.setup_hash)
@@ -99,7 +100,15 @@ class BuildManager:
             loop.call_soon_threadsafe(build.progress, event)
 
         build.task = asyncio.ensure_future(
-            asyncio.to_thread(build_snapshot, notebook, store, section=section, progress=progress, timeout=timeout)
+            asyncio.to_thread(
+                build_snapshot,
+                notebook,
+                store,
+                section=section,
+                progress=progress,
+                timeout=timeout,
+                gpu_state=gpu_state,
+            )
         )
         build.task.add_done_callback(lambda done: self._finish(build, done, on_ready))
         return build

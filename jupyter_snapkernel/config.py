@@ -66,6 +66,10 @@ class SnapKernelSettings(LoggingConfigurable):
         "background and on first touch. Faster when the setup's memory is touched little at first; slower "
         "when the first cells touch most of it.",
     ).tag(config=True)
+    gpu_state = Bool(
+        help="Include GPU (CUDA) state in snapshots. Off: a setup that initialised CUDA fails to build, with "
+        "that reason. A notebook can turn it off for itself with metadata {'snapkernel': {'gpu_state': false}}.",
+    ).tag(config=True)
     spare_kernels = Bool(
         help="Keep one kernel restored ahead of time for each snapshot in use, so that the next start of that "
         "notebook (another session, a restart) only hands it a connection. Costs the memory of one idle "
@@ -95,6 +99,10 @@ class SnapKernelSettings(LoggingConfigurable):
     @default("build_timeout")
     def _build_timeout_default(self) -> float:
         return float(os.environ.get("SNAPKERNEL_BUILD_TIMEOUT", "600"))
+
+    @default("gpu_state")
+    def _gpu_state_default(self) -> bool:
+        return _env_flag("SNAPKERNEL_GPU_STATE", True)
 
     @default("spare_kernels")
     def _spare_kernels_default(self) -> bool:

@@ -17,7 +17,7 @@ from engine import Manifest, RestoredTree, SnapshotStore
 from engine.diagnostics import snapshot_blocker
 from engine.restore import lazy_restore_supported
 
-from .builder import BuildError, build_snapshot
+from .builder import BuildError, build_snapshot, notebook_gpu_state
 from .config import SnapKernelSettings
 from .kernelapp import START_ENV_VAR
 from .paths import STORE_ENV_VAR, open_store
@@ -67,12 +67,16 @@ class RestoredKernelProcess:
         self.tree.kill()
 
 
-def ensure_build(notebook: Path, store: SnapshotStore, section: SetupSection, timeout: float) -> asyncio.Task[Manifest]:
+def ensure_build(
+    notebook: Path, store: SnapshotStore, section: SetupSection, timeout: float, gpu_state: bool
+) -> asyncio.Task[Manifest]:
     """Start a background build of a setup section, or return the one already running."""
     running = _builds.get(section.setup_hash)
     if running is not None and not running.done():
         return running
-    task = asyncio.ensure_future(asyncio.to_thread(build_snapshot, notebook, store, section=section, timeout=timeout))
+    task = asyncio.ensure_future(
+        asyncio.to_thread(build_snapshot, notebook, store, section=section, timeout=timeout, gpu_state=gpu_state)
+    )
     _builds[section.setup_hash] = task
     return task
 
@@ -183,7 +187,8 @@ class SnapKernelProvisioner(LocalProvisioner):
         return info
 
     def _background_build(self, notebook: Path, section: SetupSection) -> None:
-        task = ensure_build(notebook, self.store, section, self.settings.build_timeout)
+        gpu_state = notebook_gpu_state(notebook, self.settings.gpu_state)
+        task = ensure_build(notebook, self.store, section, self.settings.build_timeout, gpu_state)
 
         def report(done: asyncio.Task[Manifest]) -> None:
             if done.cancelled():

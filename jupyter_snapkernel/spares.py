@@ -54,7 +54,7 @@ def restore_waiting(store: SnapshotStore, manifest: Manifest, *, lazy: bool, tim
 
 
 class SparePool:
-    """At most one spare kernel per snapshot, restored in the background after each launch."""
+    """At most one spare kernel per CPU snapshot, restored in the background after each launch."""
 
     def __init__(self) -> None:
         self._spares: dict[str, WaitingKernel] = {}
@@ -75,8 +75,8 @@ class SparePool:
 
     def refill(self, store: SnapshotStore, manifest: Manifest, *, lazy: bool, timeout: float) -> None:
         """Restore a spare for `manifest` in the background unless one exists or is on its way."""
-        if manifest.id in self._spares or manifest.id in self._filling:
-            return
+        if manifest.id in self._spares or manifest.id in self._filling or manifest.cuda_pids:
+            return  # a spare of a GPU snapshot would hold a second copy of its GPU memory
         for snapshot_id in [known for known in self._spares if known != manifest.id]:
             try:
                 store.get(snapshot_id)

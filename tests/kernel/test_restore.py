@@ -126,8 +126,8 @@ async def test_interrupt_restart_and_shutdown_of_a_restored_kernel(
     assert len(members) >= 3, "init, the kernel and its helper child"
     await jp_fetch("api", "kernels", session.kernel_id, method="DELETE")
     assert not any(process.is_alive(pid) or Path(f"/proc/{pid}").exists() for pid in members)
-    zombies = [pid for pid in process.children(os.getpid()) if not process.is_alive(pid)]
-    assert zombies == []
+    assert tree.poll() is not None, "the namespace's launcher was reaped: no zombie"
+    assert not Path(f"/proc/{tree._launcher.pid}").exists()
 
 
 async def test_run_all_replays_setup_outputs_then_runs_the_rest(
