@@ -159,6 +159,7 @@ def restore(
     tie_to_caller: bool = True,
     cuda_pids: Sequence[int] = (),
     cuda_driver: CudaDriver | None = None,
+    own_network: bool = False,
 ) -> RestoredTree:
     """Restore the image in `images_dir` into new PID and mount namespaces.
 
@@ -168,7 +169,10 @@ def restore(
     memory is copied in: `images_dir` and `work_dir` must stay until ``tree.pages_loaded`` is set.
     With `tie_to_caller`, the tree is killed when this process exits. `cuda_pids` are the processes
     (by their PIDs in the image) whose GPU state the dump moved to host memory: it is put back on the
-    GPU before this returns, through `cuda_driver` (default: the machine's driver).
+    GPU before this returns, through `cuda_driver` (default: the machine's driver). `own_network`
+    restores into a new, empty network namespace too: needed to run several restores of an image
+    whose processes bound the same abstract unix socket (CUDA processes do), at the price of having
+    no network but a loopback of their own.
     """
     driver = cuda_driver if cuda_driver is not None else (system_driver() if cuda_pids else None)
     if cuda_pids and driver is None:
@@ -181,8 +185,9 @@ def restore(
     inherit_fds = dict(inherit_fds or {})
     work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     status_read, status_write = os.pipe()
+    namespaces = ["--pid", "--mount", *(["--net"] if own_network else [])]
     command = [
-        unshare, "--pid", "--mount", "--fork", "--mount-proc", "--kill-child",
+        unshare, *namespaces, "--fork", "--mount-proc", "--kill-child",
         sys.executable, "-m", "engine.restore_init",
         "--criu", binary, "--images", str(images_dir), "--work", str(work_dir),
         "--status-fd", str(status_write),
@@ -192,6 +197,8 @@ def restore(
     owner_fd = None
     if lazy:
         command.append("--lazy")
+    if own_network:
+        command.append("--loopback-up")
     if tie_to_caller:
         owner_fd = os.pidfd_open(os.getpid())
         command.append(f"--watch-fd={owner_fd}")

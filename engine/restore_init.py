@@ -33,6 +33,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--inherit", action="append", default=[], metavar="KEY=FD")
     parser.add_argument("--lazy", action="store_true", help="restore memory lazily (userfaultfd)")
     parser.add_argument("--watch-fd", type=int, default=None, help="pidfd of the owner: exit when it exits")
+    parser.add_argument("--loopback-up", action="store_true", help="bring up lo (in a new network namespace)")
     return parser.parse_args(argv)
 
 
@@ -57,6 +58,18 @@ def _start_lazy_pages(args: argparse.Namespace) -> subprocess.Popen[bytes]:
             raise RuntimeError("the lazy-pages daemon did not start: " + log_excerpt(Path(args.work) / LAZY_PAGES_LOG))
         time.sleep(0.002)
     return daemon
+
+
+def _bring_up_loopback() -> None:
+    """Bring up `lo`: CRIU probes TCP over it, and a new network namespace starts with it down."""
+    import fcntl
+    import socket
+    import struct
+
+    get_flags, set_flags, up = 0x8913, 0x8914, 0x1  # SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        flags = struct.unpack("16sh", fcntl.ioctl(probe, get_flags, struct.pack("16sh", b"lo", 0)))[1]
+        fcntl.ioctl(probe, set_flags, struct.pack("16sh", b"lo", flags | up))
 
 
 def _exit_with_owner(pidfd: int) -> None:
@@ -95,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     status = os.fdopen(args.status_fd, "w")
     if args.watch_fd is not None:
         _exit_with_owner(args.watch_fd)
+    if args.loopback_up:
+        _bring_up_loopback()
     inherited = {}
     for item in args.inherit:
         key, _, fd = item.rpartition("=")

@@ -331,6 +331,7 @@ class SnapshotStore:
         timeout: float | None = None,
         lazy: bool = False,
         cuda_driver: CudaDriver | None = None,
+        own_network: bool = False,
     ) -> RestoredTree:
         """Verify a snapshot, then restore it; `pipes` maps pipe names given at dump to new fds.
 
@@ -363,6 +364,7 @@ class SnapshotStore:
                 lazy=lazy,
                 cuda_pids=manifest.cuda_pids,
                 cuda_driver=cuda_driver,
+                own_network=own_network,
                 **options,
             )
         except BaseException:

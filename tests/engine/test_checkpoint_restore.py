@@ -174,3 +174,18 @@ def test_lazy_restore_resumes_before_memory_is_loaded(store: SnapshotStore, work
         assert conversation.ask("report")["checksum"] == workload.checksum
     finally:
         tree.kill()
+
+
+def test_restore_into_its_own_network_namespace(store: SnapshotStore, workload: Workload) -> None:
+    manifest = store.checkpoint(workload.pid, KEY, pipes=PIPES)
+    handed, to_tree, from_tree, to_close = pipes_for_restore()
+    try:
+        tree = store.restore(manifest.id, key=KEY, pipes=handed, own_network=True)
+    finally:
+        for fd in to_close:
+            os.close(fd)
+    try:
+        assert os.readlink(f"/proc/{tree.pid}/ns/net") != os.readlink("/proc/self/ns/net")
+        assert Conversation(tree, to_tree, from_tree).ask("report")["checksum"] == workload.checksum
+    finally:
+        tree.kill()
