@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -118,11 +119,11 @@ async def kernel_check() -> None:
         await manager.shutdown_kernel(now=True)
 
     print("== (c) time from launch to the first reply after the setup cells", flush=True)
-    runs = int(os.environ.get("GPU_RUNS", "2"))
+    runs = int(os.environ.get("GPU_RUNS", "3"))
     cold = [await time_to_first_reply(notebook, cold=True) for _ in range(runs)]
     warm = [await time_to_first_reply(notebook, cold=False) for _ in range(runs)]
-    cold_s = sorted(seconds for seconds, _ in cold)[len(cold) // 2]
-    warm_s = sorted(seconds for seconds, _ in warm)[len(warm) // 2]
+    cold_s = statistics.median(seconds for seconds, _ in cold)
+    warm_s = statistics.median(seconds for seconds, _ in warm)
     print(json.dumps({"cold_runs_s": [round(s, 2) for s, _ in cold], "restored_runs_s": [round(s, 2) for s, _ in warm],
                       "starts": [start for _, start in warm]}))  # fmt: skip
     print(f"(c) cold {cold_s:.2f} s, restored {warm_s:.2f} s, ratio {cold_s / warm_s:.1f}x")
