@@ -27,10 +27,10 @@ def image_hashes(store: SnapshotStore, snapshot_id: str) -> dict[str, str]:
     return {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(images.iterdir())}
 
 
-def restore_with_pipes(store: SnapshotStore, snapshot_id: str) -> Conversation:
+def restore_with_pipes(store: SnapshotStore, snapshot_id: str, **options: bool) -> Conversation:
     handed, to_tree, from_tree, to_close = pipes_for_restore()
     try:
-        tree = store.restore(snapshot_id, key=KEY, pipes=handed)
+        tree = store.restore(snapshot_id, key=KEY, pipes=handed, **options)
     finally:
         for fd in to_close:
             os.close(fd)
@@ -159,13 +159,8 @@ def test_lazy_restore_resumes_before_memory_is_loaded(store: SnapshotStore, work
     if not lazy_restore_supported():
         pytest.skip("this kernel lacks non-cooperative userfaultfd (criu check --feature uffd-noncoop)")
     manifest = store.checkpoint(workload.pid, KEY, pipes=PIPES)
-    handed, to_tree, from_tree, to_close = pipes_for_restore()
-    try:
-        tree = store.restore(manifest.id, key=KEY, pipes=handed, lazy=True)
-    finally:
-        for fd in to_close:
-            os.close(fd)
-    conversation = Conversation(tree, to_tree, from_tree)
+    conversation = restore_with_pipes(store, manifest.id, lazy=True)
+    tree = conversation.tree
     try:
         report = conversation.ask("report")
         assert report["checksum"] == workload.checksum
@@ -178,14 +173,10 @@ def test_lazy_restore_resumes_before_memory_is_loaded(store: SnapshotStore, work
 
 def test_restore_into_its_own_network_namespace(store: SnapshotStore, workload: Workload) -> None:
     manifest = store.checkpoint(workload.pid, KEY, pipes=PIPES)
-    handed, to_tree, from_tree, to_close = pipes_for_restore()
-    try:
-        tree = store.restore(manifest.id, key=KEY, pipes=handed, own_network=True)
-    finally:
-        for fd in to_close:
-            os.close(fd)
+    conversation = restore_with_pipes(store, manifest.id, own_network=True)
+    tree = conversation.tree
     try:
         assert os.readlink(f"/proc/{tree.pid}/ns/net") != os.readlink("/proc/self/ns/net")
-        assert Conversation(tree, to_tree, from_tree).ask("report")["checksum"] == workload.checksum
+        assert conversation.ask("report")["checksum"] == workload.checksum
     finally:
         tree.kill()
