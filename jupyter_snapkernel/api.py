@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -188,8 +189,6 @@ class KernelStartHandler(SnapKernelHandler):
 
 
 def _timestamp(created: str) -> float:
-    from datetime import datetime
-
     return datetime.fromisoformat(created).timestamp()
 
 

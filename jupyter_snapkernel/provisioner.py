@@ -23,6 +23,7 @@ from .kernelapp import START_ENV_VAR
 from .paths import STORE_ENV_VAR, open_store
 from .setup_section import SetupSection, read_setup_section
 from .spares import restore_waiting, spare_pool
+from .status import SETUP_CHANGED, superseded_snapshot
 
 COLD_ENV_VAR = "SNAPKERNEL_COLD"
 SPARES_ENV_VAR = "SNAPKERNEL_SPARE_KERNELS"  # read by SnapKernelSettings
@@ -136,11 +137,10 @@ class SnapKernelProvisioner(LocalProvisioner):
             if usable is not None:
                 return StartPlan(notebook, section, usable, store=store)
             stale += mismatched
-        resolved = str(notebook.resolve())
         if stale:
             return StartPlan(notebook, section, reason="stale: " + "; ".join(stale[0].reasons))
-        if any(m.labels.get("notebook") == resolved for m in self.store.list()):
-            return StartPlan(notebook, section, reason="stale: the setup cells changed since the snapshot")
+        if superseded_snapshot(self.store, notebook, section.setup_hash) is not None:
+            return StartPlan(notebook, section, reason=f"stale: {SETUP_CHANGED}")
         return StartPlan(notebook, section, reason="no snapshot yet")
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:

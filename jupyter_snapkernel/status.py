@@ -48,6 +48,16 @@ def _alive(pid: int) -> bool:
     return pid > 0
 
 
+SETUP_CHANGED = "setup cells changed since the snapshot"
+
+
+def superseded_snapshot(store: SnapshotStore, notebook: str | Path, setup_hash: str) -> Manifest | None:
+    """The newest snapshot of this notebook taken with other setup cells than `setup_hash`."""
+    resolved = str(Path(notebook).resolve())
+    older = [m for m in store.list() if m.labels.get("notebook") == resolved and m.key != setup_hash]
+    return older[-1] if older else None
+
+
 def notebook_state(store: SnapshotStore, notebook: str | Path) -> NotebookState:
     """Work out the snapshot state of a notebook on disk."""
     section = read_setup_section(notebook)
@@ -63,8 +73,7 @@ def notebook_state(store: SnapshotStore, notebook: str | Path) -> NotebookState:
         return NotebookState("failed", section.setup_hash, reasons=[str(record.get("error", ""))])
     if mismatched:
         return NotebookState("stale", section.setup_hash, mismatched[0].manifest, mismatched[0].reasons)
-    resolved = str(Path(notebook).resolve())
-    older = [m for m in store.list() if m.labels.get("notebook") == resolved and m.key != section.setup_hash]
-    if older:
-        return NotebookState("stale", section.setup_hash, older[-1], ["setup cells changed since the snapshot"])
+    older = superseded_snapshot(store, notebook, section.setup_hash)
+    if older is not None:
+        return NotebookState("stale", section.setup_hash, older, [SETUP_CHANGED])
     return NotebookState("none", section.setup_hash)
