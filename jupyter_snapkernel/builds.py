@@ -127,3 +127,7 @@ class BuildManager:
             build.log.append(f"snapshot {build.snapshot.id} ready")
             if on_ready is not None:
                 on_ready(build.snapshot)
+
+
+# One per server process: the REST API and the provisioner's automatic builds share it.
+build_manager = BuildManager()

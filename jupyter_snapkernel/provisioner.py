@@ -17,7 +17,8 @@ from engine import Manifest, RestoredTree, SnapshotStore
 from engine.diagnostics import snapshot_blocker
 from engine.restore import lazy_restore_supported
 
-from .builder import BuildError, build_snapshot, notebook_gpu_state
+from .builder import BuildError, notebook_gpu_state
+from .builds import build_manager
 from .config import SnapKernelSettings
 from .kernelapp import START_ENV_VAR
 from .paths import STORE_ENV_VAR, open_store
@@ -27,9 +28,6 @@ from .status import SETUP_CHANGED, superseded_snapshot
 
 COLD_ENV_VAR = "SNAPKERNEL_COLD"
 SPARES_ENV_VAR = "SNAPKERNEL_SPARE_KERNELS"  # read by SnapKernelSettings
-
-# One build per setup section in this server process; later requests join it.
-_builds: dict[str, asyncio.Task[Manifest]] = {}
 
 
 @dataclass
@@ -66,20 +64,6 @@ class RestoredKernelProcess:
 
     def kill(self) -> None:
         self.tree.kill()
-
-
-def ensure_build(
-    notebook: Path, store: SnapshotStore, section: SetupSection, timeout: float, gpu_state: bool
-) -> asyncio.Task[Manifest]:
-    """Start a background build of a setup section, or return the one already running."""
-    running = _builds.get(section.setup_hash)
-    if running is not None and not running.done():
-        return running
-    task = asyncio.ensure_future(
-        asyncio.to_thread(build_snapshot, notebook, store, section=section, timeout=timeout, gpu_state=gpu_state)
-    )
-    _builds[section.setup_hash] = task
-    return task
 
 
 class SnapKernelProvisioner(LocalProvisioner):
@@ -181,14 +165,15 @@ class SnapKernelProvisioner(LocalProvisioner):
             "started": started,
         }
         info = await super().launch_kernel(cmd, **kwargs)
-        wants_build = plan.section is not None and plan.notebook is not None and self.settings.auto_build
-        if wants_build and env.get(COLD_ENV_VAR, "").lower() not in {"1", "true", "yes"}:
+        # A requested cold start plans no section, so it builds nothing either.
+        if plan.section is not None and plan.notebook is not None and self.settings.auto_build:
             self._background_build(plan.notebook, plan.section)
         return info
 
     def _background_build(self, notebook: Path, section: SetupSection) -> None:
         gpu_state = notebook_gpu_state(notebook, self.settings.gpu_state)
-        task = ensure_build(notebook, self.store, section, self.settings.build_timeout, gpu_state)
+        # The server's one build manager: a build the REST API started for this section is joined.
+        build = build_manager.start(notebook, section, self.store, self.settings.build_timeout, gpu_state=gpu_state)
 
         def report(done: asyncio.Task[Manifest]) -> None:
             if done.cancelled():
@@ -203,7 +188,8 @@ class SnapKernelProvisioner(LocalProvisioner):
             elif not isinstance(error, BuildError) or "already being built" not in str(error):
                 self.log.warning("snapkernel: snapshot build of %s failed: %s", notebook, error)
 
-        task.add_done_callback(report)
+        assert build.task is not None
+        build.task.add_done_callback(report)
 
     async def _restore(self, manifest: Manifest, store: SnapshotStore, kwargs: dict[str, Any]) -> KernelConnectionInfo:
         """Restore the snapshot (or take its spare) and hand it this launch's connection, env and cwd."""
