@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,7 +112,7 @@ def checkpoint(
         client.opts.work_dir_fd = work_fd
         started = time.perf_counter()
         try:
-            with _gpu_state_moved_out(driver, cuda_pids, leave_running, lock_timeout_ms):
+            with gpu_state_in_host_memory(driver, cuda_pids, lock_timeout_ms=lock_timeout_ms, resume=leave_running):
                 try:
                     client.dump()
                 except Exception as error:
@@ -135,14 +134,3 @@ def checkpoint(
         pipes=keys,
         cuda_pids=cuda_pids,
     )
-
-
-@contextmanager
-def _gpu_state_moved_out(
-    driver: CudaDriver | None, cuda_pids: list[int], leave_running: bool, lock_timeout_ms: int
-) -> Iterator[None]:
-    if driver is None or not cuda_pids:
-        yield
-        return
-    with gpu_state_in_host_memory(driver, cuda_pids, lock_timeout_ms=lock_timeout_ms, resume=leave_running):
-        yield

@@ -148,14 +148,24 @@ def _settle(driver: CudaDriver, pid: int) -> None:
 
 @contextmanager
 def gpu_state_in_host_memory(
-    driver: CudaDriver, pids: list[int], *, lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS, resume: bool = True
+    driver: CudaDriver | None,
+    pids: list[int],
+    *,
+    lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
+    resume: bool = True,
 ) -> Iterator[None]:
     """Lock and checkpoint the CUDA state of `pids` for the block; put it back afterwards.
+
+    With no `pids` the block just runs (and `driver` may be None).
 
     On any failure every process is brought back to running before the error propagates, so no
     process stays locked or checkpointed. With `resume` False (the block ended the processes, as
     a dump that does not leave them running does), nothing is put back after a successful block.
     """
+    if not pids:
+        yield
+        return
+    assert driver is not None, "CUDA processes without a driver"
     try:
         for pid in pids:
             driver.lock(pid, lock_timeout_ms)

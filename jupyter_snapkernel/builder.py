@@ -18,6 +18,7 @@ from typing import IO, Any
 
 from engine import Manifest, SnapshotError, SnapshotStore
 
+from .config import env_flag
 from .setup_section import SetupSection, read_setup_section
 from .status import builds_dir
 
@@ -122,7 +123,7 @@ def notebook_gpu_state(notebook: Path, configured: bool | None = None) -> bool:
         return chosen
     if configured is not None:
         return configured
-    return os.environ.get("SNAPKERNEL_GPU_STATE", "1").lower() not in {"0", "false", "no", "off"}
+    return env_flag("SNAPKERNEL_GPU_STATE", True)
 
 
 def _run_build(

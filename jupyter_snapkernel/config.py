@@ -14,7 +14,8 @@ from .paths import default_store_root, for_user
 FALSE_WORDS = {"0", "false", "no", "off"}
 
 
-def _env_flag(name: str, fallback: bool) -> bool:
+def env_flag(name: str, fallback: bool) -> bool:
+    """Read an on/off environment variable; anything but 0/false/no/off is on."""
     value = os.environ.get(name)
     return fallback if value is None else value.strip().lower() not in FALSE_WORDS
 
@@ -78,7 +79,7 @@ class SnapKernelSettings(LoggingConfigurable):
 
     @default("enabled")
     def _enabled_default(self) -> bool:
-        return _env_flag("SNAPKERNEL_ENABLED", True)
+        return env_flag("SNAPKERNEL_ENABLED", True)
 
     @default("store_root")
     def _store_root_default(self) -> str:
@@ -90,7 +91,7 @@ class SnapKernelSettings(LoggingConfigurable):
 
     @default("auto_build")
     def _auto_build_default(self) -> bool:
-        return _env_flag("SNAPKERNEL_AUTO_BUILD", True)
+        return env_flag("SNAPKERNEL_AUTO_BUILD", True)
 
     @default("verify")
     def _verify_default(self) -> str:
@@ -102,11 +103,11 @@ class SnapKernelSettings(LoggingConfigurable):
 
     @default("gpu_state")
     def _gpu_state_default(self) -> bool:
-        return _env_flag("SNAPKERNEL_GPU_STATE", True)
+        return env_flag("SNAPKERNEL_GPU_STATE", True)
 
     @default("spare_kernels")
     def _spare_kernels_default(self) -> bool:
-        return _env_flag("SNAPKERNEL_SPARE_KERNELS", True)
+        return env_flag("SNAPKERNEL_SPARE_KERNELS", True)
 
     @default("quota_bytes")
     def _quota_bytes_default(self) -> int:

@@ -14,7 +14,7 @@ import nbformat
 from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 
-from .provisioner import COLD_ENV_VAR, SPARES_ENV_VAR, RestoredKernelProcess
+from .provisioner import COLD_ENV_VAR, SPARES_ENV_VAR
 from .setup_section import normalise, read_setup_section
 from .spares import spare_pool
 
@@ -45,12 +45,10 @@ def kernel_env(notebook: Path, cold: bool) -> dict[str, str]:
 
 
 def describe_start(manager: AsyncKernelManager) -> tuple[str, str | None, str | None]:
-    """Return (start, snapshot id, reason) of a started kernel."""
-    provisioner = manager.provisioner
-    plan = getattr(provisioner, "start_plan", None)
-    if isinstance(getattr(provisioner, "process", None), RestoredKernelProcess):
-        return "restored", plan.snapshot.id if plan and plan.snapshot else None, None
-    return "cold", None, (plan.reason if plan else None) or "no setup section"
+    """Return (start, snapshot id, reason) of a started kernel, as its provisioner reported them."""
+    report = manager.provisioner.start_report
+    reason = None if report["start"] == "restored" else report["reason"] or "no setup section"
+    return report["start"], report["snapshot"], reason
 
 
 async def run_notebook(

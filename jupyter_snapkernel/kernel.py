@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from ipykernel.ipkernel import IPythonKernel
 from traitlets import Bool, default
 
+from .config import env_flag
 from .setup_section import normalise
 
 REPLAY_ENV_VAR = "SNAPKERNEL_REPLAY_SETUP"
@@ -50,7 +50,7 @@ class SnapKernel(IPythonKernel):
 
     @default("replay_setup")
     def _replay_setup_default(self) -> bool:
-        return os.environ.get(REPLAY_ENV_VAR, "1").lower() not in {"0", "false", "no", "off"}
+        return env_flag(REPLAY_ENV_VAR, True)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
