@@ -5,11 +5,14 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 PROXY := build/node/node_modules/.bin/configurable-http-proxy
 
-.PHONY: setup run demo test lint format bench clean
+PREFIX ?= /opt/snapkernel
+
+.PHONY: setup run demo test lint format bench clean system-install
 
 setup: $(INSTALLED) $(PROXY)
 	@bash scripts/install-criu.sh
 	@bash scripts/install-chromium.sh
+	@bash scripts/install-podman.sh
 
 # JupyterHub's proxy, for the hub integration test.
 $(PROXY):
@@ -21,6 +24,10 @@ $(INSTALLED): pyproject.toml labextension/package.json $(wildcard labextension/s
 	@$(PY) -m pip install -q --upgrade pip setuptools wheel
 	@$(PY) -m pip install -q -e ".[test,examples]"
 	@touch $@
+
+# For every user of the machine (as root): PREFIX venv, CRIU, a criu with cap_checkpoint_restore for group snapkernel.
+system-install:
+	@PREFIX=$(PREFIX) bash scripts/system-install.sh
 
 # JupyterLab on localhost with the snapkernel kernel and the example notebooks.
 run: setup
@@ -45,6 +52,8 @@ bench: setup
 	$(PY) benchmarks/engine_bench.py
 	$(VENV)/bin/jupyter snapkernel build --quiet examples/torch_setup.ipynb
 	$(VENV)/bin/jupyter snapkernel bench examples/torch_setup.ipynb --runs 5
+	@PREFIX=$(PREFIX) bash scripts/system-install.sh
+	$(PY) benchmarks/privilege_modes.py --prefix $(PREFIX) --runs 5
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache

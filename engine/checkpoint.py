@@ -20,8 +20,12 @@ from .cuda import (
     uses_nvidia_devices,
 )
 from .errors import CheckpointError
+from .privileges import Privileges, current
+from .userns_exec import write_launcher
 
 DUMP_LOG = "dump.log"
+# Memory the kernel names like files but that CRIU dumps without /proc/PID/map_files.
+ANONYMOUS_FILES = ("/memfd:", "/SYSV", "/dev/zero")
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,34 @@ def pipe_keys(pid: int, pipes: Mapping[str, int]) -> dict[str, str]:
     return keys
 
 
+def _refuse_user_namespace_limits(pid: int, members: list[int]) -> None:
+    """Refuse, before CRIU runs, what user-namespace mode cannot dump: trees outside their own user
+    namespace and mappings of deleted files."""
+    if os.readlink(f"/proc/{pid}/ns/user") == os.readlink("/proc/self/ns/user"):
+        raise CheckpointError(
+            f"process {pid} shares this process's user namespace: in user-namespace mode the process to dump must "
+            "run in a user namespace of its own (engine.privileges.own_user_namespace_command)"
+        )
+    for member in members:
+        try:
+            maps = Path(f"/proc/{member}/maps").read_text()
+        except OSError:
+            continue
+        deleted = sorted(
+            {
+                line.split(None, 5)[5]
+                for line in maps.splitlines()
+                if line.endswith(" (deleted)") and not line.split(None, 5)[5].startswith(ANONYMOUS_FILES)
+            }
+        )
+        if deleted:
+            raise CheckpointError(
+                f"process {member} maps a deleted file ({deleted[0]}): in user-namespace mode CRIU cannot read "
+                "/proc/PID/map_files, so such mappings cannot be dumped. Keep the file until the snapshot is taken, "
+                "or get capability mode (an admin adds you to group 'snapkernel' after `make system-install`)"
+            )
+
+
 def checkpoint(
     pid: int,
     images_dir: Path,
@@ -63,15 +95,20 @@ def checkpoint(
     gpu_state: bool = True,
     cuda_driver: CudaDriver | None = None,
     lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
+    privileges: Privileges | None = None,
 ) -> DumpResult:
     """Dump the process tree rooted at `pid` into `images_dir` (which must be empty).
 
     Processes of the tree that hold CUDA state have it moved into host memory first (and back
     afterwards when they keep running); `gpu_state` False refuses such trees instead.
-    `cuda_driver` defaults to the machine's driver.
+    `cuda_driver` defaults to the machine's driver. `privileges` (default: this process's mode)
+    decides which CRIU dumps and how: see engine.privileges.
     """
+    privileges = privileges or current()
     binary = find_criu(criu_binary)
     version = require_supported(binary)
+    if privileges.mode == "unavailable":
+        raise CheckpointError(f"snapshots are unavailable here: {privileges.detail} (fix: {privileges.fix})")
     if not process.is_alive(pid):
         raise CheckpointError(f"process {pid} does not exist")
     if os.getsid(pid) != pid:
@@ -81,6 +118,8 @@ def checkpoint(
         )
     keys = pipe_keys(pid, pipes or {})
     members = process.tree(pid)
+    if privileges.mode == "user-namespace":
+        _refuse_user_namespace_limits(pid, members)
     driver = cuda_driver if cuda_driver is not None else system_driver()
     if driver is None:
         on_gpu = [member for member in members if uses_nvidia_devices(member)]
@@ -102,14 +141,22 @@ def checkpoint(
     images_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
-    client = rpc_client(binary)
+    if privileges.mode == "capability" and privileges.dump_criu:
+        binary = privileges.dump_criu
+    elif privileges.mode == "user-namespace":
+        binary = str(write_launcher(work_dir / "criu-in-userns", pid, binary))
+    client = rpc_client(binary, unprivileged=privileges.unprivileged)
     client.opts.pid = pid
     client.opts.images_dir = str(images_dir)
     client.opts.leave_running = leave_running
     client.opts.log_file = DUMP_LOG
+    # A CRIU inside the kernel's user namespace cannot open our fds through /proc (no CAP_SYS_PTRACE
+    # in our namespace): it logs into the images dir, and the log is moved to the work dir after.
+    in_user_namespace = privileges.mode == "user-namespace"
     work_fd = os.open(work_dir, os.O_DIRECTORY)
     try:
-        client.opts.work_dir_fd = work_fd
+        if not in_user_namespace:
+            client.opts.work_dir_fd = work_fd
         started = time.perf_counter()
         try:
             with gpu_state_in_host_memory(driver, cuda_pids, lock_timeout_ms=lock_timeout_ms, resume=leave_running):
@@ -126,6 +173,8 @@ def checkpoint(
         duration = time.perf_counter() - started
     finally:
         os.close(work_fd)
+        if in_user_namespace and (images_dir / DUMP_LOG).exists():
+            os.replace(images_dir / DUMP_LOG, work_dir / DUMP_LOG)
     return DumpResult(
         pid=pid,
         rss_bytes=rss,

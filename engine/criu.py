@@ -61,8 +61,8 @@ def require_supported(binary: str) -> tuple[int, ...]:
     return version
 
 
-def rpc_client(binary: str) -> pycriu.criu:
-    """Return a pycriu client that spawns `binary swrk` for each request."""
+def rpc_client(binary: str, *, unprivileged: bool = False) -> pycriu.criu:
+    """Return a pycriu client that spawns `binary swrk` for each request (``--unprivileged`` when asked)."""
     try:
         import pycriu
     except ImportError as error:
@@ -72,6 +72,8 @@ def rpc_client(binary: str) -> pycriu.criu:
     client = pycriu.criu()
     client.use_binary(binary)
     client.opts.log_level = LOG_LEVEL
+    if unprivileged:
+        client.opts.unprivileged = True
     return client
 
 

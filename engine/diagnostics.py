@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
 import subprocess
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from .criu import MINIMUM_VERSION, criu_version, find_criu, rpc_client
+from .criu import MINIMUM_VERSION, criu_version, find_criu
 from .errors import SnapshotError
 from .gpu import CHECKPOINT_MIN_DRIVER, driver_has_checkpoint_api, inventory
+from .privileges import Privileges, current, detect, in_user_namespace_command, namespace_error
+from .restore import package_environment
 
 Status = Literal["ok", "warn", "fail", "absent"]
-CAP_SYS_ADMIN = 21
-CAP_SYS_PTRACE = 19
-CAP_CHECKPOINT_RESTORE = 40
 
 
 @dataclass(frozen=True)
@@ -35,8 +34,20 @@ class Check:
         return asdict(self)
 
 
-def _run(command: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+def _run(
+    command: list[str], timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False, env=env)
+
+
+def as_restores_run(command: list[str]) -> list[str]:
+    """Run a CRIU command where restores run: as is for root, else in a user namespace with CRIU's
+    capabilities and ``--unprivileged``."""
+    if os.geteuid() == 0:
+        return command
+    if command[0].endswith("criu"):
+        command = [*command, "--unprivileged"]
+    return [*in_user_namespace_command(), *command]
 
 
 def check_criu_binary(explicit: str | None) -> Check:
@@ -58,80 +69,63 @@ def check_criu_kernel(explicit: str | None) -> Check:
         binary = find_criu(explicit)
     except SnapshotError as error:
         return Check("criu check", "fail", str(error), "install CRIU first")
-    result = _run([binary, "check"])
+    result = _run(as_restores_run([binary, "check"]))
     output = (result.stdout + result.stderr).strip()
     if result.returncode == 0:
-        return Check("criu check", "ok", output.splitlines()[-1] if output else "passed")
+        return Check("criu check", "ok", "Looks good." if "Looks good" in output else output or "passed")
     last = output.splitlines()[-3:] if output else ["no output"]
     return Check(
         "criu check",
         "fail",
         " | ".join(last),
-        "run as root; see `criu check` output for the missing kernel feature",
+        "see `criu check` output for the missing kernel feature",
     )
 
 
 def check_pycriu(explicit: str | None) -> Check:
     """pycriu imports and gets an answer from `criu swrk`."""
     try:
-        client = rpc_client(find_criu(explicit))
-        client.check()
+        binary = find_criu(explicit)
     except SnapshotError as error:
         return Check("pycriu", "fail", str(error), "run `make setup`")
-    except Exception as error:  # pycriu raises plain exceptions for RPC failures
-        return Check("pycriu", "fail", f"criu swrk did not answer: {error}", "run as root; check `criu check`")
+    # swrk writes its log into the images dir (default: the cwd, which may not be writable).
+    probe = (
+        "import shutil, tempfile\nfrom engine.criu import rpc_client\n"
+        f"client = rpc_client({binary!r}, unprivileged={os.geteuid() != 0})\n"
+        "client.opts.images_dir = scratch = tempfile.mkdtemp()\nclient.opts.log_file = 'check.log'\n"
+        "try:\n    client.check()\n"
+        "finally:\n    shutil.rmtree(scratch)\n"
+    )
+    result = _run(as_restores_run([sys.executable, "-c", probe]), env=package_environment())
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        fix = "run `make setup`" if "pycriu is not importable" in last else "check `criu check`"
+        return Check("pycriu", "fail", f"criu swrk did not answer: {last}", fix)
     return Check("pycriu", "ok", "pycriu talks to criu swrk")
 
 
-def _effective_capabilities() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("CapEff:"):
-            return int(line.split()[1], 16)
-    return 0
-
-
-def check_privileges() -> Check:
-    """Running as root, or holding the capabilities CRIU needs."""
-    if os.geteuid() == 0:
-        return Check("privileges", "ok", "running as root")
-    caps = _effective_capabilities()
-    missing = [
-        name
-        for name, bit in (
-            ("CAP_CHECKPOINT_RESTORE", CAP_CHECKPOINT_RESTORE),
-            ("CAP_SYS_PTRACE", CAP_SYS_PTRACE),
-            ("CAP_SYS_ADMIN", CAP_SYS_ADMIN),
-        )
-        if not caps & (1 << bit)
-    ]
-    if not missing:
-        return Check("privileges", "ok", "CAP_CHECKPOINT_RESTORE, CAP_SYS_PTRACE and CAP_SYS_ADMIN held")
-    return Check(
-        "privileges",
-        "fail",
-        f"not root and missing {', '.join(missing)}",
-        "run as root, or grant the capabilities (e.g. `setcap` on CRIU, or the container's securityContext)",
-    )
+def check_mode(privileges: Privileges) -> Check:
+    """The privilege mode snapshots run in (root, capability, user-namespace), or why they cannot."""
+    if privileges.mode == "unavailable":
+        return Check("mode", "fail", f"unavailable: {privileges.detail}", privileges.fix)
+    limits = f"; limits: {'; '.join(privileges.limits)}" if privileges.limits else ""
+    return Check("mode", "ok", f"{privileges.mode}: {privileges.detail}{limits}", privileges.fix)
 
 
 def check_namespaces() -> Check:
-    """New PID and mount namespaces with a fresh /proc can be created."""
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        return Check("namespaces", "fail", "`unshare` not found", "install util-linux")
-    result = _run([unshare, "--pid", "--mount", "--fork", "--mount-proc", "true"])
-    if result.returncode != 0:
-        return Check(
-            "namespaces",
-            "fail",
-            result.stderr.strip() or "unshare failed",
-            "needs CAP_SYS_ADMIN (root, or a privileged container)",
-        )
-    return Check("namespaces", "ok", "PID + mount namespaces usable")
+    """The namespaces restores run in (user + PID + mount, or PID + mount as root) can be created."""
+    error = namespace_error()
+    kinds = "PID + mount" if os.geteuid() == 0 else "user + PID + mount"
+    if error is not None:
+        return Check("namespaces", "fail", f"cannot create {kinds} namespaces: {error}", "see the mode check")
+    return Check("namespaces", "ok", f"{kinds} namespaces usable")
 
 
 def check_userfaultfd(explicit: str | None) -> Check:
     """userfaultfd is available (lazy restore; optional)."""
+    if os.geteuid() != 0:
+        return Check("userfaultfd", "warn", "lazy restore needs root (CRIU disables userfaultfd with "
+                     "--unprivileged)", required=False)  # fmt: skip
     try:
         binary = find_criu(explicit)
     except SnapshotError:
@@ -180,13 +174,13 @@ def check_gpu() -> Check:
     return Check("gpu", "ok", f"{detail}; CUDA checkpoint API present", required=False)
 
 
-def run_checks(store_root: Path, criu_binary: str | None = None) -> list[Check]:
+def run_checks(store_root: Path, criu_binary: str | None = None, privileges: Privileges | None = None) -> list[Check]:
     """Run every check, in the order a person would fix them."""
     return [
         check_criu_binary(criu_binary),
         check_criu_kernel(criu_binary),
         check_pycriu(criu_binary),
-        check_privileges(),
+        check_mode(privileges or detect()),
         check_namespaces(),
         check_userfaultfd(criu_binary),
         check_store(store_root),
@@ -199,8 +193,7 @@ def snapshot_blocker(criu_binary: str | None = None) -> str | None:
     """Say what keeps this process from taking or restoring snapshots, or None when nothing does."""
     for check in (
         check_criu_binary(criu_binary),
-        check_privileges(),
-        check_namespaces(),
+        check_mode(current()),
         check_pycriu(criu_binary),
     ):
         if check.status != "ok":

@@ -17,11 +17,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from . import process
-from .criu import find_criu, require_supported
+from .criu import find_criu, log_excerpt, require_supported
 from .cuda import CudaDriver, CudaError, resume_restored, system_driver
 from .errors import CriuUnavailable, RestoreError
+from .privileges import in_user_namespace_command
+from .restore_init import RESTORE_LOG
 
 INIT_LOG = "init.log"
+BUG_MARK = "BUG at "
+BUG_POLL_S = 0.25
 DEFAULT_TIMEOUT_S = 120.0
 
 
@@ -96,16 +100,19 @@ class RestoredTree:
         self.wait()
 
 
-def _read_status(fd: int, launcher: subprocess.Popen[bytes], timeout: float) -> dict[str, object]:
-    """Read the init's first JSON report line, or fail when it dies or times out."""
+def _read_status(fd: int, launcher: subprocess.Popen[bytes], timeout: float, restore_log: Path) -> dict[str, object]:
+    """Read the init's first JSON report line, or fail when it dies, times out, or CRIU hits a BUG."""
     deadline = time.monotonic() + timeout
     buffer = b""
     while not buffer.endswith(b"\n"):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError
-        ready, _, _ = select.select([fd], [], [], remaining)
+        ready, _, _ = select.select([fd], [], [], min(remaining, BUG_POLL_S))
         if not ready:
+            # After a BUG in its restorer CRIU waits forever for the task that died: do not wait with it.
+            if _mentions(restore_log, BUG_MARK):
+                raise RestoreError("CRIU failed in the middle of the restore and was stopped", log_excerpt(restore_log))
             continue
         chunk = os.read(fd, 1)  # byte-wise: later lines belong to the pages watcher
         if not chunk:
@@ -115,6 +122,14 @@ def _read_status(fd: int, launcher: subprocess.Popen[bytes], timeout: float) -> 
         launcher.wait()
         return {}
     return json.loads(buffer)
+
+
+def _mentions(path: Path, text: str) -> bool:
+    """Tell whether a (log) file contains `text`."""
+    try:
+        return text in path.read_text(errors="replace")
+    except OSError:
+        return False
 
 
 def _watch_pages(fd: int, loaded: threading.Event) -> None:
@@ -129,9 +144,16 @@ def _watch_pages(fd: int, loaded: threading.Event) -> None:
         loaded.set()
 
 
+LAZY_NEEDS_ROOT = (
+    "lazy restore needs root: CRIU disables userfaultfd with --unprivileged (vm.unprivileged_userfaultfd is 0)"
+)
+
+
 @functools.lru_cache(maxsize=4)
 def lazy_restore_supported(criu_binary: str | None = None) -> bool:
-    """Tell whether this kernel and CRIU can restore memory lazily (userfaultfd, non-cooperative)."""
+    """Tell whether this kernel and CRIU can restore memory lazily (userfaultfd, non-cooperative; root only)."""
+    if os.geteuid() != 0:
+        return False
     binary = find_criu(criu_binary)
     result = subprocess.run([binary, "check", "--feature", "uffd-noncoop"], capture_output=True, check=False)
     return result.returncode == 0
@@ -173,7 +195,14 @@ def restore(
     restores into a new, empty network namespace too: needed to run several restores of an image
     whose processes bound the same abstract unix socket (CUDA processes do), at the price of having
     no network but a loopback of their own.
+
+    As root the tree keeps host credentials (new PID + mount namespaces only); any other user restores
+    into new user + PID + mount namespaces with CRIU holding only checkpoint_restore and setpcap there,
+    so the tree runs with that user's own uid and no capabilities.
     """
+    unprivileged = os.geteuid() != 0
+    if lazy and unprivileged:
+        raise RestoreError(LAZY_NEEDS_ROOT)
     driver = cuda_driver if cuda_driver is not None else (system_driver() if cuda_pids else None)
     if cuda_pids and driver is None:
         raise RestoreError("the snapshot holds GPU state, but this machine has no CUDA driver with the checkpoint API")
@@ -185,10 +214,13 @@ def restore(
     inherit_fds = dict(inherit_fds or {})
     work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     status_read, status_write = os.pipe()
-    namespaces = ["--pid", "--mount", *(["--net"] if own_network else [])]
+    if unprivileged:
+        prefix = in_user_namespace_command(net=own_network)
+    else:
+        namespaces = ["--pid", "--mount", *(["--net"] if own_network else [])]
+        prefix = [unshare, *namespaces, "--fork", "--mount-proc", "--kill-child"]
     command = [
-        unshare, *namespaces, "--fork", "--mount-proc", "--kill-child",
-        sys.executable, "-m", "engine.restore_init",
+        *prefix, sys.executable, "-m", "engine.restore_init",
         "--criu", binary, "--images", str(images_dir), "--work", str(work_dir),
         "--status-fd", str(status_write),
     ]  # fmt: skip
@@ -197,15 +229,15 @@ def restore(
     owner_fd = None
     if lazy:
         command.append("--lazy")
+    if unprivileged:
+        command.append("--unprivileged")
     if own_network:
         command.append("--loopback-up")
     if tie_to_caller:
         owner_fd = os.pidfd_open(os.getpid())
         command.append(f"--watch-fd={owner_fd}")
         passed.append(owner_fd)
-    environment = dict(os.environ)
-    package_root = str(Path(__file__).resolve().parent.parent)
-    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, environment.get("PYTHONPATH")]))
+    environment = package_environment()
     try:
         with open(work_dir / INIT_LOG, "wb") as init_log:
             launcher = subprocess.Popen(
@@ -222,7 +254,7 @@ def restore(
         if owner_fd is not None:
             os.close(owner_fd)
     try:
-        status = _read_status(status_read, launcher, timeout)
+        status = _read_status(status_read, launcher, timeout, work_dir / RESTORE_LOG)
     except BaseException as error:
         os.close(status_read)
         launcher.kill()
@@ -257,6 +289,14 @@ def restore(
         launcher.wait()
         raise
     return tree
+
+
+def package_environment() -> dict[str, str]:
+    """This process's environment, with the engine importable by a child Python."""
+    environment = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parent.parent)
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, environment.get("PYTHONPATH")]))
+    return environment
 
 
 def _put_gpu_state_back(tree: RestoredTree, cuda_pids: list[int], driver: CudaDriver) -> None:

@@ -33,6 +33,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--inherit", action="append", default=[], metavar="KEY=FD")
     parser.add_argument("--lazy", action="store_true", help="restore memory lazily (userfaultfd)")
     parser.add_argument("--watch-fd", type=int, default=None, help="pidfd of the owner: exit when it exits")
+    parser.add_argument("--unprivileged", action="store_true", help="restore with CRIU's --unprivileged")
     parser.add_argument("--loopback-up", action="store_true", help="bring up lo (in a new network namespace)")
     return parser.parse_args(argv)
 
@@ -70,6 +71,17 @@ def _bring_up_loopback() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         flags = struct.unpack("16sh", fcntl.ioctl(probe, get_flags, struct.pack("16sh", b"lo", 0)))[1]
         fcntl.ioctl(probe, set_flags, struct.pack("16sh", b"lo", flags | up))
+
+
+def _images_for_this_user(images: Path, work: Path) -> Path:
+    """A private view of the image whose credentials are this user's (only they are mapped here)."""
+    from .credentials import rewrite_for_user
+
+    private = work / "images"
+    private.mkdir(mode=0o700)
+    # Groups left out: the tree keeps this namespace's own, which are the user's.
+    rewrite_for_user(images, private, os.getuid(), os.getgid())
+    return private
 
 
 def _exit_with_owner(pidfd: int) -> None:
@@ -114,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.inherit:
         key, _, fd = item.rpartition("=")
         inherited[key] = int(fd)
-    client = rpc_client(args.criu)
+    client = rpc_client(args.criu, unprivileged=args.unprivileged)
     client.opts.images_dir = args.images
     client.opts.log_file = RESTORE_LOG
     client.opts.rst_sibling = True
@@ -126,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     client.opts.work_dir_fd = work_fd
     daemon = None
     try:
+        if args.unprivileged:
+            client.opts.images_dir = str(_images_for_this_user(Path(args.images), Path(args.work)))
         if args.lazy:
             daemon = _start_lazy_pages(args)
             client.opts.lazy_pages = True

@@ -74,8 +74,12 @@ class SnapshotStore:
         verify: VerifyMode = "sha256",
         environment_extra: Mapping[str, str] | None = None,
         work_dir: str | os.PathLike[str] | None = None,
+        shared: bool = False,
     ) -> None:
         self.root = Path(root)
+        # A shared store (an admin's course snapshots) publishes snapshots every user can read.
+        self.shared = shared
+        self.dir_mode, self.file_mode = (0o755, 0o644) if shared else (0o700, 0o600)
         self.verify_mode: VerifyMode = verify
         self.environment_extra = dict(environment_extra or {})
         self.snapshots_dir = self.root / "snapshots"
@@ -86,17 +90,19 @@ class SnapshotStore:
     # -- layout and permissions -------------------------------------------------------------
 
     def ensure_layout(self) -> None:
-        """Create the store's directories (0700, owned by this user) or refuse unsafe ones."""
+        """Create the store's directories (0700, or 0755 where a shared store publishes; owned by this
+        user) or refuse unsafe ones."""
         for directory in (self.root, self.snapshots_dir, self.staging_dir, self.work_dir):
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            mode = self.dir_mode if directory in (self.root, self.snapshots_dir) else 0o700
+            directory.mkdir(mode=mode, parents=True, exist_ok=True)
             info = directory.stat()
             if info.st_uid != os.geteuid():
                 raise StoreError(
                     f"{directory} belongs to uid {info.st_uid}, not to this user ({os.geteuid()}): "
                     "choose another store root"
                 )
-            if info.st_mode & 0o077:
-                os.chmod(directory, 0o700)
+            if info.st_mode & 0o777 != mode:
+                os.chmod(directory, mode)
 
     def _snapshot_path(self, snapshot_id: str) -> Path:
         if not snapshot_id or not all(c.isalnum() or c in "-_" for c in snapshot_id):
@@ -160,8 +166,8 @@ class SnapshotStore:
                 handle.write(manifest.to_json())
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.chmod(manifest_path, 0o600)
-            (staging / LOCK).touch(mode=0o600)
+            os.chmod(manifest_path, self.file_mode)
+            (staging / LOCK).touch(mode=self.file_mode)
             self._remember_verified(staging, manifest)
             _fsync_path(staging)
             os.rename(staging, self.snapshots_dir / snapshot_id)
@@ -171,11 +177,10 @@ class SnapshotStore:
             raise
         return manifest
 
-    @staticmethod
-    def _seal(staging: Path, images: Path) -> dict[str, FileRecord]:
-        """Make everything CRIU wrote private to this user; fsync and hash the image files."""
-        for path in staging.rglob("*"):
-            os.chmod(path, 0o700 if path.is_dir() else 0o600)
+    def _seal(self, staging: Path, images: Path) -> dict[str, FileRecord]:
+        """Make everything CRIU wrote read-only to others (private unless shared); fsync and hash the images."""
+        for path in [staging, *staging.rglob("*")]:
+            os.chmod(path, self.dir_mode if path.is_dir() else self.file_mode)
         files: dict[str, FileRecord] = {}
         for path in sorted(images.iterdir()):
             with open(path, "rb") as handle:
@@ -279,15 +284,14 @@ class SnapshotStore:
         except (OSError, ValueError):
             return {}
 
-    @staticmethod
-    def _remember_verified(directory: Path, manifest: Manifest) -> None:
+    def _remember_verified(self, directory: Path, manifest: Manifest) -> None:
         """Record the identity of files whose sha256 matched, so unchanged files are not rehashed."""
         images = directory / IMAGES
         verified = {name: [*_identity(images / name), record.sha256] for name, record in manifest.files.items()}
         temporary = directory / f"{VERIFIED}.{secrets.token_hex(4)}"
         try:
             temporary.write_text(json.dumps(verified))
-            os.chmod(temporary, 0o600)
+            os.chmod(temporary, self.file_mode)
             os.replace(temporary, directory / VERIFIED)
         except OSError:  # a read-only (shared) store: verify in full each time
             temporary.unlink(missing_ok=True)

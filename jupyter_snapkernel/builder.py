@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from engine import Manifest, SnapshotError, SnapshotStore
+from engine.privileges import current, own_user_namespace_command
 
 from .config import env_flag
 from .setup_section import SetupSection, read_setup_section
@@ -131,8 +132,10 @@ def _run_build(
 ) -> Manifest:
     control_read, control_write = os.pipe()
     report_read, report_write = os.pipe()
+    # Without a grant CRIU can only dump a kernel that runs in a user namespace of its own.
+    prefix = own_user_namespace_command() if current().mode == "user-namespace" else []
     command = [
-        sys.executable, "-m", "jupyter_snapkernel.kernelapp", "--snapshot-build",
+        *prefix, sys.executable, "-m", "jupyter_snapkernel.kernelapp", "--snapshot-build",
         f"--control-fd={control_read}", f"--report-fd={report_write}",
     ]  # fmt: skip
     kernel = subprocess.Popen(

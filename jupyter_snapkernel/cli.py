@@ -12,6 +12,7 @@ from pathlib import Path
 
 from engine import SnapshotError
 from engine.diagnostics import cpu_snapshots_work, run_checks
+from engine.privileges import detect
 
 from .paths import STORE_ENV_VAR, default_store_root, open_store
 
@@ -28,10 +29,12 @@ def _human_size(size: float) -> str:
 
 def doctor(args: argparse.Namespace) -> int:
     """Report what snapshots need here; exit 0 when CPU snapshots can work."""
-    checks = run_checks(args.store, args.criu)
+    privileges = detect()
+    checks = run_checks(args.store, args.criu, privileges)
     works = cpu_snapshots_work(checks)
     if args.json:
-        print(json.dumps({"cpu_snapshots": works, "checks": [check.to_dict() for check in checks]}, indent=2))
+        report = {**privileges.to_dict(), "cpu_snapshots": works, "checks": [check.to_dict() for check in checks]}
+        print(json.dumps(report, indent=2))
     else:
         for check in checks:
             print(f"{STATUS_MARKS[check.status]} {check.name:<12} {check.detail}")
@@ -110,9 +113,8 @@ def build(args: argparse.Namespace) -> int:
         elif event["event"] == "checkpoint":
             print(f"[{elapsed:6.1f}s] checkpointing the kernel", file=sys.stderr)
 
-    manifest = build_snapshot(
-        notebook, open_store(args.store), section=section, progress=progress, timeout=args.timeout
-    )
+    store = open_store(args.store, shared=args.shared)
+    manifest = build_snapshot(notebook, store, section=section, progress=progress, timeout=args.timeout)
     print(
         f"snapshot {manifest.id}: {_human_size(manifest.size_bytes)}, built in "
         f"{time.perf_counter() - started:.1f} s for {notebook.name}"
@@ -172,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     build_parser_.add_argument("notebook", type=Path)
     build_parser_.add_argument("--timeout", type=float, default=600.0, help="seconds the build may take")
     build_parser_.add_argument("--quiet", action="store_true", help="no progress lines")
+    build_parser_.add_argument(
+        "--shared",
+        action="store_true",
+        help="publish the snapshot readable by every user (an admin's course snapshot in a shared root)",
+    )
     build_parser_.set_defaults(handler=build)
 
     run_parser = commands.add_parser("run", help="execute a notebook headless with a restored kernel")

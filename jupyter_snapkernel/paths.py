@@ -38,6 +38,7 @@ def open_store(
     root: str | os.PathLike[str] | None = None,
     verify: VerifyMode = "sha256",
     work_dir: str | os.PathLike[str] | None = None,
+    shared: bool = False,
 ) -> SnapshotStore:
     """Return a snapshot store, keyed also on the snapkernel code that built the snapshots."""
     return SnapshotStore(
@@ -45,4 +46,5 @@ def open_store(
         verify=verify,
         environment_extra={"snapkernel_sha256": kernel_code_digest()},
         work_dir=work_dir,
+        shared=shared,
     )

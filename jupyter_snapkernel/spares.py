@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import threading
 from dataclasses import dataclass
 
 from engine import Manifest, RestoredTree, SnapshotStore
@@ -30,14 +31,35 @@ class WaitingKernel:
         self.close_pipes()
 
 
+def _forward(read_fd: int, target_fd: int) -> None:
+    """Copy a pipe into `target_fd` until every writer has closed it."""
+    try:
+        while data := os.read(read_fd, 65536):
+            with contextlib.suppress(OSError):
+                os.write(target_fd, data)
+    finally:
+        os.close(read_fd)
+
+
+def forwarded_output(target_fd: int) -> int:
+    """A pipe of this user's own whose data goes to `target_fd`; return its write end.
+
+    CRIU reopens a restored pipe through /proc/self/fd, which works only for pipes the restoring
+    user owns: a server's own stdout may belong to whoever started it (a hub running as root).
+    """
+    read_fd, write_fd = os.pipe()
+    threading.Thread(target=_forward, args=(read_fd, target_fd), daemon=True, name="snapkernel-output").start()
+    return write_fd
+
+
 def restore_waiting(store: SnapshotStore, manifest: Manifest, *, lazy: bool, timeout: float) -> WaitingKernel:
     """Restore a snapshot's kernel with fresh pipes; it waits for its resume request."""
     control_read, control_write = os.pipe()
     report_read, report_write = os.pipe()
     handed = {
         "stdin": os.open(os.devnull, os.O_RDONLY),
-        "stdout": os.dup(1),  # restored kernels write where a cold kernel of this server would
-        "stderr": os.dup(2),
+        "stdout": forwarded_output(1),  # restored kernels write where a cold kernel of this server would
+        "stderr": forwarded_output(2),
         "control": control_read,
         "report": report_write,
     }
@@ -51,6 +73,9 @@ def restore_waiting(store: SnapshotStore, manifest: Manifest, *, lazy: bool, tim
         for fd in handed.values():
             os.close(fd)
     return WaitingKernel(tree, PipeChannel(report_read, control_write), manifest.id)
+
+
+REFILL_DELAY_S = 1.0
 
 
 class SparePool:
@@ -82,7 +107,13 @@ class SparePool:
                 store.get(snapshot_id)
             except Exception:  # deleted or unreadable: its spare is of no more use
                 self._spares.pop(snapshot_id).discard()
-        task = asyncio.ensure_future(asyncio.to_thread(restore_waiting, store, manifest, lazy=lazy, timeout=timeout))
+
+        async def restore_after_the_start_settles() -> WaitingKernel:
+            # The kernel just handed out runs its first cells now: a restore beside it would slow them.
+            await asyncio.sleep(REFILL_DELAY_S)
+            return await asyncio.to_thread(restore_waiting, store, manifest, lazy=lazy, timeout=timeout)
+
+        task = asyncio.ensure_future(restore_after_the_start_settles())
         self._filling[manifest.id] = task
 
         def settle(done: asyncio.Task[WaitingKernel]) -> None:

@@ -31,12 +31,13 @@ def test_doctor_json_lists_every_check(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["cpu_snapshots"] is True
+    assert report["mode"] == "root", "the tests run as root"
     checks = {check["name"]: check for check in report["checks"]}
     assert set(checks) == {
         "criu",
         "criu check",
         "pycriu",
-        "privileges",
+        "mode",
         "namespaces",
         "userfaultfd",
         "store",

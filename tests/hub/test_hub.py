@@ -1,13 +1,16 @@
-"""A real JupyterHub on localhost, configured as docs/jupyterhub.md says, with two users."""
+"""A real JupyterHub, configured as docs/jupyterhub.md says: system users log in through PAM and
+their servers and kernels run as themselves, from the machine-wide install."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import secrets
+import shutil
 import signal
-import socket
 import subprocess
-import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,16 +21,11 @@ import pytest
 import requests
 
 from tests.kernel.conftest import SETUP_CELLS, write_notebook
+from tests.users import UnixUser, free_port, kernel_client, value
 
 REPO = Path(__file__).resolve().parents[2]
 PROXY = REPO / "build" / "node" / "node_modules" / ".bin" / "configurable-http-proxy"
-PASSWORD = "change-me"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+COURSE_CELLS = [SETUP_CELLS[0], "course = 'week 1'"]
 
 
 def documented_hub_config() -> str:
@@ -41,19 +39,38 @@ def documented_hub_config() -> str:
 @dataclass
 class Hub:
     url: str
-    home: Path
-    snapshots: Path
+    course_snapshot: str
+    alice: UnixUser
+    bob: UnixUser
+    password: str
 
 
 @pytest.fixture
-def hub(tmp_path: Path) -> Iterator[Hub]:
+def hub(tmp_path: Path, make_user: Any, system_prefix: Path) -> Iterator[Hub]:
     assert PROXY.exists(), "configurable-http-proxy is missing: `make setup` installs it into build/node"
-    home, snapshots = tmp_path / "home", tmp_path / "snapshots"
+    alice, bob = make_user(in_group=True), make_user(in_group=False)
+    password = secrets.token_hex(8)
+    subprocess.run(["chpasswd"], input=f"{alice.name}:{password}\n{bob.name}:{password}\n", text=True, check=True)
+    course = Path(tempfile.mkdtemp(prefix="sk-hub-course-", dir="/var/tmp"))
+    os.chmod(course, 0o755)
+    course_notebook = write_notebook(course / "week1.ipynb", COURSE_CELLS, marked=1)
+    os.chmod(course_notebook, 0o644)
+    course_root = course / "snapshots"
+    jupyter = str(system_prefix / "bin" / "jupyter")
+    built = subprocess.run(
+        ["env", "-i", "PATH=/usr/bin:/bin", "HOME=/var/empty", jupyter, "snapkernel", "--store", str(course_root),
+         "build", "--shared", "--quiet", str(course_notebook)],
+        capture_output=True, text=True, timeout=300, check=False, cwd=course,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stdout + built.stderr
+    course_snapshot = built.stdout.split()[1].rstrip(":")
+
     port = free_port()
     config = documented_hub_config()
-    # Only what a test must change: ports, paths, and no background work between requests.
+    # Only what a test must change: ports, names, paths, and no background work between requests.
     config = config.replace("http://127.0.0.1:8000", f"http://127.0.0.1:{port}")
-    config = config.replace("/srv/jupyter/home", str(home)).replace("/srv/jupyter/snapshots", str(snapshots))
+    config = config.replace('{"alice", "bob"}', repr({alice.name, bob.name}))
+    config = config.replace("/opt/snapkernel/", f"{system_prefix}/").replace("/srv/snapkernel/course", str(course_root))
     config += (
         f"\nc.JupyterHub.hub_bind_url = 'http://127.0.0.1:{free_port()}'"
         f"\nc.ConfigurableHTTPProxy.api_url = 'http://127.0.0.1:{free_port()}'"
@@ -65,12 +82,12 @@ def hub(tmp_path: Path) -> Iterator[Hub]:
     (tmp_path / "jupyterhub_config.py").write_text(config)
     log = open(tmp_path / "hub.log", "wb")  # noqa: SIM115
     hub_process = subprocess.Popen(
-        [str(Path(sys.executable).with_name("jupyterhub")), "-f", "jupyterhub_config.py"],
+        [str(system_prefix / "bin" / "jupyterhub"), "-f", "jupyterhub_config.py"],
         cwd=tmp_path,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
-        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+        env={**os.environ, "PATH": f"{system_prefix / 'bin'}:/usr/bin:/bin"},
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -82,33 +99,33 @@ def hub(tmp_path: Path) -> Iterator[Hub]:
                 time.sleep(0.1)
         else:
             raise AssertionError("the hub did not start:\n" + (tmp_path / "hub.log").read_text()[-3000:])
-        yield Hub(url, home, snapshots)
+        yield Hub(url, course_snapshot, alice, bob, password)
     finally:
         os.killpg(hub_process.pid, signal.SIGTERM)
         try:
             hub_process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(hub_process.pid, signal.SIGKILL)
-        subprocess.run(["pkill", "-f", f"jupyterhub-singleuser.*{port}"], check=False)
         log.close()
+        shutil.rmtree(course, ignore_errors=True)
 
 
-class User:
-    """A person logged in through the hub's login form, with a token for API calls."""
+class Person:
+    """A system user logged in through the hub's login form (PAM), with a token for API calls."""
 
-    def __init__(self, hub: Hub, name: str) -> None:
-        self.hub, self.name = hub, name
+    def __init__(self, hub: Hub, account: UnixUser, password: str) -> None:
+        self.hub, self.account, self.name = hub, account, account.name
         self.browser = requests.Session()
         self.browser.get(f"{hub.url}/hub/login")
         xsrf = self.browser.cookies.get("_xsrf", path="/hub/")
         response = self.browser.post(
-            f"{hub.url}/hub/login", data={"username": name, "password": PASSWORD, "_xsrf": xsrf}
+            f"{hub.url}/hub/login", data={"username": self.name, "password": password, "_xsrf": xsrf}
         )
-        assert response.ok and "jupyterhub-session-id" in self.browser.cookies, "logged in"
+        assert response.ok and "jupyterhub-session-id" in self.browser.cookies, "logged in through PAM"
         self.browser.get(f"{hub.url}/hub/home")  # the xsrf token is bound to the logged-in session
         xsrf = self.browser.cookies.get("_xsrf", path="/hub/")
         token = self.browser.post(
-            f"{hub.url}/hub/api/users/{name}/tokens", json={"note": "test"}, headers={"X-XSRFToken": xsrf}
+            f"{hub.url}/hub/api/users/{self.name}/tokens", json={"note": "test"}, headers={"X-XSRFToken": xsrf}
         )
         assert token.status_code == 201, token.text
         self.api = requests.Session()
@@ -116,7 +133,9 @@ class User:
 
     def start_server(self) -> None:
         response = self.api.post(f"{self.hub.url}/hub/api/users/{self.name}/server")
-        assert response.status_code in {201, 202}, response.text
+        # The login's redirect to the user's URL may have started the server already.
+        started_by_login = response.status_code == 400 and "already running" in response.text
+        assert response.status_code in {201, 202} or started_by_login, response.text
         for _ in range(1200):
             server = self.api.get(f"{self.hub.url}/hub/api/users/{self.name}").json()["servers"].get("", {})
             if server.get("ready"):
@@ -142,35 +161,55 @@ class User:
         session = self.server("POST", "api/sessions", json=body)
         assert session.status_code == 201, session.text
         kernel_id = session.json()["kernel"]["id"]
-        return self.server("GET", f"snapkernel/api/kernels/{kernel_id}").json()
+        return {**self.server("GET", f"snapkernel/api/kernels/{kernel_id}").json(), "kernel_id": kernel_id}
+
+    def kernel_facts(self, kernel_id: str, expression: str) -> Any:
+        """Evaluate an expression in one of this person's kernels (connecting as root through its connection file)."""
+        with kernel_client(self.account, kernel_id) as client:
+            return value(client, expression)
 
 
-def test_each_user_restores_from_their_own_snapshots(hub: Hub) -> None:
-    for name, value in (("alice", 1), ("bob", 2)):
-        (hub.home / name).mkdir(parents=True)
-        cells = [SETUP_CELLS[0], f"owner = {name!r}\nvalue = {value}"]
-        write_notebook(hub.home / name / "analysis.ipynb", cells, marked=1)
+def test_each_user_restores_their_own_and_the_course_snapshot_as_themselves(hub: Hub) -> None:
+    alice_account, bob_account = hub.alice, hub.bob
+    for index, account in enumerate((alice_account, bob_account)):
+        account.write_notebook("analysis.ipynb", [SETUP_CELLS[0], f"owner = {account.name!r}\nvalue = {index}"], 1)
+        account.write_notebook("week1.ipynb", COURSE_CELLS, marked=1)
     # The same setup cells as alice's notebook, in bob's home: bob still may not use alice's snapshot.
-    write_notebook(hub.home / "bob" / "copy.ipynb", [SETUP_CELLS[0], "owner = 'alice'\nvalue = 1"], marked=1)
+    bob_account.write_notebook("copy.ipynb", [SETUP_CELLS[0], f"owner = {alice_account.name!r}\nvalue = 0"], 1)
 
-    alice, bob = User(hub, "alice"), User(hub, "bob")
+    alice, bob = Person(hub, alice_account, hub.password), Person(hub, bob_account, hub.password)
     alice.start_server()
     bob.start_server()
     alice_snapshot, bob_snapshot = alice.build("analysis.ipynb"), bob.build("analysis.ipynb")
-    assert (hub.snapshots / "alice" / "snapshots" / alice_snapshot).is_dir()
-    assert (hub.snapshots / "bob" / "snapshots" / bob_snapshot).is_dir()
+    alice_store = alice_account.store / "snapshots"
+    assert (alice_store / alice_snapshot).is_dir() and (bob_account.store / "snapshots" / bob_snapshot).is_dir()
+    assert alice_account.store.stat().st_mode & 0o777 == 0o700
 
-    for user, snapshot in ((alice, alice_snapshot), (bob, bob_snapshot)):
-        start = user.start_kernel("analysis.ipynb")
-        assert start["start"] == "restored", start
-        assert start["snapshot"] == snapshot
+    for person, snapshot, account in ((alice, alice_snapshot, alice_account), (bob, bob_snapshot, bob_account)):
+        start = person.start_kernel("analysis.ipynb")
+        assert (start["start"], start["snapshot"]) == ("restored", snapshot), start
+        assert person.kernel_facts(start["kernel_id"], "[os.getuid(), owner]") == [account.uid, account.name]
+        course = person.start_kernel("week1.ipynb")
+        assert (course["start"], course["snapshot"]) == ("restored", hub.course_snapshot), course
+        facts = person.kernel_facts(course["kernel_id"], "[os.getuid(), os.getcwd(), course]")
+        assert facts == [account.uid, str(account.home), "week 1"]
 
+    # Through the API: bob's server knows only bob's store.
     listed = [entry["id"] for entry in bob.server("GET", "snapkernel/api/snapshots").json()["snapshots"]]
     assert listed == [bob_snapshot]
-    assert bob.server("GET", "snapkernel/api/snapshots", user="alice").status_code in {403, 404}
+    assert bob.server("GET", "snapkernel/api/snapshots", user=alice.name).status_code in {403, 404}
     assert bob.server("DELETE", f"snapkernel/api/snapshots/{alice_snapshot}").status_code == 404
-    assert (hub.snapshots / "alice" / "snapshots" / alice_snapshot).is_dir()
-
     copy = bob.start_kernel("copy.ipynb")
-    assert copy["start"] == "cold"
-    assert copy["reason"] == "no snapshot yet"
+    assert (copy["start"], copy["reason"]) == ("cold", "no snapshot yet"), copy
+
+    # Through the filesystem, as bob: the operating system refuses every way in.
+    for command in (
+        ["ls", str(alice_store)],
+        ["cat", str(alice_store / alice_snapshot / "manifest.json")],
+        ["rm", "-rf", str(alice_store / alice_snapshot)],
+    ):
+        attempt = bob_account.run(*command)
+        assert attempt.returncode != 0 and "Permission denied" in attempt.stderr, (command, attempt.stderr)
+    listing = bob_account.jupyter("--store", str(alice_account.store), "list", "--json")
+    assert listing.returncode != 0 or json.loads(listing.stdout) == [], listing.stdout
+    assert (alice_store / alice_snapshot / "manifest.json").is_file(), "alice's snapshot is still there"

@@ -1,0 +1,256 @@
+"""Ordinary users build and restore snapshots in capability and user-namespace mode, as themselves."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine import process
+from tests.kernel.conftest import AFTER_SETUP, SETUP_CELLS, write_notebook
+from tests.users import execute, value
+
+SESSIONS = 4
+
+
+def running_as_root(pid: int) -> list[int]:
+    """Processes below `pid` (the first of them `runuser`, which is root's) whose real or effective uid is 0."""
+    found = []
+    for member in process.tree(pid)[1:]:
+        try:
+            uids = next(
+                line for line in Path(f"/proc/{member}/status").read_text().splitlines() if line.startswith("Uid:")
+            )
+        except (OSError, StopIteration):
+            continue
+        if "0" in uids.split()[1:3]:
+            found.append(member)
+    return found
+
+
+@pytest.mark.parametrize(("mode", "in_group"), [("user-namespace", False), ("capability", True)])
+def test_user_builds_then_four_sessions_restore_as_that_user(
+    make_user: Any, user_server: Any, mode: str, in_group: bool
+) -> None:
+    user = make_user(in_group=in_group)
+    notebook = user.write_notebook("work/analysis.ipynb", SETUP_CELLS, marked=1, after=[AFTER_SETUP])
+
+    doctor = user.jupyter("doctor", "--json")
+    report = json.loads(doctor.stdout)
+    assert report["mode"] == mode, doctor.stdout + doctor.stderr
+    assert doctor.returncode == 0, doctor.stdout
+
+    server = user_server(user, notebook.parent, {"SNAPKERNEL_AUTO_BUILD": "0"})
+    if mode == "user-namespace":
+        built = user.jupyter("build", str(notebook))
+        assert built.returncode == 0, built.stdout + built.stderr
+    else:
+        build = server.request("POST", "snapkernel/api/builds", json={"path": "analysis.ipynb"}).json()
+        while build["state"] == "building":
+            build = server.request("GET", f"snapkernel/api/builds/{build['id']}").json()
+        assert build["state"] == "ready", build
+    [manifest] = user.manifests()
+
+    with ThreadPoolExecutor(SESSIONS) as pool:
+        starts = list(pool.map(lambda index: server.start_session("analysis.ipynb"), range(SESSIONS)))
+    assert [start["start"] for start in starts] == ["restored"] * SESSIONS, starts
+    assert len({start["kernel_id"] for start in starts}) == SESSIONS
+
+    for start in starts:
+        with server.client(start["kernel_id"]) as client:
+            facts = value(
+                client,
+                "{'uid': os.getuid(), 'gid': os.getgid(), 'pid': os.getpid(), 'sum': float(matrix.sum()), "
+                "'value': setup_value, 'ticking': ticker.is_alive(), 'home': os.environ['HOME']}",
+            )
+            assert facts == {
+                "uid": user.uid,
+                "gid": user.gid,
+                "pid": manifest["pid"],
+                "sum": 499999500000.0,
+                "value": 42,
+                "ticking": True,
+                "home": str(user.home),
+            }
+            written = notebook.parent / f"written-{start['kernel_id']}.txt"
+            _, reply = execute(client, f"open({str(written)!r}, 'w').write('from a restored kernel')")
+            assert reply["status"] == "ok"
+            assert (written.stat().st_uid, written.stat().st_gid) == (user.uid, user.gid)
+
+
+def test_restored_kernel_snapshots_again_and_that_snapshot_restores(make_user: Any, user_server: Any) -> None:
+    user = make_user(in_group=False)
+    notebook = user.write_notebook("work/again.ipynb", SETUP_CELLS, marked=1)
+    assert user.jupyter("build", str(notebook)).returncode == 0
+    server = user_server(user, notebook.parent, {"SNAPKERNEL_AUTO_BUILD": "0", "SNAPKERNEL_SPARE_KERNELS": "0"})
+    first = server.start_session("again.ipynb")
+    assert first["start"] == "restored", first
+    with server.client(first["kernel_id"]) as client:
+        stdout, reply = execute(client, "%snapshot build", timeout=300)
+    assert reply["status"] == "ok" and "snapshot" in stdout and "ready" in stdout, stdout
+    newest = user.manifests()[-1]
+    assert newest["id"] != first["snapshot"]
+
+    second = server.start_session("again.ipynb")
+    assert (second["start"], second["snapshot"]) == ("restored", newest["id"]), user.jupyter("list").stdout
+    with server.client(second["kernel_id"]) as client:
+        assert value(client, "[os.getuid(), setup_value]") == [user.uid, 42]
+
+
+def test_forged_root_credentials_do_not_give_the_user_root(make_user: Any, user_server: Any) -> None:
+    user = make_user(in_group=True)
+    notebook = user.write_notebook("work/forged.ipynb", SETUP_CELLS, marked=1)
+    assert user.jupyter("build", str(notebook)).returncode == 0
+    [manifest] = user.manifests()
+    snapshot = user.store / "snapshots" / manifest["id"]
+    # The owner of the store forges it: every credential in the image says uid 0, and the manifest's
+    # hashes are made to match, as anyone who can write the store could.
+    forge = (
+        "import hashlib, json, pathlib, sys\n"
+        "from pycriu import images\n"
+        "snapshot = pathlib.Path(sys.argv[1])\n"
+        "manifest = json.loads((snapshot / 'manifest.json').read_text())\n"
+        "for path in sorted((snapshot / 'images').glob('core-*.img')):\n"
+        "    with open(path, 'rb') as handle:\n"
+        "        image = images.load(handle)\n"
+        "    for entry in image['entries']:\n"
+        "        creds = entry['thread_core']['creds']\n"
+        "        for field in ('uid', 'gid', 'euid', 'egid', 'suid', 'sgid', 'fsuid', 'fsgid'):\n"
+        "            creds[field] = 0\n"
+        "    with open(path, 'wb') as handle:\n"
+        "        images.dump(image, handle)\n"
+        "    data = path.read_bytes()\n"
+        "    manifest['files'][path.name] = {'size': len(data), 'sha256': hashlib.sha256(data).hexdigest()}\n"
+        "(snapshot / 'manifest.json').write_text(json.dumps(manifest))\n"
+        "(snapshot / 'verified.json').unlink(missing_ok=True)\n"
+    )
+    forged = user.run(str(user.prefix / "bin" / "python"), "-c", forge, str(snapshot))
+    assert forged.returncode == 0, forged.stderr
+
+    server = user_server(user, notebook.parent, {"SNAPKERNEL_AUTO_BUILD": "0", "SNAPKERNEL_SPARE_KERNELS": "0"})
+    start = server.start_session("forged.ipynb")
+    # Every non-root restore gives the image the restoring user's credentials (only those are mapped in
+    # its user namespace): the forged snapshot restores, and its kernel runs as the user, without capabilities.
+    assert start["start"] == "restored", start
+    with server.client(start["kernel_id"]) as client:
+        facts = value(
+            client,
+            "[os.getuid(), os.geteuid(), os.getgid(), "
+            "[line.split()[1] for line in open('/proc/self/status') if line.startswith(('CapEff', 'CapPrm'))]]",
+        )
+        assert facts == [user.uid, user.uid, user.gid, ["0000000000000000", "0000000000000000"]]
+        _, reply = execute(client, "open('/etc/shadow').read()")
+        assert reply["status"] == "error" and reply["ename"] == "PermissionError"
+    assert running_as_root(server.process.pid) == [], "nothing below the user's server runs as root"
+
+
+def test_doctor_says_unavailable_without_user_namespaces_and_kernels_start_cold(make_user: Any) -> None:
+    machine_setting = Path("/proc/sys/user/max_user_namespaces").read_text()
+    user = make_user(in_group=True)
+    notebook = user.write_notebook("work/nons.ipynb", SETUP_CELLS, marked=1)
+    jupyter = str(user.prefix / "bin" / "jupyter")
+    # A user namespace of the user's own whose user.max_user_namespaces is 0: the machine's setting is untouched.
+    inside = (
+        "echo 0 > /proc/sys/user/max_user_namespaces && "
+        f"exec setpriv --inh-caps=-all --ambient-caps=-all {jupyter} snapkernel "
+    )
+    doctor = user.run("unshare", "--user", "--map-current-user", "--keep-caps", "sh", "-c", inside + "doctor --json")
+    report = json.loads(doctor.stdout)
+    assert report["mode"] == "unavailable", report
+    assert "cannot create user namespaces" in report["detail"], report
+    assert doctor.returncode == 1
+
+    run = user.run(
+        "unshare", "--user", "--map-current-user", "--keep-caps", "sh", "-c", inside + f"run --json {notebook}"
+    )
+    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    assert summary["start"] == "cold", summary
+    assert "snapshots are unavailable" in summary["reason"] and "user namespaces" in summary["reason"], summary
+    assert Path("/proc/sys/user/max_user_namespaces").read_text() == machine_setting
+
+
+def test_course_snapshot_built_by_root_restores_as_each_user(
+    make_user: Any, user_server: Any, system_prefix: Path
+) -> None:
+    course = Path(tempfile.mkdtemp(prefix="sk-course-", dir="/var/tmp"))
+    try:
+        os.chmod(course, 0o755)
+        (course / "material").mkdir(mode=0o755)
+        original = course / "material" / "week1.ipynb"
+        write_notebook(original, SETUP_CELLS, marked=1, after=[AFTER_SETUP])
+        os.chmod(original, 0o644)
+        shared_root = course / "snapshots"
+        # The admin builds once, from a clean environment, into a root every user can read.
+        built = subprocess.run(
+            ["env", "-i", "PATH=/usr/bin:/bin", "HOME=/var/empty", str(system_prefix / "bin" / "jupyter"),
+             "snapkernel", "--store", str(shared_root), "build", "--shared", "--quiet", str(original)],
+            capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        assert built.returncode == 0, built.stdout + built.stderr
+        [manifest_path] = (shared_root / "snapshots").glob("*/manifest.json")
+        manifest = json.loads(manifest_path.read_text())
+        images = manifest_path.parent / "images"
+        before = {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in images.iterdir()}
+
+        for in_group in (False, True):
+            user = make_user(in_group=in_group)
+            notebook = user.write_notebook("course/week1.ipynb", SETUP_CELLS, marked=1, after=[AFTER_SETUP])
+            env = {
+                "SNAPKERNEL_AUTO_BUILD": "0",
+                "SNAPKERNEL_SPARE_KERNELS": "0",
+                "SNAPKERNEL_SHARED_ROOTS": str(shared_root),
+            }
+            server = user_server(user, notebook.parent, env)
+            start = server.start_session("week1.ipynb")
+            assert (start["start"], start["snapshot"]) == ("restored", manifest["id"]), start
+            with server.client(start["kernel_id"]) as client:
+                facts = value(
+                    client,
+                    "[os.getuid(), os.getgid(), os.getcwd(), os.environ['HOME'], setup_value, float(matrix.sum())]",
+                )
+                assert facts == [user.uid, user.gid, str(notebook.parent), str(user.home), 42, 499999500000.0]
+                _, reply = execute(client, "open('mine.txt', 'w').write('course work')")
+                assert reply["status"] == "ok"
+                assert (notebook.parent / "mine.txt").stat().st_uid == user.uid
+        after = {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in images.iterdir()}
+        assert after == before, "the shared images are never written"
+    finally:
+        shutil.rmtree(course, ignore_errors=True)
+
+
+DELETED_FILE_SETUP = [
+    "import mmap, tempfile\nscratch = tempfile.TemporaryFile()  # unlinked at once: its mapping is of a deleted file\n"
+    "scratch.write(b'x' * 4096)\nscratch.flush()\nmapped = mmap.mmap(scratch.fileno(), 4096)\nfirst = mapped[:1]"
+]
+
+
+def test_user_namespace_mode_names_its_limits_and_capability_mode_lifts_one(make_user: Any) -> None:
+    outsider, member = make_user(in_group=False), make_user(in_group=True)
+    for user in (outsider, member):
+        user.write_notebook("work/mapped.ipynb", DELETED_FILE_SETUP, marked=0)
+    refused = outsider.jupyter("build", str(outsider.home / "work" / "mapped.ipynb"))
+    assert refused.returncode == 1
+    assert "maps a deleted file" in refused.stderr and "user-namespace mode" in refused.stderr, refused.stderr
+    assert outsider.manifests() == [], "nothing is published"
+    built = member.jupyter("build", str(member.home / "work" / "mapped.ipynb"))
+    assert built.returncode == 0, built.stderr
+
+    # Lazy restore needs root: asked for, it is refused at once with the reason, never attempted.
+    [manifest] = member.manifests()
+    lazy = member.run(
+        str(member.prefix / "bin" / "python"),
+        "-c",
+        "import sys\nfrom jupyter_snapkernel.paths import open_store\nfrom engine import RestoreError\n"
+        f"try:\n    open_store().restore({manifest['id']!r}, lazy=True)\n"
+        "except RestoreError as error:\n    print(error)\n    sys.exit(3)\n",
+    )
+    assert lazy.returncode == 3, lazy.stdout + lazy.stderr
+    assert "lazy restore needs root" in lazy.stdout
