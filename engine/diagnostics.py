@@ -13,7 +13,14 @@ from typing import Literal
 from .criu import MINIMUM_VERSION, criu_version, find_criu
 from .errors import SnapshotError
 from .gpu import CHECKPOINT_MIN_DRIVER, driver_has_checkpoint_api, inventory
-from .privileges import Privileges, current, detect, in_user_namespace_command, namespace_error
+from .privileges import (
+    Privileges,
+    current,
+    detect,
+    in_user_namespace_command,
+    namespace_error,
+    restores_in_user_namespace,
+)
 from .restore import package_environment
 
 Status = Literal["ok", "warn", "fail", "absent"]
@@ -43,7 +50,7 @@ def _run(
 def as_restores_run(command: list[str]) -> list[str]:
     """Run a CRIU command where restores run: as is for root, else in a user namespace with CRIU's
     capabilities and ``--unprivileged``."""
-    if os.geteuid() == 0:
+    if not restores_in_user_namespace():
         return command
     if command[0].endswith("criu"):
         command = [*command, "--unprivileged"]
@@ -91,7 +98,7 @@ def check_pycriu(explicit: str | None) -> Check:
     # swrk writes its log into the images dir (default: the cwd, which may not be writable).
     probe = (
         "import shutil, tempfile\nfrom engine.criu import rpc_client\n"
-        f"client = rpc_client({binary!r}, unprivileged={os.geteuid() != 0})\n"
+        f"client = rpc_client({binary!r}, unprivileged={restores_in_user_namespace()})\n"
         "client.opts.images_dir = scratch = tempfile.mkdtemp()\nclient.opts.log_file = 'check.log'\n"
         "try:\n    client.check()\n"
         "finally:\n    shutil.rmtree(scratch)\n"
@@ -115,7 +122,7 @@ def check_mode(privileges: Privileges) -> Check:
 def check_namespaces() -> Check:
     """The namespaces restores run in (user + PID + mount, or PID + mount as root) can be created."""
     error = namespace_error()
-    kinds = "PID + mount" if os.geteuid() == 0 else "user + PID + mount"
+    kinds = "user + PID + mount" if restores_in_user_namespace() else "PID + mount"
     if error is not None:
         return Check("namespaces", "fail", f"cannot create {kinds} namespaces: {error}", "see the mode check")
     return Check("namespaces", "ok", f"{kinds} namespaces usable")
@@ -123,7 +130,7 @@ def check_namespaces() -> Check:
 
 def check_userfaultfd(explicit: str | None) -> Check:
     """userfaultfd is available (lazy restore; optional)."""
-    if os.geteuid() != 0:
+    if restores_in_user_namespace():
         return Check("userfaultfd", "warn", "lazy restore needs root (CRIU disables userfaultfd with "
                      "--unprivileged)", required=False)  # fmt: skip
     try:

@@ -63,6 +63,11 @@ class Privileges:
         return {"mode": self.mode, "detail": self.detail, "fix": self.fix, "limits": self.limits}
 
 
+def restores_in_user_namespace() -> bool:
+    """Whether restores (and the checks of them) run in a new user namespace: for every user but root."""
+    return os.geteuid() != 0
+
+
 def capability_criu() -> Path:
     """Where the capability-holding criu of this installation is: $SNAPKERNEL_CRIU_CAP or PREFIX/libexec."""
     configured = os.environ.get(CAP_CRIU_ENV_VAR)
@@ -120,9 +125,8 @@ def namespace_error(timeout: float = NAMESPACE_PROBE_TIMEOUT_S) -> str | None:
     unshare = shutil.which("unshare")
     if unshare is None:
         return "`unshare` (util-linux) not found"
-    command = [unshare, "--user", "--map-current-user", "--pid", "--mount", "--fork", "--mount-proc", "true"]
-    if os.geteuid() == 0:
-        command = [unshare, "--pid", "--mount", "--fork", "--mount-proc", "true"]
+    user = ["--user", "--map-current-user"] if restores_in_user_namespace() else []
+    command = [unshare, *user, "--pid", "--mount", "--fork", "--mount-proc", "true"]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:

@@ -20,7 +20,7 @@ from . import process
 from .criu import find_criu, log_excerpt, require_supported
 from .cuda import CudaDriver, CudaError, resume_restored, system_driver
 from .errors import CriuUnavailable, RestoreError
-from .privileges import in_user_namespace_command
+from .privileges import in_user_namespace_command, restores_in_user_namespace
 from .restore_init import RESTORE_LOG
 
 INIT_LOG = "init.log"
@@ -152,7 +152,7 @@ LAZY_NEEDS_ROOT = (
 @functools.lru_cache(maxsize=4)
 def lazy_restore_supported(criu_binary: str | None = None) -> bool:
     """Tell whether this kernel and CRIU can restore memory lazily (userfaultfd, non-cooperative; root only)."""
-    if os.geteuid() != 0:
+    if restores_in_user_namespace():
         return False
     binary = find_criu(criu_binary)
     result = subprocess.run([binary, "check", "--feature", "uffd-noncoop"], capture_output=True, check=False)
@@ -200,7 +200,7 @@ def restore(
     into new user + PID + mount namespaces with CRIU holding only checkpoint_restore and setpcap there,
     so the tree runs with that user's own uid and no capabilities.
     """
-    unprivileged = os.geteuid() != 0
+    unprivileged = restores_in_user_namespace()
     if lazy and unprivileged:
         raise RestoreError(LAZY_NEEDS_ROOT)
     driver = cuda_driver if cuda_driver is not None else (system_driver() if cuda_pids else None)

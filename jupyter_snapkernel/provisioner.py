@@ -15,7 +15,7 @@ from jupyter_client.provisioning import LocalProvisioner
 
 from engine import Manifest, RestoredTree, SnapshotStore
 from engine.diagnostics import snapshot_blocker
-from engine.restore import lazy_restore_supported
+from engine.restore import LAZY_NEEDS_ROOT, lazy_restore_supported
 
 from .builder import BuildError, notebook_gpu_state
 from .builds import build_manager
@@ -183,7 +183,7 @@ class SnapKernelProvisioner(LocalProvisioner):
                 self.log.info("snapkernel: snapshot %s of %s is ready", done.result().id, notebook)
                 self.store.trim(quota_bytes=self.settings.quota_bytes, max_snapshots=self.settings.max_snapshots)
                 if self.settings.spare_kernels:
-                    lazy = self.settings.lazy_restore and lazy_restore_supported()
+                    lazy = self._lazy()
                     spare_pool.refill(self.store, done.result(), lazy=lazy, timeout=self.settings.restore_timeout)
             elif not isinstance(error, BuildError) or "already being built" not in str(error):
                 self.log.warning("snapkernel: snapshot build of %s failed: %s", notebook, error)
@@ -191,11 +191,20 @@ class SnapKernelProvisioner(LocalProvisioner):
         assert build.task is not None
         build.task.add_done_callback(report)
 
+    def _lazy(self) -> bool:
+        """Whether restores load memory lazily: asked for, and possible here (root mode only)."""
+        if not self.settings.lazy_restore:
+            return False
+        if lazy_restore_supported():
+            return True
+        self.log.warning("snapkernel: lazy_restore is on, but %s: restoring eagerly", LAZY_NEEDS_ROOT)
+        return False
+
     async def _restore(self, manifest: Manifest, store: SnapshotStore, kwargs: dict[str, Any]) -> KernelConnectionInfo:
         """Restore the snapshot (or take its spare) and hand it this launch's connection, env and cwd."""
         started = time.time()
         settings = self.settings
-        lazy = settings.lazy_restore and lazy_restore_supported()
+        lazy = self._lazy()
         waiting = spare_pool.take(manifest.id) if settings.spare_kernels else None
         from_spare = waiting is not None
         if waiting is None:

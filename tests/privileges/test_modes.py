@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -254,3 +255,43 @@ def test_user_namespace_mode_names_its_limits_and_capability_mode_lifts_one(make
     )
     assert lazy.returncode == 3, lazy.stdout + lazy.stderr
     assert "lazy restore needs root" in lazy.stdout
+
+
+def test_automatic_build_replay_hooks_reseeding_and_spares_work_for_an_ordinary_user(
+    make_user: Any, user_server: Any
+) -> None:
+    user = make_user(in_group=False)
+    cells = [
+        "from jupyter_snapkernel import before_snapshot, after_restore\nimport os, random\nevents = []\n"
+        "@before_snapshot\ndef note_snapshot():\n    events.append('before')\n"
+        "@after_restore\ndef note_restore():\n    events.append('after')",
+        "%%snapshot\nmarker = 'set'\nprint('setup done')",
+    ]
+    notebook = user.write_notebook("work/features.ipynb", cells, marked=-1)
+    server = user_server(user, notebook.parent)  # defaults: automatic builds and spare kernels on
+
+    cold = server.start_session("features.ipynb")
+    assert (cold["start"], cold["reason"]) == ("cold", "no snapshot yet"), cold
+    for _ in range(600):
+        if user.manifests():
+            break
+        time.sleep(0.1)
+    [manifest] = user.manifests()
+
+    restored = server.start_session("features.ipynb")
+    assert (restored["start"], restored["snapshot"]) == ("restored", manifest["id"]), restored
+    with server.client(restored["kernel_id"]) as client:
+        stdout, reply = execute(client, cells[0])
+        assert reply["snapkernel"]["replayed"] is True, reply
+        stdout, reply = execute(client, cells[1])
+        assert reply["snapkernel"]["replayed"] is True and "setup done" in stdout
+        assert value(client, "[events, marker, os.getuid()]") == [["before", "after"], "set", user.uid]
+        assert value(client, "get_ipython().kernel.start_info.from_spare") is False
+        first_draw = value(client, "random.random()")
+        time.sleep(3)  # the spare kernel is restored in the background after this start
+        restarted = server.request("POST", f"api/kernels/{restored['kernel_id']}/restart")
+        assert restarted.ok, restarted.text
+        client.wait_for_ready(timeout=60)
+        assert value(client, "get_ipython().kernel.start_info.from_spare") is True
+        assert value(client, "[marker, os.getuid()]") == ["set", user.uid]
+        assert value(client, "random.random()") != first_draw, "reseeded in every restored kernel"
