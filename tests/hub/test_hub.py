@@ -199,6 +199,8 @@ def test_each_user_restores_their_own_and_the_course_snapshot_as_themselves(hub:
     assert listed == [bob_snapshot]
     assert bob.server("GET", "snapkernel/api/snapshots", user=alice.name).status_code in {403, 404}
     assert bob.server("DELETE", f"snapkernel/api/snapshots/{alice_snapshot}").status_code == 404
+    for path in (f"../{alice.name}/analysis.ipynb", str(alice_account.home / "analysis.ipynb")):
+        assert bob.server("GET", "snapkernel/api/status", params={"path": path}).status_code in {400, 403, 404}
     copy = bob.start_kernel("copy.ipynb")
     assert (copy["start"], copy["reason"]) == ("cold", "no snapshot yet"), copy
 
