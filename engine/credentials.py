@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SnapshotError
+from .privileges import capability_set
 
 NO_ID = 0xFFFFFFFF  # "unset" (fown of a file nobody F_SETOWN'd, an unset loginuid): keep as is
 
@@ -47,15 +48,6 @@ CAP_WORDS = 2  # CRIU stores each capability set as two u32 words (CR_CAP_SIZE)
 
 class CredentialsError(SnapshotError):
     """An image cannot be rewritten for another user."""
-
-
-def current_bounding_set() -> int:
-    """Return this process's capability bounding set (CapBnd of /proc/self/status) as a bit mask."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("CapBnd:"):
-                return int(line.split(":", 1)[1], 16)
-    raise CredentialsError("/proc/self/status has no CapBnd line")
 
 
 def image_kind(path: Path) -> str | None:
@@ -96,7 +88,7 @@ def rewrite_for_user(
 ) -> None:
     """Fill the empty `target_dir` with id-rewritten copies of the images that carry ids and links to the rest."""
     source = images_dir.resolve(strict=True)
-    bounding = current_bounding_set() if bounding is None else bounding
+    bounding = capability_set("CapBnd") if bounding is None else bounding
     if not target_dir.is_dir() or target_dir.is_symlink():
         raise CredentialsError(f"{target_dir} is not a directory")
     if any(target_dir.iterdir()):

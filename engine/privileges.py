@@ -95,6 +95,11 @@ def _status_field(name: str) -> str:
     return ""
 
 
+def capability_set(field: str) -> int:
+    """Return one of this process's capability sets (CapEff, CapAmb, CapBnd, …) as a bit mask."""
+    return int(_status_field(field) or "0", 16)
+
+
 def container_blockers() -> list[tuple[str, str]]:
     """Name what this process's sandbox forbids that CRIU needs, each with the relaxation that lifts it."""
     found = []
@@ -145,8 +150,11 @@ def detect() -> Privileges:
     error = namespace_error()
     if error is not None:
         if os.geteuid() == 0:
-            return Privileges("unavailable", f"cannot create PID + mount namespaces: {error}", "run on a host or "
-                              "a privileged container")  # fmt: skip
+            return Privileges(
+                "unavailable",
+                f"cannot create PID + mount namespaces: {error}",
+                "run on a host or a privileged container",
+            )
         return Privileges(
             "unavailable",
             f"cannot create user namespaces: {error}",
@@ -155,7 +163,7 @@ def detect() -> Privileges:
         )
     if os.geteuid() == 0:
         return Privileges("root", "running as root")
-    if int(_status_field("CapAmb") or "0", 16) & (1 << CAP_CHECKPOINT_RESTORE):
+    if capability_set("CapAmb") & (1 << CAP_CHECKPOINT_RESTORE):
         # A container that added CHECKPOINT_RESTORE for a non-root user hands it over as ambient:
         # every criu this process runs holds it, no file capability needed.
         return Privileges("capability", "this process holds CAP_CHECKPOINT_RESTORE (ambient)", dump_criu=None)
@@ -165,7 +173,7 @@ def detect() -> Privileges:
             note = f"{cap_criu} lacks cap_checkpoint_restore (an admin runs `make system-install` again)"
         elif _status_field("NoNewPrivs") == "1":
             note = "no_new_privs is set, so file capabilities do not apply (allowPrivilegeEscalation: true)"
-        elif not int(_status_field("CapBnd") or "0", 16) & (1 << CAP_CHECKPOINT_RESTORE):
+        elif not capability_set("CapBnd") & (1 << CAP_CHECKPOINT_RESTORE):
             note = "CAP_CHECKPOINT_RESTORE is not in the bounding set (container: --cap-add CHECKPOINT_RESTORE)"
         else:
             return Privileges("capability", f"{cap_criu} holds cap_checkpoint_restore", dump_criu=str(cap_criu))

@@ -13,7 +13,7 @@ import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,6 @@ class UnixUser:
 
     name: str
     prefix: Path
-    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
     def uid(self) -> int:
