@@ -56,6 +56,18 @@ def pipe_keys(pid: int, pipes: Mapping[str, int]) -> dict[str, str]:
     return keys
 
 
+def _refuse_files_open_for_writing(members: list[int]) -> None:
+    """Refuse a tree holding regular files open for writing: a restore fails once such a file changes size."""
+    for member in members:
+        writable = process.files_open_for_writing(member)
+        if writable:
+            raise CheckpointError(
+                f"process {member} holds {', '.join(writable)} open for writing: CRIU restores an open file only at "
+                "the size it had at the snapshot, so every restore would fail once it grows. Close it before the "
+                "snapshot (in a before_snapshot hook) or open it after the setup cells"
+            )
+
+
 def _refuse_user_namespace_limits(pid: int, members: list[int]) -> None:
     """Refuse, before CRIU runs, what user-namespace mode cannot dump: trees outside their own user
     namespace and mappings of deleted files."""
@@ -118,6 +130,7 @@ def checkpoint(
         )
     keys = pipe_keys(pid, pipes or {})
     members = process.tree(pid)
+    _refuse_files_open_for_writing(members)
     if privileges.mode == "user-namespace":
         _refuse_user_namespace_limits(pid, members)
     driver = cuda_driver if cuda_driver is not None else system_driver()

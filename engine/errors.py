@@ -27,6 +27,10 @@ class RestoreError(SnapshotError):
         self.log_excerpt = log_excerpt
 
 
+class RestoreTimeout(RestoreError):
+    """A restore did not finish in time (the machine may only have been busy)."""
+
+
 class VerificationError(SnapshotError):
     """A snapshot's files or manifest do not match what was recorded at dump time."""
 

@@ -70,3 +70,25 @@ def is_alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def files_open_for_writing(pid: int) -> list[str]:
+    """Return the paths of existing regular files that a process holds open for writing."""
+    found = []
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return found
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            flags = int(Path(f"/proc/{pid}/fdinfo/{fd}").read_text().split("flags:")[1].split()[0], 8)
+        except (OSError, IndexError, ValueError):
+            continue
+        if flags & os.O_ACCMODE == os.O_RDONLY or not target.startswith("/") or target.endswith(" (deleted)"):
+            continue
+        if target.startswith(("/dev/", "/proc/", "/sys/")):
+            continue
+        if os.path.isfile(target):
+            found.append(target)
+    return sorted(set(found))

@@ -19,7 +19,7 @@ from pathlib import Path
 from . import process
 from .criu import find_criu, log_excerpt, require_supported
 from .cuda import CudaDriver, CudaError, resume_restored, system_driver
-from .errors import CriuUnavailable, RestoreError
+from .errors import CriuUnavailable, RestoreError, RestoreTimeout
 from .privileges import in_user_namespace_command, restores_in_user_namespace
 from .restore_init import RESTORE_LOG
 
@@ -260,7 +260,7 @@ def restore(
         launcher.kill()
         launcher.wait()
         if isinstance(error, TimeoutError):
-            raise RestoreError(f"restore did not finish within {timeout:.0f} s") from None
+            raise RestoreTimeout(f"restore did not finish within {timeout:.0f} s") from None
         raise
     pages_loaded = threading.Event()
     if status.get("lazy"):

@@ -16,12 +16,12 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from .checkpoint import checkpoint
 from .cuda import CudaDriver
 from .errors import SnapshotBusy, SnapshotNotFound, StoreError, VerificationError
-from .fingerprint import differences, environment_fingerprint, hardware_fingerprint
+from .fingerprint import differences, digest, environment_fingerprint, hardware_fingerprint
 from .manifest import FileRecord, Manifest
 from .restore import RestoredTree, restore
 from .version import __version__
@@ -31,6 +31,7 @@ MANIFEST = "manifest.json"
 IMAGES = "images"
 LOCK = ".lock"
 VERIFIED = "verified.json"
+UNUSABLE = "unusable.json"
 LEFTOVER_AGE_S = 3600.0  # staging and work dirs older than this belong to crashed operations
 
 
@@ -40,6 +41,7 @@ class Mismatch:
 
     manifest: Manifest
     reasons: list[str]
+    unusable: bool = False  # it failed to restore for a reason that would recur: rebuilding the same gives no good
 
 
 def _utcnow() -> str:
@@ -122,8 +124,12 @@ class SnapshotStore:
         criu_binary: str | None = None,
         gpu_state: bool = True,
         cuda_driver: CudaDriver | None = None,
+        inputs: Mapping[str, Any] | None = None,
     ) -> Manifest:
-        """Dump the tree rooted at `pid` and publish it atomically; nothing is left on failure."""
+        """Dump the tree rooted at `pid` and publish it atomically; nothing is left on failure.
+
+        `inputs` records what the process read from outside (engine.inputs.fingerprint_inputs).
+        """
         self.ensure_layout()
         snapshot_id = secrets.token_hex(6)
         staging = self.staging_dir / f"{snapshot_id}.tmp"
@@ -160,6 +166,7 @@ class SnapshotStore:
                 pipes=result.pipes,
                 labels=dict(labels or {}),
                 cuda_pids=result.cuda_pids,
+                inputs=dict(inputs or {}),
             )
             manifest_path = staging / MANIFEST
             with open(manifest_path, "x") as handle:
@@ -210,6 +217,10 @@ class SnapshotStore:
                     manifests.append(self.get(entry.name))
         return sorted(manifests, key=lambda manifest: manifest.created)
 
+    def fingerprint_digest(self) -> str:
+        """One hash of this environment and hardware: what a snapshot built now would be keyed on besides its key."""
+        return digest([environment_fingerprint(self.environment_extra), hardware_fingerprint()])
+
     def mismatches(self, manifest: Manifest) -> list[str]:
         """Say why a snapshot cannot be restored in this environment on this hardware."""
         reasons = []
@@ -232,11 +243,31 @@ class SnapshotStore:
         for manifest in reversed(self.list()):
             if manifest.key != key:
                 continue
+            failure = self.unusable_reason(manifest.id)
+            if failure is not None:
+                stale.append(Mismatch(manifest, [f"snapshot {manifest.id} cannot be restored: {failure}"], True))
+                continue
             reasons = self.mismatches(manifest)
             if not reasons:
                 return manifest, stale
             stale.append(Mismatch(manifest, reasons))
         return None, stale
+
+    def mark_unusable(self, snapshot_id: str, reason: str) -> None:
+        """Record that a snapshot failed to restore for a reason that would recur (a no-op in a read-only store)."""
+        with suppress(OSError):
+            path = self._snapshot_path(snapshot_id) / UNUSABLE
+            temporary = path.with_name(f"{UNUSABLE}.{secrets.token_hex(4)}")
+            temporary.write_text(json.dumps({"reason": reason, "when": _utcnow()}))
+            os.chmod(temporary, self.file_mode)
+            os.replace(temporary, path)
+
+    def unusable_reason(self, snapshot_id: str) -> str | None:
+        """Why a snapshot was found unusable, or None."""
+        try:
+            return str(json.loads((self._snapshot_path(snapshot_id) / UNUSABLE).read_text())["reason"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     def verify(self, snapshot_id: str, *, key: str | None = None, mode: VerifyMode | None = None) -> Manifest:
         """Check a snapshot's key and image files against its manifest; raise on any problem."""

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from engine import Manifest, SnapshotError, SnapshotStore
+from engine.inputs import fingerprint_inputs
 from engine.privileges import current, own_user_namespace_command
 
 from .config import env_flag
@@ -105,7 +106,14 @@ def build_snapshot(
         try:
             manifest = _run_build(notebook, store, section, progress or (lambda event: None), timeout, gpu_state)
         except BaseException as error:
-            _write_record(store, section.setup_hash, state="failed", error=str(error), finished=time.time())
+            _write_record(
+                store,
+                section.setup_hash,
+                state="failed",
+                error=str(error),
+                finished=time.time(),
+                fingerprint=store.fingerprint_digest(),  # automatic builds retry once this changes
+            )
             raise
         (builds_dir(store) / f"{section.setup_hash}.json").unlink(missing_ok=True)
         return manifest
@@ -134,6 +142,7 @@ def _run_build(
     report_read, report_write = os.pipe()
     # Without a grant CRIU can only dump a kernel that runs in a user namespace of its own.
     prefix = own_user_namespace_command() if current().mode == "user-namespace" else []
+    environment = build_environment(notebook, store)
     command = [
         *prefix, sys.executable, "-m", "jupyter_snapkernel.kernelapp", "--snapshot-build",
         f"--control-fd={control_read}", f"--report-fd={report_write}",
@@ -145,7 +154,7 @@ def _run_build(
         stderr=subprocess.PIPE,
         pass_fds=(control_read, report_write),
         cwd=notebook.parent,
-        env=build_environment(notebook, store),
+        env=environment,
         start_new_session=True,  # CRIU dumps only a tree whose root leads its own session
     )
     os.close(report_write)
@@ -171,6 +180,7 @@ def _run_build(
                 where = f"setup cell {event['index'] + 1}" if event.get("index") is not None else "a hook"
                 raise BuildError(f"{where} of {notebook.name} failed:\n{event['error']}")
             if event["event"] == "ready":
+                inputs = event.get("inputs") or {}
                 break
         setup_s = time.perf_counter() - started
         progress({"event": "checkpoint"})
@@ -181,6 +191,7 @@ def _run_build(
             pipes={"stdin": 0, "stdout": 1, "stderr": 2, "control": control_read, "report": report_write},
             leave_running=False,
             gpu_state=gpu_state,
+            inputs=fingerprint_inputs(inputs.get("files", []), inputs.get("variables", []), environment),
         )
     finally:
         with contextlib.suppress(ProcessLookupError):

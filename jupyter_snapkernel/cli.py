@@ -9,12 +9,16 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine import SnapshotError
 from engine.diagnostics import cpu_snapshots_work, run_checks
 from engine.privileges import detect
 
 from .paths import STORE_ENV_VAR, default_store_root, open_store
+
+if TYPE_CHECKING:
+    from .headless import RunSummary
 
 STATUS_MARKS = {"ok": "✓", "warn": "!", "fail": "✗", "absent": "-"}
 
@@ -122,18 +126,47 @@ def build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _failure_line(notebook: Path, summary: RunSummary) -> str:
+    """One line naming the failed cells, their errors, and where the executed notebook is."""
+    failed = [
+        (f"cell {failure.index + 1} (In [{failure.execution_count or ' '}])", f"{failure.ename}: {failure.evalue}")
+        for failure in summary.errors
+    ]
+    if len(failed) == 1:
+        what = f"{failed[0][0]} failed: {failed[0][1]}"
+    else:
+        what = f"{len(failed)} cells failed: " + "; ".join(f"{cell} {error}" for cell, error in failed)
+    where = f"output notebook: {summary.output}" if summary.output else "no output notebook (--output OUT.ipynb)"
+    return " ".join(f"{notebook.name}: {what}; {where}".split())  # one line, whatever the error messages hold
+
+
 def run_headless(args: argparse.Namespace) -> int:
-    """Execute a notebook headless, restored when a snapshot matches."""
-    from .headless import run, run_notebook
+    """Execute a notebook headless, restored when a snapshot matches; exit 1 when a cell failed."""
+    from .headless import RunError, run, run_notebook
 
     os.environ[STORE_ENV_VAR] = str(args.store)
-    summary = run(run_notebook(args.notebook.resolve(), cold=args.cold, output=args.output))
+    try:
+        summary = run(
+            run_notebook(
+                args.notebook.resolve(),
+                cold=args.cold,
+                output=args.output,
+                timeout=args.timeout,
+                allow_errors=args.allow_errors,
+            )
+        )
+    except RunError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(summary.to_dict()))
     else:
         how = f"restored from {summary.snapshot}" if summary.start == "restored" else f"cold ({summary.reason})"
         timing = f"kernel ready in {summary.kernel_ready_s:.2f} s, total {summary.total_s:.2f} s"
         print(f"{args.notebook.name}: {how}; {timing}")
+    if summary.errors:
+        print(_failure_line(args.notebook, summary), file=sys.stderr)
+        return 1
     return 0
 
 
@@ -184,7 +217,15 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser = commands.add_parser("run", help="execute a notebook headless with a restored kernel")
     run_parser.add_argument("notebook", type=Path)
     run_parser.add_argument("--cold", action="store_true", help="start the kernel cold even if a snapshot matches")
-    run_parser.add_argument("--output", type=Path, default=None, help="write the executed notebook here")
+    run_parser.add_argument(
+        "--output", type=Path, default=None, help="write the executed notebook here (also when a cell fails)"
+    )
+    run_parser.add_argument(
+        "--allow-errors",
+        action="store_true",
+        help="run every cell even after one fails (the exit code is 1 all the same)",
+    )
+    run_parser.add_argument("--timeout", type=float, default=600.0, help="seconds each cell may run")
     run_parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     run_parser.set_defaults(handler=run_headless)
 

@@ -6,14 +6,18 @@ import asyncio
 import os
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import nbformat
+from jupyter_client.kernelspec import NoSuchKernel
 from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+from traitlets.config import Config
 
+from .kernel import START_NOTES_ENV_VAR
 from .provisioner import COLD_ENV_VAR, SPARES_ENV_VAR
 from .setup_section import normalise, read_setup_section
 from .spares import spare_pool
@@ -22,8 +26,18 @@ KERNEL_NAME = "snapkernel"
 
 
 @dataclass
+class CellFailure:
+    """A cell that failed in a headless run: where it is and what it raised."""
+
+    index: int  # position among the notebook's cells, from 0
+    execution_count: int | None
+    ename: str
+    evalue: str
+
+
+@dataclass
 class RunSummary:
-    """How a headless run started and how long it took."""
+    """How a headless run started, how long it took, and which cells failed."""
 
     start: str  # "restored" or "cold"
     snapshot: str | None
@@ -31,14 +45,24 @@ class RunSummary:
     kernel_ready_s: float
     total_s: float
     cells: int
+    executed: int = 0  # code cells run: fewer than `cells` when a failure stopped the run
+    errors: list[CellFailure] = field(default_factory=list)
+    output: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The summary as JSON-ready data."""
         return asdict(self)
 
 
+class RunError(Exception):
+    """A notebook that could not be run at all: unreadable, or its kernel did not start."""
+
+
 def kernel_env(notebook: Path, cold: bool) -> dict[str, str]:
-    """The environment jupyter_server would give the notebook's kernel."""
+    """The environment jupyter_server would give the notebook's kernel, for a launcher that reports starts."""
     env = {**os.environ, "JPY_SESSION_NAME": str(notebook)}
+    # The run's summary says how the kernel started: a note about it would only clutter the first cell.
+    env[START_NOTES_ENV_VAR] = "0"
     if cold:
         env[COLD_ENV_VAR] = "1"
     return env
@@ -51,29 +75,111 @@ def describe_start(manager: AsyncKernelManager) -> tuple[str, str | None, str | 
     return report["start"], report["snapshot"], reason
 
 
+def read_notebook(notebook: Path) -> nbformat.NotebookNode:
+    """Read a notebook to run, or raise RunError saying why it cannot be read."""
+    try:
+        return nbformat.read(notebook, as_version=4)
+    except OSError as error:
+        raise RunError(f"cannot read {notebook}: {error.strerror or error}") from None
+    # Not JSON (NotJSONError is a ValueError), or JSON of another shape that nbformat trips over.
+    except (ValueError, TypeError, KeyError, AttributeError, nbformat.ValidationError) as error:
+        raise RunError(f"{notebook} is not a valid notebook: {error}") from None
+
+
+def _error_output(ename: str, evalue: str) -> nbformat.NotebookNode:
+    """An error output for a failure the kernel could not report itself (it died, or never answered)."""
+    return nbformat.v4.new_output("error", ename=ename, evalue=evalue, traceback=[f"{ename}: {evalue}"])
+
+
+async def _execute(
+    client: NotebookClient, cell: nbformat.NotebookNode, index: int, failures: list[CellFailure]
+) -> bool:
+    """Run one cell; return whether the run may go on. A failure is in `failures` and in the cell's outputs."""
+    try:
+        await client.async_execute_cell(cell, index)
+        return True
+    except CellExecutionError:
+        return False  # the on_cell_error hook recorded it; the traceback is in the cell's outputs
+    except CellTimeoutError:
+        ename, evalue = "CellTimeoutError", f"the cell ran longer than {client.timeout:g} s"
+    except DeadKernelError:
+        ename, evalue = "DeadKernelError", "the kernel died while running the cell"
+    # The kernel is gone or still busy with this cell: nothing more can run, and only we can say why.
+    cell.outputs.append(_error_output(ename, evalue))
+    failures.append(CellFailure(index, cell.get("execution_count"), ename, evalue))
+    return False
+
+
 async def run_notebook(
-    notebook: Path, *, cold: bool = False, output: Path | None = None, timeout: float = 600
+    notebook: Path,
+    *,
+    cold: bool = False,
+    output: Path | None = None,
+    timeout: float = 600,
+    allow_errors: bool = False,
 ) -> RunSummary:
-    """Execute a notebook top to bottom, restoring its kernel when a snapshot matches."""
-    book = nbformat.read(notebook, as_version=4)
-    manager = AsyncKernelManager(kernel_name=KERNEL_NAME)
-    client = NotebookClient(book, km=manager, timeout=timeout, resources={"metadata": {"path": str(notebook.parent)}})
+    """Execute a notebook top to bottom, restoring its kernel when a snapshot matches.
+
+    A failing cell stops the run unless `allow_errors`; either way the summary lists the failures
+    and `output` gets the notebook as far as it ran, failing cells' errors included.
+    """
+    book = read_notebook(notebook)
+    failures: list[CellFailure] = []
+
+    def record_failure(cell: nbformat.NotebookNode, cell_index: int, execute_reply: dict[str, Any]) -> None:
+        """nbclient's on_cell_error hook: note the cell and its error, allowed or not."""
+        if "raises-exception" in cell.metadata.get("tags", []):
+            return  # an error the notebook expects, as nbclient treats it
+        content = execute_reply["content"]
+        count = content.get("execution_count", cell.get("execution_count"))
+        failures.append(CellFailure(cell_index, count, content.get("ename", ""), content.get("evalue", "")))
+
+    # A headless run is a single start (`jupyter snapkernel run` exits after it): a spare kernel restored
+    # for a next start would only take CPU from the notebook's cells and be killed unused at exit.
+    manager = AsyncKernelManager(
+        kernel_name=KERNEL_NAME, config=Config({"SnapKernelSettings": {"spare_kernels": False}})
+    )
+    client = NotebookClient(
+        book,
+        km=manager,
+        timeout=timeout,
+        allow_errors=allow_errors,
+        on_cell_error=record_failure,
+        resources={"metadata": {"path": str(notebook.parent)}},
+    )
     started = time.perf_counter()
+    ready: float | None = None
     try:
         async with client.async_setup_kernel(env=kernel_env(notebook, cold)):
             ready = time.perf_counter() - started
             start, snapshot, reason = describe_start(manager)
             for index, cell in enumerate(book.cells):
-                await client.async_execute_cell(cell, index)
+                if not await _execute(client, cell, index, failures):
+                    break
         total = time.perf_counter() - started
+    except (RuntimeError, NoSuchKernel) as error:
+        if ready is not None:
+            raise
+        raise RunError(f"the kernel of {notebook.name} did not start: {error}") from None
     finally:
         # nbclient leaves a kernel manager it did not create running.
         if manager.has_kernel:
             await manager.shutdown_kernel(now=True)
-    if output is not None:
-        nbformat.write(book, output)
+        # Written even when a cell failed or the run broke off: the notebook shows how far it got.
+        if output is not None and ready is not None:
+            nbformat.write(book, output)
     code_cells = sum(cell.cell_type == "code" for cell in book.cells)
-    return RunSummary(start, snapshot, reason, round(ready, 3), round(total, 3), code_cells)
+    return RunSummary(
+        start,
+        snapshot,
+        reason,
+        round(ready, 3),
+        round(total, 3),
+        code_cells,
+        executed=client.code_cells_executed,
+        errors=failures,
+        output=str(output) if output is not None else None,
+    )
 
 
 async def time_to_first_reply(notebook: Path, cold: bool) -> tuple[float, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import random
 import sys
@@ -54,6 +55,9 @@ def run_after_restore() -> list[str]:
 def reseed() -> None:
     """Give this process fresh randomness: kernels restored from one image must differ."""
     random.seed(os.urandom(32))
+    # It authenticates multiprocessing's pools and managers: a shared one would let kernels restored
+    # from one snapshot talk to each other's.
+    multiprocessing.current_process().authkey = os.urandom(32)
     # tempfile draws names from its own Random created on first use; drop it to make a new one.
     tempfile._name_sequence = None  # type: ignore[attr-defined]
     numpy = sys.modules.get("numpy")

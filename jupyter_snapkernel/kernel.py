@@ -12,6 +12,8 @@ from .config import env_flag
 from .setup_section import normalise
 
 REPLAY_ENV_VAR = "SNAPKERNEL_REPLAY_SETUP"
+# "0" from a launcher that reports how the kernel started itself (`jupyter snapkernel run`).
+START_NOTES_ENV_VAR = "SNAPKERNEL_START_NOTES"
 
 
 @dataclass
@@ -48,11 +50,23 @@ class SnapKernel(IPythonKernel):
         "does), send the outputs recorded at build time instead of running it again.",
     ).tag(config=True)
 
+    show_start_notes = Bool(
+        help="Say with the first executed cell why this kernel started cold. Off when the launcher reports "
+        "how kernels start itself, as headless runs do in their summary.",
+    ).tag(config=True)
+
     @default("replay_setup")
     def _replay_setup_default(self) -> bool:
+        """$SNAPKERNEL_REPLAY_SETUP, on unless set to 0/false/no/off."""
         return env_flag(REPLAY_ENV_VAR, True)
 
+    @default("show_start_notes")
+    def _show_start_notes_default(self) -> bool:
+        """$SNAPKERNEL_START_NOTES, on unless the launcher set it to 0/false/no/off."""
+        return env_flag(START_NOTES_ENV_VAR, True)
+
     def __init__(self, **kwargs: Any) -> None:
+        """A kernel that knows nothing yet of how it started (its app says so next)."""
         super().__init__(**kwargs)
         self.start_info = StartInfo()
         self.setup_record: list[RecordedCell] = []
@@ -61,13 +75,31 @@ class SnapKernel(IPythonKernel):
         self._pending_note: str | None = None
 
     def announce(self, note: str | None) -> None:
-        """Show `note` on stderr with the next executed cell."""
+        """Show `note` on stderr with the next executed cell, unless it only says how the kernel started."""
+        # A cold kernel's one note is why it started cold; a restored kernel's notes are failed
+        # after_restore hooks, which no launcher reports and which may explain failing cells.
+        if self.start_info.mode == "cold" and not self.show_start_notes:
+            return
         self._pending_note = note
 
     def _publish(self, msg_type: str, content: dict[str, Any]) -> None:
+        """Send an iopub message on behalf of the request being handled."""
         self.session.send(self.iopub_socket, msg_type, content, parent=self.get_parent(), ident=self._topic(msg_type))
 
+    def _next_replay(self, code: str) -> RecordedCell | None:
+        """The recorded setup cell that `code` replays, if it is the next one unchanged."""
+        if not self.replay_setup or self.replay_position >= len(self.setup_record):
+            return None
+        expected = self.setup_record[self.replay_position]
+        return expected if normalise(code) == expected.source else None
+
+    def _publish_execute_input(self, code: str, parent: Any, execution_count: int) -> None:
+        """Announce a cell with the count it will reply with: a replayed setup cell keeps its recorded In [n]."""
+        replayed = self._next_replay(code)
+        super()._publish_execute_input(code, parent, replayed.execution_count if replayed else execution_count)
+
     def _replay(self, cell: RecordedCell) -> dict[str, Any]:
+        """Publish a recorded setup cell's outputs and reply as its run did."""
         marker = {"snapkernel": {"replayed": True, "snapshot": self.start_info.snapshot}}
         for output in cell.outputs:
             kind = output["output_type"]
@@ -115,8 +147,8 @@ class SnapKernel(IPythonKernel):
             self._publish("stream", {"name": "stderr", "text": self._pending_note + "\n"})
             self._pending_note = None
         if not silent and self.replay_position < len(self.setup_record):
-            expected = self.setup_record[self.replay_position]
-            if self.replay_setup and normalise(code) == expected.source:
+            expected = self._next_replay(code)
+            if expected is not None:
                 self.replay_position += 1
                 self.replayed += 1
                 return self._replay(expected)

@@ -9,6 +9,7 @@ its sockets and starts as ipykernel would.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import json
 import os
@@ -23,7 +24,8 @@ from ipykernel.zmqshell import ZMQInteractiveShell
 from IPython.core.application import BaseIPythonApplication
 from traitlets import Type
 
-from . import hooks
+from . import hooks, revive, widgets
+from .inputs import recording_inputs
 from .kernel import RecordedCell, SnapKernel, StartInfo
 from .magics import SnapshotMagics
 from .recording import recording
@@ -34,6 +36,12 @@ ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 # Modules the kernel imports while it starts (the debugger's above all): loading them before the
 # checkpoint takes ~0.1 s off every restore.
 WARM_IMPORTS = ("ipykernel.debugger", "_pydevd_bundle.pydevd_api", "psutil", "tornado.platform.asyncio")
+
+
+class EventLoopChoice:
+    """Stands in for the kernel during a build: holds the GUI event loop the setup cells chose."""
+
+    eventloop: Any = None
 
 
 class PipeChannel:
@@ -92,6 +100,9 @@ class SnapKernelApp(IPKernelApp):
         self.shell = shell
         shell.configurables.append(self)
         shell.register_magics(SnapshotMagics)
+        # GUI integration (%matplotlib inline and friends) asks the app for its kernel: until the real
+        # one exists after the restore, a stand-in records the event loop the setup chose.
+        self.kernel = EventLoopChoice()
         self.init_gui_pylab()
         self.init_extensions()
         self.init_code()
@@ -124,6 +135,7 @@ class SnapKernelApp(IPKernelApp):
         os.environ.clear()
         os.environ.update(request["env"])
         os.chdir(request["cwd"])
+        revive.apply_launch(request["connection_file"])
         failures = hooks.run_after_restore()
         self.parent_handle = 0  # our parent is the namespace init; the engine ties it to the server
         self.connection_file = request["connection_file"]
@@ -132,12 +144,19 @@ class SnapKernelApp(IPKernelApp):
         self.init_heartbeat()
         self.init_io()
         self.init_signal()
+        event_loop = self.kernel.eventloop  # chosen by the setup (e.g. %matplotlib inline), kept
         self.init_kernel()
+        self.kernel.eventloop = event_loop
         shell = self.shell
         shell.kernel = self.kernel
         self.init_shell()
+        renamed = widgets.reattach_widgets(self.kernel)
+        revive.history_to_disk(shell)
         kernel: SnapKernel = self.kernel
-        kernel.setup_record = request["setup_record"]
+        kernel.setup_record = [
+            dataclasses.replace(cell, outputs=widgets.renamed_views(cell.outputs, renamed))
+            for cell in request["setup_record"]
+        ]
         kernel.start_info = StartInfo(
             mode="restored",
             snapshot=request["snapshot"],
@@ -162,7 +181,9 @@ def build(control_fd: int, report_fd: int) -> int:
     # An on-disk history database would be an open file that grows: CRIU refuses to restore it.
     app.config.HistoryManager.hist_file = ":memory:"
     shell = app.prepare_without_sockets()
-    recorded = app.run_setup(shell, request["cells"], channel)
+    revive.share_event_loop()
+    with recording_inputs() as recorder:
+        recorded = app.run_setup(shell, request["cells"], channel)
     if recorded is None:
         return 1
     for module in WARM_IMPORTS:
@@ -172,10 +193,14 @@ def build(control_fd: int, report_fd: int) -> int:
     if failures:
         channel.send(event="failed", index=None, error="\n".join(failures), outputs=[])
         return 1
+    revive.quiesce_libraries()
     sys.stdout.flush()
     sys.stderr.flush()
-    channel.send(event="ready", pid=os.getpid())
-    resume_request = channel.receive()  # the checkpoint is taken while we wait here
+    channel.send(event="ready", pid=os.getpid(), inputs=recorder.report())
+    try:
+        resume_request = channel.receive()  # the checkpoint is taken while we wait here
+    except EOFError:
+        return 0  # a spare kernel whose server went away before handing it a launch: nothing to report
     resume_request["setup_record"] = recorded
     try:
         app.resume(resume_request, channel)

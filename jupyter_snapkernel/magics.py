@@ -11,24 +11,47 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from engine import SnapshotError, SnapshotStore
 
 from .paths import open_store
+from .setup_section import CELL_MAGIC
 from .status import notebook_state
 
 USAGE = "usage: %snapshot status | build | list | rm ID   (%%snapshot marks the setup cell)"
 
 
 def _size(size: int) -> str:
+    """A size in bytes, in MB for people."""
     return f"{size / 1e6:.1f} MB"
+
+
+def blank_marker_line(lines: list[str]) -> list[str]:
+    """Blank a leading `%%snapshot` line so that the cell runs as itself (an IPython input transformer).
+
+    Run through the cell magic, the body would be a cell inside the cell: its result shown twice, its
+    exception reported as the outer cell's success. The blank line keeps tracebacks' line numbers.
+    """
+    if lines and (lines[0].rstrip() == CELL_MAGIC or lines[0].startswith((CELL_MAGIC + " ", CELL_MAGIC + "\t"))):
+        return ["\n", *lines[1:]]
+    return lines
 
 
 @magics_class
 class SnapshotMagics(Magics):
     """The %snapshot magics."""
 
+    def __init__(self, shell: Any = None, **kwargs: Any) -> None:
+        """Register the magics, and the transformer that runs `%%snapshot` cells as plain cells."""
+        super().__init__(shell=shell, **kwargs)
+        # The kernel registers these magics again after a restore, on the same shell.
+        if shell is not None and blank_marker_line not in shell.input_transformers_cleanup:
+            shell.input_transformers_cleanup.append(blank_marker_line)
+
     @line_cell_magic
     def snapshot(self, line: str, cell: str | None = None) -> Any:
         """Run the cell (as %%snapshot), or manage snapshots (as %snapshot COMMAND)."""
         if cell is not None:
-            return self.shell.run_cell(cell, store_history=False).result
+            # Only a direct run_cell_magic call gets here (cells are rid of the marker line before
+            # execution): the inner cell shows its result itself, so the magic returns none to show again.
+            self.shell.run_cell(cell, store_history=False)
+            return None
         command, _, argument = line.strip().partition(" ")
         handlers = {"status": self._status, "build": self._build, "list": self._list, "rm": self._remove}
         handler = handlers.get(command or "status")
@@ -43,13 +66,16 @@ class SnapshotMagics(Magics):
 
     @property
     def store(self) -> SnapshotStore:
+        """This user's snapshot store."""
         return open_store()
 
     @property
     def notebook(self) -> str | None:
+        """The path of this kernel's notebook, as the server named the session."""
         return os.environ.get("JPY_SESSION_NAME")
 
     def _status(self, _: str) -> None:
+        """Print how this kernel started and the state of its notebook's snapshot."""
         kernel = getattr(self.shell, "kernel", None)
         info = getattr(kernel, "start_info", None)
         if info is not None and info.mode == "restored":
@@ -74,6 +100,7 @@ class SnapshotMagics(Magics):
             print(f"  {reason}")
 
     def _build(self, _: str) -> None:
+        """Build this notebook's snapshot now, printing progress."""
         from .builder import build_snapshot
 
         if not self.notebook:
@@ -82,6 +109,7 @@ class SnapshotMagics(Magics):
         started = time.perf_counter()
 
         def progress(event: dict[str, Any]) -> None:
+            """Print a build event."""
             if event["event"] == "cell":
                 print(f"running setup cell {event['index'] + 1}…", flush=True)
             elif event["event"] == "checkpoint":
@@ -91,6 +119,7 @@ class SnapshotMagics(Magics):
         print(f"snapshot {manifest.id} ready: {_size(manifest.size_bytes)} in {time.perf_counter() - started:.1f} s")
 
     def _list(self, _: str) -> None:
+        """Print the store's snapshots."""
         manifests = self.store.list()
         if not manifests:
             print("no snapshots")
@@ -99,6 +128,7 @@ class SnapshotMagics(Magics):
             print(f"{manifest.id}  {manifest.created}  {_size(manifest.size_bytes):>10}  {notebook}")
 
     def _remove(self, snapshot_id: str) -> None:
+        """Delete a snapshot by id."""
         if not snapshot_id:
             print(USAGE)
             return

@@ -13,9 +13,18 @@ from typing import Any
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning import LocalProvisioner
 
-from engine import Manifest, RestoredTree, SnapshotStore
+from engine import (
+    Manifest,
+    RestoredTree,
+    RestoreTimeout,
+    SnapshotBusy,
+    SnapshotError,
+    SnapshotNotFound,
+    SnapshotStore,
+)
 from engine.diagnostics import snapshot_blocker
 from engine.restore import LAZY_NEEDS_ROOT, lazy_restore_supported
+from engine.store import Mismatch
 
 from .builder import BuildError, notebook_gpu_state
 from .builds import build_manager
@@ -24,9 +33,11 @@ from .kernelapp import START_ENV_VAR
 from .paths import STORE_ENV_VAR, open_store
 from .setup_section import SetupSection, read_setup_section
 from .spares import restore_waiting, spare_pool
-from .status import SETUP_CHANGED, superseded_snapshot
+from .status import SETUP_CHANGED, build_record, input_changes, superseded_snapshot
 
 COLD_ENV_VAR = "SNAPKERNEL_COLD"
+# Restore failures that may not recur (the machine was busy, a spare kernel died): the snapshot stays usable.
+TRANSIENT_FAILURES = (RestoreTimeout, SnapshotBusy, SnapshotNotFound)
 SPARES_ENV_VAR = "SNAPKERNEL_SPARE_KERNELS"  # read by SnapKernelSettings
 
 
@@ -39,6 +50,7 @@ class StartPlan:
     snapshot: Manifest | None = None
     reason: str | None = None
     store: SnapshotStore | None = None
+    build: bool = True  # whether a cold start of this plan may build the snapshot in the background
 
 
 class RestoredKernelProcess:
@@ -119,12 +131,23 @@ class SnapKernelProvisioner(LocalProvisioner):
         for store in self.stores():
             usable, mismatched = store.lookup(section.setup_hash)
             if usable is not None:
-                return StartPlan(notebook, section, usable, store=store)
+                changes = input_changes(usable, section, notebook, env)
+                if not changes:
+                    return StartPlan(notebook, section, usable, store=store)
+                mismatched = [Mismatch(usable, changes), *mismatched]
             stale += mismatched
+        if stale and stale[0].unusable:
+            return StartPlan(notebook, section, reason=stale[0].reasons[0], build=False)
         if stale:
             return StartPlan(notebook, section, reason="stale: " + "; ".join(stale[0].reasons))
         if superseded_snapshot(self.store, notebook, section.setup_hash) is not None:
             return StartPlan(notebook, section, reason=f"stale: {SETUP_CHANGED}")
+        failed = build_record(self.store, section.setup_hash)
+        if failed and failed.get("state") == "failed" and failed.get("fingerprint") == self.store.fingerprint_digest():
+            # The same cells in the same environment would fail the same way: build again only when asked.
+            return StartPlan(
+                notebook, section, reason=f"the last snapshot build failed: {failed.get('error')}", build=False
+            )
         return StartPlan(notebook, section, reason="no snapshot yet")
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
@@ -152,6 +175,11 @@ class SnapKernelProvisioner(LocalProvisioner):
             except Exception as error:
                 plan.reason = f"restore of snapshot {plan.snapshot.id} failed: {error}"
                 self.log.warning("snapkernel: %s; starting cold", plan.reason)
+                if isinstance(error, SnapshotError) and not isinstance(error, TRANSIENT_FAILURES):
+                    # The same snapshot would fail the same way: never offer it again, and do not rebuild it
+                    # in a loop (a rebuild of the same cells would carry the same cause).
+                    (plan.store or self.store).mark_unusable(plan.snapshot.id, str(error).splitlines()[0])
+                    plan.build = False
         if plan.reason:
             self.log.info("snapkernel: cold start for %s (%s)", plan.notebook, plan.reason)
         env = kwargs.setdefault("env", dict(os.environ))
@@ -166,7 +194,7 @@ class SnapKernelProvisioner(LocalProvisioner):
         }
         info = await super().launch_kernel(cmd, **kwargs)
         # A requested cold start plans no section, so it builds nothing either.
-        if plan.section is not None and plan.notebook is not None and self.settings.auto_build:
+        if plan.section is not None and plan.notebook is not None and plan.build and self.settings.auto_build:
             self._background_build(plan.notebook, plan.section)
         return info
 

@@ -29,9 +29,12 @@ def is_marked(cell: dict[str, Any]) -> bool:
 
 @dataclass(frozen=True)
 class SetupSection:
-    """The setup cells' normalised sources and their hash."""
+    """The setup cells' normalised sources and their hash, and the inputs the notebook says to ignore."""
 
     cells: tuple[str, ...]
+    # Patterns (file paths, absolute or relative to the notebook, or variable names) whose changes do not
+    # make a snapshot stale: notebook metadata {"snapkernel": {"ignore_inputs": [...]}}.
+    ignore_inputs: tuple[str, ...] = ()
 
     @property
     def setup_hash(self) -> str:
@@ -50,7 +53,12 @@ def setup_section_of(notebook: dict[str, Any]) -> SetupSection | None:
     marked = [index for index, cell in enumerate(code_cells) if is_marked(cell)]
     if not marked:
         return None
-    return SetupSection(tuple(normalise(cell.get("source", "")) for cell in code_cells[: marked[-1] + 1]))
+    settings = notebook.get("metadata", {}).get("snapkernel", {})
+    ignore = settings.get("ignore_inputs", []) if isinstance(settings, dict) else []
+    return SetupSection(
+        tuple(normalise(cell.get("source", "")) for cell in code_cells[: marked[-1] + 1]),
+        tuple(str(pattern) for pattern in ignore) if isinstance(ignore, list) else (),
+    )
 
 
 def read_setup_section(path: str | Path) -> SetupSection | None:

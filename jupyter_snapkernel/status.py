@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine import Manifest, SnapshotStore
+from engine.inputs import changed_inputs
+from engine.store import Mismatch
 
-from .setup_section import read_setup_section
+from .setup_section import SetupSection, read_setup_section
 
 
 @dataclass
@@ -58,12 +61,22 @@ def superseded_snapshot(store: SnapshotStore, notebook: str | Path, setup_hash: 
     return older[-1] if older else None
 
 
+def input_changes(
+    manifest: Manifest, section: SetupSection, notebook: str | Path, environ: Mapping[str, str]
+) -> list[str]:
+    """Say which files and environment variables the snapshot's setup read have changed since (none: still fresh)."""
+    base = Path(notebook).resolve().parent
+    return changed_inputs(manifest.inputs, environ, section.ignore_inputs, base=base)
+
+
 def notebook_state(store: SnapshotStore, notebook: str | Path) -> NotebookState:
     """Work out the snapshot state of a notebook on disk."""
     section = read_setup_section(notebook)
     if section is None:
         return NotebookState("none", reasons=["no setup cell is marked"])
     usable, mismatched = store.lookup(section.setup_hash)
+    if usable is not None and (changes := input_changes(usable, section, notebook, os.environ)):
+        mismatched, usable = [Mismatch(usable, changes), *mismatched], None
     record = build_record(store, section.setup_hash)
     if record and record.get("state") == "building":
         return NotebookState("building", section.setup_hash, usable)
@@ -71,6 +84,8 @@ def notebook_state(store: SnapshotStore, notebook: str | Path) -> NotebookState:
         return NotebookState("ready", section.setup_hash, usable)
     if record and record.get("state") == "failed":
         return NotebookState("failed", section.setup_hash, reasons=[str(record.get("error", ""))])
+    if mismatched and mismatched[0].unusable:
+        return NotebookState("failed", section.setup_hash, mismatched[0].manifest, mismatched[0].reasons)
     if mismatched:
         return NotebookState("stale", section.setup_hash, mismatched[0].manifest, mismatched[0].reasons)
     older = superseded_snapshot(store, notebook, section.setup_hash)

@@ -172,13 +172,12 @@ def test_container_as_uid_1000_builds_and_restores_twice_at_once(
     assert doctor["cpu_snapshots"] is True, run.output
 
     assert run.code("build") == 0, run.output
-    snapshots = sorted(path.name for path in (container_home / ".local/share/jupyter/snapkernel/snapshots").iterdir())
-    assert len(snapshots) == 1, snapshots
-    assert f"snapshot {snapshots[0]}" in run.text("build.out"), run.output
-
     first, second = run.summary("run1"), run.summary("run2")
     assert run.code("run1") == run.code("run2") == 0, run.output
     assert first["start"] == second["start"] == "restored", run.output
+    snapshots = sorted(path.name for path in (container_home / ".local/share/jupyter/snapkernel/snapshots").iterdir())
+    assert len(snapshots) == 1, (snapshots, run.output)
+    assert f"snapshot {snapshots[0]}" in run.text("build.out"), run.output
     assert first["snapshot"] == second["snapshot"] == snapshots[0], run.output
     assert first["cells"] == second["cells"] == len(SETUP_CELLS) + 1, run.output
     # the two runs overlapped in time

@@ -160,3 +160,56 @@ def test_mark_build_restore_and_run_in_jupyterlab(lab: Lab) -> None:
         "toolbar-ready.png",
         "toolbar-stale.png",
     ]
+
+
+# When the notebook's kernel started, as the server extension reports it (restored or cold).
+START_TIME_JS = (
+    "fetch('/snapkernel/api/kernels/' + window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.id)"
+    ".then(r => r.json()).then(j => j.started || 0)"
+)
+
+
+def start_time(page: Page) -> float:
+    """When the current notebook's kernel started (seconds since the epoch)."""
+    return float(page.evaluate(f"async () => await ({START_TIME_JS})"))
+
+
+def test_setup_slider_moved_after_restart_and_run_all_changes_the_kernel_value(lab: Lab, tmp_path: Path) -> None:
+    from jupyter_snapkernel.builder import build_snapshot
+    from jupyter_snapkernel.paths import open_store
+    from tests.kernel.conftest import write_notebook
+
+    setup = "import ipywidgets as widgets\nslider = widgets.IntSlider(value=3, min=0, max=10)\ndisplay(slider)"
+    notebook = write_notebook(lab.root / "widgets.ipynb", [setup], marked=0, after=["print('value', slider.value)"])
+    build_snapshot(notebook, open_store(tmp_path / "store"))
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(f"{lab.url}/lab/tree/widgets.ipynb?token={lab.token}")
+        page.wait_for_selector(f"{TOOLBAR_ITEM}[data-snapkernel-state='ready']", timeout=120_000)
+        wait_for_idle_kernel(page)
+        first_kernel_start = start_time(page)
+        page.evaluate("window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.restart()")
+        page.wait_for_function(f"async () => (await ({START_TIME_JS})) > {first_kernel_start}", timeout=120_000)
+        wait_for_idle_kernel(page)
+
+        page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+        # Cells of this notebook only: JupyterLab may reopen the other test's notebook from its workspace.
+        cells = page.locator(f"#{page.evaluate('window.jupyterapp.shell.currentWidget.id')} .jp-Cell")
+        handle = cells.first.locator(".noUi-handle")
+        handle.wait_for(timeout=60_000)  # the replayed setup output renders the slider from the restored kernel
+        handle.focus()
+        for _ in range(4):
+            handle.press("ArrowRight")
+        last = cells.last
+        for _ in range(20):  # the frontend sends the new value; rerun the cell until the kernel has it
+            last.click()
+            page.evaluate("window.jupyterapp.commands.execute('notebook:run-cell')")
+            wait_for_idle_kernel(page)
+            if "value 7" in last.locator(".jp-OutputArea-output").inner_text():
+                break
+            time.sleep(0.1)
+        page.screenshot(path=str(OUTPUT / "restored-widget.png"))
+        assert last.locator(".jp-OutputArea-output").inner_text().strip() == "value 7"
+        browser.close()

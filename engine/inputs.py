@@ -1,0 +1,86 @@
+"""Fingerprints of what a snapshot's process read from outside itself (files, environment variables),
+and the changes since, which make a snapshot stale."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+# Larger files are compared by size and modification time only: hashing them at every start would cost more
+# than the restore saves.
+HASH_LIMIT_BYTES = 64 * 1024 * 1024
+
+
+def _file_record(path: str) -> dict[str, Any] | None:
+    """Size, mtime and (up to HASH_LIMIT_BYTES) sha256 of a file; None when it is gone."""
+    try:
+        info = os.stat(path)
+        sha256 = None
+        if info.st_size <= HASH_LIMIT_BYTES:
+            with open(path, "rb") as handle:
+                sha256 = hashlib.file_digest(handle, "sha256").hexdigest()
+    except OSError:
+        return None
+    return {"size": info.st_size, "mtime_ns": info.st_mtime_ns, "sha256": sha256}
+
+
+def _value_digest(value: str | None) -> str | None:
+    """A digest of an environment value: the manifest keeps no secrets in clear."""
+    return None if value is None else hashlib.sha256(value.encode()).hexdigest()
+
+
+def fingerprint_inputs(files: Iterable[str], variables: Iterable[str], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Record the files and environment variables a process read, as they are now."""
+    records = {path: _file_record(path) for path in sorted(set(files))}
+    return {
+        "files": {path: record for path, record in records.items() if record is not None},
+        "env": {name: _value_digest(environ.get(name)) for name in sorted(set(variables))},
+    }
+
+
+def _file_changed(path: str, recorded: dict[str, Any]) -> str | None:
+    """Say how a file differs from its record, or None when it does not."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return "was removed"
+    if info.st_size == recorded["size"] and info.st_mtime_ns == recorded["mtime_ns"]:
+        return None
+    if recorded.get("sha256") is None or info.st_size != recorded["size"]:
+        return "changed"
+    current = _file_record(path)
+    return None if current is not None and current["sha256"] == recorded["sha256"] else "changed"
+
+
+def _relative(path: str, base: Path | None) -> str:
+    """`path` relative to `base` when it lies inside it, else as it is."""
+    if base is not None and Path(path).is_relative_to(base):
+        return str(Path(path).relative_to(base))
+    return path
+
+
+def _ignored(name: str, patterns: Sequence[str], base: Path | None) -> bool:
+    """Tell whether a file or variable matches one of the user's patterns (absolute, or relative to `base`)."""
+    candidates = {name, _relative(name, base)}
+    return any(fnmatch.fnmatchcase(candidate, pattern) for candidate in candidates for pattern in patterns)
+
+
+def changed_inputs(
+    recorded: Mapping[str, Any], environ: Mapping[str, str], ignore: Sequence[str] = (), base: Path | None = None
+) -> list[str]:
+    """Say which recorded inputs differ now, e.g. "data.csv changed since the snapshot"; paths relative to `base`."""
+    reasons = []
+    for path, record in sorted((recorded.get("files") or {}).items()):
+        if _ignored(path, ignore, base):
+            continue
+        change = _file_changed(path, record)
+        if change is not None:
+            reasons.append(f"{_relative(path, base)} {change} since the snapshot")
+    for name, digest in sorted((recorded.get("env") or {}).items()):
+        if not _ignored(name, ignore, None) and _value_digest(environ.get(name)) != digest:
+            reasons.append(f"environment variable {name} changed since the snapshot")
+    return reasons

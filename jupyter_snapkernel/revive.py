@@ -1,0 +1,86 @@
+"""Quiesce what a checkpoint cannot carry before the dump, and apply each launch fully after a restore."""
+
+from __future__ import annotations
+
+import gc
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# Reusable process pools whose semaphores live in deleted /dev/shm files, which CRIU cannot dump.
+LOKY_MODULES = ("joblib.externals.loky", "loky")
+
+
+def share_event_loop() -> None:
+    """Run the setup's top-level awaits on the event loop the restored kernel will run, as a cold kernel does.
+
+    IPython otherwise runs them on a loop of its own that nothing runs after the restore: tasks made there
+    never tick again, and asyncio objects bound to it fail in later cells. The loop is made on first use
+    only, so setups without awaits hold no loop (and no socket) at the checkpoint.
+    """
+    import asyncio
+
+    from IPython.core import async_helpers
+
+    ipython_loop = async_helpers.get_asyncio_loop
+
+    def kernel_loop() -> asyncio.AbstractEventLoop:
+        loop = ipython_loop()
+        asyncio.set_event_loop(loop)  # tornado's IOLoop.current(), the kernel's main loop, wraps it after the restore
+        return loop
+
+    async_helpers.get_asyncio_loop = kernel_loop
+
+
+def quiesce_libraries() -> list[str]:
+    """Shut down library state that cannot be checkpointed (it is recreated on first use); name what was."""
+    stopped = []
+    for name in LOKY_MODULES:
+        module = sys.modules.get(name)
+        if module is None:
+            continue
+        executor = getattr(module, "get_reusable_executor", None)
+        if executor is not None:
+            executor().shutdown(wait=True, kill_workers=True)
+            stopped.append(f"{name} reusable executor")
+    gc.collect()  # the pools' semaphores are unmapped only once nothing refers to them
+    return stopped
+
+
+def apply_launch(connection_file: str) -> None:
+    """Make the restored process look launched now: time zone and argv (the environment is already the launch's)."""
+    time.tzset()  # TZ came with the launch environment; the C library still holds the build's zone
+    sys.argv = [sys.argv[0], "-f", connection_file]
+
+
+def history_to_disk(shell: Any) -> None:
+    """Switch the shell's history from the build's in-memory database to the launching user's profile, as a
+    cold kernel has it. The build keeps history in memory: an open, growing sqlite file would make every
+    restore fail. Should the file be unusable, history stays in memory: no reason to refuse the kernel.
+    """
+    import sqlite3
+
+    from IPython.core.history import HistorySavingThread
+    from IPython.core.profiledir import ProfileDir
+    from IPython.paths import get_ipython_dir
+
+    manager = shell.history_manager
+    if manager is None or not manager.enabled:
+        return
+    manager.db.close()
+    try:
+        # The launch's profile (found or made, as a cold kernel does), not the build's: a shared snapshot
+        # may have been built by another user.
+        shell.profile_dir = ProfileDir.create_profile_dir_by_name(get_ipython_dir(), shell.profile)
+        manager.hist_file = Path(shell.profile_dir.location) / "history.sqlite"
+        manager.init_db()
+        manager.new_session()
+    except (OSError, sqlite3.Error):
+        manager.hist_file = ":memory:"
+        manager.init_db()
+        manager.new_session()
+        return
+    manager.save_thread = HistorySavingThread(manager)
+    manager.save_thread.start()
+    manager.using_thread = True
