@@ -75,11 +75,12 @@ def test_launch_time_zone_and_argv_apply_to_a_restored_kernel(tmp_path: Path) ->
     built = build(book, tmp_path / "store", env={"TZ": "UTC"})
     assert built.returncode == 0, built.stderr
     tokyo = {"TZ": "Asia/Tokyo"}
-    restored = run(book, tmp_path / "store", env=tokyo)
     cold = run(book, tmp_path / "store", env=tokyo, cold=True)
-    assert restored.summary["start"] == "restored"
-    assert restored.cells == cold.cells
-    assert restored.cells[1][0].startswith("('JST', 'JST')")
+    for _ in range(2):
+        restored = run(book, tmp_path / "store", env=tokyo)
+        assert restored.summary["start"] == "restored"
+        assert restored.cells == cold.cells
+        assert restored.cells[1][0].startswith("('JST', 'JST')")
 
 
 def test_restored_kernels_get_their_own_multiprocessing_authkey(tmp_path: Path) -> None:
