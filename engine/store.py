@@ -255,12 +255,7 @@ class SnapshotStore:
 
     def mark_unusable(self, snapshot_id: str, reason: str) -> None:
         """Record that a snapshot failed to restore for a reason that would recur (a no-op in a read-only store)."""
-        with suppress(OSError):
-            path = self._snapshot_path(snapshot_id) / UNUSABLE
-            temporary = path.with_name(f"{UNUSABLE}.{secrets.token_hex(4)}")
-            temporary.write_text(json.dumps({"reason": reason, "when": _utcnow()}))
-            os.chmod(temporary, self.file_mode)
-            os.replace(temporary, path)
+        self._write_json(self._snapshot_path(snapshot_id) / UNUSABLE, {"reason": reason, "when": _utcnow()})
 
     def unusable_reason(self, snapshot_id: str) -> str | None:
         """Why a snapshot was found unusable, or None."""
@@ -319,12 +314,16 @@ class SnapshotStore:
         """Record the identity of files whose sha256 matched, so unchanged files are not rehashed."""
         images = directory / IMAGES
         verified = {name: [*_identity(images / name), record.sha256] for name, record in manifest.files.items()}
-        temporary = directory / f"{VERIFIED}.{secrets.token_hex(4)}"
+        self._write_json(directory / VERIFIED, verified)  # a read-only (shared) store: verify in full each time
+
+    def _write_json(self, path: Path, data: object) -> None:
+        """Replace a small JSON file beside a snapshot atomically; a no-op where the store is read-only."""
+        temporary = path.with_name(f"{path.name}.{secrets.token_hex(4)}")
         try:
-            temporary.write_text(json.dumps(verified))
+            temporary.write_text(json.dumps(data))
             os.chmod(temporary, self.file_mode)
-            os.replace(temporary, directory / VERIFIED)
-        except OSError:  # a read-only (shared) store: verify in full each time
+            os.replace(temporary, path)
+        except OSError:
             temporary.unlink(missing_ok=True)
 
     # -- restoring ----------------------------------------------------------------------------

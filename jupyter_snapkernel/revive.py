@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-# Reusable process pools whose semaphores live in deleted /dev/shm files, which CRIU cannot dump.
-LOKY_MODULES = ("joblib.externals.loky", "loky")
+# Modules of reusable process pools whose semaphores live in deleted /dev/shm files, which CRIU cannot dump.
+LOKY_EXECUTOR_MODULES = ("joblib.externals.loky.reusable_executor", "loky.reusable_executor")
 
 
 def share_event_loop() -> None:
@@ -33,19 +33,14 @@ def share_event_loop() -> None:
     async_helpers.get_asyncio_loop = kernel_loop
 
 
-def quiesce_libraries() -> list[str]:
-    """Shut down library state that cannot be checkpointed (it is recreated on first use); name what was."""
-    stopped = []
-    for name in LOKY_MODULES:
-        module = sys.modules.get(name)
-        if module is None:
-            continue
-        executor = getattr(module, "get_reusable_executor", None)
+def quiesce_libraries() -> None:
+    """Shut down library state that cannot be checkpointed; it is recreated on first use."""
+    for name in LOKY_EXECUTOR_MODULES:
+        # The pool itself, if one was made: asking loky for it would start one just to stop it.
+        executor = getattr(sys.modules.get(name), "_executor", None)
         if executor is not None:
-            executor().shutdown(wait=True, kill_workers=True)
-            stopped.append(f"{name} reusable executor")
+            executor.shutdown(wait=True, kill_workers=True)
     gc.collect()  # the pools' semaphores are unmapped only once nothing refers to them
-    return stopped
 
 
 def apply_launch(connection_file: str) -> None:
