@@ -9,6 +9,7 @@ import os
 import platform
 import secrets
 import shutil
+import stat
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -30,9 +31,9 @@ VerifyMode = Literal["sha256", "size"]
 MANIFEST = "manifest.json"
 IMAGES = "images"
 LOCK = ".lock"
-VERIFIED = "verified.json"
 UNUSABLE = "unusable.json"
-LEFTOVER_AGE_S = 3600.0  # staging and work dirs older than this belong to crashed operations
+NEW_PREFIX = ".new-"  # a staging or work dir being created, before its lock is held
+NEW_DIR_AGE_S = 3600.0  # a NEW_PREFIX dir this old was left by a process killed while creating it
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,15 @@ class Mismatch:
     manifest: Manifest
     reasons: list[str]
     unusable: bool = False  # it failed to restore for a reason that would recur: rebuilding the same gives no good
+
+
+@dataclass(frozen=True)
+class CorruptSnapshot:
+    """An entry of the snapshots folder that is not a snapshot this store can trust, and why."""
+
+    id: str
+    reason: str
+    manifest: Manifest | None = None  # what its manifest says, where it could be read
 
 
 def _utcnow() -> str:
@@ -67,6 +77,53 @@ def _identity(path: Path) -> list[int]:
     return [info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino]
 
 
+def _new_locked_dir(parent: Path, name: str) -> int:
+    """Create the private folder parent/name already locked (see _remove_leftovers); return the lock's fd."""
+    temporary = parent / f"{NEW_PREFIX}{secrets.token_hex(6)}"
+    temporary.mkdir(mode=0o700)
+    fd = os.open(temporary, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.rename(temporary, parent / name)
+    return fd
+
+
+def _remove_if_unlocked(path: Path) -> bool:
+    """Remove a staging or work entry unless a live process holds its lock; tell whether it was removed."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:  # a symbolic link, or gone already
+        path.unlink(missing_ok=True)
+        return not path.exists()
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    try:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+    return True
+
+
+def _manifest_if_readable(directory: Path) -> Manifest | None:
+    """The manifest of a snapshot folder that failed its checks, if it can be read at all (to say which key it had)."""
+    try:
+        return Manifest.from_json(_read_no_follow(directory / MANIFEST))
+    except (OSError, ValueError, VerificationError):
+        return None
+
+
+def _read_no_follow(path: Path) -> str:
+    """Read a small text file that must not be a symbolic link."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, encoding="utf-8") as handle:
+        return handle.read()
+
+
 class SnapshotStore:
     """Snapshots on the local disk under `root`: ``snapshots/ID/{manifest.json,images/}``."""
 
@@ -77,6 +134,7 @@ class SnapshotStore:
         environment_extra: Mapping[str, str] | None = None,
         work_dir: str | os.PathLike[str] | None = None,
         shared: bool = False,
+        cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.root = Path(root)
         # A shared store (an admin's course snapshots) publishes snapshots every user can read.
@@ -88,13 +146,16 @@ class SnapshotStore:
         self.staging_dir = self.root / "staging"
         # Restores of a read-only (shared) store do their CRIU work elsewhere.
         self.work_dir = Path(work_dir) if work_dir else self.root / "work"
+        # The hashes this user has checked, kept out of the snapshot folders (whoever could write
+        # those could otherwise vouch for files they changed); a read-only store's go to its reader's.
+        self.cache_dir = Path(cache_dir) if cache_dir else self.root / "verified"
 
     # -- layout and permissions -------------------------------------------------------------
 
     def ensure_layout(self) -> None:
         """Create the store's directories (0700, or 0755 where a shared store publishes; owned by this
         user) or refuse unsafe ones."""
-        for directory in (self.root, self.snapshots_dir, self.staging_dir, self.work_dir):
+        for directory in (self.root, self.snapshots_dir, self.staging_dir, self.work_dir, self.cache_dir):
             mode = self.dir_mode if directory in (self.root, self.snapshots_dir) else 0o700
             directory.mkdir(mode=mode, parents=True, exist_ok=True)
             info = directory.stat()
@@ -125,15 +186,19 @@ class SnapshotStore:
         gpu_state: bool = True,
         cuda_driver: CudaDriver | None = None,
         inputs: Mapping[str, Any] | None = None,
+        replace: bool = True,
     ) -> Manifest:
         """Dump the tree rooted at `pid` and publish it atomically; nothing is left on failure.
 
         `inputs` records what the process read from outside (engine.inputs.fingerprint_inputs).
+        With `replace`, older snapshots of the same key on this hardware are deleted once this one
+        is published (those being restored at that moment finish first and go at the next gc).
         """
         self.ensure_layout()
         snapshot_id = secrets.token_hex(6)
         staging = self.staging_dir / f"{snapshot_id}.tmp"
-        staging.mkdir(mode=0o700)
+        # Locked while this process lives: a build killed mid-dump leaves a folder the next gc removes.
+        staging_lock = _new_locked_dir(self.staging_dir, staging.name)
         try:
             images = staging / IMAGES
             result = checkpoint(
@@ -175,13 +240,20 @@ class SnapshotStore:
                 os.fsync(handle.fileno())
             os.chmod(manifest_path, self.file_mode)
             (staging / LOCK).touch(mode=self.file_mode)
-            self._remember_verified(staging, manifest)
+            self._remember_verified(snapshot_id, images, manifest)
             _fsync_path(staging)
             os.rename(staging, self.snapshots_dir / snapshot_id)
             _fsync_path(self.snapshots_dir)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
+            self._forget_verified(snapshot_id)
             raise
+        finally:
+            os.close(staging_lock)
+        if replace:
+            for older in self.replaced(self.list()):
+                if older.key == key:
+                    self._try_delete(older.id)  # one being restored now is left to a later gc
         return manifest
 
     def _seal(self, staging: Path, images: Path) -> dict[str, FileRecord]:
@@ -200,22 +272,110 @@ class SnapshotStore:
     # -- reading ------------------------------------------------------------------------------
 
     def get(self, snapshot_id: str) -> Manifest:
-        """Return the manifest of one snapshot."""
-        path = self._snapshot_path(snapshot_id) / MANIFEST
+        """Return the manifest of one snapshot, once its folder is trusted and its image files all present."""
+        return self._load(self._snapshot_path(snapshot_id))
+
+    def _load(self, directory: Path) -> Manifest:
+        """Read and check a snapshot folder: raise SnapshotNotFound, or VerificationError naming the fault."""
+        snapshot_id = directory.name
         try:
-            text = path.read_text()
+            info = directory.lstat()
         except FileNotFoundError:
-            raise SnapshotNotFound(f"no snapshot {snapshot_id!r} in {self.snapshots_dir}") from None
-        return Manifest.from_json(text, origin=f"snapshot {snapshot_id}: {MANIFEST}")
+            raise SnapshotNotFound(f"no snapshot {snapshot_id!r}") from None
+        if stat.S_ISLNK(info.st_mode):
+            raise VerificationError(f"snapshot {snapshot_id}: a symbolic link, not a snapshot folder")
+        if not stat.S_ISDIR(info.st_mode):
+            raise VerificationError(f"snapshot {snapshot_id}: a stray file, not a snapshot folder")
+        untrusted = self._untrusted(directory)
+        if untrusted:
+            raise VerificationError(f"snapshot {snapshot_id}: not trusted: {untrusted}")
+        try:
+            text = _read_no_follow(directory / MANIFEST)
+        except FileNotFoundError:
+            if not directory.exists():  # deleted while we looked
+                raise SnapshotNotFound(f"no snapshot {snapshot_id!r}") from None
+            raise VerificationError(f"snapshot {snapshot_id}: no {MANIFEST}") from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise VerificationError(f"snapshot {snapshot_id}: cannot read {MANIFEST} ({error})") from None
+        manifest = Manifest.from_json(text, origin=f"snapshot {snapshot_id}: {MANIFEST}")
+        if manifest.id != snapshot_id:
+            raise VerificationError(f"snapshot {snapshot_id}: manifest names another snapshot ({manifest.id})")
+        if not (directory / LOCK).is_file():
+            raise VerificationError(f"snapshot {snapshot_id}: no {LOCK} file")
+        self._check_files(directory / IMAGES, manifest)
+        return manifest
+
+    def _untrusted(self, directory: Path) -> str | None:
+        """Say why a snapshot folder could have been changed by someone other than the store's owner (or root)."""
+        try:
+            owner = self.root.stat().st_uid
+            trusted = {0, owner}
+            checks = [(self.root, self.root.stat()), (self.snapshots_dir, self.snapshots_dir.lstat())]
+            checks.append((directory, directory.lstat()))
+            with os.scandir(directory) as entries:
+                checks += [(Path(entry.path), entry.stat(follow_symlinks=False)) for entry in entries]
+            images = directory / IMAGES
+            if images.is_dir() and not images.is_symlink():
+                with os.scandir(images) as entries:
+                    checks += [(Path(entry.path), entry.stat(follow_symlinks=False)) for entry in entries]
+        except FileNotFoundError:
+            return None  # what is missing is reported by the checks that follow
+        except OSError as error:
+            return f"cannot inspect it ({error.strerror})"
+        for path, info in checks:
+            name = "the store" if path == self.root else str(path.relative_to(self.root))
+            if stat.S_ISLNK(info.st_mode):
+                return f"{name} is a symbolic link"
+            if info.st_uid not in trusted:
+                return f"{name} belongs to uid {info.st_uid}, not to the store's owner ({owner})"
+            if info.st_mode & 0o022:
+                return f"{name} is writable by others (mode {stat.S_IMODE(info.st_mode):o})"
+        return None
+
+    def _check_files(self, images: Path, manifest: Manifest) -> None:
+        """Check that the image files are exactly the manifest's, at their recorded sizes."""
+        snapshot_id = manifest.id
+        present = {path.name for path in images.iterdir()} if images.is_dir() else set()
+        if not present:
+            raise VerificationError(f"snapshot {snapshot_id}: no {IMAGES}/ folder")
+        for name in sorted(present - manifest.files.keys()):
+            raise VerificationError(f"snapshot {snapshot_id}: unexpected file {IMAGES}/{name}")
+        for name, record in sorted(manifest.files.items()):
+            if name not in present:
+                raise VerificationError(f"snapshot {snapshot_id}: missing file {IMAGES}/{name}")
+            size = (images / name).stat().st_size
+            if size != record.size:
+                raise VerificationError(
+                    f"snapshot {snapshot_id}: {IMAGES}/{name} has {size} bytes, expected "
+                    f"{record.size} ({'truncated' if size < record.size else 'grown'})"
+                )
+
+    def scan(self) -> tuple[list[Manifest], list[CorruptSnapshot]]:
+        """Return the usable snapshots (oldest first) and every other entry of the snapshots folder, with why."""
+        manifests: list[Manifest] = []
+        corrupt: list[CorruptSnapshot] = []
+        try:
+            entries = sorted(self.snapshots_dir.iterdir())
+        except (FileNotFoundError, NotADirectoryError):
+            entries = []
+        for entry in entries:
+            try:
+                manifests.append(self.get(entry.name))
+            except SnapshotNotFound as error:
+                if entry.exists() or entry.is_symlink():  # not a valid snapshot name
+                    corrupt.append(CorruptSnapshot(entry.name, str(error)))
+            except VerificationError as error:
+                reason = str(error).removeprefix(f"snapshot {entry.name}: ")
+                corrupt.append(CorruptSnapshot(entry.name, reason, _manifest_if_readable(entry)))
+        return sorted(manifests, key=lambda manifest: manifest.created), corrupt
 
     def list(self) -> list[Manifest]:
-        """Return every readable snapshot, oldest first."""
-        manifests = []
-        if self.snapshots_dir.is_dir():
-            for entry in self.snapshots_dir.iterdir():
-                with suppress(SnapshotNotFound, VerificationError):
-                    manifests.append(self.get(entry.name))
-        return sorted(manifests, key=lambda manifest: manifest.created)
+        """Return every usable snapshot, oldest first (corrupt() has the rest)."""
+        return self.scan()[0]
+
+    def corrupt(self) -> list[CorruptSnapshot]:
+        """Return the entries of the snapshots folder that are not snapshots this store can use, with why."""
+        return self.scan()[1]
 
     def fingerprint_digest(self) -> str:
         """One hash of this environment and hardware: what a snapshot built now would be keyed on besides its key."""
@@ -238,9 +398,11 @@ class SnapshotStore:
         return usable
 
     def lookup(self, key: str) -> tuple[Manifest | None, list[Mismatch]]:
-        """Return the newest usable snapshot for `key` and the stale ones with their reasons."""
+        """Return the newest usable snapshot for `key` and the stale (then corrupt) ones with their reasons."""
         stale: list[Mismatch] = []
-        for manifest in reversed(self.list()):
+        manifests, corrupt = self.scan()
+        usable = None
+        for manifest in reversed(manifests):
             if manifest.key != key:
                 continue
             failure = self.unusable_reason(manifest.id)
@@ -249,9 +411,13 @@ class SnapshotStore:
                 continue
             reasons = self.mismatches(manifest)
             if not reasons:
-                return manifest, stale
+                usable = manifest
+                break
             stale.append(Mismatch(manifest, reasons))
-        return None, stale
+        for entry in corrupt:
+            if entry.manifest is not None and entry.manifest.key == key:
+                stale.append(Mismatch(entry.manifest, [f"snapshot {entry.id} is corrupt: {entry.reason}"]))
+        return usable, stale
 
     def mark_unusable(self, snapshot_id: str, reason: str) -> None:
         """Record that a snapshot failed to restore for a reason that would recur (a no-op in a read-only store)."""
@@ -265,32 +431,16 @@ class SnapshotStore:
             return None
 
     def verify(self, snapshot_id: str, *, key: str | None = None, mode: VerifyMode | None = None) -> Manifest:
-        """Check a snapshot's key and image files against its manifest; raise on any problem."""
+        """Check a snapshot's folder, key and image files against its manifest; raise on any problem."""
         mode = mode or self.verify_mode
         manifest = self.get(snapshot_id)
-        if manifest.id != snapshot_id:
-            raise VerificationError(f"snapshot {snapshot_id}: manifest names another snapshot ({manifest.id})")
         if key is not None and manifest.key != key:
             raise VerificationError(
                 f"snapshot {snapshot_id}: manifest key {manifest.key!r} does not match the requested key {key!r}"
             )
-        images = self._snapshot_path(snapshot_id) / IMAGES
-        present = {path.name for path in images.iterdir()} if images.is_dir() else set()
-        for name in sorted(present - manifest.files.keys()):
-            raise VerificationError(f"snapshot {snapshot_id}: unexpected file {IMAGES}/{name}")
-        for name, record in sorted(manifest.files.items()):
-            path = images / name
-            if name not in present:
-                raise VerificationError(f"snapshot {snapshot_id}: missing file {IMAGES}/{name}")
-            size = path.stat().st_size
-            if size != record.size:
-                raise VerificationError(
-                    f"snapshot {snapshot_id}: {IMAGES}/{name} has {size} bytes, expected "
-                    f"{record.size} ({'truncated' if size < record.size else 'grown'})"
-                )
         if mode == "sha256":
-            directory = self._snapshot_path(snapshot_id)
-            verified = self._verified(directory)
+            images = self._snapshot_path(snapshot_id) / IMAGES
+            verified = self._verified(snapshot_id)
             for name, record in sorted(manifest.files.items()):
                 if verified.get(name) == [*_identity(images / name), record.sha256]:
                     continue  # hashed before, and untouched since
@@ -300,28 +450,40 @@ class SnapshotStore:
                         f"snapshot {snapshot_id}: {IMAGES}/{name} is corrupted (sha256 "
                         f"{actual[:16]}…, expected {record.sha256[:16]}…)"
                     )
-            self._remember_verified(directory, manifest)
+            self._remember_verified(snapshot_id, images, manifest)
         return manifest
 
-    @staticmethod
-    def _verified(directory: Path) -> dict[str, list[object]]:
+    def _verified(self, snapshot_id: str) -> dict[str, list[object]]:
+        """The identities of a snapshot's files when this user last hashed them; empty unless only this user
+        could have written the record."""
         try:
-            return json.loads((directory / VERIFIED).read_text())
+            info = self.cache_dir.lstat()
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
+                return {}
+            return json.loads(_read_no_follow(self.cache_dir / f"{snapshot_id}.json"))
         except (OSError, ValueError):
             return {}
 
-    def _remember_verified(self, directory: Path, manifest: Manifest) -> None:
+    def _remember_verified(self, snapshot_id: str, images: Path, manifest: Manifest) -> None:
         """Record the identity of files whose sha256 matched, so unchanged files are not rehashed."""
-        images = directory / IMAGES
         verified = {name: [*_identity(images / name), record.sha256] for name, record in manifest.files.items()}
-        self._write_json(directory / VERIFIED, verified)  # a read-only (shared) store: verify in full each time
+        try:
+            self.cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError:
+            return  # nowhere private to remember: verify in full each time
+        self._write_json(self.cache_dir / f"{snapshot_id}.json", verified, mode=0o600)
 
-    def _write_json(self, path: Path, data: object) -> None:
-        """Replace a small JSON file beside a snapshot atomically; a no-op where the store is read-only."""
+    def _forget_verified(self, snapshot_id: str) -> None:
+        """Drop the hashes remembered for a snapshot that is gone."""
+        with suppress(OSError):
+            (self.cache_dir / f"{snapshot_id}.json").unlink(missing_ok=True)
+
+    def _write_json(self, path: Path, data: object, mode: int | None = None) -> None:
+        """Replace a small JSON file of the store atomically; a no-op where the store is read-only."""
         temporary = path.with_name(f"{path.name}.{secrets.token_hex(4)}")
         try:
             temporary.write_text(json.dumps(data))
-            os.chmod(temporary, self.file_mode)
+            os.chmod(temporary, self.file_mode if mode is None else mode)
             os.replace(temporary, path)
         except OSError:
             temporary.unlink(missing_ok=True)
@@ -332,9 +494,9 @@ class SnapshotStore:
         """Take the snapshot's lock (shared while restoring, exclusive while deleting): (fd, dir)."""
         directory = self._snapshot_path(snapshot_id)
         try:
-            fd = os.open(directory / LOCK, os.O_RDONLY)
+            fd = os.open(directory / LOCK, os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError:
-            raise SnapshotNotFound(f"no snapshot {snapshot_id!r} in {self.snapshots_dir}") from None
+            raise SnapshotNotFound(f"no snapshot {snapshot_id!r}") from None
         try:
             fcntl.flock(fd, (fcntl.LOCK_EX | fcntl.LOCK_NB) if exclusive else fcntl.LOCK_SH)
         except BlockingIOError:
@@ -374,10 +536,12 @@ class SnapshotStore:
         """
         lock_fd, directory = self._lock(snapshot_id, exclusive=False)
         work = self.work_dir / f"{snapshot_id}-{secrets.token_hex(4)}"
+        held = [lock_fd]
 
         def release() -> None:
             shutil.rmtree(work, ignore_errors=True)
-            os.close(lock_fd)
+            for fd in held:
+                os.close(fd)
 
         try:
             manifest = self.verify(snapshot_id, key=key, mode=verify)
@@ -389,6 +553,8 @@ class SnapshotStore:
                 )
             inherit = {manifest.pipes[name]: fd for name, fd in (pipes or {}).items()}
             self.work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # Locked while this restore needs it: the folder of a restore whose server was killed is a leftover.
+            held.append(_new_locked_dir(self.work_dir, work.name))
             options = {} if timeout is None else {"timeout": timeout}
             tree = restore(
                 directory / IMAGES,
@@ -417,9 +583,17 @@ class SnapshotStore:
     def delete(self, snapshot_id: str) -> None:
         """Delete a snapshot; refuse while it is being restored."""
         with self._locked(snapshot_id, exclusive=True) as directory:
-            doomed = self.staging_dir / f"{snapshot_id}.deleted-{secrets.token_hex(4)}"
-            os.rename(directory, doomed)
-        shutil.rmtree(doomed, ignore_errors=True)
+            self._remove_entry(directory)
+
+    def _remove_entry(self, entry: Path) -> None:
+        """Take an entry out of the snapshots folder at once, then remove it (a symbolic link, not its target)."""
+        doomed = self.staging_dir / f"{entry.name}.deleted-{secrets.token_hex(4)}"
+        os.rename(entry, doomed)  # lookups stop seeing it here, however long the removal takes
+        if doomed.is_dir() and not doomed.is_symlink():
+            shutil.rmtree(doomed, ignore_errors=True)
+        else:
+            doomed.unlink(missing_ok=True)
+        self._forget_verified(entry.name)
 
     def last_used(self, manifest: Manifest) -> float:
         """Return when a snapshot was last restored (or created), as a timestamp."""
@@ -432,12 +606,28 @@ class SnapshotStore:
         """Return the summed image size of every snapshot."""
         return sum(manifest.size_bytes for manifest in self.list())
 
+    def replaced(self, manifests: list[Manifest]) -> list[Manifest]:
+        """Those of `manifests` (oldest first) that a newer one of the same key on the same hardware replaces."""
+        newest: dict[tuple[str, str], Manifest] = {}
+        for manifest in manifests:
+            newest[(manifest.key, digest(manifest.hardware))] = manifest
+        kept = {manifest.id for manifest in newest.values()}
+        return [manifest for manifest in manifests if manifest.id not in kept]
+
     def gc(self, *, max_age_s: float | None = None, quota_bytes: int | None = None) -> list[str]:
-        """Delete snapshots unused for `max_age_s`, then the least recently used over the quota."""
+        """Remove what is not a usable snapshot (corrupt entries, replaced snapshots, leftovers of dead builds
+        and restores), then snapshots unused for `max_age_s`, then the least recently used over the quota."""
         now = time.time()
         self._remove_leftovers(now)
+        manifests, corrupt = self.scan()
         deleted: list[str] = []
-        by_use = sorted(self.list(), key=self.last_used)
+        for entry in corrupt:
+            with suppress(OSError):
+                self._remove_entry(self.snapshots_dir / entry.id)
+                deleted.append(entry.id)
+        replaced = {manifest.id for manifest in self.replaced(manifests) if self._try_delete(manifest.id)}
+        deleted += sorted(replaced)
+        by_use = sorted((manifest for manifest in manifests if manifest.id not in replaced), key=self.last_used)
         kept = []
         for manifest in by_use:
             if max_age_s is not None and now - self.last_used(manifest) > max_age_s and self._try_delete(manifest.id):
@@ -472,10 +662,17 @@ class SnapshotStore:
         return True
 
     def _remove_leftovers(self, now: float) -> None:
+        """Remove what dead builds, restores and deletions left in staging/ and work/, and forgotten hashes."""
         for parent in (self.staging_dir, self.work_dir):
             if not parent.is_dir():
                 continue
             for entry in parent.iterdir():
                 with suppress(OSError):
-                    if now - entry.stat().st_mtime > LEFTOVER_AGE_S:
+                    if not entry.name.startswith(NEW_PREFIX):
+                        _remove_if_unlocked(entry)  # a live build or restore holds its folder's lock
+                    elif now - entry.lstat().st_mtime > NEW_DIR_AGE_S:
                         shutil.rmtree(entry, ignore_errors=True)
+        if self.cache_dir.is_dir() and self.snapshots_dir.is_dir():
+            for record in self.cache_dir.glob("*.json"):
+                if not (self.snapshots_dir / record.stem).exists():
+                    record.unlink(missing_ok=True)

@@ -1,11 +1,20 @@
-"""REST API under /snapkernel/api/: snapshots, a notebook's status, and builds."""
+"""REST API under /snapkernel/api/: snapshots, a notebook's status, and builds.
+
+A bad request gets a 4xx with a one-line reason, never a 500; no answer names a server path in an
+error (messages are scrubbed); file work (notebooks, the store) runs off the server's event loop.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import json
+import os
+import re
 import time
 from datetime import datetime
-from pathlib import Path
+from http.client import responses
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from jupyter_server.auth.decorator import authorized
@@ -18,27 +27,20 @@ from .builder import notebook_gpu_state
 from .builds import BuildManager
 from .config import SnapKernelSettings
 from .paths import open_store
-from .setup_section import read_setup_section
-from .status import notebook_state
+from .setup_section import NotebookError, SetupSection, read_notebook, setup_section_of
+from .status import NotebookState, notebook_state, snapshot_summary
 
 AUTH_RESOURCE = "snapkernel"
+MAX_BODY_BYTES = 64 * 1024  # a POST builds body is {"path": ...}: anything larger is refused with 413
+MAX_NAME_BYTES = 255  # of one file name in a notebook path (NAME_MAX)
+BODY_EXAMPLE = '{"path": "notebook.ipynb"}'
+# An absolute path in a message: a slash that does not continue a word, a relative path or a URL.
+ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/])/[^\s'\"`,;:()\[\]{}<>]*")
 
 
-def manifest_summary(manifest: Manifest, store: SnapshotStore) -> dict[str, Any]:
-    """The fields of a manifest that the UI and admins need."""
-    return {
-        "id": manifest.id,
-        "setup_hash": manifest.key,
-        "notebook": manifest.labels.get("notebook"),
-        "created": manifest.created,
-        "size_bytes": manifest.size_bytes,
-        "rss_bytes": manifest.rss_bytes,
-        "hardware": manifest.hardware,
-        "environment": manifest.environment,
-        "versions": manifest.versions,
-        "labels": manifest.labels,
-        "stale": store.mismatches(manifest),
-    }
+def refusal(status: int, message: str) -> web.HTTPError:
+    """An HTTPError whose message is taken as it is (a `%` in it is not a format)."""
+    return web.HTTPError(status, "%s", message)
 
 
 class SnapKernelHandler(APIHandler):
@@ -48,31 +50,91 @@ class SnapKernelHandler(APIHandler):
 
     @property
     def settings_(self) -> SnapKernelSettings:
+        """The server's snapkernel settings."""
         return self.settings["snapkernel_settings"]
 
     @property
     def builds(self) -> BuildManager:
+        """The server's one build manager."""
         return self.settings["snapkernel_builds"]
 
     @property
     def store(self) -> SnapshotStore:
+        """This user's snapshot store (opening it touches the disk: call it off the event loop)."""
         return open_store(self.settings_.user_store_root, verify=self.settings_.verify)
 
-    def notebook_path(self, api_path: str | None) -> Path:
-        """Resolve an API path inside the contents root; refuse anything that leaves it."""
-        if not api_path:
-            raise web.HTTPError(400, "a notebook path is required")
-        if api_path.startswith("/") or "\x00" in api_path or ".." in Path(api_path).parts:
-            raise web.HTTPError(403, "the path must stay inside the server's root")
-        root = Path(self.contents_manager.root_dir).resolve()
-        path = (root / api_path).resolve()
+    @property
+    def contents_root(self) -> Path:
+        """The directory the server serves, which API paths are relative to."""
+        return Path(os.path.realpath(self.contents_manager.root_dir))
+
+    async def notebook_path(self, api_path: object) -> Path:
+        """Resolve an API path to a notebook file inside the contents root, off the event loop."""
+        return await asyncio.to_thread(self._notebook_path, api_path)
+
+    def _notebook_path(self, api_path: object) -> Path:
+        """Resolve an API path inside the contents root; refuse anything that leaves it or is no notebook file."""
+        if api_path is None or api_path == "":
+            raise refusal(400, f"a notebook path is required: {BODY_EXAMPLE}")
+        if not isinstance(api_path, str):
+            raise refusal(400, f"the notebook path must be a string: {BODY_EXAMPLE}")
+        try:
+            api_path.encode("utf-8")
+        except UnicodeEncodeError:
+            raise refusal(400, "the notebook path is not valid UTF-8") from None
+        parts = PurePosixPath(api_path).parts
+        if api_path.startswith("/") or "\x00" in api_path or ".." in parts:
+            raise refusal(403, "the path must stay inside the server's root")
+        if any(len(part.encode()) > MAX_NAME_BYTES for part in parts):
+            raise refusal(400, f"a file name in the path is longer than {MAX_NAME_BYTES} bytes")
+        shown = api_path if len(api_path) <= 120 else api_path[:119] + "…"
+        root = self.contents_root
+        try:
+            path = Path(os.path.realpath(root / api_path, strict=True))
+        except FileNotFoundError:
+            raise refusal(404, f"no notebook at {shown}") from None
+        except OSError as error:  # a symbolic link loop, a path too long, a directory that cannot be searched
+            what = "a symbolic link loop" if error.errno == errno.ELOOP else (error.strerror or "cannot open it")
+            raise refusal(400, f"{shown}: {what}") from None
         if not path.is_relative_to(root):
-            raise web.HTTPError(403, "the path must stay inside the server's root")
+            raise refusal(403, "the path must stay inside the server's root")
         if path.suffix != ".ipynb" or not path.is_file():
-            raise web.HTTPError(404, f"no notebook at {api_path}")
+            raise refusal(404, f"no notebook at {shown}")
         return path
 
+    def notebook_error(self, api_path: str, error: NotebookError) -> web.HTTPError:
+        """A 400 saying what is wrong with a notebook, named by its API path."""
+        return refusal(400, error.naming(api_path))
+
+    def scrub(self, message: str) -> str:
+        """Replace the server's file-system paths in a message: the contents root's by API paths, others by `…/NAME`."""
+        root = Path(os.path.abspath(self.contents_manager.root_dir))  # no disk access: this runs on the event loop
+
+        def shorten(match: re.Match[str]) -> str:
+            path = Path(match.group(0))
+            if path.is_relative_to(root):
+                return str(path.relative_to(root)) if path != root else "."
+            return f"…/{path.name}" if path.name else "…"
+
+        return ABSOLUTE_PATH.sub(shorten, message)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Errors as JSON with a one-line message that names no server path (a bug's traceback stays in the log)."""
+        error = kwargs.get("exc_info", (None, None, None))[1]
+        reply: dict[str, Any] = {"message": responses.get(status_code, "Unknown HTTP Error"), "reason": None}
+        if isinstance(error, web.HTTPError):
+            if error.log_message:
+                reply["message"] = error.log_message % error.args if error.args else error.log_message
+            reply["reason"] = error.reason
+        elif error is not None:
+            reply.update(message="Unhandled error", traceback="")
+        reply["message"] = self.scrub(str(reply["message"]))
+        self.set_header("Content-Type", "application/json")
+        self.log.warning("wrote error: %r", reply["message"])
+        self.finish(json.dumps(reply))
+
     def write_json(self, data: Any, status: int = 200) -> None:
+        """Answer with JSON."""
         self.set_status(status)
         self.finish(json.dumps(data))
 
@@ -83,8 +145,16 @@ class SnapshotsHandler(SnapKernelHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
+        """List the snapshots, and the entries of the store that are not valid snapshots."""
+        self.write_json(await asyncio.to_thread(self.listing))
+
+    def listing(self) -> dict[str, Any]:
+        """The store's snapshots and corrupt entries, read from disk."""
         store = self.store
-        self.write_json({"snapshots": [manifest_summary(m, store) for m in store.list()]})
+        manifests, corrupt = store.scan()
+        snapshots = [snapshot_summary(store, manifest) for manifest in manifests]
+        entries = [{"id": entry.id, "reason": self.scrub(entry.reason)} for entry in corrupt]
+        return {"snapshots": snapshots, "corrupt": entries}
 
 
 class SnapshotHandler(SnapKernelHandler):
@@ -93,12 +163,13 @@ class SnapshotHandler(SnapKernelHandler):
     @web.authenticated
     @authorized
     async def delete(self, snapshot_id: str) -> None:
+        """Delete one snapshot: 404 when there is none with that id, 409 when it cannot go now."""
         try:
-            self.store.delete(snapshot_id)
-        except SnapshotNotFound as error:
-            raise web.HTTPError(404, str(error)) from None
+            await asyncio.to_thread(lambda: self.store.delete(snapshot_id))
+        except SnapshotNotFound:
+            raise refusal(404, f"no snapshot {snapshot_id}") from None
         except SnapshotError as error:
-            raise web.HTTPError(409, str(error)) from None
+            raise refusal(409, str(error)) from None
         self.set_status(204)
         self.finish()
 
@@ -109,8 +180,13 @@ class StatusHandler(SnapKernelHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        notebook = self.notebook_path(self.get_query_argument("path", None))
-        state = notebook_state(self.store, notebook)
+        """Answer the notebook's snapshot state; 400 when the notebook is not valid."""
+        api_path = self.get_query_argument("path", None)
+        notebook = await self.notebook_path(api_path)
+        try:
+            state: NotebookState = await asyncio.to_thread(lambda: notebook_state(self.store, notebook))
+        except NotebookError as error:
+            raise self.notebook_error(str(api_path), error) from None
         running = self.builds.running(state.setup_hash) if state.setup_hash else None
         if running is not None:
             state.state = "building"
@@ -130,21 +206,61 @@ class StatusHandler(SnapKernelHandler):
         )
 
 
+@web.stream_request_body
 class BuildsHandler(SnapKernelHandler):
-    """POST builds {path}: start (or join) the build of a notebook's snapshot."""
+    """POST builds {path}: start (or join) the build of a notebook's snapshot.
+
+    The body is streamed: one declared larger than MAX_BODY_BYTES gets 413 before it is read, and
+    one that turns out larger (chunked) gets 413 as soon as it passes the limit; none is kept in memory.
+    """
+
+    async def prepare(self) -> None:
+        """Authenticate, then refuse a body declared larger than MAX_BODY_BYTES before reading it."""
+        self.received_body = bytearray()
+        self.body_too_large = False
+        await super().prepare()
+        declared = self.request.headers.get("Content-Length", "0")
+        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            raise refusal(413, f"the body is larger than {MAX_BODY_BYTES} bytes: send {BODY_EXAMPLE}")
+
+    def data_received(self, chunk: bytes) -> None:
+        """Keep the body up to MAX_BODY_BYTES; past that, answer 413 at once and drop what still arrives."""
+        if self.body_too_large:
+            return
+        if len(self.received_body) + len(chunk) > MAX_BODY_BYTES:
+            self.body_too_large = True
+            self.received_body.clear()
+            error = refusal(413, f"the body is larger than {MAX_BODY_BYTES} bytes: send {BODY_EXAMPLE}")
+            self.send_error(413, exc_info=(type(error), error, None))
+            return
+        self.received_body += chunk
+
+    def request_path(self) -> object:
+        """The `path` of the request's JSON body; 400 for a body of another shape."""
+        try:
+            body = json.loads(bytes(self.received_body) or b"{}")
+        except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested too deeply
+            raise refusal(400, f"the body must be JSON: {BODY_EXAMPLE}") from None
+        if not isinstance(body, dict):
+            raise refusal(400, f"the body must be a JSON object: {BODY_EXAMPLE}")
+        return body.get("path")
 
     @web.authenticated
     @authorized
     async def post(self) -> None:
+        """Start the build of the notebook named in the body (202), or join the one running."""
+        if self.body_too_large:
+            return  # answered 413 while the body arrived
+        api_path = self.request_path()
+        notebook = await self.notebook_path(api_path)
+        settings = self.settings_
         try:
-            body = json.loads(self.request.body or b"{}")
-        except ValueError:
-            raise web.HTTPError(400, 'the body must be JSON: {"path": "notebook.ipynb"}') from None
-        notebook = self.notebook_path(body.get("path"))
-        section = read_setup_section(notebook)
+            section, gpu_state = await asyncio.to_thread(self.inspect, notebook, settings.gpu_state)
+        except NotebookError as error:
+            raise self.notebook_error(str(api_path), error) from None
         if section is None:
-            raise web.HTTPError(422, "the notebook has no setup cell: tag one `snapshot` or start it with %%snapshot")
-        store, settings = self.store, self.settings_
+            raise refusal(422, "the notebook has no setup cell: tag one `snapshot` or start it with %%snapshot")
+        store = await asyncio.to_thread(lambda: self.store)
 
         def trim(_: Manifest) -> None:
             store.trim(quota_bytes=settings.quota_bytes, max_snapshots=settings.max_snapshots)
@@ -154,10 +270,15 @@ class BuildsHandler(SnapKernelHandler):
             section,
             store,
             settings.build_timeout,
-            on_ready=trim,
-            gpu_state=notebook_gpu_state(notebook, settings.gpu_state),
+            after_publish=trim,
+            gpu_state=gpu_state,
         )
         self.write_json(build.to_dict(), status=202)
+
+    @staticmethod
+    def inspect(notebook: Path, configured_gpu_state: bool | None) -> tuple[SetupSection | None, bool]:
+        """Read and validate the notebook: its setup section and whether its snapshot keeps GPU state."""
+        return setup_section_of(read_notebook(notebook)), notebook_gpu_state(notebook, configured_gpu_state)
 
 
 class BuildHandler(SnapKernelHandler):
@@ -166,9 +287,10 @@ class BuildHandler(SnapKernelHandler):
     @web.authenticated
     @authorized
     async def get(self, build_id: str) -> None:
+        """Answer a build's state, log and result."""
         build = self.builds.builds.get(build_id)
         if build is None:
-            raise web.HTTPError(404, f"no build {build_id}")
+            raise refusal(404, f"no build {build_id}")
         self.write_json(build.to_dict())
 
 
@@ -178,13 +300,14 @@ class KernelStartHandler(SnapKernelHandler):
     @web.authenticated
     @authorized
     async def get(self, kernel_id: str) -> None:
+        """Answer how the kernel started."""
         try:
             manager = self.kernel_manager.get_kernel(kernel_id)
         except KeyError:
-            raise web.HTTPError(404, f"no kernel {kernel_id}") from None
+            raise refusal(404, f"no kernel {kernel_id}") from None
         report = getattr(manager.provisioner, "start_report", None)
         if report is None:
-            raise web.HTTPError(404, f"kernel {kernel_id} is not a snapkernel kernel")
+            raise refusal(404, f"kernel {kernel_id} is not a snapkernel kernel")
         self.write_json(report)
 
 

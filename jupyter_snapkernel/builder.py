@@ -3,26 +3,31 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from engine import Manifest, SnapshotError, SnapshotStore
+from engine import CheckpointError, Manifest, SnapshotError, SnapshotStore
 from engine.inputs import fingerprint_inputs
 from engine.privileges import current, own_user_namespace_command
+from engine.process import tree_rss_bytes
+from engine.watchdog import watch_for_owner
 
 from .config import env_flag
-from .setup_section import SetupSection, read_setup_section
-from .status import builds_dir
+from .setup_section import NotebookError, SetupSection, read_notebook, read_setup_section
+from .status import build_record, builds_dir
 
 DEFAULT_BUILD_TIMEOUT_S = 600.0
 Progress = Callable[[dict[str, Any]], None]
@@ -34,6 +39,32 @@ class BuildError(SnapshotError):
 
 class BuildInProgress(BuildError):
     """Another build for the same setup section is running."""
+
+
+class BuildTimeout(BuildError):
+    """The build ran past its time limit."""
+
+
+class BuildCancelled(BuildError):
+    """The build was stopped before it finished (its server is stopping): the setup cells did not fail."""
+
+
+WAIT_POLL_S = 0.2
+NO_SPACE = "No space left on device"
+
+
+def progress_line(event: dict[str, Any], cells: int) -> str | None:
+    """What a progress event of a build says to whoever watches it (None: nothing worth a line)."""
+    kind = event["event"]
+    if kind == "cell":
+        return f"running setup cell {int(event['index']) + 1}/{cells}"
+    if kind == "checkpoint":
+        return "checkpointing the kernel"
+    if kind == "waiting":
+        return "waiting for the build already running (another server or terminal)"
+    if kind == "note":
+        return str(event["text"])
+    return None
 
 
 def build_environment(notebook: Path, store: SnapshotStore) -> dict[str, str]:
@@ -50,12 +81,14 @@ def _drain(stream: IO[bytes], sink: list[str]) -> None:
         sink.append(line.decode(errors="replace"))
 
 
-def _read_event(fd: int, deadline: float, buffer: bytearray) -> dict[str, Any]:
+def _read_event(fd: int, deadline: float, buffer: bytearray, cancel: threading.Event | None = None) -> dict[str, Any]:
     while b"\n" not in buffer:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise BuildError("the build timed out")
-        ready, _, _ = select.select([fd], [], [], remaining)
+            raise BuildTimeout
+        if cancel is not None and cancel.is_set():
+            raise BuildCancelled("the build was cancelled")
+        ready, _, _ = select.select([fd], [], [], remaining if cancel is None else min(remaining, WAIT_POLL_S))
         if ready:
             chunk = os.read(fd, 65536)
             if not chunk:
@@ -82,11 +115,16 @@ def build_snapshot(
     progress: Progress | None = None,
     timeout: float = DEFAULT_BUILD_TIMEOUT_S,
     gpu_state: bool | None = None,
+    wait: bool = True,
+    cancel: threading.Event | None = None,
 ) -> Manifest:
     """Build and publish the snapshot of a notebook's setup section; raise BuildError on failure.
 
     `gpu_state` None takes the notebook's own choice (metadata ``snapkernel.gpu_state``), else
-    $SNAPKERNEL_GPU_STATE, else includes GPU state.
+    $SNAPKERNEL_GPU_STATE, else includes GPU state. When another process is building the same
+    setup section, `wait` waits for that build and returns its snapshot (or fails with its error);
+    without `wait` that raises BuildInProgress. Setting `cancel` stops the build kernel within
+    0.1 s while it runs the setup cells (a BuildError).
     """
     notebook = Path(notebook).resolve()
     if gpu_state is None:
@@ -98,13 +136,18 @@ def build_snapshot(
     builds_dir(store).mkdir(mode=0o700, exist_ok=True)
     lock_fd = os.open(builds_dir(store) / f"{section.setup_hash}.lock", os.O_CREAT | os.O_RDWR, 0o600)
     try:
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise BuildInProgress(f"a snapshot of {notebook.name} is already being built") from None
+        other_build = _other_build_result(lock_fd, notebook, store, section, progress, timeout, wait, cancel)
+        if other_build is not None:
+            return other_build
         _write_record(store, section.setup_hash, state="building", pid=os.getpid(), started=time.time())
         try:
-            manifest = _run_build(notebook, store, section, progress or (lambda event: None), timeout, gpu_state)
+            manifest = _run_build(
+                notebook, store, section, progress or (lambda event: None), timeout, gpu_state, cancel
+            )
+        except (BuildCancelled, KeyboardInterrupt):
+            # Not a failure of the setup cells: automatic builds may try them again.
+            (builds_dir(store) / f"{section.setup_hash}.json").unlink(missing_ok=True)
+            raise
         except BaseException as error:
             _write_record(
                 store,
@@ -121,13 +164,57 @@ def build_snapshot(
         os.close(lock_fd)
 
 
+def _other_build_result(
+    lock_fd: int,
+    notebook: Path,
+    store: SnapshotStore,
+    section: SetupSection,
+    progress: Progress | None,
+    timeout: float,
+    wait: bool,
+    cancel: threading.Event | None,
+) -> Manifest | None:
+    """Take the setup section's build lock; if another process held it, return what its build published."""
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        if not wait:
+            raise BuildInProgress(f"a snapshot of {notebook.name} is already being built") from None
+    waiting_since = time.time()
+    if progress is not None:
+        progress({"event": "waiting"})
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if cancel is not None and cancel.is_set():
+                raise BuildCancelled("the build was cancelled while it waited for another build") from None
+            if time.monotonic() > deadline:
+                raise BuildTimeout(
+                    f"another build of {notebook.name} was still running after {timeout:.0f} s: "
+                    "wait for it, or stop it and build again"
+                ) from None
+            time.sleep(WAIT_POLL_S)
+    published = store.find(section.setup_hash)
+    if published is not None and datetime.fromisoformat(published.created).timestamp() >= waiting_since - 1:
+        return published
+    record = build_record(store, section.setup_hash)
+    if record and record.get("state") == "failed" and float(record.get("finished", 0)) >= waiting_since:  # type: ignore[arg-type]
+        raise BuildError(f"the build of {notebook.name} that was running failed: {record.get('error')}")
+    return None  # it was stopped before it published anything: build here
+
+
 def notebook_gpu_state(notebook: Path, configured: bool | None = None) -> bool:
     """Whether a notebook's snapshot includes GPU state: its metadata, else `configured`, else
     $SNAPKERNEL_GPU_STATE, else yes."""
     try:
-        chosen = json.loads(notebook.read_text()).get("metadata", {}).get("snapkernel", {}).get("gpu_state")
-    except (OSError, ValueError, AttributeError):
-        chosen = None
+        settings = read_notebook(notebook)["metadata"].get("snapkernel")
+    except NotebookError:
+        settings = None  # the build says what is wrong with the notebook
+    chosen = settings.get("gpu_state") if isinstance(settings, dict) else None
     if isinstance(chosen, bool):
         return chosen
     if configured is not None:
@@ -136,7 +223,13 @@ def notebook_gpu_state(notebook: Path, configured: bool | None = None) -> bool:
 
 
 def _run_build(
-    notebook: Path, store: SnapshotStore, section: SetupSection, progress: Progress, timeout: float, gpu_state: bool
+    notebook: Path,
+    store: SnapshotStore,
+    section: SetupSection,
+    progress: Progress,
+    timeout: float,
+    gpu_state: bool,
+    cancel: threading.Event | None = None,
 ) -> Manifest:
     control_read, control_write = os.pipe()
     report_read, report_write = os.pipe()
@@ -157,6 +250,9 @@ def _run_build(
         env=environment,
         start_new_session=True,  # CRIU dumps only a tree whose root leads its own session
     )
+    # The kernel must not outlive this process, even when it is SIGKILLed (the kernel cannot carry a
+    # parent-death signal: its snapshot would restore it too).
+    watchdog = watch_for_owner(kernel.pid)
     os.close(report_write)
     os.close(control_read)
     log: list[str] = []
@@ -165,17 +261,25 @@ def _run_build(
     deadline = time.monotonic() + timeout
     buffer = bytearray()
     started = time.perf_counter()
+    running = "the kernel's start"
     try:
         os.write(control_write, (json.dumps({"cells": list(section.cells)}) + "\n").encode())
         while True:
             try:
-                event = _read_event(report_read, deadline, buffer)
+                event = _read_event(report_read, deadline, buffer, cancel)
+            except BuildTimeout:
+                raise BuildTimeout(
+                    f"{running} of {notebook.name} was still running when the build's limit of {timeout:.0f} s "
+                    "ran out: raise the limit (SnapKernelSettings.build_timeout, or build --timeout) or make it faster"
+                ) from None
             except EOFError:
                 kernel.wait(timeout=10)
                 raise BuildError(
                     f"the build kernel exited ({kernel.returncode}) before the snapshot:\n" + "".join(log[-20:])
                 ) from None
             progress(event)
+            if event["event"] == "cell":
+                running = f"setup cell {int(event['index']) + 1}"
             if event["event"] == "failed":
                 where = f"setup cell {event['index'] + 1}" if event.get("index") is not None else "a hook"
                 raise BuildError(f"{where} of {notebook.name} failed:\n{event['error']}")
@@ -184,7 +288,8 @@ def _run_build(
                 break
         setup_s = time.perf_counter() - started
         progress({"event": "checkpoint"})
-        return store.checkpoint(
+        return _publish(
+            store,
             kernel.pid,
             section.setup_hash,
             labels={"notebook": str(notebook), "cells": str(len(section.cells)), "setup_s": f"{setup_s:.3f}"},
@@ -197,5 +302,24 @@ def _run_build(
         with contextlib.suppress(ProcessLookupError):
             os.killpg(kernel.pid, signal.SIGKILL)
         kernel.wait()
+        watchdog.wait()
         for fd in (control_write, report_read):
             os.close(fd)
+
+
+def _publish(store: SnapshotStore, pid: int, key: str, **options: Any) -> Manifest:
+    """Checkpoint the build kernel into the store; a full disk or an unwritable store is one clear BuildError."""
+    needed = tree_rss_bytes(pid)
+    try:
+        return store.checkpoint(pid, key, **options)
+    except (OSError, CheckpointError) as error:
+        full = (isinstance(error, OSError) and error.errno == errno.ENOSPC) or NO_SPACE in str(error)
+        if isinstance(error, CheckpointError) and not full:
+            raise
+        problem = NO_SPACE if full else (error.strerror if isinstance(error, OSError) else None) or str(error)
+        free = shutil.disk_usage(store.root).free
+        raise BuildError(
+            f"could not write the snapshot into {store.root}: {problem} (it needs about {needed / 1e6:.0f} MB, "
+            f"{free / 1e6:.0f} MB are free): free space there (`jupyter snapkernel gc`) or use another store "
+            "(SNAPKERNEL_STORE)"
+        ) from error

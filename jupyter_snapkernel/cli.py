@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from engine import SnapshotError
 from engine.diagnostics import cpu_snapshots_work, run_checks
 from engine.privileges import detect
 
 from .paths import STORE_ENV_VAR, default_store_root, open_store
+from .setup_section import NotebookError, read_notebook, read_setup_section
+from .status import snapshot_state, snapshot_summary
 
 if TYPE_CHECKING:
     from .headless import RunSummary
@@ -49,34 +52,31 @@ def doctor(args: argparse.Namespace) -> int:
 
 
 def list_snapshots(args: argparse.Namespace) -> int:
-    """List the store's snapshots."""
+    """List the store's snapshots, and the entries that are not usable snapshots (`gc` removes those)."""
     store = open_store(args.store)
-    manifests = store.list()
+    manifests, corrupt = store.scan()
+    states = {manifest.id: snapshot_state(store, manifest) for manifest in manifests}
     if args.json:
-        rows = [
-            {
-                "id": manifest.id,
-                "setup_hash": manifest.key,
-                "hardware": manifest.hardware,
-                "size_bytes": manifest.size_bytes,
-                "created": manifest.created,
-                "labels": manifest.labels,
-                "stale": store.mismatches(manifest),
-            }
-            for manifest in manifests
-        ]
+        rows = [snapshot_summary(store, manifest) for manifest in manifests]
+        rows += [{"id": entry.id, "state": "corrupt", "reason": entry.reason} for entry in corrupt]
         print(json.dumps(rows, indent=2))
         return 0
-    if not manifests:
+    if not manifests and not corrupt:
         print(f"no snapshots in {store.root}")
         return 0
-    print(f"{'ID':<14}{'CREATED':<27}{'SIZE':>10}  {'KEY':<18}STATE")
+    print(f"{'ID':<14}{'CREATED':<34}{'SIZE':>10}  {'KEY':<18}STATE")
     for manifest in manifests:
-        state = "; ".join(store.mismatches(manifest)) or "ready"
+        state, reasons = states[manifest.id]
+        shown = state if state == "ready" else f"{state}: {'; '.join(reasons)}"
         print(
-            f"{manifest.id:<14}{manifest.created:<27}{_human_size(manifest.size_bytes):>10}  "
-            f"{manifest.key[:16]:<18}{state}"
+            f"{manifest.id:<14}{manifest.created:<34}{_human_size(manifest.size_bytes):>10}  "
+            f"{manifest.key[:16]:<18}{shown}"
         )
+    for entry in corrupt:
+        print(f"{entry.id:<14}{'-':<34}{'-':>10}  {'-':<18}corrupt: {entry.reason}")
+    if corrupt:
+        what = "1 corrupt entry: `jupyter snapkernel gc` removes it" if len(corrupt) == 1 else ""
+        print(what or f"{len(corrupt)} corrupt entries: `jupyter snapkernel gc` removes them")
     return 0
 
 
@@ -90,7 +90,7 @@ def remove(args: argparse.Namespace) -> int:
 
 
 def collect(args: argparse.Namespace) -> int:
-    """Delete old snapshots and keep the store under its quota."""
+    """Remove corrupt entries, replaced snapshots and leftovers, then old snapshots, then keep under the quota."""
     store = open_store(args.store)
     max_age = args.max_age_days * 86400 if args.max_age_days is not None else None
     deleted = store.gc(max_age_s=max_age, quota_bytes=args.quota_bytes)
@@ -100,22 +100,17 @@ def collect(args: argparse.Namespace) -> int:
 
 def build(args: argparse.Namespace) -> int:
     """Build (or rebuild) the snapshot of a notebook's setup section, showing progress."""
-    from .builder import build_snapshot
-    from .setup_section import read_setup_section
+    from .builder import build_snapshot, progress_line
 
+    section = read_setup_section(args.notebook)  # NotebookError: one line saying what is wrong with it
     notebook = args.notebook.resolve()
-    section = read_setup_section(notebook)
     total = len(section.cells) if section else 0
     started = time.perf_counter()
 
-    def progress(event: dict[str, object]) -> None:
-        if args.quiet:
-            return
-        elapsed = time.perf_counter() - started
-        if event["event"] == "cell":
-            print(f"[{elapsed:6.1f}s] running setup cell {int(event['index']) + 1}/{total}", file=sys.stderr)
-        elif event["event"] == "checkpoint":
-            print(f"[{elapsed:6.1f}s] checkpointing the kernel", file=sys.stderr)
+    def progress(event: dict[str, Any]) -> None:
+        line = progress_line(event, total)
+        if line and not args.quiet:
+            print(f"[{time.perf_counter() - started:6.1f}s] {line}", file=sys.stderr)
 
     store = open_store(args.store, shared=args.shared)
     manifest = build_snapshot(notebook, store, section=section, progress=progress, timeout=args.timeout)
@@ -144,6 +139,7 @@ def run_headless(args: argparse.Namespace) -> int:
     """Execute a notebook headless, restored when a snapshot matches; exit 1 when a cell failed."""
     from .headless import RunError, run, run_notebook
 
+    read_notebook(args.notebook)  # NotebookError: one line saying what is wrong with it
     os.environ[STORE_ENV_VAR] = str(args.store)
     try:
         summary = run(
@@ -175,6 +171,7 @@ def bench(args: argparse.Namespace) -> int:
     from .headless import bench_notebook, run
 
     os.environ[STORE_ENV_VAR] = str(args.store)
+    read_notebook(args.notebook)  # NotebookError: one line saying what is wrong with it
     notebook = args.notebook.resolve()
     if not args.json:
         print(f"timing {notebook.name}: {args.runs} cold and {args.runs} restored starts…", file=sys.stderr)
@@ -190,6 +187,24 @@ def bench(args: argparse.Namespace) -> int:
     )
     print(f"  ratio     {result['ratio']:7.1f}x")
     return 0
+
+
+OS_ERROR_ADVICE = {
+    errno.ENOSPC: "free some disk space (`jupyter snapkernel gc` deletes old snapshots) or use another store (--store)",
+    errno.EDQUOT: "free some disk space (`jupyter snapkernel gc` deletes old snapshots) or use another store (--store)",
+    errno.EACCES: "check its permissions, or use another store (--store)",
+    errno.EPERM: "check its permissions, or use another store (--store)",
+    errno.EROFS: "use a store on a writable file system (--store)",
+    errno.ENOTDIR: "check the path: a part of it is not a directory",
+}
+
+
+def os_error_line(error: OSError) -> str:
+    """An OSError as one line: what failed, on which file, and what to do about it."""
+    what = error.strerror or str(error) or type(error).__name__
+    where = f": {error.filename}" if error.filename is not None else ""
+    advice = OS_ERROR_ADVICE.get(error.errno or 0, "check the path and the disk, then try again")
+    return " ".join(f"{what}{where}; {advice}".split())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -267,8 +282,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.store = args.store or default_store_root()
     try:
         return args.handler(args)
+    except NotebookError as error:  # named by the path the user gave
+        print(f"error: {error.naming(str(error.path))}", file=sys.stderr)
+        return 1
     except SnapshotError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # a full disk, a store that cannot be written, …: one line, no traceback
+        print(f"error: {os_error_line(error)}", file=sys.stderr)
         return 1
 
 

@@ -17,9 +17,10 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 from traitlets.config import Config
 
+from . import setup_section
 from .kernel import START_NOTES_ENV_VAR
 from .provisioner import COLD_ENV_VAR, SPARES_ENV_VAR
-from .setup_section import normalise, read_setup_section
+from .setup_section import NotebookError, normalise, setup_section_of
 from .spares import spare_pool
 
 KERNEL_NAME = "snapkernel"
@@ -76,14 +77,12 @@ def describe_start(manager: AsyncKernelManager) -> tuple[str, str | None, str | 
 
 
 def read_notebook(notebook: Path) -> nbformat.NotebookNode:
-    """Read a notebook to run, or raise RunError saying why it cannot be read."""
+    """Read a notebook to run (through the one reader that validates notebooks), or raise RunError saying why."""
     try:
-        return nbformat.read(notebook, as_version=4)
-    except OSError as error:
-        raise RunError(f"cannot read {notebook}: {error.strerror or error}") from None
-    # Not JSON (NotJSONError is a ValueError), or JSON of another shape that nbformat trips over.
-    except (ValueError, TypeError, KeyError, AttributeError, nbformat.ValidationError) as error:
-        raise RunError(f"{notebook} is not a valid notebook: {error}") from None
+        # As nbformat.read gives it: multi-line sources and outputs as strings, transient fields dropped.
+        return nbformat.v4.nbjson.JSONReader().to_notebook(setup_section.read_notebook(notebook))
+    except NotebookError as error:
+        raise RunError(error.naming(str(notebook))) from None
 
 
 def _error_output(ename: str, evalue: str) -> nbformat.NotebookNode:
@@ -184,8 +183,8 @@ async def run_notebook(
 
 async def time_to_first_reply(notebook: Path, cold: bool) -> tuple[float, str]:
     """Seconds from launch to the reply of the first cell after the setup section (Run All)."""
-    section = read_setup_section(notebook)
-    book = nbformat.read(notebook, as_version=4)
+    book = read_notebook(notebook)
+    section = setup_section_of(book)
     sources = [normalise(cell.source) for cell in book.cells if cell.cell_type == "code"]
     setup_count = len(section.cells) if section else 0
     probe = sources[setup_count] if setup_count < len(sources) else "pass"

@@ -11,7 +11,7 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from engine import SnapshotError, SnapshotStore
 
 from .paths import open_store
-from .setup_section import CELL_MAGIC
+from .setup_section import CELL_MAGIC, NotebookError, read_setup_section
 from .status import notebook_state
 
 USAGE = "usage: %snapshot status | build | list | rm ID   (%%snapshot marks the setup cell)"
@@ -60,7 +60,7 @@ class SnapshotMagics(Magics):
             return None
         try:
             handler(argument.strip())
-        except SnapshotError as error:
+        except (SnapshotError, NotebookError) as error:  # a notebook that is not valid: one line, no traceback
             print(f"snapshot {command}: {error}")
         return None
 
@@ -101,21 +101,22 @@ class SnapshotMagics(Magics):
 
     def _build(self, _: str) -> None:
         """Build this notebook's snapshot now, printing progress."""
-        from .builder import build_snapshot
+        from .builder import build_snapshot, progress_line
 
         if not self.notebook:
             print("snapshot build: no notebook path (JPY_SESSION_NAME is unset)")
             return
         started = time.perf_counter()
+        section = read_setup_section(self.notebook)
+        cells = len(section.cells) if section else 0
 
         def progress(event: dict[str, Any]) -> None:
             """Print a build event."""
-            if event["event"] == "cell":
-                print(f"running setup cell {event['index'] + 1}…", flush=True)
-            elif event["event"] == "checkpoint":
-                print("checkpointing…", flush=True)
+            line = progress_line(event, cells)
+            if line:
+                print(f"{line}…", flush=True)
 
-        manifest = build_snapshot(self.notebook, self.store, progress=progress)
+        manifest = build_snapshot(self.notebook, self.store, section=section, progress=progress)
         print(f"snapshot {manifest.id} ready: {_size(manifest.size_bytes)} in {time.perf_counter() - started:.1f} s")
 
     def _list(self, _: str) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from jupyter_core.paths import jupyter_data_dir
 
 from engine import SnapshotStore
-from engine.fingerprint import source_digest
+from engine.fingerprint import digest, source_digest
 from engine.store import VerifyMode
 
 STORE_ENV_VAR = "SNAPKERNEL_STORE"
@@ -39,6 +39,7 @@ def open_store(
     verify: VerifyMode = "sha256",
     work_dir: str | os.PathLike[str] | None = None,
     shared: bool = False,
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> SnapshotStore:
     """Return a snapshot store, keyed also on the snapkernel code that built the snapshots."""
     return SnapshotStore(
@@ -47,4 +48,12 @@ def open_store(
         environment_extra={"snapkernel_sha256": kernel_code_digest()},
         work_dir=work_dir,
         shared=shared,
+        cache_dir=cache_dir,
+    )
+
+
+def reading_store(root: str | os.PathLike[str], own: SnapshotStore, verify: VerifyMode = "sha256") -> SnapshotStore:
+    """A read-only store (an admin's shared root) whose restores work and remember hashes in `own`, privately."""
+    return open_store(
+        root, verify=verify, work_dir=own.work_dir, cache_dir=own.cache_dir / digest([str(Path(root).resolve())])[:16]
     )

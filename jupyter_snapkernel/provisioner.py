@@ -26,12 +26,12 @@ from engine.diagnostics import snapshot_blocker
 from engine.restore import LAZY_NEEDS_ROOT, lazy_restore_supported
 from engine.store import Mismatch
 
-from .builder import BuildError, notebook_gpu_state
+from .builder import BuildCancelled, notebook_gpu_state
 from .builds import build_manager
 from .config import SnapKernelSettings
 from .kernelapp import START_ENV_VAR
-from .paths import STORE_ENV_VAR, open_store
-from .setup_section import SetupSection, read_setup_section
+from .paths import STORE_ENV_VAR, open_store, reading_store
+from .setup_section import NotebookError, SetupSection, read_setup_section
 from .spares import restore_waiting, spare_pool
 from .status import SETUP_CHANGED, build_record, input_changes, superseded_snapshot
 
@@ -96,9 +96,7 @@ class SnapKernelProvisioner(LocalProvisioner):
     def stores(self) -> list[SnapshotStore]:
         """This user's store, then the shared read-only ones (their restores work in the user's store)."""
         own = self.store
-        shared = [
-            open_store(root, verify=self.settings.verify, work_dir=own.work_dir) for root in self.settings.shared_roots
-        ]
+        shared = [reading_store(root, own, verify=self.settings.verify) for root in self.settings.shared_roots]
         return [own, *shared]
 
     def plan(self, env: dict[str, str], cwd: str | None) -> StartPlan:
@@ -119,12 +117,13 @@ class SnapKernelProvisioner(LocalProvisioner):
         notebook = Path(session_name)
         if not notebook.is_absolute():
             notebook = Path(cwd or ".") / notebook.name
-        if notebook.suffix != ".ipynb" or not notebook.is_file():
+        if notebook.suffix != ".ipynb" or not os.path.lexists(notebook):  # a session of no notebook file
             return StartPlan(notebook=notebook, reason=None)
         try:
             section = read_setup_section(notebook)
-        except (OSError, ValueError) as error:
-            return StartPlan(notebook=notebook, reason=f"cannot read the notebook: {error}")
+        except NotebookError as error:  # unreadable, not JSON, or not a valid notebook: the kernel starts cold
+            why = error.problem if error.unreadable else str(error)
+            return StartPlan(notebook=notebook, reason=f"cannot read the notebook: {why}")
         if section is None:
             return StartPlan(notebook=notebook)
         stale: list[Any] = []
@@ -195,25 +194,34 @@ class SnapKernelProvisioner(LocalProvisioner):
         info = await super().launch_kernel(cmd, **kwargs)
         # A requested cold start plans no section, so it builds nothing either.
         if plan.section is not None and plan.notebook is not None and plan.build and self.settings.auto_build:
-            self._background_build(plan.notebook, plan.section)
+            try:
+                self._background_build(plan.notebook, plan.section)
+            except Exception as error:  # the kernel runs: a build that cannot start must not fail its launch
+                self.log.warning("snapkernel: could not start the snapshot build of %s: %s", plan.notebook, error)
         return info
 
     def _background_build(self, notebook: Path, section: SetupSection) -> None:
         gpu_state = notebook_gpu_state(notebook, self.settings.gpu_state)
         # The server's one build manager: a build the REST API started for this section is joined.
-        build = build_manager.start(notebook, section, self.store, self.settings.build_timeout, gpu_state=gpu_state)
+        settings = self.settings
+
+        def trim(_: Manifest) -> None:
+            self.store.trim(quota_bytes=settings.quota_bytes, max_snapshots=settings.max_snapshots)
+
+        build = build_manager.start(
+            notebook, section, self.store, settings.build_timeout, after_publish=trim, gpu_state=gpu_state
+        )
 
         def report(done: asyncio.Task[Manifest]) -> None:
-            if done.cancelled():
-                return
+            if done.cancelled() or isinstance(done.exception(), BuildCancelled):
+                return  # stopped with the server
             error = done.exception()
             if error is None:
                 self.log.info("snapkernel: snapshot %s of %s is ready", done.result().id, notebook)
-                self.store.trim(quota_bytes=self.settings.quota_bytes, max_snapshots=self.settings.max_snapshots)
                 if self.settings.spare_kernels:
                     lazy = self._lazy()
                     spare_pool.refill(self.store, done.result(), lazy=lazy, timeout=self.settings.restore_timeout)
-            elif not isinstance(error, BuildError) or "already being built" not in str(error):
+            else:
                 self.log.warning("snapkernel: snapshot build of %s failed: %s", notebook, error)
 
         assert build.task is not None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,106 @@ def setup_section_of(notebook: dict[str, Any]) -> SetupSection | None:
     )
 
 
+class NotebookError(ValueError):
+    """A notebook file that cannot be read, or that is not a valid notebook; the message is one line.
+
+    The message names the file by its name only (it may reach API clients); `naming` words it with
+    another name: the path a terminal user gave, or the API path a client sent.
+    """
+
+    def __init__(self, path: str | Path, problem: str, *, unreadable: bool = False) -> None:
+        """The file, what is wrong with it, and whether it could not be read at all (an OSError)."""
+        self.path = Path(path)
+        self.problem = problem
+        self.unreadable = unreadable
+        super().__init__(self.naming(self.path.name))
+
+    def naming(self, name: str) -> str:
+        """The message, with the notebook called `name`."""
+        return (
+            f"cannot read {name}: {self.problem}"
+            if self.unreadable
+            else f"{name} is not a valid notebook: {self.problem}"
+        )
+
+
+MAX_DETAIL_CHARS = 160  # of a validation message, which quotes the offending value
+JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+
+
+def _one_line(text: str, limit: int = MAX_DETAIL_CHARS) -> str:
+    """Collapse whitespace to single spaces and cut the text at `limit` characters."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _json_path(parts: Iterable[str | int]) -> str:
+    """Where in a document a validation error is, as in `cells[2].source`."""
+    path = ""
+    for part in parts:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
+    return path
+
+
+def _schema_problem(book: dict[str, Any]) -> str | None:
+    """The first way a notebook breaks nbformat's schema, in one line; None when it is valid."""
+    # Imported here: nbformat's jsonschema takes seconds to import, and kernels import this module.
+    import nbformat
+    from nbformat.corpus.words import generate_corpus_id
+    from nbformat.validator import iter_validate
+
+    major, minor = book.get("nbformat"), book.get("nbformat_minor", 0)
+    if type(major) is not int or type(minor) is not int or major not in nbformat.versions:
+        return f"unknown nbformat version {_one_line(repr(major), 20)}.{_one_line(repr(minor), 20)}"
+    if (major, minor) >= (4, 5) and isinstance(book.get("cells"), list):
+        # As nbformat's own reader does: cells written without an id get one (the schema requires it).
+        for cell in book["cells"]:
+            if isinstance(cell, dict) and "id" not in cell:
+                cell["id"] = generate_corpus_id()
+    # fastjsonschema checks (nbformat's default); on a failure nbformat asks jsonschema for the message.
+    error = next(iter_validate(book), None)
+    if error is None:
+        return None
+    where = _json_path(getattr(error, "relative_path", ()))
+    return f"{where}: {_one_line(error.message)}" if where else _one_line(error.message)
+
+
+def read_notebook(path: str | Path) -> dict[str, Any]:
+    """Read a notebook file and check it against nbformat's schema; return it as nbformat 4 JSON.
+
+    Raise NotebookError, naming the file and the first problem, when it cannot be read or is not a
+    valid notebook. Every reader of notebooks in snapkernel goes through here.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise NotebookError(path, error.strerror or str(error), unreadable=True) from error
+    if not data.strip():
+        raise NotebookError(path, "the file is empty")
+    try:
+        book = json.loads(data.decode("utf-8-sig"))
+    except UnicodeDecodeError:
+        raise NotebookError(path, "it is not UTF-8 text") from None
+    except RecursionError:
+        raise NotebookError(path, "its JSON is nested too deeply") from None
+    except ValueError as error:
+        raise NotebookError(path, f"it is not JSON ({_one_line(str(error))})") from None
+    if not isinstance(book, dict):
+        kind = JSON_TYPES.get(type(book), type(book).__name__)
+        raise NotebookError(path, f"the top level is a JSON {kind}, not an object")
+    try:
+        problem = _schema_problem(book)
+    except RecursionError:
+        problem = "its JSON is nested too deeply"
+    if problem is not None:
+        raise NotebookError(path, problem)
+    if book["nbformat"] < 4:
+        import nbformat
+
+        book = nbformat.convert(nbformat.from_dict(book), 4)
+    return book
+
+
 def read_setup_section(path: str | Path) -> SetupSection | None:
-    """Read a notebook file from disk and return its setup section."""
-    with open(path, encoding="utf-8") as handle:
-        return setup_section_of(json.load(handle))
+    """Read a notebook file from disk and return its setup section; raise NotebookError if it is not valid."""
+    return setup_section_of(read_notebook(path))

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from engine import Manifest, RestoredTree, SnapshotStore
 
+from .builds import in_daemon_thread
 from .kernelapp import PipeChannel
 
 
@@ -83,7 +84,8 @@ class SparePool:
 
     def __init__(self) -> None:
         self._spares: dict[str, WaitingKernel] = {}
-        self._filling: dict[str, asyncio.Task[WaitingKernel]] = {}
+        self._filling: dict[str, asyncio.Task[WaitingKernel | None]] = {}
+        self._generation = 0  # discard_all() starts a new one: spares of an older one are killed on arrival
 
     @property
     def filling(self) -> bool:
@@ -108,26 +110,47 @@ class SparePool:
             except Exception:  # deleted or unreadable: its spare is of no more use
                 self._spares.pop(snapshot_id).discard()
 
-        async def restore_after_the_start_settles() -> WaitingKernel:
+        generation = self._generation
+
+        async def restore_after_the_start_settles() -> WaitingKernel | None:
             # The kernel just handed out runs its first cells now: a restore beside it would slow them.
             await asyncio.sleep(REFILL_DELAY_S)
-            return await asyncio.to_thread(restore_waiting, store, manifest, lazy=lazy, timeout=timeout)
+            if generation != self._generation:
+                return None  # discarded while it waited
+            return await in_daemon_thread(restore_waiting, store, manifest, lazy=lazy, timeout=timeout)
 
         task = asyncio.ensure_future(restore_after_the_start_settles())
         self._filling[manifest.id] = task
 
-        def settle(done: asyncio.Task[WaitingKernel]) -> None:
-            self._filling.pop(manifest.id, None)
-            if not done.cancelled() and done.exception() is None:
-                self._spares[manifest.id] = done.result()
+        def settle(done: asyncio.Task[WaitingKernel | None]) -> None:
+            if self._filling.get(manifest.id) is done:
+                del self._filling[manifest.id]
+            spare = None if done.cancelled() or done.exception() is not None else done.result()
+            if spare is None:
+                return
+            if generation != self._generation:
+                spare.discard()  # restored while discard_all() ran: nobody will take it
+            else:
+                self._spares[manifest.id] = spare
 
         task.add_done_callback(settle)
 
     def discard_all(self) -> None:
-        """Kill every spare."""
+        """Kill every spare; those being restored now are killed as soon as their restore ends."""
+        self._generation += 1
         for spare in self._spares.values():
             spare.discard()
         self._spares.clear()
+
+    async def close(self, timeout: float) -> None:
+        """Kill every spare and wait (at most `timeout` s) until those being restored are killed too."""
+        self.discard_all()
+        loop = asyncio.get_running_loop()
+        filling = [task for task in self._filling.values() if task.get_loop() is loop]
+        # A task of an event loop that has ended never settles: forget it, or its snapshot gets no spare again.
+        self._filling = {key: task for key, task in self._filling.items() if task.get_loop() is loop}
+        if filling:
+            await asyncio.wait(filling, timeout=timeout)
 
 
 spare_pool = SparePool()

@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from engine import Manifest, SnapshotStore
 from engine.inputs import changed_inputs
@@ -54,6 +55,35 @@ def _alive(pid: int) -> bool:
 SETUP_CHANGED = "setup cells changed since the snapshot"
 
 
+def snapshot_state(store: SnapshotStore, manifest: Manifest) -> tuple[str, list[str]]:
+    """One snapshot's state here (ready, stale, or unusable once a restore of it failed for good) and why."""
+    failure = store.unusable_reason(manifest.id)
+    if failure is not None:
+        return "unusable", [failure]
+    reasons = store.mismatches(manifest)
+    return ("stale" if reasons else "ready"), reasons
+
+
+def snapshot_summary(store: SnapshotStore, manifest: Manifest) -> dict[str, Any]:
+    """What `list --json` and the REST API say of one snapshot."""
+    state, reasons = snapshot_state(store, manifest)
+    return {
+        "id": manifest.id,
+        "state": state,
+        "reasons": reasons,
+        "setup_hash": manifest.key,
+        "notebook": manifest.labels.get("notebook"),
+        "created": manifest.created,
+        "size_bytes": manifest.size_bytes,
+        "rss_bytes": manifest.rss_bytes,
+        "hardware": manifest.hardware,
+        "environment": manifest.environment,
+        "versions": manifest.versions,
+        "labels": manifest.labels,
+        "stale": reasons if state == "stale" else [],
+    }
+
+
 def superseded_snapshot(store: SnapshotStore, notebook: str | Path, setup_hash: str) -> Manifest | None:
     """The newest snapshot of this notebook taken with other setup cells than `setup_hash`."""
     resolved = str(Path(notebook).resolve())
@@ -70,7 +100,7 @@ def input_changes(
 
 
 def notebook_state(store: SnapshotStore, notebook: str | Path) -> NotebookState:
-    """Work out the snapshot state of a notebook on disk."""
+    """Work out the snapshot state of a notebook on disk; raise NotebookError when it is not a valid notebook."""
     section = read_setup_section(notebook)
     if section is None:
         return NotebookState("none", reasons=["no setup cell is marked"])

@@ -8,7 +8,7 @@ import pytest
 
 from engine import SnapshotStore
 
-pytest_plugins = ("pytest_jupyter.jupyter_server", "tests.users")
+pytest_plugins = ("pytest_jupyter.jupyter_server", "tests.users", "tests.reliability.stores")
 
 
 @pytest.fixture

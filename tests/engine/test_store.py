@@ -37,7 +37,7 @@ def test_published_snapshot_layout_and_permissions(store: SnapshotStore, workloa
 
 def test_lookup_by_key_environment_and_hardware(store: SnapshotStore, workload: Workload) -> None:
     older = store.checkpoint(workload.pid, KEY)
-    newer = store.checkpoint(workload.pid, KEY)
+    newer = store.checkpoint(workload.pid, KEY, replace=False)
     store.checkpoint(workload.pid, "other-key")
     assert store.find(KEY) == newer
     assert store.find("missing-key") is None
@@ -69,7 +69,7 @@ def test_delete_and_busy_snapshot(store: SnapshotStore, workload: Workload) -> N
 
 
 def test_gc_by_age_and_quota_spares_busy_snapshots(store: SnapshotStore, workload: Workload) -> None:
-    first, second, third = (store.checkpoint(workload.pid, KEY) for _ in range(3))
+    first, second, third = (store.checkpoint(workload.pid, f"{KEY}-{index}") for index in range(3))
     long_ago = time.time() - 10 * 86400
     os.utime(store.snapshots_dir / first.id / ".lock", (long_ago, long_ago))
     assert store.gc(max_age_s=86400) == [first.id]
