@@ -15,6 +15,7 @@ from tornado.httpclient import HTTPClientError
 
 from engine import SnapshotStore
 from jupyter_snapkernel.api import MAX_BODY_BYTES
+from jupyter_snapkernel.builder import build_snapshot
 from jupyter_snapkernel.paths import open_store
 from tests.kernel.conftest import write_notebook
 from tests.reliability.test_bad_notebooks import BAD_NOTEBOOKS, symlink_loop, write_bad_notebook
@@ -211,15 +212,25 @@ async def test_deleting_an_unknown_snapshot_gets_404_without_the_store_path(
     assert server_errors == []
 
 
-async def test_the_snapshot_list_names_corrupt_entries_without_server_paths(
-    jp_fetch: Any, store: SnapshotStore, tmp_path: Path
+async def test_bad_store_entries_are_listed_corrupt_and_sessions_still_restore(
+    jp_fetch: Any, store: SnapshotStore, good: Path, open_session: Any, server_errors: list[logging.LogRecord]
 ) -> None:
-    """GET snapshots answers `corrupt`: the store's entries that are not valid snapshots, with reasons and no paths."""
-    junk = store.root / "snapshots" / "0123456789ab"
-    junk.mkdir(parents=True)
+    """A stray file and a garbage manifest beside a good snapshot: listed corrupt without paths, sessions restore."""
+    built = build_snapshot(good, store)
+    (store.snapshots_dir / "README").write_text("notes about my snapshots\n")
+    junk = store.snapshots_dir / "0123456789ab"
+    junk.mkdir()
     (junk / "manifest.json").write_text("{not json")
     listing = await api(jp_fetch, "snapshots")
-    assert listing["snapshots"] == []
-    expected = [entry.id for entry in getattr(store, "corrupt", list)()]
-    assert [entry["id"] for entry in listing["corrupt"]] == expected
-    assert str(tmp_path) not in json.dumps(listing["corrupt"])
+    assert [(entry["id"], entry["state"]) for entry in listing["snapshots"]] == [(built.id, "ready")]
+    assert {entry["id"]: entry["reason"] for entry in listing["corrupt"]} == {
+        "0123456789ab": "manifest.json: not valid JSON (Expecting property name enclosed in double quotes: "
+        "line 1 column 2 (char 1))",
+        "README": "a stray file, not a snapshot folder",
+    }
+    assert str(store.root) not in json.dumps(listing)
+    status = await api(jp_fetch, "status", params={"path": "good.ipynb"})
+    assert (status["state"], status["snapshot"]) == ("ready", built.id)
+    session = await open_session(good)
+    assert session.restored and await session.value("x") == 1
+    assert server_errors == []

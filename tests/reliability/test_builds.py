@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -189,3 +190,55 @@ def test_a_build_timeout_names_the_cell_and_the_limit(tmp_path: Path) -> None:
         "limit (SnapKernelSettings.build_timeout, or build --timeout) or make it faster"
     ]
     assert not [p for p in psutil.process_iter(["cmdline"]) if "--snapshot-build" in " ".join(p.info["cmdline"] or [])]
+
+
+def test_sigkill_of_the_server_during_a_build_leaves_no_kernel(tmp_path: Path) -> None:
+    """A server killed while its build runs a setup cell takes the build kernel with it."""
+    server = Server(tmp_path, {})
+    try:
+        write_notebook(server.root / "slow.ipynb", SLOW_SETUP, marked=0)
+        response = server.api("POST", "snapkernel/api/builds", json={"path": "slow.ipynb"})
+        assert response.status_code == 202, response.text
+        server.wait_until(lambda: server.processes("--snapshot-build"), 60, "the build kernel did not start")
+        tree = descendants(server.process.pid)
+        server.process.send_signal(signal.SIGKILL)
+        server.process.wait()
+        assert_all_gone(tree)
+    finally:
+        server.kill()
+
+
+def test_two_servers_building_one_notebook_at_once_both_report_one_snapshot(tmp_path: Path) -> None:
+    """Two servers on one store: the second build waits for the first and reports its snapshot as ready."""
+    store = tmp_path / "store"
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+    servers = [Server(tmp_path / name, {"SNAPKERNEL_STORE": str(store)}) for name in ("first", "second")]
+    first = servers[0]
+    try:
+        builds = []
+        for server in servers:
+            write_notebook(server.root / "twice.ipynb", ["import time\ntime.sleep(3)\nvalue = 21"], marked=0)
+            response = server.api("POST", "snapkernel/api/builds", json={"path": "twice.ipynb"})
+            assert response.status_code == 202, response.text
+            builds.append(response.json()["id"])
+            first.wait_until(lambda: first.processes("--snapshot-build"), 60, "the first build did not start")
+        finished = []
+        for server, build_id in zip(servers, builds, strict=True):
+            answer: dict[str, Any] = {}
+
+            def done(server: Server = server, build_id: str = build_id, answer: dict[str, Any] = answer) -> bool:
+                answer.update(server.api("GET", f"snapkernel/api/builds/{build_id}").json())
+                return answer["state"] != "building"
+
+            server.wait_until(done, 120, "a build did not finish")
+            finished.append(answer)
+        assert [build["state"] for build in finished] == ["ready", "ready"], finished
+        assert finished[0]["snapshot"] == finished[1]["snapshot"]
+        assert any("waiting for the build already running" in line for line in finished[1]["log"]), finished[1]
+        assert [manifest.id for manifest in open_store(store).list()] == [finished[0]["snapshot"]]
+        for server in servers:
+            server.terminate()
+    finally:
+        for server in servers:
+            server.kill()
