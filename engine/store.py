@@ -246,7 +246,7 @@ class SnapshotStore:
             _fsync_path(self.snapshots_dir)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
-            self._forget_verified(snapshot_id)
+            self.forget_verified(snapshot_id)
             raise
         finally:
             os.close(staging_lock)
@@ -473,8 +473,8 @@ class SnapshotStore:
             return  # nowhere private to remember: verify in full each time
         self._write_json(self.cache_dir / f"{snapshot_id}.json", verified, mode=0o600)
 
-    def _forget_verified(self, snapshot_id: str) -> None:
-        """Drop the hashes remembered for a snapshot that is gone."""
+    def forget_verified(self, snapshot_id: str) -> None:
+        """Drop the hashes remembered for a snapshot (gone, or to be hashed in full at its next verify)."""
         with suppress(OSError):
             (self.cache_dir / f"{snapshot_id}.json").unlink(missing_ok=True)
 
@@ -593,7 +593,7 @@ class SnapshotStore:
             shutil.rmtree(doomed, ignore_errors=True)
         else:
             doomed.unlink(missing_ok=True)
-        self._forget_verified(entry.name)
+        self.forget_verified(entry.name)
 
     def last_used(self, manifest: Manifest) -> float:
         """Return when a snapshot was last restored (or created), as a timestamp."""
