@@ -22,7 +22,24 @@ def digest(data: object) -> str:
 
 
 def distributions_digest() -> str:
-    """Hash the names and versions of every installed distribution."""
+    """Hash the names and versions of every installed distribution (recomputed only when the import path changed)."""
+    return _distributions_digest(_import_path_state())
+
+
+def _import_path_state() -> tuple[tuple[str, int], ...]:
+    """The import path's folders and their mtimes: installing or removing a distribution changes one of them."""
+    state = []
+    for entry in sys.path:
+        try:
+            state.append((entry, os.stat(entry or ".").st_mtime_ns))
+        except OSError:
+            continue
+    return tuple(state)
+
+
+@lru_cache(maxsize=4)
+def _distributions_digest(import_path_state: tuple[tuple[str, int], ...]) -> str:
+    """Hash the installed distributions' names and versions; `import_path_state` only keys the cache."""
     installed = sorted({f"{dist.metadata['Name']}=={dist.version}".lower() for dist in metadata.distributions()})
     return digest(installed)
 
