@@ -48,12 +48,11 @@ format: $(INSTALLED)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# Every figure beside its baseline, in one run (engine, example notebooks, 16 sessions through a
+# server, privilege modes from the machine-wide install): benchmarks/results/latest.json and .png.
 bench: setup
-	$(PY) benchmarks/engine_bench.py
-	$(VENV)/bin/jupyter snapkernel build --quiet examples/torch_setup.ipynb
-	$(VENV)/bin/jupyter snapkernel bench examples/torch_setup.ipynb --runs 5
 	@PREFIX=$(PREFIX) bash scripts/system-install.sh
-	$(PY) benchmarks/privilege_modes.py --prefix $(PREFIX) --runs 5
+	$(PY) benchmarks/report.py --prefix $(PREFIX)
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache

@@ -1,0 +1,545 @@
+"""`make bench`: each figure beside its baseline, measured in one run; writes results/latest.json and latest.png.
+
+Four parts: the engine alone (dump, sha256 and restore of processes holding 100 MB and 1 GB);
+`jupyter snapkernel bench` of the example notebooks (cold against restored, with and without spare
+kernels); 16 sessions of one notebook started at once through a real `jupyter server`, restored and
+cold; and, as root with a machine-wide install, `benchmarks/privilege_modes.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import requests
+from engine_bench import measure
+from jupyter_client import BlockingKernelClient
+
+from engine import SnapshotError, SnapshotStore
+from engine.criu import criu_version, find_criu
+from jupyter_snapkernel.headless import read_notebook
+from jupyter_snapkernel.setup_section import normalise, setup_section_of
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+JUPYTER = Path(sys.executable).with_name("jupyter")
+ENGINE_SIZES_MB = (100, 1000)
+NOTEBOOKS = ("numpy_setup.ipynb", "torch_setup.ipynb")
+CONCURRENT_NOTEBOOK = "numpy_setup.ipynb"
+TARGET_GBPS = 3.0  # restore throughput the engine aims at (issue 11)
+
+
+def command_output(command: list[str]) -> str | None:
+    """Stdout of a short command, stripped; None when it cannot run or fails."""
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False, cwd=REPO)
+    except OSError:
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def git_commit() -> str | None:
+    """The short commit of the checkout, with "-dirty" when the tree differs from it."""
+    commit = command_output(["git", "rev-parse", "--short", "HEAD"])
+    if commit is None:
+        return None
+    changes = command_output(["git", "--no-optional-locks", "status", "--porcelain"])
+    return f"{commit}-dirty" if changes else commit
+
+
+def machine_facts() -> dict[str, Any]:
+    """CPU model, cores, memory, kernel release, CRIU and GPU of this machine."""
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "")
+    meminfo = Path("/proc/meminfo").read_text()
+    mem_kb = next(int(line.split()[1]) for line in meminfo.splitlines() if line.startswith("MemTotal:"))
+    try:
+        binary = find_criu()
+        criu: dict[str, Any] = {"path": binary, "version": ".".join(map(str, criu_version(binary)))}
+    except SnapshotError as error:
+        criu = {"path": None, "version": None, "error": str(error)}
+    gpu = "none"
+    if shutil.which("nvidia-smi"):
+        query = ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"]
+        gpu = command_output(query) or "nvidia-smi failed"
+    return {
+        "cpu": model or platform.processor(),
+        "cores": os.cpu_count(),
+        "memory_gb": round(mem_kb * 1024 / 1e9, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "criu": criu,
+        "gpu": gpu,
+    }
+
+
+def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
+    """The median of each figure over the runs."""
+    return {name: statistics.median(run[name] for run in runs) for name in runs[0]}
+
+
+def engine_part(runs: int) -> list[dict[str, Any]]:
+    """engine_bench.measure for each size: medians, and the restore throughput in GB/s."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="snapkernel-bench-", dir="/var/tmp") as root:
+        store = SnapshotStore(Path(root))
+        for size_mb in ENGINE_SIZES_MB:
+            median = median_of([measure(store, size_mb) for _ in range(runs)])
+            gbps = median["image_mb"] / median["restore_s"] / 1000
+            rows.append({"size_mb": size_mb, "runs": runs, **median, "restore_gbps": round(gbps, 2)})
+    return rows
+
+
+def snapkernel(store: Path, *args: str, timeout: float = 1800) -> str:
+    """Run `jupyter snapkernel --store STORE ARGS` from the venv; return its stdout, or raise with its output."""
+    command = [str(JUPYTER), "snapkernel", "--store", str(store), *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"`jupyter snapkernel {' '.join(args)}` failed:\n{result.stdout}{result.stderr}")
+    return result.stdout
+
+
+def notebook_part(runs: int) -> list[dict[str, Any]]:
+    """Build each example's snapshot, then bench it with and without spare kernels (cold runs in the same call)."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="snapkernel-bench-store-", dir="/var/tmp") as store:
+        for name in NOTEBOOKS:
+            notebook = str(EXAMPLES / name)
+            started = time.perf_counter()
+            snapkernel(Path(store), "build", "--quiet", notebook)
+            build_s = time.perf_counter() - started
+            row: dict[str, Any] = {"notebook": name, "runs": runs, "build_s": round(build_s, 2)}
+            for key, extra in (("spares", []), ("no_spares", ["--no-spares"])):
+                result = json.loads(snapkernel(Path(store), "bench", notebook, "--runs", str(runs), "--json", *extra))
+                row[key] = {field: result[field] for field in ("cold_s", "restored_s", "ratio")}
+                row[key] |= {"cold_runs_s": result["cold_runs_s"], "restored_runs_s": result["restored_runs_s"]}
+            row["cold_s"] = statistics.median(row["spares"]["cold_runs_s"] + row["no_spares"]["cold_runs_s"])
+            rows.append(row)
+    return rows
+
+
+def free_port() -> int:
+    """A TCP port free on localhost now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Server:
+    """A `jupyter server` subprocess (as root, token auth) with the snapkernel extension, in a folder of its own."""
+
+    def __init__(self, folder: Path, store: Path, env: dict[str, str]) -> None:
+        """Start the server on `folder`/notebooks with the snapshot store `store`; wait until it answers."""
+        self.root = folder / "notebooks"
+        self.runtime = folder / "runtime"
+        self.log_path = folder / "server.log"
+        port, token = free_port(), secrets.token_hex(16)
+        self.url = f"http://127.0.0.1:{port}"
+        command = [
+            str(JUPYTER), "server", "--no-browser", "--allow-root", "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.port={port}", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={self.root}",
+        ]  # fmt: skip
+        environment = {
+            **os.environ,
+            "SNAPKERNEL_STORE": str(store),
+            "JUPYTER_RUNTIME_DIR": str(self.runtime),
+            "SNAPKERNEL_AUTO_BUILD": "0",
+            "SNAPKERNEL_SPARE_KERNELS": "0",
+            **env,
+        }
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                command, cwd=self.root, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self.http = requests.Session()
+        self.http.headers["Authorization"] = f"token {token}"
+        deadline = time.monotonic() + 60
+        while not self.answers():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"the jupyter server did not start:\n{self.log_tail()}")
+            time.sleep(0.1)
+
+    def answers(self) -> bool:
+        """Whether the server answers its status URL."""
+        try:
+            return self.http.get(f"{self.url}/api/status", timeout=1).ok
+        except requests.RequestException:
+            return False
+
+    def log_tail(self) -> str:
+        """The last lines of the server's output."""
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def api(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """An HTTP request to the server."""
+        return self.http.request(method, f"{self.url}/{path}", timeout=600, **kwargs)
+
+    def stop(self, sessions: list[str]) -> None:
+        """Delete the sessions, then SIGTERM the server (SIGKILL its process group if it lingers)."""
+        for session in sessions:
+            self.api("DELETE", f"api/sessions/{session}")
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        """Kill whatever is left of the server's process group."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+def run_all_sources(notebook: Path) -> list[str]:
+    """What Run All sends until the first reply after the setup cells: the setup cells, then the next cell."""
+    book = read_notebook(notebook)
+    section = setup_section_of(book)
+    sources = [normalise(cell.source) for cell in book.cells if cell.cell_type == "code"]
+    count = len(section.cells) if section else 0
+    return [*sources[:count], sources[count] if count < len(sources) else "pass"]
+
+
+def open_session(server: Server, name: str, sources: list[str], barrier: threading.Barrier) -> dict[str, Any]:
+    """POST a session of notebook `name` (after the barrier), then run `sources` in its kernel; return the times."""
+    barrier.wait()
+    posted = time.perf_counter()
+    body = {
+        "path": f"{name}-{secrets.token_hex(4)}",
+        "name": name,
+        "type": "notebook",
+        "kernel": {"name": "snapkernel"},
+    }
+    response = server.api("POST", "api/sessions", json=body)
+    created = time.perf_counter()
+    if response.status_code != 201:
+        raise RuntimeError(f"POST /api/sessions answered {response.status_code}: {response.text}")
+    session = response.json()
+    client = BlockingKernelClient()
+    client.load_connection_file(str(server.runtime / f"kernel-{session['kernel']['id']}.json"))
+    client.start_channels()
+    try:
+        for source in sources:
+            reply = client.execute(source, reply=True, timeout=600)
+            if reply["content"]["status"] != "ok":
+                raise RuntimeError(f"a cell failed in a session: {reply['content'].get('evalue')}")
+    finally:
+        client.stop_channels()
+    replied = time.perf_counter()
+    return {
+        "session": session["id"],
+        "kernel": session["kernel"]["id"],
+        "posted": posted,
+        "created": created,
+        "replied": replied,
+    }
+
+
+def concurrent_run(folder: Path, store: Path, sessions: int, env: dict[str, str]) -> dict[str, Any]:
+    """Start `sessions` sessions at once on a fresh server; time the 201s and the first replies after setup."""
+    server = Server(folder, store, env)
+    opened: list[dict[str, Any]] = []
+    try:
+        sources = run_all_sources(server.root / CONCURRENT_NOTEBOOK)
+        barrier = threading.Barrier(sessions)
+        with ThreadPoolExecutor(max_workers=sessions) as pool:
+            futures = [
+                pool.submit(open_session, server, CONCURRENT_NOTEBOOK, sources, barrier) for _ in range(sessions)
+            ]
+            opened = [future.result() for future in futures]
+        starts = Counter(server.api("GET", f"snapkernel/api/kernels/{row['kernel']}").json()["start"] for row in opened)
+    except Exception as error:
+        raise RuntimeError(f"{error}\nserver log:\n{server.log_tail()}") from error
+    finally:
+        try:
+            server.stop([row["session"] for row in opened])
+        finally:
+            server.kill()
+    first = min(row["posted"] for row in opened)
+    return {
+        "sessions": sessions,
+        "all_created_s": round(max(row["created"] for row in opened) - first, 3),
+        "median_created_s": round(statistics.median(row["created"] - row["posted"] for row in opened), 3),
+        "all_replied_s": round(max(row["replied"] for row in opened) - first, 3),
+        "median_replied_s": round(statistics.median(row["replied"] - row["posted"] for row in opened), 3),
+        "starts": dict(starts),
+        "all_restored": starts.get("restored", 0) == sessions,
+    }
+
+
+def concurrent_part(sessions: int) -> dict[str, Any]:
+    """`sessions` sessions of one notebook through a real server: restored (snapshot built first), then all cold."""
+    with tempfile.TemporaryDirectory(prefix="snapkernel-bench-server-", dir="/var/tmp") as tmp:
+        folder = Path(tmp)
+        store = folder / "store"
+        for kind in ("restored", "cold"):
+            (folder / kind / "notebooks").mkdir(parents=True)
+            shutil.copy(EXAMPLES / CONCURRENT_NOTEBOOK, folder / kind / "notebooks" / CONCURRENT_NOTEBOOK)
+        snapkernel(store, "build", "--quiet", str(folder / "restored" / "notebooks" / CONCURRENT_NOTEBOOK))
+        restored = concurrent_run(folder / "restored", store, sessions, {})
+        cold = concurrent_run(folder / "cold", store, sessions, {"SNAPKERNEL_ENABLED": "0"})
+    return {
+        "notebook": CONCURRENT_NOTEBOOK,
+        "measured": "from the first POST /api/sessions: until the last 201 (created), and until every kernel "
+        "answered the setup cells and the cell after them, as Run All sends them (replied)",
+        "restored": restored,
+        "cold": cold,
+        "ratio": round(cold["all_replied_s"] / restored["all_replied_s"], 2),
+    }
+
+
+def privilege_part(prefix: Path, runs: int, quick: bool) -> dict[str, Any]:
+    """benchmarks/privilege_modes.py as a subprocess, or why it was skipped."""
+    if quick:
+        return {"skipped": "--quick"}
+    if os.geteuid() != 0:
+        return {"skipped": "not root: it creates users"}
+    if not (prefix / "bin" / "jupyter").exists():
+        return {"skipped": f"no machine-wide install: {prefix / 'bin' / 'jupyter'} is missing (make system-install)"}
+    command = [sys.executable, str(REPO / "benchmarks" / "privilege_modes.py"), "--prefix", str(prefix)]
+    command += ["--runs", str(runs), "--json"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=3600, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"privilege_modes.py failed:\n{result.stdout}{result.stderr}")
+    return {"prefix": str(prefix), "runs": runs, "rows": json.loads(result.stdout)}
+
+
+def attempt(results: dict[str, Any], section: str, function: Callable[[], Any]) -> None:
+    """Run one part into `results[section]`, timed; a failure is recorded there (and the other parts still run)."""
+    print(f"[bench] {section}…", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    try:
+        results[section] = function()
+    except Exception as error:
+        results[section] = {"error": f"{type(error).__name__}: {error}"}
+        print(f"[bench] {section} failed: {error}", file=sys.stderr, flush=True)
+    results.setdefault("part_seconds", {})[section] = round(time.perf_counter() - started, 1)
+
+
+def grid(header: list[str], rows: list[list[str]]) -> list[str]:
+    """Rows aligned in columns under their header: the first column to the left, the others to the right."""
+    table = [header, *rows]
+    widths = [max(len(row[column]) for row in table) for column in range(len(header))]
+    return [
+        "  ".join(
+            cell.ljust(width) if column == 0 else cell.rjust(width)
+            for column, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in table
+    ]
+
+
+def table(results: dict[str, Any]) -> str:
+    """The figures as a compact text table."""
+    machine = results["machine"]
+    lines = [
+        f"{results['date']}  commit {results['commit']}  {machine['cpu']} ({machine['cores']} cores), "
+        f"{machine['memory_gb']} GB, Linux {machine['kernel']}, CRIU {machine['criu']['version']}, "
+        f"GPU {machine['gpu']}",
+        "",
+    ]
+    engine = results["engine"]
+    if isinstance(engine, dict):
+        lines.append(f"engine: {engine['error']}")
+    else:
+        header = [f"engine, median of {engine[0]['runs']}", "image", "dump", "sha256", "restore", "restore GB/s"]
+        rows = [
+            [
+                f"process holding {row['size_mb']} MB",
+                f"{row['image_mb']:.0f} MB",
+                f"{row['dump_s']:.2f} s",
+                f"{row['verify_s']:.2f} s",
+                f"{row['restore_s']:.2f} s",
+                f"{row['restore_gbps']:.2f}",
+            ]
+            for row in engine
+        ]
+        lines += grid(header, rows)
+    lines.append("")
+    notebooks = results["notebooks"]
+    if isinstance(notebooks, dict):
+        lines.append(f"notebooks: {notebooks['error']}")
+    else:
+        header = [f"notebook, median of {notebooks[0]['runs']}", "cold", "spare", "ratio", "restore", "ratio", "build"]
+        rows = [
+            [
+                row["notebook"],
+                f"{row['cold_s']:.2f} s",
+                f"{row['spares']['restored_s']:.2f} s",
+                f"{row['spares']['ratio']:.1f}x",
+                f"{row['no_spares']['restored_s']:.2f} s",
+                f"{row['no_spares']['ratio']:.1f}x",
+                f"{row['build_s']:.1f} s",
+            ]
+            for row in notebooks
+        ]
+        lines += grid(header, rows)
+    lines.append("")
+    concurrent = results["concurrent"]
+    if "error" in concurrent:
+        lines.append(f"concurrent: {concurrent['error']}")
+    else:
+        header = [
+            f"{concurrent['restored']['sessions']} sessions of {concurrent['notebook']} at once",
+            "all 201",
+            "median 201",
+            "all replied",
+            "median replied",
+            "starts",
+        ]
+        rows = [
+            [
+                kind,
+                f"{concurrent[kind]['all_created_s']:.2f} s",
+                f"{concurrent[kind]['median_created_s']:.2f} s",
+                f"{concurrent[kind]['all_replied_s']:.2f} s",
+                f"{concurrent[kind]['median_replied_s']:.2f} s",
+                ", ".join(f"{count} {start}" for start, count in concurrent[kind]["starts"].items()),
+            ]
+            for kind in ("restored", "cold")
+        ]
+        lines += grid(header, rows)
+        lines.append(f"cold / restored, all replied: {concurrent['ratio']:.1f}x")
+    lines.append("")
+    privilege = results["privilege_modes"]
+    if "rows" not in privilege:
+        lines.append(f"privilege modes: {privilege.get('skipped') or privilege.get('error')}")
+    else:
+        header = [f"torch_setup.ipynb by mode, median of {privilege['runs']}", "cold", "spare", "ratio"]
+        header += ["restore", "ratio"]
+        rows = [
+            [
+                row["mode"],
+                f"{row['cold_s']:.2f} s",
+                f"{row['spare_s']:.2f} s",
+                f"{row['spare_ratio']:.1f}x",
+                f"{row['restore_s']:.2f} s",
+                f"{row['restore_ratio']:.1f}x",
+            ]
+            for row in privilege["rows"]
+        ]
+        lines += grid(header, rows)
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """Two panels: cold against restored starts of each notebook; restore time against image size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), width_ratios=[1.2, 1])
+    notebooks = results["notebooks"]
+    if isinstance(notebooks, list):
+        width = 0.26
+        kinds = [
+            ("cold", "#9e9e9e", lambda row: row["cold_s"], None),
+            ("restored, spare kernel", "#1f77b4", lambda row: row["spares"]["restored_s"], "spares"),
+            ("restored at start (no spares)", "#ff7f0e", lambda row: row["no_spares"]["restored_s"], "no_spares"),
+        ]
+        for offset, (label, color, value, key) in enumerate(kinds):
+            xs = [index + (offset - 1) * width for index in range(len(notebooks))]
+            heights = [value(row) for row in notebooks]
+            bars = left.bar(xs, heights, width, label=label, color=color)
+            texts = [
+                f"{height:.2f} s" if key is None else f"{row[key]['ratio']:.1f}×"
+                for row, height in zip(notebooks, heights, strict=True)
+            ]
+            left.bar_label(bars, texts, padding=2, fontsize=9)
+        left.set_xticks(range(len(notebooks)), [row["notebook"] for row in notebooks])
+        left.set_ylabel("seconds to the first reply after the setup cells")
+        left.set_title(f"Cold against restored starts (median of {notebooks[0]['runs']})")
+        left.margins(y=0.15)
+        left.legend(frameon=False, fontsize=9)
+    else:
+        left.text(0.5, 0.5, "notebook bench failed", ha="center", transform=left.transAxes)
+    engine = results["engine"]
+    if isinstance(engine, list):
+        sizes = [row["image_mb"] for row in engine]
+        times = [row["restore_s"] for row in engine]
+        right.plot(sizes, times, "o-", color="#1f77b4", label="restore (median)")
+        for size, seconds, row in zip(sizes, times, engine, strict=True):
+            right.annotate(
+                f"{seconds:.2f} s, {row['restore_gbps']:.1f} GB/s",
+                (size, seconds),
+                textcoords="offset points",
+                xytext=(8, -4),
+                va="center",
+                fontsize=9,
+            )
+        top = max(sizes) * 1.15
+        right.plot(
+            [0, top], [0, top / (TARGET_GBPS * 1000)], "--", color="#2ca02c", label=f"target: {TARGET_GBPS:g} GB/s"
+        )
+        right.set_xlim(0, top)
+        right.set_ylim(0, max(*times, top / (TARGET_GBPS * 1000)) * 1.2)
+        right.set_xlabel("image size (MB)")
+        right.set_ylabel("restore time (s)")
+        right.set_title(f"Engine restore time against image size (median of {engine[0]['runs']})")
+        right.legend(frameon=False, fontsize=9, loc="upper left")
+    else:
+        right.text(0.5, 0.5, "engine bench failed", ha="center", transform=right.transAxes)
+    for axes in (left, right):
+        axes.spines[["top", "right"]].set_visible(False)
+    machine = results["machine"]
+    title = f"snapkernel {results['commit']}, {results['date'][:10]}: {machine['cpu']}, {machine['cores']} cores"
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main() -> int:
+    """Run every part, print the table, write latest.json and latest.png; exit 1 if a part failed."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prefix", type=Path, default=Path("/opt/snapkernel"), help="the machine-wide install")
+    parser.add_argument("--runs", type=int, default=3, help="runs of each measurement (medians are reported)")
+    parser.add_argument("--sessions", type=int, default=16, help="sessions started at once through the server")
+    parser.add_argument("--quick", action="store_true", help="1 run each, no privilege modes: a fast self-check")
+    parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results", help="folder for latest.*")
+    args = parser.parse_args()
+    runs = 1 if args.quick else args.runs
+    started = time.perf_counter()
+    results: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "commit": git_commit(),
+        "machine": machine_facts(),
+        "quick": args.quick,
+        "runs": runs,
+    }
+    attempt(results, "engine", lambda: engine_part(runs))
+    attempt(results, "notebooks", lambda: notebook_part(runs))
+    attempt(results, "concurrent", lambda: concurrent_part(args.sessions))
+    attempt(results, "privilege_modes", lambda: privilege_part(args.prefix, runs, args.quick))
+    results["total_s"] = round(time.perf_counter() - started, 1)
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
+    plot(results, args.output / "latest.png")
+    print(table(results))
+    print(f"\n{results['total_s']:.0f} s; wrote {args.output / 'latest.json'} and {args.output / 'latest.png'}")
+    failed = [name for name in ("engine", "notebooks", "concurrent", "privilege_modes") if "error" in results[name]]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
