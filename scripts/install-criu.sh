@@ -1,18 +1,15 @@
 #!/usr/bin/env bash
 # Provide CRIU >= 4.0 and pycriu: the system's CRIU when new enough and `criu check` passes,
-# otherwise a build of Debian's source package into build/criu (binary lands in .venv/bin), with the
-# patches of scripts/criu-patches applied (a change of them rebuilds it).
+# otherwise a build of Debian's source package into build/criu (binary lands in .venv/bin).
 set -euo pipefail
 
 CRIU_VERSION="${CRIU_VERSION:-4.2.1}"
 VENV="${VENV:-.venv}"
 BUILD="build/criu"
 SRC="$BUILD/criu-$CRIU_VERSION"
-PATCHES="$(dirname "$0")/criu-patches"
-PATCHES_ID="$(cat "$PATCHES"/*.patch 2>/dev/null | sha256sum | cut -c1-16)"
 BUILD_DEPS="build-essential libbsd-dev libcap-dev libgnutls28-dev libnet1-dev libnftables-dev \
 libnl-3-dev libprotobuf-c-dev libprotobuf-dev pkg-config protobuf-c-compiler protobuf-compiler \
-uuid-dev python3-protobuf iproute2 xz-utils patch"
+uuid-dev python3-protobuf iproute2 xz-utils"
 
 log() { printf '[install-criu] %s\n' "$*"; }
 
@@ -45,10 +42,7 @@ install_build_deps() {
 }
 
 fetch_source() {
-  if [ -d "$SRC" ] && [ "$(cat "$SRC/.snapkernel-patches" 2>/dev/null)" = "$PATCHES_ID" ]; then
-    return 0
-  fi
-  rm -rf "$SRC"  # unpatched, or patched differently: start again from the tarball
+  [ -d "$SRC" ] && return 0
   mkdir -p "$BUILD"
   local tarball
   tarball="$(ls "$BUILD"/criu_"$CRIU_VERSION".orig.tar.* 2>/dev/null | head -n1 || true)"
@@ -68,12 +62,6 @@ fetch_source() {
   fi
   log "unpacking $tarball"
   tar -C "$BUILD" -xf "$tarball"
-  for patch_file in "$PATCHES"/*.patch; do
-    [ -e "$patch_file" ] || continue
-    log "applying $(basename "$patch_file")"
-    patch -d "$SRC" -p1 --quiet <"$patch_file"
-  done
-  echo "$PATCHES_ID" >"$SRC/.snapkernel-patches"
 }
 
 build_criu() {
@@ -87,8 +75,7 @@ build_criu() {
 main() {
   local system_criu
   system_criu="$(command -v criu || true)"
-  if [ -x "$VENV/bin/criu" ] && criu_ok "$VENV/bin/criu" &&
-    { [ -L "$VENV/bin/criu" ] || [ "$(cat "$VENV/bin/.criu-patches" 2>/dev/null)" = "$PATCHES_ID" ]; }; then
+  if [ -x "$VENV/bin/criu" ] && criu_ok "$VENV/bin/criu"; then
     log "using $VENV/bin/criu ($("$VENV/bin/criu" --version | head -n1))"
   elif [ -n "$system_criu" ] && criu_ok "$system_criu"; then
     log "using system CRIU $system_criu"
@@ -98,7 +85,6 @@ main() {
     fetch_source
     build_criu
     install -m 0755 "$SRC/criu/criu" "$VENV/bin/criu"
-    echo "$PATCHES_ID" >"$VENV/bin/.criu-patches"
     criu_ok "$VENV/bin/criu" || { "$VENV/bin/criu" check || true; log "criu check failed"; exit 1; }
     log "installed $VENV/bin/criu ($("$VENV/bin/criu" --version | head -n1))"
   fi
