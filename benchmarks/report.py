@@ -14,8 +14,6 @@ import os
 import platform
 import secrets
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,9 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import requests
 from engine_bench import measure
-from jupyter_client import BlockingKernelClient
 
 from engine import SnapshotError, SnapshotStore
 from engine.criu import criu_version, find_criu
@@ -39,6 +35,9 @@ from jupyter_snapkernel.headless import read_notebook
 from jupyter_snapkernel.setup_section import normalise, setup_section_of
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the tests' harness of a real jupyter server serves the benchmark too
+from tests.servers import LocalServer  # noqa: E402
+
 EXAMPLES = REPO / "examples"
 JUPYTER = Path(sys.executable).with_name("jupyter")
 ENGINE_SIZES_MB = (100, 1000)
@@ -136,78 +135,12 @@ def notebook_part(runs: int) -> list[dict[str, Any]]:
     return rows
 
 
-def free_port() -> int:
-    """A TCP port free on localhost now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class Server:
-    """A `jupyter server` subprocess (as root, token auth) with the snapkernel extension, in a folder of its own."""
-
-    def __init__(self, folder: Path, store: Path, env: dict[str, str]) -> None:
-        """Start the server on `folder`/notebooks with the snapshot store `store`; wait until it answers."""
-        self.root = folder / "notebooks"
-        self.runtime = folder / "runtime"
-        self.log_path = folder / "server.log"
-        port, token = free_port(), secrets.token_hex(16)
-        self.url = f"http://127.0.0.1:{port}"
-        command = [
-            str(JUPYTER), "server", "--no-browser", "--allow-root", "--ServerApp.ip=127.0.0.1",
-            f"--ServerApp.port={port}", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={self.root}",
-        ]  # fmt: skip
-        environment = {
-            **os.environ,
-            "SNAPKERNEL_STORE": str(store),
-            "JUPYTER_RUNTIME_DIR": str(self.runtime),
-            "SNAPKERNEL_AUTO_BUILD": "0",
-            "SNAPKERNEL_SPARE_KERNELS": "0",
-            **env,
-        }
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                command, cwd=self.root, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        self.http = requests.Session()
-        self.http.headers["Authorization"] = f"token {token}"
-        deadline = time.monotonic() + 60
-        while not self.answers():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.kill()
-                raise RuntimeError(f"the jupyter server did not start:\n{self.log_tail()}")
-            time.sleep(0.1)
-
-    def answers(self) -> bool:
-        """Whether the server answers its status URL."""
-        try:
-            return self.http.get(f"{self.url}/api/status", timeout=1).ok
-        except requests.RequestException:
-            return False
-
-    def log_tail(self) -> str:
-        """The last lines of the server's output."""
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def api(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        """An HTTP request to the server."""
-        return self.http.request(method, f"{self.url}/{path}", timeout=600, **kwargs)
-
-    def stop(self, sessions: list[str]) -> None:
-        """Delete the sessions, then SIGTERM the server (SIGKILL its process group if it lingers)."""
-        for session in sessions:
-            self.api("DELETE", f"api/sessions/{session}")
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
-    def kill(self) -> None:
-        """Kill whatever is left of the server's process group."""
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+def stop(server: LocalServer, sessions: list[str]) -> None:
+    """Delete the sessions, then SIGTERM the server (SIGKILL its process group if it lingers)."""
+    for session in sessions:
+        server.api("DELETE", f"api/sessions/{session}")
+    server.terminate()
+    server.kill()
 
 
 def run_all_sources(notebook: Path) -> list[str]:
@@ -219,7 +152,7 @@ def run_all_sources(notebook: Path) -> list[str]:
     return [*sources[:count], sources[count] if count < len(sources) else "pass"]
 
 
-def open_session(server: Server, name: str, sources: list[str], barrier: threading.Barrier) -> dict[str, Any]:
+def open_session(server: LocalServer, name: str, sources: list[str], barrier: threading.Barrier) -> dict[str, Any]:
     """POST a session of notebook `name` (after the barrier), then run `sources` in its kernel; return the times."""
     barrier.wait()
     posted = time.perf_counter()
@@ -229,13 +162,12 @@ def open_session(server: Server, name: str, sources: list[str], barrier: threadi
         "type": "notebook",
         "kernel": {"name": "snapkernel"},
     }
-    response = server.api("POST", "api/sessions", json=body)
+    response = server.api("POST", "api/sessions", json=body, timeout=600)
     created = time.perf_counter()
     if response.status_code != 201:
         raise RuntimeError(f"POST /api/sessions answered {response.status_code}: {response.text}")
     session = response.json()
-    client = BlockingKernelClient()
-    client.load_connection_file(str(server.runtime / f"kernel-{session['kernel']['id']}.json"))
+    client = server.client(session["kernel"]["id"])
     client.start_channels()
     try:
         for source in sources:
@@ -256,7 +188,7 @@ def open_session(server: Server, name: str, sources: list[str], barrier: threadi
 
 def concurrent_run(folder: Path, store: Path, sessions: int, env: dict[str, str]) -> dict[str, Any]:
     """Start `sessions` sessions at once on a fresh server; time the 201s and the first replies after setup."""
-    server = Server(folder, store, env)
+    server = LocalServer(folder, {**env, "SNAPKERNEL_STORE": str(store)})
     opened: list[dict[str, Any]] = []
     try:
         sources = run_all_sources(server.root / CONCURRENT_NOTEBOOK)
@@ -268,10 +200,10 @@ def concurrent_run(folder: Path, store: Path, sessions: int, env: dict[str, str]
             opened = [future.result() for future in futures]
         starts = Counter(server.api("GET", f"snapkernel/api/kernels/{row['kernel']}").json()["start"] for row in opened)
     except Exception as error:
-        raise RuntimeError(f"{error}\nserver log:\n{server.log_tail()}") from error
+        raise RuntimeError(f"{error}\nserver log:\n{server.log()[-4000:]}") from error
     finally:
         try:
-            server.stop([row["session"] for row in opened])
+            stop(server, [row["session"] for row in opened])
         finally:
             server.kill()
     first = min(row["posted"] for row in opened)

@@ -8,7 +8,6 @@ import os
 import pwd
 import secrets
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -22,6 +21,7 @@ import requests
 from jupyter_client import BlockingKernelClient
 
 from tests.kernel.conftest import write_notebook
+from tests.servers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 # A prefix of its own, so the tests never touch an admin's /opt/snapkernel.
@@ -39,13 +39,6 @@ def system_prefix() -> Path:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return PREFIX
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass

@@ -18,8 +18,7 @@ from engine import SnapshotNotFound
 from jupyter_snapkernel.paths import open_store
 from tests.cli.test_run import JUPYTER, build, run_json, snapkernel
 from tests.kernel.conftest import write_notebook
-
-from .test_shutdown import Server
+from tests.servers import LocalServer
 
 SLOW_SETUP = ["import time\ntime.sleep(60)"]
 BIG_SETUP = ["import numpy as np\nbig = np.ones(60_000_000)  # 480 MB to dump"]
@@ -93,7 +92,7 @@ def test_sigkill_in_the_middle_of_a_dump_leaves_nothing_after_gc_or_a_server_sta
         collected = snapkernel("gc", store=store)
         assert collected.returncode == 0, collected.stderr
     else:
-        server = Server(tmp_path, {})
+        server = LocalServer(tmp_path, {})
         try:
             server.wait_until(lambda: not any(staging.iterdir()), 30, "the server did not remove the leftover")
             server.terminate()
@@ -194,7 +193,7 @@ def test_a_build_timeout_names_the_cell_and_the_limit(tmp_path: Path) -> None:
 
 def test_sigkill_of_the_server_during_a_build_leaves_no_kernel(tmp_path: Path) -> None:
     """A server killed while its build runs a setup cell takes the build kernel with it."""
-    server = Server(tmp_path, {})
+    server = LocalServer(tmp_path, {})
     try:
         write_notebook(server.root / "slow.ipynb", SLOW_SETUP, marked=0)
         response = server.api("POST", "snapkernel/api/builds", json={"path": "slow.ipynb"})
@@ -213,7 +212,7 @@ def test_two_servers_building_one_notebook_at_once_both_report_one_snapshot(tmp_
     store = tmp_path / "store"
     for name in ("first", "second"):
         (tmp_path / name).mkdir()
-    servers = [Server(tmp_path / name, {"SNAPKERNEL_STORE": str(store)}) for name in ("first", "second")]
+    servers = [LocalServer(tmp_path / name, {"SNAPKERNEL_STORE": str(store)}) for name in ("first", "second")]
     first = servers[0]
     try:
         builds = []
@@ -227,7 +226,7 @@ def test_two_servers_building_one_notebook_at_once_both_report_one_snapshot(tmp_
         for server, build_id in zip(servers, builds, strict=True):
             answer: dict[str, Any] = {}
 
-            def done(server: Server = server, build_id: str = build_id, answer: dict[str, Any] = answer) -> bool:
+            def done(server: LocalServer = server, build_id: str = build_id, answer: dict[str, Any] = answer) -> bool:
                 answer.update(server.api("GET", f"snapkernel/api/builds/{build_id}").json())
                 return answer["state"] != "building"
 

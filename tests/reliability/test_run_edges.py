@@ -17,15 +17,16 @@ import pytest
 from jupyter_snapkernel.provisioner import SPARES_ENV_VAR
 from tests.cli.test_run import JUPYTER, SETUP, build, helper_processes, outputs, snapkernel
 from tests.kernel.conftest import write_notebook
-from tests.reliability.test_shutdown import RESTORE_HELPER, Server
+from tests.reliability.test_shutdown import RESTORE_HELPER
+from tests.servers import LocalServer
 
 KERNEL_WARNING = "Kernel is running over TCP without encryption"  # ipykernel's own line at every start
 
 
 @pytest.fixture
-def spare_server(tmp_path: Path) -> Iterator[Server]:
+def spare_server(tmp_path: Path) -> Iterator[LocalServer]:
     """A jupyter server with spare kernels on; killed after the test."""
-    server = Server(tmp_path, {SPARES_ENV_VAR: "1"})
+    server = LocalServer(tmp_path, {SPARES_ENV_VAR: "1"})
     yield server
     server.kill()
 
@@ -137,7 +138,7 @@ def test_bench_with_spare_kernels_ends_without_traceback_and_leaves_no_kernel(tm
     assert helper_processes(store) == []
 
 
-def test_killed_spare_kernel_is_replaced_without_traceback(spare_server: Server) -> None:
+def test_killed_spare_kernel_is_replaced_without_traceback(spare_server: LocalServer) -> None:
     """A spare kernel killed while it waits: the next start restores anew, and the server logs no traceback."""
     server = spare_server
     build(write_notebook(server.root / "spare.ipynb", SETUP, marked=0), server.store)
