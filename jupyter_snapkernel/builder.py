@@ -37,10 +37,6 @@ class BuildError(SnapshotError):
     """The setup cells failed, a hook failed, or the checkpoint was refused."""
 
 
-class BuildInProgress(BuildError):
-    """Another build for the same setup section is running."""
-
-
 class BuildTimeout(BuildError):
     """The build ran past its time limit."""
 
@@ -115,16 +111,14 @@ def build_snapshot(
     progress: Progress | None = None,
     timeout: float = DEFAULT_BUILD_TIMEOUT_S,
     gpu_state: bool | None = None,
-    wait: bool = True,
     cancel: threading.Event | None = None,
 ) -> Manifest:
     """Build and publish the snapshot of a notebook's setup section; raise BuildError on failure.
 
     `gpu_state` None takes the notebook's own choice (metadata ``snapkernel.gpu_state``), else
     $SNAPKERNEL_GPU_STATE, else includes GPU state. When another process is building the same
-    setup section, `wait` waits for that build and returns its snapshot (or fails with its error);
-    without `wait` that raises BuildInProgress. Setting `cancel` stops the build kernel within
-    0.1 s while it runs the setup cells (a BuildError).
+    setup section, this waits for that build and returns its snapshot (or fails with its error).
+    Setting `cancel` stops the build kernel within 0.2 s while it runs the setup cells (BuildCancelled).
     """
     notebook = Path(notebook).resolve()
     if gpu_state is None:
@@ -136,7 +130,7 @@ def build_snapshot(
     builds_dir(store).mkdir(mode=0o700, exist_ok=True)
     lock_fd = os.open(builds_dir(store) / f"{section.setup_hash}.lock", os.O_CREAT | os.O_RDWR, 0o600)
     try:
-        other_build = _other_build_result(lock_fd, notebook, store, section, progress, timeout, wait, cancel)
+        other_build = _other_build_result(lock_fd, notebook, store, section, progress, timeout, cancel)
         if other_build is not None:
             return other_build
         _write_record(store, section.setup_hash, state="building", pid=os.getpid(), started=time.time())
@@ -171,25 +165,20 @@ def _other_build_result(
     section: SetupSection,
     progress: Progress | None,
     timeout: float,
-    wait: bool,
     cancel: threading.Event | None,
 ) -> Manifest | None:
     """Take the setup section's build lock; if another process held it, return what its build published."""
-    try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return None
-    except BlockingIOError:
-        if not wait:
-            raise BuildInProgress(f"a snapshot of {notebook.name} is already being built") from None
-    waiting_since = time.time()
-    if progress is not None:
-        progress({"event": "waiting"})
+    waiting_since: float | None = None
     deadline = time.monotonic() + timeout
     while True:
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             break
         except BlockingIOError:
+            if waiting_since is None:  # another process builds these cells: wait for it
+                waiting_since = time.time()
+                if progress is not None:
+                    progress({"event": "waiting"})
             if cancel is not None and cancel.is_set():
                 raise BuildCancelled("the build was cancelled while it waited for another build") from None
             if time.monotonic() > deadline:
@@ -198,6 +187,8 @@ def _other_build_result(
                     "wait for it, or stop it and build again"
                 ) from None
             time.sleep(WAIT_POLL_S)
+    if waiting_since is None:
+        return None
     published = store.find(section.setup_hash)
     if published is not None and datetime.fromisoformat(published.created).timestamp() >= waiting_since - 1:
         return published
