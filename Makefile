@@ -10,7 +10,7 @@ PREFIX ?= /opt/snapkernel
 .PHONY: setup run demo test lint format bench clean system-install
 
 setup: $(INSTALLED) $(PROXY)
-	@bash scripts/install-criu.sh
+	@$(VENV)/bin/jupyter snapkernel install-criu --prefix $(VENV) --build-dir build/criu
 	@bash scripts/install-chromium.sh
 	@bash scripts/install-podman.sh
 
@@ -19,7 +19,7 @@ $(PROXY):
 	@mkdir -p build/node
 	@npm install --silent --no-audit --no-fund --prefix build/node configurable-http-proxy@4
 
-$(INSTALLED): pyproject.toml labextension/package.json $(wildcard labextension/src/*.ts labextension/style/*)
+$(INSTALLED): pyproject.toml labextension/package.json $(wildcard labextension/src/*.ts labextension/src/*.tsx labextension/style/* labextension/schema/*.json)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip setuptools wheel
 	@$(PY) -m pip install -q -e ".[test,examples]"
@@ -43,10 +43,13 @@ test: setup lint
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	cd labextension && ../$(VENV)/bin/jlpm install --immutable >/dev/null && ../$(VENV)/bin/jlpm run lint:check
 
 format: $(INSTALLED)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+	cd labextension && ../$(VENV)/bin/jlpm run lint
 
 # Every figure beside its baseline, in one run (engine, example notebooks, 16 sessions through a
 # server, privilege modes from the machine-wide install): benchmarks/results/latest.json and .png.

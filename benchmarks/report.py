@@ -29,10 +29,10 @@ from typing import Any
 
 from engine_bench import measure
 
-from engine import SnapshotError, SnapshotStore
-from engine.criu import criu_version, find_criu
 from jupyter_snapkernel.headless import read_notebook
 from jupyter_snapkernel.setup_section import normalise, setup_section_of
+from snapkernel_engine import SnapshotError, SnapshotStore
+from snapkernel_engine.criu import criu_version, find_criu
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the tests' harness of a real jupyter server serves the benchmark too

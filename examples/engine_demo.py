@@ -8,7 +8,7 @@ import sys
 import tempfile
 import time
 
-from engine import SnapshotStore
+from snapkernel_engine import SnapshotStore
 
 WORKER = r"""
 import sys, time
@@ -33,7 +33,7 @@ def main() -> None:
             start_new_session=True,
         )
         print("worker:", worker.stdout.readline().strip())
-        manifest = store.checkpoint(worker.pid, key="demo", pipes={"stdin": 0, "stdout": 1})
+        manifest = store.take_snapshot(worker.pid, key="demo", pipes={"stdin": 0, "stdout": 1})
         worker.kill()
         worker.wait()
         print(
@@ -44,7 +44,7 @@ def main() -> None:
             stdin_read, stdin_write = os.pipe()
             stdout_read, stdout_write = os.pipe()
             started = time.perf_counter()
-            tree = store.restore(manifest.id, key="demo", pipes={"stdin": stdin_read, "stdout": stdout_write})
+            tree = store.restore_snapshot(manifest.id, key="demo", pipes={"stdin": stdin_read, "stdout": stdout_write})
             os.close(stdin_read)
             os.close(stdout_write)
             with os.fdopen(stdin_write, "w") as to_tree, os.fdopen(stdout_read) as from_tree:

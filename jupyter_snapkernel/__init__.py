@@ -1,6 +1,6 @@
 """Jupyter integration of snapkernel: kernels that start from memory snapshots."""
 
-from engine.version import __version__
+from snapkernel_engine.version import __version__
 
 from .hooks import after_restore, before_snapshot
 

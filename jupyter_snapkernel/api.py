@@ -21,17 +21,19 @@ from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
-from engine import Manifest, SnapshotError, SnapshotNotFound, SnapshotStore
+from snapkernel_engine import Manifest, SnapshotError, SnapshotNotFound, SnapshotStore
+from snapkernel_engine.version import __version__
 
+from .background_builds import BackgroundBuilds
 from .builder import notebook_gpu_state
-from .builds import BuildManager
-from .config import SnapKernelSettings
+from .config import PROVISIONER_NAME, SnapKernelSettings
 from .paths import open_store
-from .setup_section import NotebookError, SetupSection, read_notebook, setup_section_of
-from .status import NotebookState, notebook_state, snapshot_summary
+from .setup_section import NotebookError, SetupSection, cells_problem, read_notebook, setup_section_of
+from .status import NotebookState, notebook_file_state, notebook_state, snapshot_summary, user_stores
 
 AUTH_RESOURCE = "snapkernel"
 MAX_BODY_BYTES = 64 * 1024  # a POST builds body is {"path": ...}: anything larger is refused with 413
+MAX_CELLS_BODY_BYTES = 16 * 1024 * 1024  # a POST status body carries a notebook's sources (no outputs)
 MAX_NAME_BYTES = 255  # of one file name in a notebook path (NAME_MAX)
 BODY_EXAMPLE = '{"path": "notebook.ipynb"}'
 # An absolute path in a message: a slash that does not continue a word, a relative path or a URL.
@@ -54,7 +56,7 @@ class SnapKernelHandler(APIHandler):
         return self.settings["snapkernel_settings"]
 
     @property
-    def builds(self) -> BuildManager:
+    def builds(self) -> BackgroundBuilds:
         """The server's one build manager."""
         return self.settings["snapkernel_builds"]
 
@@ -174,26 +176,105 @@ class SnapshotHandler(SnapKernelHandler):
         self.finish()
 
 
-class StatusHandler(SnapKernelHandler):
-    """GET status?path=NB: none | building | ready | stale | failed, with details."""
+@web.stream_request_body
+class JSONBodyHandler(SnapKernelHandler):
+    """A handler whose POST body is a JSON object of at most `max_body_bytes`.
+
+    The body is streamed: one declared larger than the limit gets 413 before it is read, and one that
+    turns out larger (chunked) gets 413 as soon as it passes the limit; none is kept in memory.
+    """
+
+    max_body_bytes = MAX_BODY_BYTES
+    body_example = BODY_EXAMPLE
+
+    async def prepare(self) -> None:  # type: ignore[override]  # APIHandler's own prepare takes no arguments
+        """Authenticate, then refuse a body declared larger than the limit before reading it."""
+        self.received_body = bytearray()
+        self.body_too_large = False
+        await super().prepare()
+        declared = self.request.headers.get("Content-Length", "0")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise self.too_large()
+
+    def too_large(self) -> web.HTTPError:
+        """The 413 for a body over the limit."""
+        return refusal(413, f"the body is larger than {self.max_body_bytes} bytes: send {self.body_example}")
+
+    def data_received(self, chunk: bytes) -> None:
+        """Keep the body up to the limit; past it, answer 413 at once and drop what still arrives."""
+        if self.body_too_large:
+            return
+        if len(self.received_body) + len(chunk) > self.max_body_bytes:
+            self.body_too_large = True
+            self.received_body.clear()
+            error = self.too_large()
+            self.send_error(413, exc_info=(type(error), error, None))
+            return
+        self.received_body += chunk
+
+    def request_json(self) -> dict[str, Any]:
+        """The request's JSON body; 400 for a body that is not a JSON object."""
+        try:
+            body = json.loads(bytes(self.received_body) or b"{}")
+        except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested too deeply
+            raise refusal(400, f"the body must be JSON: {self.body_example}") from None
+        if not isinstance(body, dict):
+            raise refusal(400, f"the body must be a JSON object: {self.body_example}")
+        return body
+
+
+class StatusHandler(JSONBodyHandler):
+    """GET status?path=NB (the saved notebook) or POST status {path, cells} (cells being edited): its state."""
+
+    max_body_bytes = MAX_CELLS_BODY_BYTES
+    body_example = '{"path": "notebook.ipynb", "cells": [{"cell_type": "code", "source": "...", "metadata": {}}]}'
 
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        """Answer the notebook's snapshot state; 400 when the notebook is not valid."""
+        """Answer the saved notebook's snapshot state; 400 when the notebook is not valid."""
         api_path = self.get_query_argument("path", None)
         notebook = await self.notebook_path(api_path)
+        await self.answer(str(api_path), notebook, None)
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        """Answer the state of the notebook with the cells in the body instead of the saved ones."""
+        if self.body_too_large:
+            return  # answered 413 while the body arrived
+        body = self.request_json()
+        notebook = await self.notebook_path(body.get("path"))
+        problem = cells_problem(body.get("cells"))
+        metadata = body.get("metadata", {})
+        if problem is None and not isinstance(metadata, dict):
+            problem = "`metadata` must be an object"
+        if problem is not None:
+            raise refusal(400, f"{problem}: send {self.body_example}")
+        await self.answer(str(body["path"]), notebook, {"cells": body["cells"], "metadata": metadata})
+
+    async def answer(self, api_path: str, notebook: Path, edited: dict[str, Any] | None) -> None:
+        """Write the state of `notebook`, as saved or with the `edited` cells, from all of the user's stores."""
+        settings = self.settings_
+
+        def decide() -> NotebookState:
+            stores = user_stores(settings)
+            if edited is None:
+                return notebook_file_state(stores, notebook)
+            return notebook_state(stores, setup_section_of(edited), notebook)
+
         try:
-            state: NotebookState = await asyncio.to_thread(lambda: notebook_state(self.store, notebook))
+            state = await asyncio.to_thread(decide)
         except NotebookError as error:
-            raise self.notebook_error(str(api_path), error) from None
+            raise self.notebook_error(api_path, error) from None
         running = self.builds.running(state.setup_hash) if state.setup_hash else None
         if running is not None:
             state.state = "building"
         snapshot = state.snapshot
+        positions = state.section.positions if state.section else ()
         self.write_json(
             {
-                "path": self.get_query_argument("path"),
+                "path": api_path,
                 "state": state.state,
                 "setup_hash": state.setup_hash,
                 "snapshot": snapshot.id if snapshot else None,
@@ -202,48 +283,15 @@ class StatusHandler(SnapKernelHandler):
                 "reasons": state.reasons,
                 "reason": state.reasons[0] if state.state in {"failed", "stale"} and state.reasons else None,
                 "build": running.id if running else None,
+                "setup_cells": list(positions),
+                "setup_end": positions[-1] if positions else None,
+                "source": None if snapshot is None else "shared" if state.in_shared_root else "own",
             }
         )
 
 
-@web.stream_request_body
-class BuildsHandler(SnapKernelHandler):
-    """POST builds {path}: start (or join) the build of a notebook's snapshot.
-
-    The body is streamed: one declared larger than MAX_BODY_BYTES gets 413 before it is read, and
-    one that turns out larger (chunked) gets 413 as soon as it passes the limit; none is kept in memory.
-    """
-
-    async def prepare(self) -> None:
-        """Authenticate, then refuse a body declared larger than MAX_BODY_BYTES before reading it."""
-        self.received_body = bytearray()
-        self.body_too_large = False
-        await super().prepare()
-        declared = self.request.headers.get("Content-Length", "0")
-        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-            raise refusal(413, f"the body is larger than {MAX_BODY_BYTES} bytes: send {BODY_EXAMPLE}")
-
-    def data_received(self, chunk: bytes) -> None:
-        """Keep the body up to MAX_BODY_BYTES; past that, answer 413 at once and drop what still arrives."""
-        if self.body_too_large:
-            return
-        if len(self.received_body) + len(chunk) > MAX_BODY_BYTES:
-            self.body_too_large = True
-            self.received_body.clear()
-            error = refusal(413, f"the body is larger than {MAX_BODY_BYTES} bytes: send {BODY_EXAMPLE}")
-            self.send_error(413, exc_info=(type(error), error, None))
-            return
-        self.received_body += chunk
-
-    def request_path(self) -> object:
-        """The `path` of the request's JSON body; 400 for a body of another shape."""
-        try:
-            body = json.loads(bytes(self.received_body) or b"{}")
-        except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested too deeply
-            raise refusal(400, f"the body must be JSON: {BODY_EXAMPLE}") from None
-        if not isinstance(body, dict):
-            raise refusal(400, f"the body must be a JSON object: {BODY_EXAMPLE}")
-        return body.get("path")
+class BuildsHandler(JSONBodyHandler):
+    """POST builds {path}: start (or join) the build of a notebook's snapshot."""
 
     @web.authenticated
     @authorized
@@ -251,7 +299,7 @@ class BuildsHandler(SnapKernelHandler):
         """Start the build of the notebook named in the body (202), or join the one running."""
         if self.body_too_large:
             return  # answered 413 while the body arrived
-        api_path = self.request_path()
+        api_path = self.request_json().get("path")
         notebook = await self.notebook_path(api_path)
         settings = self.settings_
         try:
@@ -263,7 +311,7 @@ class BuildsHandler(SnapKernelHandler):
         store = await asyncio.to_thread(lambda: self.store)
 
         def trim(_: Manifest) -> None:
-            store.trim(quota_bytes=settings.quota_bytes, max_snapshots=settings.max_snapshots)
+            store.enforce_limits(quota_bytes=settings.quota_bytes, max_snapshots=settings.max_snapshots)
 
         build = self.builds.start(
             notebook,
@@ -311,6 +359,28 @@ class KernelStartHandler(SnapKernelHandler):
         self.write_json(report)
 
 
+class InfoHandler(SnapKernelHandler):
+    """GET info: the extension's version and the kernelspecs whose kernels snapkernel starts (its presence)."""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        """Answer the version and the snapkernel kernelspecs, read off the event loop."""
+        self.write_json({"version": __version__, "kernels": await asyncio.to_thread(self.snapkernel_kernels)})
+
+    def snapkernel_kernels(self) -> list[str]:
+        """Names of the allowed kernelspecs that start through snapkernel's provisioner."""
+        allowed = set(self.settings_.allowed_kernelspecs)
+        specs = self.kernel_spec_manager.get_all_specs()
+        return sorted(
+            name
+            for name, spec in specs.items()
+            if name in allowed
+            and spec.get("spec", {}).get("metadata", {}).get("kernel_provisioner", {}).get("provisioner_name")
+            == PROVISIONER_NAME
+        )
+
+
 def _timestamp(created: str) -> float:
     return datetime.fromisoformat(created).timestamp()
 
@@ -325,4 +395,5 @@ def handlers(base_url: str) -> list[tuple[str, type[APIHandler]]]:
         (f"{prefix}/builds", BuildsHandler),
         (f"{prefix}/builds/([A-Za-z0-9_-]+)", BuildHandler),
         (f"{prefix}/kernels/([A-Za-z0-9_-]+)", KernelStartHandler),
+        (f"{prefix}/info", InfoHandler),
     ]

@@ -19,17 +19,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from engine import CheckpointError, Manifest, SnapshotError, SnapshotStore
-from engine.inputs import fingerprint_inputs
-from engine.privileges import current, own_user_namespace_command
-from engine.process import tree_rss_bytes
-from engine.watchdog import watch_for_owner
+from snapkernel_engine import CheckpointError, Manifest, SnapshotError, SnapshotStore
+from snapkernel_engine.control_pipe import take_message, write_message
+from snapkernel_engine.inputs import fingerprint_inputs
+from snapkernel_engine.privileges import current, own_user_namespace_command
+from snapkernel_engine.process import tree_rss_bytes
+from snapkernel_engine.watchdog import watch_for_owner
 
+from . import env_names
 from .config import env_flag
 from .setup_section import NotebookError, SetupSection, read_notebook, read_setup_section
 from .status import build_record, builds_dir
 
-DEFAULT_BUILD_TIMEOUT_S = 600.0
 Progress = Callable[[dict[str, Any]], None]
 
 
@@ -67,7 +68,7 @@ def build_environment(notebook: Path, store: SnapshotStore) -> dict[str, str]:
     """The environment a build kernel starts with (the launch's replaces it at each restore)."""
     env = {key: value for key, value in os.environ.items() if key not in {"JPY_PARENT_PID", "PYTHONSTARTUP"}}
     env["JPY_SESSION_NAME"] = str(notebook)
-    env["SNAPKERNEL_STORE"] = str(store.root)
+    env[env_names.STORE] = str(store.root)
     env.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     return env
 
@@ -78,7 +79,7 @@ def _drain(stream: IO[bytes], sink: list[str]) -> None:
 
 
 def _read_event(fd: int, deadline: float, buffer: bytearray, cancel: threading.Event | None = None) -> dict[str, Any]:
-    while b"\n" not in buffer:
+    while (message := take_message(buffer)) is None:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise BuildTimeout
@@ -90,9 +91,7 @@ def _read_event(fd: int, deadline: float, buffer: bytearray, cancel: threading.E
             if not chunk:
                 raise EOFError
             buffer += chunk
-    line, _, rest = bytes(buffer).partition(b"\n")
-    buffer[:] = rest
-    return json.loads(line)
+    return message
 
 
 def _write_record(store: SnapshotStore, setup_hash: str, **record: Any) -> None:
@@ -109,7 +108,7 @@ def build_snapshot(
     *,
     section: SetupSection | None = None,
     progress: Progress | None = None,
-    timeout: float = DEFAULT_BUILD_TIMEOUT_S,
+    timeout: float = env_names.DEFAULT_BUILD_TIMEOUT_S,
     gpu_state: bool | None = None,
     cancel: threading.Event | None = None,
 ) -> Manifest:
@@ -189,7 +188,7 @@ def _other_build_result(
             time.sleep(WAIT_POLL_S)
     if waiting_since is None:
         return None
-    published = store.find(section.setup_hash)
+    published = store.newest_usable(section.setup_hash)
     if published is not None and datetime.fromisoformat(published.created).timestamp() >= waiting_since - 1:
         return published
     record = build_record(store, section.setup_hash)
@@ -210,7 +209,7 @@ def notebook_gpu_state(notebook: Path, configured: bool | None = None) -> bool:
         return chosen
     if configured is not None:
         return configured
-    return env_flag("SNAPKERNEL_GPU_STATE", True)
+    return env_flag(env_names.GPU_STATE, True)
 
 
 def _run_build(
@@ -254,7 +253,7 @@ def _run_build(
     started = time.perf_counter()
     running = "the kernel's start"
     try:
-        os.write(control_write, (json.dumps({"cells": list(section.cells)}) + "\n").encode())
+        write_message(control_write, {"cells": list(section.cells)})
         while True:
             try:
                 event = _read_event(report_read, deadline, buffer, cancel)
@@ -302,7 +301,7 @@ def _publish(store: SnapshotStore, pid: int, key: str, **options: Any) -> Manife
     """Checkpoint the build kernel into the store; a full disk or an unwritable store is one clear BuildError."""
     needed = tree_rss_bytes(pid)
     try:
-        return store.checkpoint(pid, key, **options)
+        return store.take_snapshot(pid, key, **options)
     except (OSError, CheckpointError) as error:
         full = (isinstance(error, OSError) and error.errno == errno.ENOSPC) or NO_SPACE in str(error)
         if isinstance(error, CheckpointError) and not full:

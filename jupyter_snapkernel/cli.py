@@ -12,11 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine import SnapshotError
-from engine.diagnostics import cpu_snapshots_work, run_checks
-from engine.privileges import detect
+from snapkernel_engine import SnapshotError
+from snapkernel_engine.diagnostics import cpu_snapshots_work, run_checks
+from snapkernel_engine.privileges import detect
 
-from .paths import STORE_ENV_VAR, default_store_root, open_store
+from . import env_names
+from .paths import default_store_root, open_store
 from .setup_section import NotebookError, read_notebook, read_setup_section
 from .status import snapshot_state, snapshot_summary
 
@@ -49,6 +50,14 @@ def doctor(args: argparse.Namespace) -> int:
                 print(f"  {'':<12} fix: {check.fix}")
         print("CPU snapshots: " + ("ready" if works else "NOT available (see the failures above)"))
     return 0 if works else 1
+
+
+def install_criu(args: argparse.Namespace) -> int:
+    """Install CRIU 4.x and pycriu into a Python environment, building CRIU when the system has none that works."""
+    from snapkernel_engine.criu_setup import install
+
+    install(args.prefix, args.build_dir, args.grant_group)  # CriuSetupFailed: one line saying what to run instead
+    return 0
 
 
 def list_snapshots(args: argparse.Namespace) -> int:
@@ -93,12 +102,12 @@ def collect(args: argparse.Namespace) -> int:
     """Remove corrupt entries, replaced snapshots and leftovers, then old snapshots, then keep under the quota."""
     store = open_store(args.store)
     max_age = args.max_age_days * 86400 if args.max_age_days is not None else None
-    deleted = store.gc(max_age_s=max_age, quota_bytes=args.quota_bytes)
+    deleted = store.clean_up(max_age_s=max_age, quota_bytes=args.quota_bytes)
     print(f"deleted {len(deleted)} snapshot(s){': ' + ' '.join(deleted) if deleted else ''}")
     return 0
 
 
-def build(args: argparse.Namespace) -> int:
+def build_notebook(args: argparse.Namespace) -> int:
     """Build (or rebuild) the snapshot of a notebook's setup section, showing progress."""
     from .builder import build_snapshot, progress_line
 
@@ -140,7 +149,7 @@ def run_headless(args: argparse.Namespace) -> int:
     from .headless import RunError, run, run_notebook
 
     read_notebook(args.notebook)  # NotebookError: one line saying what is wrong with it
-    os.environ[STORE_ENV_VAR] = str(args.store)
+    os.environ[env_names.STORE] = str(args.store)
     try:
         summary = run(
             run_notebook(
@@ -170,7 +179,7 @@ def bench(args: argparse.Namespace) -> int:
     """Compare cold and restored starts of a notebook."""
     from .headless import bench_notebook, run
 
-    os.environ[STORE_ENV_VAR] = str(args.store)
+    os.environ[env_names.STORE] = str(args.store)
     read_notebook(args.notebook)  # NotebookError: one line saying what is wrong with it
     notebook = args.notebook.resolve()
     if not args.json:
@@ -220,14 +229,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     build_parser_ = commands.add_parser("build", help="build the snapshot of a notebook's setup cells")
     build_parser_.add_argument("notebook", type=Path)
-    build_parser_.add_argument("--timeout", type=float, default=600.0, help="seconds the build may take")
+    build_parser_.add_argument(
+        "--timeout", type=float, default=env_names.DEFAULT_BUILD_TIMEOUT_S, help="seconds the build may take"
+    )
     build_parser_.add_argument("--quiet", action="store_true", help="no progress lines")
     build_parser_.add_argument(
         "--shared",
         action="store_true",
         help="publish the snapshot readable by every user (an admin's course snapshot in a shared root)",
     )
-    build_parser_.set_defaults(handler=build)
+    build_parser_.set_defaults(handler=build_notebook)
 
     run_parser = commands.add_parser("run", help="execute a notebook headless with a restored kernel")
     run_parser.add_argument("notebook", type=Path)
@@ -260,6 +271,31 @@ def build_parser() -> argparse.ArgumentParser:
     doctor_parser.add_argument("--json", action="store_true", help="print the checks as JSON")
     doctor_parser.add_argument("--criu", default=None, help="CRIU binary to check")
     doctor_parser.set_defaults(handler=doctor)
+
+    install_criu_parser = commands.add_parser(
+        "install-criu", help="install CRIU 4.x and pycriu into this environment (builds CRIU when needed)"
+    )
+    install_criu_parser.add_argument(
+        "--prefix",
+        type=Path,
+        default=None,
+        help="the Python environment to install into: PREFIX/bin/criu and its pycriu (default: this one)",
+    )
+    install_criu_parser.add_argument(
+        "--build-dir",
+        type=Path,
+        default=None,
+        help="where CRIU's source is fetched and built (default: $XDG_CACHE_HOME/snapkernel/criu or "
+        "~/.cache/snapkernel/criu)",
+    )
+    install_criu_parser.add_argument(
+        "--grant-group",
+        metavar="GROUP",
+        default=None,
+        help="as root, also give members of GROUP (created when missing) capability mode: a copy of this criu "
+        "holding only cap_checkpoint_restore at PREFIX/libexec/snapkernel/criu-cap, root:GROUP 0750",
+    )
+    install_criu_parser.set_defaults(handler=install_criu)
 
     list_parser = commands.add_parser("list", help="list snapshots")
     list_parser.add_argument("--json", action="store_true", help="print JSON")

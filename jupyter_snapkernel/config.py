@@ -9,9 +9,14 @@ from pathlib import Path
 from traitlets import Bool, Enum, Float, Int, List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
+from snapkernel_engine.store import VerifyMode
+
+from . import env_names
 from .paths import default_store_root, for_user
 
 FALSE_WORDS = {"0", "false", "no", "off"}
+PROVISIONER_NAME = "snapkernel-provisioner"  # its entry point in pyproject.toml
+VERIFY_MODES: list[VerifyMode] = ["sha256", "size"]  # typed, so that `SnapKernelSettings.verify` is a VerifyMode
 
 
 def env_flag(name: str, fallback: bool) -> bool:
@@ -54,9 +59,9 @@ class SnapKernelSettings(LoggingConfigurable):
         ["snapkernel"],
         help="Kernelspecs whose kernels may be restored from snapshots.",
     ).tag(config=True)
-    verify = Enum(
-        ["sha256", "size"], help="How image files are checked before a restore: full sha256, or sizes only."
-    ).tag(config=True)
+    verify = Enum(VERIFY_MODES, help="How image files are checked before a restore: full sha256, or sizes only.").tag(
+        config=True
+    )
     build_timeout = Float(help="Seconds a snapshot build may take before it is abandoned.").tag(config=True)
     restore_timeout = Float(60.0, help="Seconds a restore may take before the kernel starts cold instead.").tag(
         config=True
@@ -79,7 +84,7 @@ class SnapKernelSettings(LoggingConfigurable):
 
     @default("enabled")
     def _enabled_default(self) -> bool:
-        return env_flag("SNAPKERNEL_ENABLED", True)
+        return env_flag(env_names.ENABLED, True)
 
     @default("store_root")
     def _store_root_default(self) -> str:
@@ -87,35 +92,35 @@ class SnapKernelSettings(LoggingConfigurable):
 
     @default("shared_roots")
     def _shared_roots_default(self) -> list[str]:
-        return _env_list("SNAPKERNEL_SHARED_ROOTS") or []
+        return _env_list(env_names.SHARED_ROOTS) or []
 
     @default("auto_build")
     def _auto_build_default(self) -> bool:
-        return env_flag("SNAPKERNEL_AUTO_BUILD", True)
+        return env_flag(env_names.AUTO_BUILD, True)
 
     @default("verify")
     def _verify_default(self) -> str:
-        return os.environ.get("SNAPKERNEL_VERIFY", "sha256")
+        return os.environ.get(env_names.VERIFY, "sha256")
 
     @default("build_timeout")
     def _build_timeout_default(self) -> float:
-        return float(os.environ.get("SNAPKERNEL_BUILD_TIMEOUT", "600"))
+        return float(os.environ.get(env_names.BUILD_TIMEOUT, env_names.DEFAULT_BUILD_TIMEOUT_S))
 
     @default("gpu_state")
     def _gpu_state_default(self) -> bool:
-        return env_flag("SNAPKERNEL_GPU_STATE", True)
+        return env_flag(env_names.GPU_STATE, True)
 
     @default("spare_kernels")
     def _spare_kernels_default(self) -> bool:
-        return env_flag("SNAPKERNEL_SPARE_KERNELS", True)
+        return env_flag(env_names.SPARE_KERNELS, True)
 
     @default("quota_bytes")
     def _quota_bytes_default(self) -> int:
-        return int(os.environ.get("SNAPKERNEL_QUOTA_BYTES", "0"))
+        return int(os.environ.get(env_names.QUOTA_BYTES, "0"))
 
     @default("max_snapshots")
     def _max_snapshots_default(self) -> int:
-        return int(os.environ.get("SNAPKERNEL_MAX_SNAPSHOTS", "0"))
+        return int(os.environ.get(env_names.MAX_SNAPSHOTS, "0"))
 
     @property
     def user_store_root(self) -> Path:

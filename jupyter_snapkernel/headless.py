@@ -17,9 +17,9 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 from traitlets.config import Config
 
-from . import setup_section
-from .kernel import START_NOTES_ENV_VAR
-from .provisioner import COLD_ENV_VAR, SPARES_ENV_VAR
+from . import env_names, setup_section
+from .config import PROVISIONER_NAME
+from .provisioner import SnapKernelProvisioner
 from .setup_section import NotebookError, normalise, setup_section_of
 from .spares import spare_pool
 
@@ -63,15 +63,18 @@ def kernel_env(notebook: Path, cold: bool) -> dict[str, str]:
     """The environment jupyter_server would give the notebook's kernel, for a launcher that reports starts."""
     env = {**os.environ, "JPY_SESSION_NAME": str(notebook)}
     # The run's summary says how the kernel started: a note about it would only clutter the first cell.
-    env[START_NOTES_ENV_VAR] = "0"
+    env[env_names.START_NOTES] = "0"
     if cold:
-        env[COLD_ENV_VAR] = "1"
+        env[env_names.COLD] = "1"
     return env
 
 
 def describe_start(manager: AsyncKernelManager) -> tuple[str, str | None, str | None]:
     """Return (start, snapshot id, reason) of a started kernel, as its provisioner reported them."""
-    report = manager.provisioner.start_report
+    provisioner = manager.provisioner
+    if not isinstance(provisioner, SnapKernelProvisioner):
+        raise RuntimeError(f"the kernel was not started by {PROVISIONER_NAME}, which reports how kernels start")
+    report: dict[str, Any] = provisioner.start_report  # start, snapshot, reason (str or None), timings
     reason = None if report["start"] == "restored" else report["reason"] or "no setup section"
     return report["start"], report["snapshot"], reason
 
@@ -225,7 +228,7 @@ async def bench_notebook(notebook: Path, runs: int, spares: bool = False) -> dic
     Without `spares` every restored start runs CRIU while the launch waits; with them, each start
     takes the kernel restored ahead of time by the start before it (the first restores directly).
     """
-    os.environ[SPARES_ENV_VAR] = "1" if spares else "0"
+    os.environ[env_names.SPARE_KERNELS] = "1" if spares else "0"
     cold = [await time_to_first_reply(notebook, cold=True) for _ in range(runs)]
     restored = []
     for _ in range(runs + (1 if spares else 0)):

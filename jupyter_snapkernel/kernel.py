@@ -8,12 +8,11 @@ from typing import Any
 from ipykernel.ipkernel import IPythonKernel
 from traitlets import Bool, default
 
+from . import env_names
 from .config import env_flag
 from .setup_section import normalise
 
-REPLAY_ENV_VAR = "SNAPKERNEL_REPLAY_SETUP"
 # "0" from a launcher that reports how the kernel started itself (`jupyter snapkernel run`).
-START_NOTES_ENV_VAR = "SNAPKERNEL_START_NOTES"
 
 
 @dataclass
@@ -58,12 +57,12 @@ class SnapKernel(IPythonKernel):
     @default("replay_setup")
     def _replay_setup_default(self) -> bool:
         """$SNAPKERNEL_REPLAY_SETUP, on unless set to 0/false/no/off."""
-        return env_flag(REPLAY_ENV_VAR, True)
+        return env_flag(env_names.REPLAY_SETUP, True)
 
     @default("show_start_notes")
     def _show_start_notes_default(self) -> bool:
         """$SNAPKERNEL_START_NOTES, on unless the launcher set it to 0/false/no/off."""
-        return env_flag(START_NOTES_ENV_VAR, True)
+        return env_flag(env_names.START_NOTES, True)
 
     def __init__(self, **kwargs: Any) -> None:
         """A kernel that knows nothing yet of how it started (its app says so next)."""
@@ -84,6 +83,7 @@ class SnapKernel(IPythonKernel):
 
     def _publish(self, msg_type: str, content: dict[str, Any]) -> None:
         """Send an iopub message on behalf of the request being handled."""
+        assert self.session is not None, "a kernel handling a request has its session"
         self.session.send(self.iopub_socket, msg_type, content, parent=self.get_parent(), ident=self._topic(msg_type))
 
     def _next_replay(self, code: str) -> RecordedCell | None:

@@ -24,14 +24,15 @@ from ipykernel.zmqshell import ZMQInteractiveShell
 from IPython.core.application import BaseIPythonApplication
 from traitlets import Type
 
-from . import hooks, revive, widgets
+from snapkernel_engine.control_pipe import PipeChannel
+
+from . import env_names, hooks, revive, widgets
 from .inputs import recording_inputs
 from .kernel import RecordedCell, SnapKernel, StartInfo
 from .magics import SnapshotMagics
 from .recording import recording
 
 BUILD_FLAG = "--snapshot-build"
-START_ENV_VAR = "SNAPKERNEL_START"
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 # Modules the kernel imports while it starts (the debugger's above all): loading them before the
 # checkpoint takes ~0.1 s off every restore.
@@ -42,29 +43,6 @@ class EventLoopChoice:
     """Stands in for the kernel during a build: holds the GUI event loop the setup cells chose."""
 
     eventloop: Any = None
-
-
-class PipeChannel:
-    """Newline-delimited JSON over a pair of raw pipe fds."""
-
-    def __init__(self, read_fd: int, write_fd: int) -> None:
-        self.read_fd = read_fd
-        self.write_fd = write_fd
-
-    def send(self, **message: Any) -> None:
-        data = (json.dumps(message) + "\n").encode()
-        while data:
-            data = data[os.write(self.write_fd, data) :]
-
-    def receive(self) -> dict[str, Any]:
-        # Read byte-wise up to the newline: nothing may sit in a buffer when CRIU dumps us.
-        line = bytearray()
-        while not line.endswith(b"\n"):
-            chunk = os.read(self.read_fd, 1)
-            if not chunk:
-                raise EOFError("control pipe closed")
-            line += chunk
-        return json.loads(line)
 
 
 class SnapKernelApp(IPKernelApp):
@@ -80,7 +58,7 @@ class SnapKernelApp(IPKernelApp):
 
     def start_cold(self) -> None:
         """Note why this kernel started cold, to show with the first executed cell."""
-        info = json.loads(os.environ.get(START_ENV_VAR) or "{}")
+        info = json.loads(os.environ.get(env_names.START) or "{}")
         kernel: SnapKernel = self.kernel
         kernel.start_info = StartInfo(mode="cold", reason=info.get("reason"), notebook=info.get("notebook"))
         if info.get("reason"):
@@ -148,6 +126,7 @@ class SnapKernelApp(IPKernelApp):
         self.init_kernel()
         self.kernel.eventloop = event_loop
         shell = self.shell
+        assert shell is not None, "the build ran the setup in this shell"
         shell.kernel = self.kernel
         self.init_shell()
         renamed = widgets.reattach_widgets(self.kernel)

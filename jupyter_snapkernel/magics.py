@@ -8,11 +8,12 @@ from typing import Any
 
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
-from engine import SnapshotError, SnapshotStore
+from snapkernel_engine import SnapshotError, SnapshotStore
 
+from .config import SnapKernelSettings
 from .paths import open_store
 from .setup_section import CELL_MAGIC, NotebookError, read_setup_section
-from .status import notebook_state
+from .status import notebook_file_state, user_stores
 
 USAGE = "usage: %snapshot status | build | list | rm ID   (%%snapshot marks the setup cell)"
 
@@ -50,6 +51,7 @@ class SnapshotMagics(Magics):
         if cell is not None:
             # Only a direct run_cell_magic call gets here (cells are rid of the marker line before
             # execution): the inner cell shows its result itself, so the magic returns none to show again.
+            assert self.shell is not None, "magics run in a shell"
             self.shell.run_cell(cell, store_history=False)
             return None
         command, _, argument = line.strip().partition(" ")
@@ -78,7 +80,7 @@ class SnapshotMagics(Magics):
         """Print how this kernel started and the state of its notebook's snapshot."""
         kernel = getattr(self.shell, "kernel", None)
         info = getattr(kernel, "start_info", None)
-        if info is not None and info.mode == "restored":
+        if kernel is not None and info is not None and info.mode == "restored":
             saved = max((info.setup_s or 0) - (info.restore_s or 0), 0)
             ahead = ", restored ahead of time" if info.from_spare else ""
             print(
@@ -91,10 +93,12 @@ class SnapshotMagics(Magics):
         if not self.notebook or not os.path.exists(self.notebook):
             print("notebook: unknown (not started by a Jupyter server)")
             return
-        state = notebook_state(self.store, self.notebook)
+        state = notebook_file_state(user_stores(SnapKernelSettings()), self.notebook)
         line = f"notebook snapshot: {state.state}"
         if state.snapshot is not None:
             line += f" ({state.snapshot.id}, {_size(state.snapshot.size_bytes)}, created {state.snapshot.created})"
+        if state.in_shared_root:
+            line += " from a shared root"
         print(line)
         for reason in state.reasons:
             print(f"  {reason}")

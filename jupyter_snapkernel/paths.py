@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import getpass
 import os
+import threading
 from functools import lru_cache
 from pathlib import Path
 
 from jupyter_core.paths import jupyter_data_dir
 
-from engine import SnapshotStore
-from engine.fingerprint import digest, source_digest
-from engine.store import VerifyMode
+from snapkernel_engine import SnapshotStore
+from snapkernel_engine.fingerprint import digest, source_digest
+from snapkernel_engine.store import VerifyMode
 
-STORE_ENV_VAR = "SNAPKERNEL_STORE"
+from . import env_names
+
+_HASHING_CODE = threading.Lock()
 
 
 def for_user(path: str | os.PathLike[str]) -> Path:
@@ -24,14 +27,20 @@ def for_user(path: str | os.PathLike[str]) -> Path:
 
 def default_store_root() -> Path:
     """Return $SNAPKERNEL_STORE (with '{username}' filled in), else ``$JUPYTER_DATA_DIR/snapkernel``."""
-    configured = os.environ.get(STORE_ENV_VAR)
+    configured = os.environ.get(env_names.STORE)
     return for_user(configured) if configured else Path(jupyter_data_dir()) / "snapkernel"
 
 
-@lru_cache(maxsize=1)
 def kernel_code_digest() -> str:
-    """Hash of the kernel code a snapshot carries in memory: other code means a stale snapshot."""
-    return source_digest("engine", "jupyter_snapkernel")
+    """Hash of the kernel code a snapshot carries in memory: other code means a stale snapshot (hashed once)."""
+    with _HASHING_CODE:  # kernels started at once wait for one hash of the code, not one each
+        return _kernel_code_digest()
+
+
+@lru_cache(maxsize=1)
+def _kernel_code_digest() -> str:
+    """The kernel code's hash, computed."""
+    return source_digest("snapkernel_engine", "jupyter_snapkernel")
 
 
 def open_store(

@@ -13,7 +13,7 @@ from typing import Any
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning import LocalProvisioner
 
-from engine import (
+from snapkernel_engine import (
     Manifest,
     RestoredTree,
     RestoreTimeout,
@@ -22,23 +22,20 @@ from engine import (
     SnapshotNotFound,
     SnapshotStore,
 )
-from engine.diagnostics import snapshot_blocker
-from engine.restore import LAZY_NEEDS_ROOT, lazy_restore_supported
-from engine.store import Mismatch
+from snapkernel_engine.diagnostics import snapshot_blocker
+from snapkernel_engine.restore import LAZY_NEEDS_ROOT, lazy_restore_supported
 
+from . import env_names
+from .background_builds import background_builds
 from .builder import BuildCancelled, notebook_gpu_state
-from .builds import build_manager
 from .config import SnapKernelSettings
-from .kernelapp import START_ENV_VAR
-from .paths import STORE_ENV_VAR, open_store, reading_store
-from .setup_section import NotebookError, SetupSection, read_setup_section
-from .spares import restore_waiting, spare_pool
-from .status import SETUP_CHANGED, build_record, input_changes, superseded_snapshot
+from .paths import open_store
+from .setup_section import NotebookError, SetupSection
+from .spares import restore_awaiting_connection, spare_pool
+from .status import notebook_file_state, user_stores
 
-COLD_ENV_VAR = "SNAPKERNEL_COLD"
 # Restore failures that may not recur (the machine was busy, a spare kernel died): the snapshot stays usable.
 TRANSIENT_FAILURES = (RestoreTimeout, SnapshotBusy, SnapshotNotFound)
-SPARES_ENV_VAR = "SNAPKERNEL_SPARE_KERNELS"  # read by SnapKernelSettings
 
 
 @dataclass
@@ -51,6 +48,7 @@ class StartPlan:
     reason: str | None = None
     store: SnapshotStore | None = None
     build: bool = True  # whether a cold start of this plan may build the snapshot in the background
+    own_store: SnapshotStore | None = None  # the user's store, where builds publish
 
 
 class RestoredKernelProcess:
@@ -95,9 +93,7 @@ class SnapKernelProvisioner(LocalProvisioner):
 
     def stores(self) -> list[SnapshotStore]:
         """This user's store, then the shared read-only ones (their restores work in the user's store)."""
-        own = self.store
-        shared = [reading_store(root, own, verify=self.settings.verify) for root in self.settings.shared_roots]
-        return [own, *shared]
+        return user_stores(self.settings)
 
     def plan(self, env: dict[str, str], cwd: str | None) -> StartPlan:
         """Decide between restoring and a cold start, with the reason for a cold one."""
@@ -112,48 +108,33 @@ class SnapKernelProvisioner(LocalProvisioner):
         kernel_name = getattr(self.parent, "kernel_name", "snapkernel")
         if kernel_name not in self.settings.allowed_kernelspecs:
             return StartPlan(notebook=Path(session_name), reason=f"kernelspec {kernel_name!r} is not allowed snapshots")
-        if env.get(COLD_ENV_VAR, "").lower() in {"1", "true", "yes"}:
+        if env.get(env_names.COLD, "").lower() in {"1", "true", "yes"}:
             return StartPlan(notebook=Path(session_name), reason="cold start requested")
         notebook = Path(session_name)
         if not notebook.is_absolute():
             notebook = Path(cwd or ".") / notebook.name
         if notebook.suffix != ".ipynb" or not os.path.lexists(notebook):  # a session of no notebook file
             return StartPlan(notebook=notebook, reason=None)
+        stores = self.stores()
         try:
-            section = read_setup_section(notebook)
+            state = notebook_file_state(stores, notebook, env)
         except NotebookError as error:  # unreadable, not JSON, or not a valid notebook: the kernel starts cold
             why = error.problem if error.unreadable else str(error)
             return StartPlan(notebook=notebook, reason=f"cannot read the notebook: {why}")
-        if section is None:
+        if state.section is None:
             return StartPlan(notebook=notebook)
-        stale: list[Any] = []
-        for store in self.stores():
-            usable, mismatched = store.lookup(section.setup_hash)
-            if usable is not None:
-                changes = input_changes(usable, section, notebook, env)
-                if not changes:
-                    return StartPlan(notebook, section, usable, store=store)
-                mismatched = [Mismatch(usable, changes), *mismatched]
-            stale += mismatched
-        if stale and stale[0].unusable:
-            return StartPlan(notebook, section, reason=stale[0].reasons[0], build=False)
-        if stale:
-            return StartPlan(notebook, section, reason="stale: " + "; ".join(stale[0].reasons))
-        if superseded_snapshot(self.store, notebook, section.setup_hash) is not None:
-            return StartPlan(notebook, section, reason=f"stale: {SETUP_CHANGED}")
-        failed = build_record(self.store, section.setup_hash)
-        if failed and failed.get("state") == "failed" and failed.get("fingerprint") == self.store.fingerprint_digest():
-            # The same cells in the same environment would fail the same way: build again only when asked.
-            return StartPlan(
-                notebook, section, reason=f"the last snapshot build failed: {failed.get('error')}", build=False
-            )
-        return StartPlan(notebook, section, reason="no snapshot yet")
+        if state.restorable:
+            return StartPlan(notebook, state.section, state.snapshot, store=state.store, own_store=stores[0])
+        return StartPlan(notebook, state.section, reason=state.cold_reason, build=state.rebuild, own_store=stores[0])
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         kwargs = await super().pre_launch(**kwargs)
         env = kwargs.setdefault("env", dict(os.environ))
         self.start_plan = await asyncio.to_thread(self.plan, env, kwargs.get("cwd"))
-        env[STORE_ENV_VAR] = str(self.settings.user_store_root)
+        env[env_names.STORE] = str(self.settings.user_store_root)
+        # The kernel's `%snapshot status` then looks where this plan looked.
+        env[env_names.SHARED_ROOTS] = ",".join(self.settings.shared_roots)
+        env[env_names.VERIFY] = self.settings.verify
         return kwargs
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
@@ -161,7 +142,7 @@ class SnapKernelProvisioner(LocalProvisioner):
         started = time.time()
         if plan.snapshot is not None:
             try:
-                info = await self._restore(plan.snapshot, plan.store or self.store, kwargs)
+                info = await self._restore(plan.snapshot, plan.store or plan.own_store or self.store, kwargs)
                 self.start_report = {
                     "start": "restored",
                     "snapshot": plan.snapshot.id,
@@ -177,12 +158,13 @@ class SnapKernelProvisioner(LocalProvisioner):
                 if isinstance(error, SnapshotError) and not isinstance(error, TRANSIENT_FAILURES):
                     # The same snapshot would fail the same way: never offer it again, and do not rebuild it
                     # in a loop (a rebuild of the same cells would carry the same cause).
-                    (plan.store or self.store).mark_unusable(plan.snapshot.id, str(error).splitlines()[0])
+                    store = plan.store or plan.own_store or self.store
+                    await asyncio.to_thread(store.mark_unusable, plan.snapshot.id, str(error).splitlines()[0])
                     plan.build = False
         if plan.reason:
             self.log.info("snapkernel: cold start for %s (%s)", plan.notebook, plan.reason)
         env = kwargs.setdefault("env", dict(os.environ))
-        env[START_ENV_VAR] = json.dumps({"reason": plan.reason, "notebook": str(plan.notebook or "")})
+        env[env_names.START] = json.dumps({"reason": plan.reason, "notebook": str(plan.notebook or "")})
         self.start_report = {
             "start": "cold",
             "snapshot": None,
@@ -195,24 +177,25 @@ class SnapKernelProvisioner(LocalProvisioner):
         # A requested cold start plans no section, so it builds nothing either.
         if plan.section is not None and plan.notebook is not None and plan.build and self.settings.auto_build:
             try:
-                self._background_build(plan.notebook, plan.section)
+                await self._background_build(plan.notebook, plan.section, plan.own_store or self.store)
             except Exception as error:  # the kernel runs: a build that cannot start must not fail its launch
                 self.log.warning("snapkernel: could not start the snapshot build of %s: %s", plan.notebook, error)
         return info
 
-    def _background_build(self, notebook: Path, section: SetupSection) -> None:
-        gpu_state = notebook_gpu_state(notebook, self.settings.gpu_state)
+    async def _background_build(self, notebook: Path, section: SetupSection, store: SnapshotStore) -> None:
+        """Start (or join) the build of this section's snapshot; reading the notebook happens off the loop."""
+        gpu_state = await asyncio.to_thread(notebook_gpu_state, notebook, self.settings.gpu_state)
         # The server's one build manager: a build the REST API started for this section is joined.
         settings = self.settings
 
         def trim(_: Manifest) -> None:
-            self.store.trim(quota_bytes=settings.quota_bytes, max_snapshots=settings.max_snapshots)
+            store.enforce_limits(quota_bytes=settings.quota_bytes, max_snapshots=settings.max_snapshots)
 
-        build = build_manager.start(
-            notebook, section, self.store, settings.build_timeout, after_publish=trim, gpu_state=gpu_state
+        build = background_builds.start(
+            notebook, section, store, settings.build_timeout, after_publish=trim, gpu_state=gpu_state
         )
 
-        def report(done: asyncio.Task[Manifest]) -> None:
+        def report(done: asyncio.Future[Manifest]) -> None:
             if done.cancelled() or isinstance(done.exception(), BuildCancelled):
                 return  # stopped with the server
             error = done.exception()
@@ -220,7 +203,7 @@ class SnapKernelProvisioner(LocalProvisioner):
                 self.log.info("snapkernel: snapshot %s of %s is ready", done.result().id, notebook)
                 if self.settings.spare_kernels:
                     lazy = self._lazy()
-                    spare_pool.refill(self.store, done.result(), lazy=lazy, timeout=self.settings.restore_timeout)
+                    spare_pool.refill(store, done.result(), lazy=lazy, timeout=self.settings.restore_timeout)
             else:
                 self.log.warning("snapkernel: snapshot build of %s failed: %s", notebook, error)
 
@@ -245,9 +228,10 @@ class SnapKernelProvisioner(LocalProvisioner):
         from_spare = waiting is not None
         if waiting is None:
             waiting = await asyncio.to_thread(
-                restore_waiting, store, manifest, lazy=lazy, timeout=settings.restore_timeout
+                restore_awaiting_connection, store, manifest, lazy=lazy, timeout=settings.restore_timeout
             )
         cwd = str(kwargs.get("cwd") or os.getcwd())
+        assert self.parent is not None, "a provisioner launches for its kernel manager"
         try:
             waiting.channel.send(
                 connection_file=self.parent.connection_file,
@@ -271,7 +255,7 @@ class SnapKernelProvisioner(LocalProvisioner):
         if settings.spare_kernels:
             spare_pool.refill(store, manifest, lazy=lazy, timeout=settings.restore_timeout)
         tree = waiting.tree
-        self.process = RestoredKernelProcess(tree)
+        self.process = RestoredKernelProcess(tree)  # type: ignore[assignment]  # Popen's interface, not its class
         self.pid = tree.pid
         self.pgid = tree.pid
         self.cwd = cwd

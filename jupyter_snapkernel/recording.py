@@ -47,6 +47,7 @@ class RecordingDisplayHook(DisplayHook):
         pass
 
     def write_format_data(self, format_dict: dict[str, Any], md_dict: dict[str, Any] | None = None) -> None:
+        assert self.shell is not None, "constructed with its shell"
         self._outputs.append(
             {
                 "output_type": "execute_result",
@@ -86,7 +87,8 @@ def recording(shell: InteractiveShell, outputs: list[Output]) -> Iterator[None]:
     sys.stderr = RecordingStream("stderr", outputs)
     shell.displayhook = shell.display_trap.hook = RecordingDisplayHook(shell, outputs)
     shell.display_pub = RecordingDisplayPublisher(shell, outputs)
-    shell._showtraceback = record_traceback
+    # An instance attribute that shadows the method while recording (deleted after): IPython has no hook for it.
+    shell._showtraceback = record_traceback  # type: ignore[method-assign]
     try:
         yield
     finally:

@@ -7,12 +7,13 @@ import logging
 import threading
 from typing import Any
 
-from engine import SnapshotError
+from snapkernel_engine import SnapshotError
 
 from .api import handlers
-from .builds import build_manager
+from .background_builds import background_builds
 from .config import SnapKernelSettings
 from .paths import open_store
+from .spares import spare_pool
 
 # Seconds the server waits at its stop for builds to kill their kernels and for spares being restored.
 STOP_TIMEOUT_S = 3.0
@@ -23,22 +24,27 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     settings = SnapKernelSettings(parent=serverapp)
     web_app = serverapp.web_app
     web_app.settings["snapkernel_settings"] = settings
-    web_app.settings["snapkernel_builds"] = build_manager
+    web_app.settings["snapkernel_builds"] = background_builds
     web_app.add_handlers(".*$", handlers(web_app.settings["base_url"]))
     stop_with_the_server(serverapp)
-    threading.Thread(target=tidy_store, args=(settings, serverapp.log), daemon=True, name="snapkernel-gc").start()
+    threading.Thread(target=prepare_store, args=(settings, serverapp.log), daemon=True, name="snapkernel-start").start()
     serverapp.log.info(
         "snapkernel: API at %ssnapkernel/api/, store %s", web_app.settings["base_url"], settings.user_store_root
     )
 
 
-def tidy_store(settings: SnapKernelSettings, log: logging.Logger) -> None:
-    """Remove what killed builds and restores left, corrupt entries and replaced snapshots, then keep to the quota."""
+def prepare_store(settings: SnapKernelSettings, log: logging.Logger) -> None:
+    """Work out this machine's fingerprint (the first kernel starts then need not), then tidy the store.
+
+    Tidying removes what killed builds and restores left, corrupt entries and replaced snapshots, then
+    keeps to the quota.
+    """
     try:
         store = open_store(settings.user_store_root, verify=settings.verify)
+        store.fingerprint_digest()
         if not store.root.is_dir():
             return
-        removed = store.gc(quota_bytes=settings.quota_bytes or None)
+        removed = store.clean_up(quota_bytes=settings.quota_bytes or None)
     except (SnapshotError, OSError) as error:
         log.warning("snapkernel: could not tidy the snapshot store: %s", error)
         return
@@ -48,9 +54,7 @@ def tidy_store(settings: SnapKernelSettings, log: logging.Logger) -> None:
 
 async def stop_background_work(timeout: float = STOP_TIMEOUT_S) -> None:
     """Kill the spare kernels and stop the running snapshot builds, their build kernels included."""
-    from .spares import spare_pool  # the provisioner's (imported here only at the stop: it loads ipykernel)
-
-    await asyncio.gather(spare_pool.close(timeout), build_manager.stop_all(timeout))
+    await asyncio.gather(spare_pool.close(timeout), background_builds.stop_all(timeout))
 
 
 def forget_failed_starts(kernel_manager: Any) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,8 @@ class SetupSection:
     # Patterns (file paths, absolute or relative to the notebook, or variable names) whose changes do not
     # make a snapshot stale: notebook metadata {"snapkernel": {"ignore_inputs": [...]}}.
     ignore_inputs: tuple[str, ...] = ()
+    # Where the setup cells are in the notebook's list of cells (the marked last one is positions[-1]).
+    positions: tuple[int, ...] = field(default=(), compare=False)
 
     @property
     def setup_hash(self) -> str:
@@ -50,16 +52,42 @@ class SetupSection:
 
 def setup_section_of(notebook: dict[str, Any]) -> SetupSection | None:
     """Return the setup section of a notebook (nbformat 4 JSON), or None when no cell is marked."""
-    code_cells = [cell for cell in notebook.get("cells", []) if cell.get("cell_type") == "code"]
-    marked = [index for index, cell in enumerate(code_cells) if is_marked(cell)]
+    code_cells = [
+        (index, cell) for index, cell in enumerate(notebook.get("cells", [])) if cell.get("cell_type") == "code"
+    ]
+    marked = [order for order, (_, cell) in enumerate(code_cells) if is_marked(cell)]
     if not marked:
         return None
+    setup = code_cells[: marked[-1] + 1]
     settings = notebook.get("metadata", {}).get("snapkernel", {})
     ignore = settings.get("ignore_inputs", []) if isinstance(settings, dict) else []
     return SetupSection(
-        tuple(normalise(cell.get("source", "")) for cell in code_cells[: marked[-1] + 1]),
+        tuple(normalise(cell.get("source", "")) for _, cell in setup),
         tuple(str(pattern) for pattern in ignore) if isinstance(ignore, list) else (),
+        positions=tuple(index for index, _ in setup),
     )
+
+
+def cells_problem(cells: object) -> str | None:
+    """Say in one line how a list of cells sent by a client (type, source, tags) is malformed; None when it is not."""
+    if not isinstance(cells, list):
+        return "`cells` must be a list of cells"
+    for index, cell in enumerate(cells):
+        where = f"cells[{index}]"
+        if not isinstance(cell, dict) or not isinstance(cell.get("cell_type"), str):
+            return f"{where} must be an object with a string `cell_type`"
+        source = cell.get("source", "")
+        if not isinstance(source, str) and not (
+            isinstance(source, list) and all(isinstance(line, str) for line in source)
+        ):
+            return f"{where}.source must be a string or a list of strings"
+        metadata = cell.get("metadata", {})
+        if not isinstance(metadata, dict):
+            return f"{where}.metadata must be an object"
+        tags = metadata.get("tags", [])
+        if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
+            return f"{where}.metadata.tags must be a list of strings"
+    return None
 
 
 class NotebookError(ValueError):

@@ -8,14 +8,14 @@ import os
 import threading
 from dataclasses import dataclass
 
-from engine import Manifest, RestoredTree, SnapshotStore
+from snapkernel_engine import Manifest, RestoredTree, SnapshotStore
+from snapkernel_engine.control_pipe import PipeChannel
 
-from .builds import in_daemon_thread
-from .kernelapp import PipeChannel
+from .background_builds import in_daemon_thread
 
 
 @dataclass
-class WaitingKernel:
+class KernelAwaitingConnection:
     """A restored kernel that has no socket yet, blocked until it is sent a resume request."""
 
     tree: RestoredTree
@@ -53,7 +53,9 @@ def forwarded_output(target_fd: int) -> int:
     return write_fd
 
 
-def restore_waiting(store: SnapshotStore, manifest: Manifest, *, lazy: bool, timeout: float) -> WaitingKernel:
+def restore_awaiting_connection(
+    store: SnapshotStore, manifest: Manifest, *, lazy: bool, timeout: float
+) -> KernelAwaitingConnection:
     """Restore a snapshot's kernel with fresh pipes; it waits for its resume request."""
     control_read, control_write = os.pipe()
     report_read, report_write = os.pipe()
@@ -65,7 +67,7 @@ def restore_waiting(store: SnapshotStore, manifest: Manifest, *, lazy: bool, tim
         "report": report_write,
     }
     try:
-        tree = store.restore(manifest.id, key=manifest.key, pipes=handed, timeout=timeout, lazy=lazy)
+        tree = store.restore_snapshot(manifest.id, key=manifest.key, pipes=handed, timeout=timeout, lazy=lazy)
     except BaseException:
         os.close(control_write)
         os.close(report_read)
@@ -73,7 +75,7 @@ def restore_waiting(store: SnapshotStore, manifest: Manifest, *, lazy: bool, tim
     finally:
         for fd in handed.values():
             os.close(fd)
-    return WaitingKernel(tree, PipeChannel(report_read, control_write), manifest.id)
+    return KernelAwaitingConnection(tree, PipeChannel(report_read, control_write), manifest.id)
 
 
 REFILL_DELAY_S = 1.0
@@ -83,8 +85,8 @@ class SparePool:
     """At most one spare kernel per CPU snapshot, restored in the background after each launch."""
 
     def __init__(self) -> None:
-        self._spares: dict[str, WaitingKernel] = {}
-        self._filling: dict[str, asyncio.Task[WaitingKernel | None]] = {}
+        self._spares: dict[str, KernelAwaitingConnection] = {}
+        self._filling: dict[str, asyncio.Task[KernelAwaitingConnection | None]] = {}
         self._generation = 0  # discard_all() starts a new one: spares of an older one are killed on arrival
 
     @property
@@ -92,7 +94,7 @@ class SparePool:
         """Whether a spare is being restored now."""
         return bool(self._filling)
 
-    def take(self, snapshot_id: str) -> WaitingKernel | None:
+    def take(self, snapshot_id: str) -> KernelAwaitingConnection | None:
         """Return the live spare for a snapshot, if one is ready."""
         spare = self._spares.pop(snapshot_id, None)
         if spare is not None and spare.tree.poll() is not None:
@@ -112,17 +114,17 @@ class SparePool:
 
         generation = self._generation
 
-        async def restore_after_the_start_settles() -> WaitingKernel | None:
+        async def restore_after_the_start_settles() -> KernelAwaitingConnection | None:
             # The kernel just handed out runs its first cells now: a restore beside it would slow them.
             await asyncio.sleep(REFILL_DELAY_S)
             if generation != self._generation:
                 return None  # discarded while it waited
-            return await in_daemon_thread(restore_waiting, store, manifest, lazy=lazy, timeout=timeout)
+            return await in_daemon_thread(restore_awaiting_connection, store, manifest, lazy=lazy, timeout=timeout)
 
         task = asyncio.ensure_future(restore_after_the_start_settles())
         self._filling[manifest.id] = task
 
-        def settle(done: asyncio.Task[WaitingKernel | None]) -> None:
+        def settle(done: asyncio.Task[KernelAwaitingConnection | None]) -> None:
             if self._filling.get(manifest.id) is done:
                 del self._filling[manifest.id]
             spare = None if done.cancelled() or done.exception() is not None else done.result()

@@ -4,26 +4,34 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine import Manifest, SnapshotStore
-from engine.inputs import changed_inputs
-from engine.store import Mismatch
+from snapkernel_engine import Manifest, SnapshotStore
+from snapkernel_engine.inputs import changed_inputs
+from snapkernel_engine.store import Mismatch
 
+from .config import SnapKernelSettings
+from .paths import open_store, reading_store
 from .setup_section import SetupSection, read_setup_section
 
 
 @dataclass
 class NotebookState:
-    """What the store holds for one notebook's current setup section."""
+    """What the stores hold for one notebook's current setup section, and what a kernel start does with it."""
 
     state: str  # none | building | ready | stale | failed
     setup_hash: str | None = None
     snapshot: Manifest | None = None
     reasons: list[str] = field(default_factory=list)
+    store: SnapshotStore | None = None  # the store that holds `snapshot`
+    restorable: bool = False  # `snapshot` is usable: a kernel start restores it
+    cold_reason: str | None = None  # why a kernel start is cold (None: restored, or no setup section)
+    rebuild: bool = True  # whether a cold start may build the snapshot (False: it would fail the same way)
+    section: SetupSection | None = None
+    in_shared_root: bool = False  # `store` is an administrator's shared root, not the user's own store
 
 
 def builds_dir(store: SnapshotStore) -> Path:
@@ -99,26 +107,69 @@ def input_changes(
     return changed_inputs(manifest.inputs, environ, section.ignore_inputs, base=base)
 
 
-def notebook_state(store: SnapshotStore, notebook: str | Path) -> NotebookState:
-    """Work out the snapshot state of a notebook on disk; raise NotebookError when it is not a valid notebook."""
-    section = read_setup_section(notebook)
+def user_stores(settings: SnapKernelSettings) -> list[SnapshotStore]:
+    """This user's store, then the shared read-only ones (their restores work in the user's store)."""
+    own = open_store(settings.user_store_root, verify=settings.verify)
+    return [own, *(reading_store(root, own, verify=settings.verify) for root in settings.shared_roots)]
+
+
+def notebook_state(
+    stores: Sequence[SnapshotStore],
+    section: SetupSection | None,
+    notebook: str | Path,
+    environ: Mapping[str, str] = os.environ,
+) -> NotebookState:
+    """Decide a notebook's snapshot state and what a kernel start does: the one answer every caller uses.
+
+    `stores` is the user's own store first (builds and their records live there), then the shared roots.
+    """
     if section is None:
-        return NotebookState("none", reasons=["no setup cell is marked"])
-    usable, mismatched = store.lookup(section.setup_hash)
-    if usable is not None and (changes := input_changes(usable, section, notebook, os.environ)):
-        mismatched, usable = [Mismatch(usable, changes), *mismatched], None
-    record = build_record(store, section.setup_hash)
+        return NotebookState("none", reasons=["no setup cell is marked"], rebuild=False)
+    setup_hash, own = section.setup_hash, stores[0]
+    found = NotebookState("none", setup_hash, section=section)
+    stale: list[tuple[Mismatch, SnapshotStore]] = []
+    for store in stores:
+        usable, mismatched = store.usable_and_stale(setup_hash)
+        if usable is not None:
+            changes = input_changes(usable, section, notebook, environ)
+            if not changes:
+                found = NotebookState("ready", setup_hash, usable, store=store, restorable=True, section=section)
+                found.in_shared_root = store is not own
+                break
+            mismatched = [Mismatch(usable, changes), *mismatched]
+        stale += [(mismatch, store) for mismatch in mismatched]
+    record = build_record(own, setup_hash)
     if record and record.get("state") == "building":
-        return NotebookState("building", section.setup_hash, usable)
-    if usable is not None:
-        return NotebookState("ready", section.setup_hash, usable)
-    if record and record.get("state") == "failed":
-        return NotebookState("failed", section.setup_hash, reasons=[str(record.get("error", ""))])
-    if mismatched and mismatched[0].unusable:
-        return NotebookState("failed", section.setup_hash, mismatched[0].manifest, mismatched[0].reasons)
-    if mismatched:
-        return NotebookState("stale", section.setup_hash, mismatched[0].manifest, mismatched[0].reasons)
-    older = superseded_snapshot(store, notebook, section.setup_hash)
+        found.state = "building"
+        found.cold_reason = None if found.restorable else "no snapshot yet"
+        return found
+    if found.restorable:
+        return found
+    if record and record.get("state") == "failed" and record.get("fingerprint") == own.fingerprint_digest():
+        # The same cells in the same environment would fail the same way: build again only when asked.
+        error = str(record.get("error", ""))
+        return NotebookState(
+            "failed", setup_hash, reasons=[error], cold_reason=f"the last snapshot build failed: {error}",
+            rebuild=False, section=section,
+        )  # fmt: skip
+    if stale:
+        (mismatch, store), unusable = stale[0], stale[0][0].unusable
+        return NotebookState(
+            "failed" if unusable else "stale", setup_hash, mismatch.manifest, mismatch.reasons, store,
+            cold_reason=mismatch.reasons[0] if unusable else "stale: " + "; ".join(mismatch.reasons),
+            rebuild=not unusable, section=section, in_shared_root=store is not own,
+        )  # fmt: skip
+    older = superseded_snapshot(own, notebook, setup_hash)
     if older is not None:
-        return NotebookState("stale", section.setup_hash, older, [SETUP_CHANGED])
-    return NotebookState("none", section.setup_hash)
+        return NotebookState(
+            "stale", setup_hash, older, [SETUP_CHANGED], own, cold_reason=f"stale: {SETUP_CHANGED}", section=section
+        )
+    found.cold_reason = "no snapshot yet"
+    return found
+
+
+def notebook_file_state(
+    stores: Sequence[SnapshotStore], notebook: str | Path, environ: Mapping[str, str] = os.environ
+) -> NotebookState:
+    """The state of a notebook as saved on disk; raise NotebookError when it is not a valid notebook."""
+    return notebook_state(stores, read_setup_section(notebook), notebook, environ)

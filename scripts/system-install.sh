@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install snapkernel for every user of this machine (as root): a venv in $PREFIX made from an
-# interpreter all users can run, CRIU 4.x with pycriu, and a criu copy holding only
-# cap_checkpoint_restore that only members of group $SNAPKERNEL_GROUP may run. Idempotent.
+# interpreter all users can run, then `jupyter snapkernel install-criu --grant-group`: CRIU 4.x with
+# pycriu, and a criu copy holding only cap_checkpoint_restore that only members of group
+# $SNAPKERNEL_GROUP may run. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 umask 022
@@ -11,14 +12,13 @@ GROUP="${SNAPKERNEL_GROUP:-snapkernel}"
 # Debian's interpreter: readable by everyone (a pyenv build under /root is not).
 PYTHON="${SYSTEM_PYTHON:-/usr/bin/python3}"
 EXTRAS="${EXTRAS:-examples,hub}"
-CAP_CRIU="$PREFIX/libexec/snapkernel/criu-cap"
 
 log() { printf '[system-install] %s\n' "$*"; }
 
 [ "$(id -u)" = 0 ] || { log "run as root: it creates group $GROUP and gives a criu copy a file capability"; exit 1; }
 
 missing=()
-for pkg in python3-venv libcap2-bin util-linux; do
+for pkg in python3-venv util-linux; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -26,8 +26,6 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-
-getent group "$GROUP" >/dev/null || { log "creating group $GROUP"; groupadd --system "$GROUP"; }
 
 if [ ! -x "$PREFIX/bin/python" ]; then
   log "creating the venv $PREFIX from $PYTHON"
@@ -53,18 +51,8 @@ if [ "$(cat "$PREFIX/.snapkernel-code" 2>/dev/null)" != "$code_stamp" ]; then
   echo "$code_stamp" >"$PREFIX/.snapkernel-code"
 fi
 
-VENV="$PREFIX" bash scripts/install-criu.sh
-
-install -d -m 0755 "$PREFIX/libexec/snapkernel"
-# The one grant: checkpoint_restore (never sys_ptrace), to members of $GROUP only. chown would drop
-# the file capability, so ownership and mode are set before setcap.
-if ! cmp -s "$PREFIX/bin/criu" "$CAP_CRIU" || [ "$(stat -c %U:%G:%a "$CAP_CRIU")" != "root:$GROUP:750" ] ||
-  [ "$(getcap "$CAP_CRIU" | awk '{print $2}')" != "cap_checkpoint_restore=eip" ]; then
-  log "installing $CAP_CRIU (root:$GROUP, 0750, cap_checkpoint_restore)"
-  install -o root -g "$GROUP" -m 0750 "$PREFIX/bin/criu" "$CAP_CRIU.new"
-  setcap cap_checkpoint_restore+eip "$CAP_CRIU.new"
-  mv -f "$CAP_CRIU.new" "$CAP_CRIU"
-fi
+# CRIU and the one privileged grant (group $GROUP, PREFIX/libexec/snapkernel/criu-cap): the shipped installer's.
+"$PREFIX/bin/jupyter" snapkernel install-criu --prefix "$PREFIX" --build-dir build/criu --grant-group "$GROUP"
 
 log "done: users in group $GROUP get capability mode, the others user-namespace mode"
 log "check with: $PREFIX/bin/jupyter snapkernel doctor   (as the user)"

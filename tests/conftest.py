@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import SnapshotStore
+from snapkernel_engine import SnapshotStore
 
 pytest_plugins = ("pytest_jupyter.jupyter_server", "tests.users", "tests.reliability.stores")
 

@@ -1,19 +1,26 @@
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
-/** A notebook's snapshot state, as GET /snapkernel/api/status reports it. */
+/** A notebook's snapshot state, as the status endpoint reports it. */
 export type SnapshotState = 'none' | 'building' | 'ready' | 'stale' | 'failed';
 
+/** The answer of GET or POST /snapkernel/api/status. */
 export interface INotebookStatus {
+  path: string;
   state: SnapshotState;
+  setup_hash: string | null;
   snapshot: string | null;
   size_bytes: number | null;
   age_s: number | null;
   reason: string | null;
   reasons: string[];
   build: string | null;
+  setup_cells: number[];
+  setup_end: number | null;
+  source: 'own' | 'shared' | null;
 }
 
+/** A build's progress, as GET /snapkernel/api/builds/ID reports it. */
 export interface IBuild {
   id: string;
   state: 'building' | 'ready' | 'failed';
@@ -25,6 +32,7 @@ export interface IBuild {
   error: string | null;
 }
 
+/** How a kernel started, as GET /snapkernel/api/kernels/ID reports it. */
 export interface IKernelStart {
   start: 'restored' | 'cold';
   snapshot: string | null;
@@ -34,15 +42,85 @@ export interface IKernelStart {
   started: number;
 }
 
-/** Call the snapkernel REST API and return its JSON (or throw with the server's message). */
+/** The server extension's version and the kernelspecs it starts (GET /snapkernel/api/info). */
+export interface IServerInfo {
+  version: string;
+  kernels: string[];
+}
+
+/** One cell as the status endpoint reads it: the fields that decide the setup section. */
+export interface ICellInput {
+  cell_type: string;
+  source: string;
+  metadata: { tags?: string[] };
+}
+
+/** A failed API call: the HTTP status (0 when the server could not be reached) and the server's message. */
+export class APIError extends Error {
+  constructor(
+    message: string,
+    readonly status: number
+  ) {
+    super(message);
+    this.name = 'APIError';
+  }
+}
+
+/** Call the snapkernel REST API and return its JSON; throw an APIError with the server's message. */
 export async function requestAPI<T>(path: string, init: RequestInit = {}): Promise<T> {
   const settings = ServerConnection.makeSettings();
   const url = URLExt.join(settings.baseUrl, 'snapkernel', 'api', path);
-  const response = await ServerConnection.makeRequest(url, init, settings);
+  let response: Response;
+  try {
+    response = await ServerConnection.makeRequest(url, init, settings);
+  } catch (error) {
+    throw new APIError((error as Error).message || String(error), 0);
+  }
   const text = await response.text();
-  const data = text ? JSON.parse(text) : null;
+  let data: unknown = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    data = null;
+  }
   if (!response.ok) {
-    throw new Error((data && (data.message || data.reason)) || response.statusText);
+    const reply = (data ?? {}) as { message?: string; reason?: string };
+    const message =
+      reply.message || reply.reason || response.statusText || `HTTP ${response.status}`;
+    throw new APIError(message, response.status);
+  }
+  if (data === null) {
+    throw new APIError(`${path}: the server answered no JSON`, response.status);
   }
   return data as T;
+}
+
+let info: Promise<IServerInfo> | null = null;
+
+/** The server extension's info, fetched once; a failure is not kept, so the next call asks again. */
+export function serverInfo(): Promise<IServerInfo> {
+  if (info === null) {
+    info = requestAPI<IServerInfo>('info');
+    info.catch(() => {
+      info = null;
+    });
+  }
+  return info;
+}
+
+/** Whether an error says that the server has no snapkernel extension (its info route is missing). */
+export function isExtensionMissing(error: unknown): boolean {
+  return error instanceof APIError && error.status === 404;
+}
+
+/** The snapshot state of a notebook with the given cells (not the saved ones). */
+export function postStatus(
+  path: string,
+  cells: ICellInput[],
+  metadata: Record<string, unknown>
+): Promise<INotebookStatus> {
+  return requestAPI<INotebookStatus>('status', {
+    method: 'POST',
+    body: JSON.stringify({ path, cells, metadata })
+  });
 }

@@ -1,102 +1,94 @@
 import { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
-import { ICommandPalette, Notification } from '@jupyterlab/apputils';
-import { DocumentRegistry } from '@jupyterlab/docregistry';
-import { INotebookModel, INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
-import { IDisposable } from '@lumino/disposable';
+import {
+  ICommandPalette,
+  ISessionContextDialogs,
+  IToolbarWidgetRegistry,
+  SessionContextDialogs
+} from '@jupyterlab/apputils';
+import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
+import { ISettingRegistry } from '@jupyterlab/settingregistry';
+import { ITranslator, nullTranslator } from '@jupyterlab/translation';
 
-import { IKernelStart, requestAPI } from './api';
-import { SnapshotButton } from './toolbar';
+import { MARK_COMMAND, isActiveCellMarked, markSetupCell } from './commands';
+import { watchKernelStarts } from './kernelstarts';
+import { NotebookSnapshots } from './notebooks';
+import { DEFAULT_POLL_MS } from './status';
+import { SnapshotToolbarItem, TOOLBAR_ITEM } from './toolbar';
 
-const MARK_COMMAND = 'snapkernel:mark-setup-cell';
-const SNAPSHOT_TAG = 'snapshot';
-
-/** Adds the snapshot status button to every notebook's toolbar. */
-class ToolbarExtension implements DocumentRegistry.IWidgetExtension<NotebookPanel, INotebookModel> {
-  createNew(panel: NotebookPanel): IDisposable {
-    const button = new SnapshotButton(panel);
-    panel.toolbar.insertItem(10, 'snapkernelStatus', button);
-    watchKernelStarts(panel);
-    return button;
-  }
-}
-
-/** Tell the user, once per kernel start, whether it was restored or started cold and why. */
-function watchKernelStarts(panel: NotebookPanel): void {
-  const announced = new Set<string>();
-  const announce = async (): Promise<void> => {
-    const kernel = panel.sessionContext.session?.kernel;
-    if (!kernel || panel.sessionContext.session?.kernel?.name !== 'snapkernel') {
-      return;
-    }
-    let start: IKernelStart;
-    try {
-      start = await requestAPI<IKernelStart>(`kernels/${kernel.id}`);
-    } catch {
-      return;
-    }
-    const key = `${kernel.id}:${start.started}`;
-    if (announced.has(key)) {
-      return;
-    }
-    announced.add(key);
-    if (start.start === 'restored') {
-      const saved = Math.max((start.setup_s ?? 0) - (start.restore_s ?? 0), 0);
-      Notification.success(
-        `Kernel restored from snapshot ${start.snapshot} in ${(start.restore_s ?? 0).toFixed(2)} s ` +
-          `(${saved.toFixed(1)} s of setup saved)`,
-        { autoClose: 5000 }
-      );
-    } else if (start.reason) {
-      Notification.info(`Kernel started cold: ${start.reason}`, { autoClose: 8000 });
-    }
-  };
-  panel.sessionContext.statusChanged.connect((_, status) => {
-    if (status === 'idle') {
-      void announce();
-    }
-  });
-}
-
-/** Toggle the setup-boundary tag on the active cell; at most one cell carries it. */
-function markSetupCell(tracker: INotebookTracker): void {
-  const panel = tracker.currentWidget;
-  const active = panel?.content.activeCell;
-  if (!panel || !active) {
-    return;
-  }
-  const wasMarked = ((active.model.getMetadata('tags') as string[] | undefined) ?? []).includes(SNAPSHOT_TAG);
-  for (const cell of panel.content.widgets) {
-    const tags = ((cell.model.getMetadata('tags') as string[] | undefined) ?? []).filter(tag => tag !== SNAPSHOT_TAG);
-    if (tags.length) {
-      cell.model.setMetadata('tags', tags);
-    } else {
-      cell.model.deleteMetadata('tags');
-    }
-  }
-  if (!wasMarked) {
-    const tags = (active.model.getMetadata('tags') as string[] | undefined) ?? [];
-    active.model.setMetadata('tags', [...tags, SNAPSHOT_TAG]);
-  }
-}
+const PLUGIN_ID = 'jupyter-snapkernel:plugin';
+/** The document widget factory whose toolbar holds the item. */
+const NOTEBOOK_FACTORY = 'Notebook';
 
 const plugin: JupyterFrontEndPlugin<void> = {
-  id: 'jupyter-snapkernel:plugin',
+  id: PLUGIN_ID,
   description: 'Snapshot status, build and restore for notebooks, and the setup-cell marker',
   autoStart: true,
   requires: [INotebookTracker],
-  optional: [ICommandPalette],
-  activate: (app: JupyterFrontEnd, tracker: INotebookTracker, palette: ICommandPalette | null) => {
+  optional: [
+    ITranslator,
+    IToolbarWidgetRegistry,
+    ISettingRegistry,
+    ISessionContextDialogs,
+    ICommandPalette
+  ],
+  activate: (
+    app: JupyterFrontEnd,
+    tracker: INotebookTracker,
+    translator: ITranslator | null,
+    toolbarRegistry: IToolbarWidgetRegistry | null,
+    settingRegistry: ISettingRegistry | null,
+    sessionDialogs: ISessionContextDialogs | null,
+    palette: ICommandPalette | null
+  ) => {
+    translator = translator ?? nullTranslator;
+    const trans = translator.load('jupyter_snapkernel');
+    const dialogs = sessionDialogs ?? new SessionContextDialogs({ translator });
+    const snapshots = new NotebookSnapshots(trans);
+    const createItem = (panel: NotebookPanel) =>
+      new SnapshotToolbarItem(snapshots.of(panel), dialogs, trans);
+
+    if (toolbarRegistry) {
+      // Placed by jupyter.lab.toolbars.Notebook in schema/plugin.json: users move or hide it there.
+      toolbarRegistry.addFactory<NotebookPanel>(NOTEBOOK_FACTORY, TOOLBAR_ITEM, createItem);
+    } else {
+      app.docRegistry.addWidgetExtension(NOTEBOOK_FACTORY, {
+        createNew: (panel: NotebookPanel) => {
+          const item = createItem(panel);
+          panel.toolbar.insertItem(10, TOOLBAR_ITEM, item);
+          return item;
+        }
+      });
+    }
+    tracker.widgetAdded.connect((_, panel) => {
+      snapshots.of(panel); // setup cells are marked even where the toolbar item is hidden
+      watchKernelStarts(panel, trans);
+    });
+
+    if (settingRegistry) {
+      const apply = (settings: ISettingRegistry.ISettings): void => {
+        const seconds = settings.get('pollInterval').composite;
+        snapshots.setInterval(typeof seconds === 'number' ? seconds * 1000 : DEFAULT_POLL_MS);
+      };
+      settingRegistry
+        .load(PLUGIN_ID)
+        .then(settings => {
+          apply(settings);
+          settings.changed.connect(apply);
+        })
+        .catch(reason => console.warn(`${PLUGIN_ID}: cannot load the settings`, reason));
+    }
+
     app.commands.addCommand(MARK_COMMAND, {
-      label: 'Mark Cell as Snapshot Setup Boundary',
-      caption: 'The setup section is every code cell from the top through this one (toggles the snapshot tag)',
+      label: trans.__('Mark Cell as Snapshot Setup Boundary'),
+      caption: trans.__(
+        'The setup section is every code cell from the top through this one (toggles the snapshot tag)'
+      ),
       isEnabled: () => !!tracker.activeCell,
-      isToggled: () =>
-        ((tracker.activeCell?.model.getMetadata('tags') as string[] | undefined) ?? []).includes(SNAPSHOT_TAG),
+      isToggled: () => isActiveCellMarked(tracker),
       execute: () => markSetupCell(tracker)
     });
-    palette?.addItem({ command: MARK_COMMAND, category: 'Snapshots' });
+    palette?.addItem({ command: MARK_COMMAND, category: trans.__('Snapshots') });
     app.contextMenu.addItem({ command: MARK_COMMAND, selector: '.jp-Notebook .jp-Cell', rank: 20 });
-    app.docRegistry.addWidgetExtension('Notebook', new ToolbarExtension());
   }
 };
 

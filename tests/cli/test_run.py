@@ -15,9 +15,8 @@ import nbformat
 import pytest
 from jupyter_client.manager import AsyncKernelManager
 
+from jupyter_snapkernel import env_names
 from jupyter_snapkernel.headless import KERNEL_NAME, run_notebook
-from jupyter_snapkernel.kernel import START_NOTES_ENV_VAR
-from jupyter_snapkernel.provisioner import COLD_ENV_VAR, SPARES_ENV_VAR
 from jupyter_snapkernel.spares import REFILL_DELAY_S, spare_pool
 from tests.kernel.conftest import write_notebook
 
@@ -223,7 +222,7 @@ def test_runs_with_spare_kernels_on_end_cleanly_and_leave_no_kernel_behind(tmp_p
     )
     build(notebook, store)
     for _ in range(2):
-        result = snapkernel("run", str(notebook), "--json", store=store, env={SPARES_ENV_VAR: "1"})
+        result = snapkernel("run", str(notebook), "--json", store=store, env={env_names.SPARE_KERNELS: "1"})
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout)["start"] == "restored"
         assert "Traceback" not in result.stderr and "EOFError" not in result.stderr, result.stderr
@@ -237,7 +236,7 @@ async def test_a_headless_run_restores_no_spare_kernel(tmp_path: Path, monkeypat
     """A headless run is one start: even with spares on it leaves no spare restored or on its way."""
     store = tmp_path / "store"
     monkeypatch.setenv("SNAPKERNEL_STORE", str(store))
-    monkeypatch.setenv(SPARES_ENV_VAR, "1")
+    monkeypatch.setenv(env_names.SPARE_KERNELS, "1")
     notebook = write_notebook(
         tmp_path / "spares.ipynb", SETUP, marked=0, after=[f"import time\ntime.sleep({REFILL_DELAY_S + 3})"]
     )
@@ -269,8 +268,8 @@ async def test_interactive_kernel_still_shows_why_it_started_cold(
     monkeypatch.setenv("SNAPKERNEL_STORE", str(tmp_path / "store"))
     notebook = write_notebook(tmp_path / "cold.ipynb", SETUP, marked=0)
     # The environment a Jupyter server gives a notebook's kernel: nothing says it reports starts itself.
-    env = {key: value for key, value in os.environ.items() if key != START_NOTES_ENV_VAR}
-    env.update({"JPY_SESSION_NAME": str(notebook), COLD_ENV_VAR: "1"})
+    env = {key: value for key, value in os.environ.items() if key != env_names.START_NOTES}
+    env.update({"JPY_SESSION_NAME": str(notebook), env_names.COLD: "1"})
     manager = AsyncKernelManager(kernel_name=KERNEL_NAME)
     await manager.start_kernel(env=env, cwd=str(tmp_path))
     client = manager.client()

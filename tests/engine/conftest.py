@@ -15,7 +15,7 @@ from typing import IO
 
 import pytest
 
-from engine import RestoredTree
+from snapkernel_engine import RestoredTree
 
 WORKLOAD = Path(__file__).with_name("workload.py")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.cuda import CudaError, CudaProcessState
+from snapkernel_engine.cuda import CudaError, CudaProcessState
 
 RUNNING, LOCKED, CHECKPOINTED = CudaProcessState.RUNNING, CudaProcessState.LOCKED, CudaProcessState.CHECKPOINTED
 

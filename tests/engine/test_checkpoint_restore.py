@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from engine import CheckpointError, SnapshotStore, process
-from engine.restore import lazy_restore_supported
+from snapkernel_engine import CheckpointError, SnapshotStore, process
+from snapkernel_engine.restore import lazy_restore_supported
 
 from .conftest import Conversation, Workload, pipes_for_restore
 
@@ -30,7 +30,7 @@ def image_hashes(store: SnapshotStore, snapshot_id: str) -> dict[str, str]:
 def restore_with_pipes(store: SnapshotStore, snapshot_id: str, **options: bool) -> Conversation:
     handed, to_tree, from_tree, to_close = pipes_for_restore()
     try:
-        tree = store.restore(snapshot_id, key=KEY, pipes=handed, **options)
+        tree = store.restore_snapshot(snapshot_id, key=KEY, pipes=handed, **options)
     finally:
         for fd in to_close:
             os.close(fd)
@@ -44,7 +44,7 @@ def namespace_members_gone(tree_pids: list[int]) -> bool:
 def test_four_concurrent_restores_have_intact_data_threads_and_children(
     store: SnapshotStore, workload: Workload
 ) -> None:
-    manifest = store.checkpoint(workload.pid, KEY, pipes=PIPES)
+    manifest = store.take_snapshot(workload.pid, KEY, pipes=PIPES)
     assert manifest.rss_bytes >= 100 * 2**20
     assert workload.process.poll() is None, "the original keeps running after the dump"
     before = image_hashes(store, manifest.id)
@@ -70,7 +70,7 @@ def test_four_concurrent_restores_have_intact_data_threads_and_children(
 
 
 def test_kill_leaves_no_process_or_zombie(store: SnapshotStore, workload: Workload) -> None:
-    manifest = store.checkpoint(workload.pid, KEY, pipes=PIPES)
+    manifest = store.take_snapshot(workload.pid, KEY, pipes=PIPES)
     conversation = restore_with_pipes(store, manifest.id)
     assert conversation.ask("report")["child_alive"] is True
     members = conversation.tree.members()
@@ -86,7 +86,7 @@ def test_kill_leaves_no_process_or_zombie(store: SnapshotStore, workload: Worklo
 
 
 def test_restored_tree_ends_when_root_exits(store: SnapshotStore, workload: Workload) -> None:
-    manifest = store.checkpoint(workload.pid, KEY, pipes=PIPES)
+    manifest = store.take_snapshot(workload.pid, KEY, pipes=PIPES)
     conversation = restore_with_pipes(store, manifest.id)
     everyone = [conversation.tree.init_pid, *conversation.tree.members()]
     conversation.to_tree.write("exit\n")
@@ -96,7 +96,7 @@ def test_restored_tree_ends_when_root_exits(store: SnapshotStore, workload: Work
 
 
 def test_send_signal_reaches_every_member(store: SnapshotStore, workload: Workload) -> None:
-    manifest = store.checkpoint(workload.pid, KEY, pipes=PIPES)
+    manifest = store.take_snapshot(workload.pid, KEY, pipes=PIPES)
     conversation = restore_with_pipes(store, manifest.id)
     members = conversation.tree.members()
     conversation.tree.terminate()
@@ -123,7 +123,7 @@ def test_dump_refused_for_established_tcp_connection(store: SnapshotStore) -> No
         _accepted, _ = listener.accept()
         assert client.stdout.readline().strip() == "connected"
         with pytest.raises(CheckpointError) as caught:
-            store.checkpoint(client.pid, KEY)
+            store.take_snapshot(client.pid, KEY)
         message = str(caught.value)
         assert f"CRIU refused to dump process {client.pid}" in message
         assert "TCP" in message, message
@@ -140,7 +140,7 @@ def test_dump_refuses_a_process_that_is_not_a_session_leader(store: SnapshotStor
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
         with pytest.raises(CheckpointError, match="not a session leader"):
-            store.checkpoint(sleeper.pid, KEY)
+            store.take_snapshot(sleeper.pid, KEY)
         assert store.list() == []
     finally:
         sleeper.kill()
@@ -148,7 +148,7 @@ def test_dump_refuses_a_process_that_is_not_a_session_leader(store: SnapshotStor
 
 
 def test_dump_without_leave_running_stops_the_original(store: SnapshotStore, workload: Workload) -> None:
-    store.checkpoint(workload.pid, KEY, pipes=PIPES, leave_running=False)
+    store.take_snapshot(workload.pid, KEY, pipes=PIPES, leave_running=False)
     deadline = time.monotonic() + 10
     while workload.process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -158,7 +158,7 @@ def test_dump_without_leave_running_stops_the_original(store: SnapshotStore, wor
 def test_lazy_restore_resumes_before_memory_is_loaded(store: SnapshotStore, workload: Workload) -> None:
     if not lazy_restore_supported():
         pytest.skip("this kernel lacks non-cooperative userfaultfd (criu check --feature uffd-noncoop)")
-    manifest = store.checkpoint(workload.pid, KEY, pipes=PIPES)
+    manifest = store.take_snapshot(workload.pid, KEY, pipes=PIPES)
     conversation = restore_with_pipes(store, manifest.id, lazy=True)
     tree = conversation.tree
     try:
@@ -172,7 +172,7 @@ def test_lazy_restore_resumes_before_memory_is_loaded(store: SnapshotStore, work
 
 
 def test_restore_into_its_own_network_namespace(store: SnapshotStore, workload: Workload) -> None:
-    manifest = store.checkpoint(workload.pid, KEY, pipes=PIPES)
+    manifest = store.take_snapshot(workload.pid, KEY, pipes=PIPES)
     conversation = restore_with_pipes(store, manifest.id, own_network=True)
     tree = conversation.tree
     try:

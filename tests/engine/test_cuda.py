@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import CheckpointError, RestoreError, SnapshotStore, process
+from snapkernel_engine import CheckpointError, RestoreError, SnapshotStore, process
 
 from .conftest import Conversation, Workload, pipes_for_restore
 from .cuda_double import RUNNING, CudaDriverDouble
@@ -27,7 +27,7 @@ def driver() -> CudaDriverDouble:
 def restore(store: SnapshotStore, snapshot_id: str, driver: CudaDriverDouble) -> Conversation:
     handed, to_tree, from_tree, to_close = pipes_for_restore()
     try:
-        tree = store.restore(snapshot_id, key=KEY, pipes=handed, cuda_driver=driver)
+        tree = store.restore_snapshot(snapshot_id, key=KEY, pipes=handed, cuda_driver=driver)
     finally:
         for fd in to_close:
             os.close(fd)
@@ -38,7 +38,7 @@ def test_gpu_state_goes_to_host_memory_for_the_dump_and_back_after_each_restore(
     store: SnapshotStore, workload: Workload, driver: CudaDriverDouble
 ) -> None:
     driver.holds_cuda(workload.pid)
-    manifest = store.checkpoint(workload.pid, KEY, pipes=PIPES, cuda_driver=driver)
+    manifest = store.take_snapshot(workload.pid, KEY, pipes=PIPES, cuda_driver=driver)
     pid = workload.pid
     assert driver.calls == [("lock", pid), ("checkpoint", pid), ("restore", pid), ("unlock", pid)]
     assert driver.states[pid] == RUNNING, "the original runs on"
@@ -61,7 +61,7 @@ def test_lock_timeout_fails_the_checkpoint_and_leaves_the_process_running(
     driver.holds_cuda(workload.pid)
     driver.failures["lock"] = "CUDA_ERROR_TIMEOUT"
     with pytest.raises(CheckpointError, match=r"GPU state of process \d+ .*CUDA_ERROR_TIMEOUT"):
-        store.checkpoint(workload.pid, KEY, pipes=PIPES, cuda_driver=driver)
+        store.take_snapshot(workload.pid, KEY, pipes=PIPES, cuda_driver=driver)
     assert driver.states[workload.pid] == RUNNING
     assert workload.process.poll() is None
     assert store.list() == [] and list(store.staging_dir.iterdir()) == []
@@ -73,7 +73,7 @@ def test_a_checkpoint_error_puts_locked_processes_back(
     driver.holds_cuda(workload.pid)
     driver.failures["checkpoint"] = "CUDA_ERROR_OUT_OF_MEMORY"
     with pytest.raises(CheckpointError, match="CUDA_ERROR_OUT_OF_MEMORY"):
-        store.checkpoint(workload.pid, KEY, pipes=PIPES, cuda_driver=driver)
+        store.take_snapshot(workload.pid, KEY, pipes=PIPES, cuda_driver=driver)
     assert driver.calls[-1] == ("unlock", workload.pid)
     assert driver.states[workload.pid] == RUNNING
 
@@ -94,7 +94,7 @@ def test_criu_refusal_after_the_gpu_checkpoint_puts_gpu_state_back(
         client.stdout.readline()
         driver.holds_cuda(client.pid)
         with pytest.raises(CheckpointError, match="CRIU refused"):
-            store.checkpoint(client.pid, KEY, cuda_driver=driver)
+            store.take_snapshot(client.pid, KEY, cuda_driver=driver)
         assert [call for call, _ in driver.calls] == ["lock", "checkpoint", "restore", "unlock"]
         assert driver.states[client.pid] == RUNNING
         assert client.poll() is None
@@ -108,7 +108,7 @@ def test_out_of_memory_at_restore_kills_the_restored_tree(
     store: SnapshotStore, workload: Workload, driver: CudaDriverDouble
 ) -> None:
     driver.holds_cuda(workload.pid)
-    manifest = store.checkpoint(workload.pid, KEY, pipes=PIPES, cuda_driver=driver)
+    manifest = store.take_snapshot(workload.pid, KEY, pipes=PIPES, cuda_driver=driver)
     driver.failures["restore"] = "CUDA_ERROR_OUT_OF_MEMORY"
     before = set(process.children(os.getpid()))
     with pytest.raises(RestoreError, match=r"could not put the GPU state back on the GPU: .*CUDA_ERROR_OUT_OF_MEMORY"):
@@ -124,7 +124,7 @@ def test_excluded_gpu_state_refuses_a_process_that_initialised_cuda(
 ) -> None:
     driver.holds_cuda(workload.pid)
     with pytest.raises(CheckpointError, match="has initialised CUDA, but GPU state is excluded"):
-        store.checkpoint(workload.pid, KEY, pipes=PIPES, cuda_driver=driver, gpu_state=False)
+        store.take_snapshot(workload.pid, KEY, pipes=PIPES, cuda_driver=driver, gpu_state=False)
     assert driver.calls == []
     assert store.list() == []
 
@@ -133,12 +133,12 @@ def test_a_dump_that_ends_the_process_does_not_resume_its_gpu_state(
     store: SnapshotStore, workload: Workload, driver: CudaDriverDouble
 ) -> None:
     driver.holds_cuda(workload.pid)
-    store.checkpoint(workload.pid, KEY, pipes=PIPES, cuda_driver=driver, leave_running=False)
+    store.take_snapshot(workload.pid, KEY, pipes=PIPES, cuda_driver=driver, leave_running=False)
     assert [call for call, _ in driver.calls] == ["lock", "checkpoint"]
 
 
 def test_processes_without_cuda_state_need_no_driver_calls(
     store: SnapshotStore, workload: Workload, driver: CudaDriverDouble
 ) -> None:
-    manifest = store.checkpoint(workload.pid, KEY, pipes=PIPES, cuda_driver=driver)
+    manifest = store.take_snapshot(workload.pid, KEY, pipes=PIPES, cuda_driver=driver)
     assert manifest.cuda_pids == [] and driver.calls == []

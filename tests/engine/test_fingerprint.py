@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.fingerprint import distributions_digest
+from snapkernel_engine.fingerprint import distributions_digest
 
 
 def install_distribution(folder: Path, name: str, version: str) -> None:

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from engine import SnapshotBusy, SnapshotNotFound, SnapshotStore, StoreError
-from engine.fingerprint import environment_fingerprint, hardware_fingerprint
+from snapkernel_engine import SnapshotBusy, SnapshotNotFound, SnapshotStore, StoreError
+from snapkernel_engine.fingerprint import environment_fingerprint, hardware_fingerprint
 
 from .conftest import Workload
 
@@ -18,7 +18,7 @@ KEY = "store-key"
 
 
 def test_published_snapshot_layout_and_permissions(store: SnapshotStore, workload: Workload) -> None:
-    manifest = store.checkpoint(workload.pid, KEY, labels={"notebook": "a.ipynb"})
+    manifest = store.take_snapshot(workload.pid, KEY, labels={"notebook": "a.ipynb"})
     directory = store.snapshots_dir / manifest.id
     assert json.loads((directory / "manifest.json").read_text())["id"] == manifest.id
     for path in [store.root, *store.root.rglob("*")]:
@@ -36,17 +36,17 @@ def test_published_snapshot_layout_and_permissions(store: SnapshotStore, workloa
 
 
 def test_lookup_by_key_environment_and_hardware(store: SnapshotStore, workload: Workload) -> None:
-    older = store.checkpoint(workload.pid, KEY)
-    newer = store.checkpoint(workload.pid, KEY, replace=False)
-    store.checkpoint(workload.pid, "other-key")
-    assert store.find(KEY) == newer
-    assert store.find("missing-key") is None
+    older = store.take_snapshot(workload.pid, KEY)
+    newer = store.take_snapshot(workload.pid, KEY, replace=False)
+    store.take_snapshot(workload.pid, "other-key")
+    assert store.newest_usable(KEY) == newer
+    assert store.newest_usable("missing-key") is None
 
     path = store.snapshots_dir / newer.id / "manifest.json"
     data = json.loads(path.read_text())
     data["hardware"]["cpu_model"] = "Some Other CPU"
     path.write_text(json.dumps(data))
-    usable, stale = store.lookup(KEY)
+    usable, stale = store.usable_and_stale(KEY)
     assert usable == older
     assert [mismatch.manifest.id for mismatch in stale] == [newer.id]
     assert stale[0].reasons == ["hardware changed (cpu_model)"]
@@ -57,7 +57,7 @@ def test_lookup_by_key_environment_and_hardware(store: SnapshotStore, workload: 
 
 
 def test_delete_and_busy_snapshot(store: SnapshotStore, workload: Workload) -> None:
-    manifest = store.checkpoint(workload.pid, KEY)
+    manifest = store.take_snapshot(workload.pid, KEY)
     with store._locked(manifest.id, exclusive=False), pytest.raises(SnapshotBusy):
         store.delete(manifest.id)
     store.delete(manifest.id)
@@ -69,16 +69,16 @@ def test_delete_and_busy_snapshot(store: SnapshotStore, workload: Workload) -> N
 
 
 def test_gc_by_age_and_quota_spares_busy_snapshots(store: SnapshotStore, workload: Workload) -> None:
-    first, second, third = (store.checkpoint(workload.pid, f"{KEY}-{index}") for index in range(3))
+    first, second, third = (store.take_snapshot(workload.pid, f"{KEY}-{index}") for index in range(3))
     long_ago = time.time() - 10 * 86400
     os.utime(store.snapshots_dir / first.id / ".lock", (long_ago, long_ago))
-    assert store.gc(max_age_s=86400) == [first.id]
+    assert store.clean_up(max_age_s=86400) == [first.id]
 
     with store._locked(second.id, exclusive=False):
         # Over quota by both; the least recently used one is being restored and survives.
-        assert store.gc(quota_bytes=third.size_bytes) == [third.id]
+        assert store.clean_up(quota_bytes=third.size_bytes) == [third.id]
     assert [manifest.id for manifest in store.list()] == [second.id]
-    assert store.gc(quota_bytes=0) == [second.id]
+    assert store.clean_up(quota_bytes=0) == [second.id]
 
 
 def test_store_owned_by_another_user_is_refused(store: SnapshotStore) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import Manifest, RestoreError, SnapshotStore, VerificationError
+from snapkernel_engine import Manifest, RestoreError, SnapshotStore, VerificationError
 
 from .conftest import Workload
 
@@ -16,7 +16,7 @@ KEY = "verified-key"
 
 @pytest.fixture
 def snapshot(store: SnapshotStore, workload: Workload) -> Manifest:
-    return store.checkpoint(workload.pid, KEY, pipes={"stdin": 0, "stdout": 1})
+    return store.take_snapshot(workload.pid, KEY, pipes={"stdin": 0, "stdout": 1})
 
 
 def images_of(store: SnapshotStore, manifest: Manifest) -> Path:
@@ -43,7 +43,7 @@ def truncate(path: Path) -> None:
 
 def assert_rejected_before_criu(store: SnapshotStore, manifest: Manifest, match: str, key: str = KEY) -> None:
     with pytest.raises(VerificationError, match=match) as caught:
-        store.restore(manifest.id, key=key)
+        store.restore_snapshot(manifest.id, key=key)
     assert manifest.id in str(caught.value)
     # CRIU gets a private work dir only once verification passed; none may exist.
     assert not store.work_dir.exists() or list(store.work_dir.iterdir()) == []
@@ -95,10 +95,10 @@ def test_size_only_mode_lets_criu_report_damage(store: SnapshotStore, snapshot: 
     flip_byte(core)
     store.verify(snapshot.id, key=KEY, mode="size")
     with pytest.raises(RestoreError, match=f"Failed unpacking object .*{core.name}"):
-        store.restore(snapshot.id, key=KEY, verify="size")
+        store.restore_snapshot(snapshot.id, key=KEY, verify="size")
     assert list(store.work_dir.iterdir()) == [], "the per-restore work dir is removed"
 
 
 def test_unknown_pipe_name(store: SnapshotStore, snapshot: Manifest) -> None:
     with pytest.raises(VerificationError, match="has no pipe named control"):
-        store.restore(snapshot.id, key=KEY, pipes={"control": 0})
+        store.restore_snapshot(snapshot.id, key=KEY, pipes={"control": 0})

@@ -14,8 +14,8 @@ import threading
 import time
 from pathlib import Path
 
-from engine import SnapshotStore
-from engine.cuda import system_driver
+from snapkernel_engine import SnapshotStore
+from snapkernel_engine.cuda import system_driver
 
 REPO = Path(__file__).resolve().parents[2]
 GPU_HOLDER = r"""
@@ -44,7 +44,7 @@ def engine_check() -> None:
     _, original, size = holder.stdout.readline().split()
     print(f"holder pid {holder.pid}: {int(size) / 2**30:.1f} GiB on the GPU, checksum {original}")
     started = time.perf_counter()
-    manifest = store.checkpoint(holder.pid, "gpu", pipes={"stdin": 0, "stdout": 1}, leave_running=True)
+    manifest = store.take_snapshot(holder.pid, "gpu", pipes={"stdin": 0, "stdout": 1}, leave_running=True)
     print(f"checkpoint: {time.perf_counter() - started:.2f} s, image {manifest.size_bytes / 1e9:.2f} GB, "
           f"CUDA processes {manifest.cuda_pids}")  # fmt: skip
     holder.stdin.write("again\n")
@@ -61,7 +61,7 @@ def engine_check() -> None:
         begun = time.perf_counter()
         # CUDA binds an abstract unix socket named after the process: each copy needs its own network.
         pipes = {"stdin": stdin_read, "stdout": stdout_write}
-        tree = store.restore(manifest.id, key="gpu", pipes=pipes, own_network=True)
+        tree = store.restore_snapshot(manifest.id, key="gpu", pipes=pipes, own_network=True)
         restore_s = time.perf_counter() - begun
         os.close(stdin_read)
         os.close(stdout_write)

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from engine import SnapshotStore
-from engine.cuda import system_driver
+from snapkernel_engine import SnapshotStore
+from snapkernel_engine.cuda import system_driver
 
 pytestmark = pytest.mark.skipif(
     system_driver() is None,
@@ -30,14 +30,14 @@ def test_cuda_tensors_survive_checkpoint_and_restore(store: SnapshotStore) -> No
     )
     try:
         checksum = holder.stdout.readline().strip()
-        manifest = store.checkpoint(holder.pid, "cuda", pipes={"stdin": 0, "stdout": 1})
+        manifest = store.take_snapshot(holder.pid, "cuda", pipes={"stdin": 0, "stdout": 1})
         assert manifest.cuda_pids == [holder.pid]
     finally:
         os.killpg(holder.pid, signal.SIGKILL)
         holder.wait()
     stdin_read, stdin_write = os.pipe()
     stdout_read, stdout_write = os.pipe()
-    tree = store.restore(manifest.id, key="cuda", pipes={"stdin": stdin_read, "stdout": stdout_write})
+    tree = store.restore_snapshot(manifest.id, key="cuda", pipes={"stdin": stdin_read, "stdout": stdout_write})
     os.close(stdin_read)
     os.close(stdout_write)
     try:

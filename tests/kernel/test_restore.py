@@ -6,9 +6,9 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from engine import SnapshotStore, process
 from jupyter_snapkernel.builder import build_snapshot
 from jupyter_snapkernel.setup_section import read_setup_section
+from snapkernel_engine import SnapshotStore, process
 
 from .conftest import AFTER_SETUP, SETUP_CELLS, KernelSession, write_notebook
 
@@ -211,10 +211,10 @@ async def test_cold_kernel_builds_in_the_background_then_the_next_one_restores(
     assert not first.restored
     assert (await first.value("get_ipython().kernel.start_info.reason")) == "no snapshot yet"
     for _ in range(600):
-        if kernel_store.find(read_setup_section(notebook).setup_hash):
+        if kernel_store.newest_usable(read_setup_section(notebook).setup_hash):
             break
         await asyncio.sleep(0.1)
-    manifest = kernel_store.find(read_setup_section(notebook).setup_hash)
+    manifest = kernel_store.newest_usable(read_setup_section(notebook).setup_hash)
     assert manifest is not None, "the background build published a snapshot"
     second: KernelSession = await open_kernel(notebook)
     assert second.restored
@@ -285,7 +285,7 @@ async def test_snapshot_magics_build_list_and_remove(
     assert "notebook snapshot: none" in status.stdout
     built = await session.execute("%snapshot build", timeout=300)
     assert "running setup cell 1" in built.stdout
-    manifest = kernel_store.find(read_setup_section(notebook).setup_hash)
+    manifest = kernel_store.newest_usable(read_setup_section(notebook).setup_hash)
     assert manifest is not None
     assert f"snapshot {manifest.id} ready" in built.stdout
     assert "notebook snapshot: ready" in (await session.execute("%snapshot status")).stdout

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from jupyter_snapkernel.paths import open_store
-from jupyter_snapkernel.status import notebook_state
+from jupyter_snapkernel.status import notebook_file_state
 from tests.notebooks.harness import build, notebook, restored_twice_and_cold, run
 
 
@@ -140,7 +140,7 @@ def test_changed_inputs_make_the_snapshot_stale_and_the_run_computes_on_them(tmp
         assert run(book, store).summary["start"] == "restored"
         change()
         if not env:  # the toolbar, the REST API and %snapshot status all read this state
-            state = notebook_state(open_store(store), book)
+            state = notebook_file_state([open_store(store)], book)
             assert (state.state, state.reasons) == ("stale", [reason]), state
         stale = run(book, store, env=env)
         assert (stale.summary["start"], stale.summary["reason"]) == ("cold", f"stale: {reason}"), stale.summary

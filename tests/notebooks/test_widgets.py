@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from engine import SnapshotStore
+from jupyter_snapkernel import env_names
 from jupyter_snapkernel.builder import build_snapshot
-from jupyter_snapkernel.provisioner import COLD_ENV_VAR
+from snapkernel_engine import SnapshotStore
 from tests.kernel.conftest import KernelSession, write_notebook
 
 Message = dict[str, Any]
@@ -138,9 +138,9 @@ async def test_setup_widgets_work_after_a_restore_as_in_a_cold_kernel(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     notebook = write_notebook(jp_root_dir / "widgets.ipynb", [SETUP], marked=0, after=["slider.value"])
-    monkeypatch.setenv(COLD_ENV_VAR, "1")
+    monkeypatch.setenv(env_names.COLD, "1")
     cold_session: KernelSession = await open_kernel(notebook)
-    monkeypatch.delenv(COLD_ENV_VAR)
+    monkeypatch.delenv(env_names.COLD)
     assert not cold_session.restored
     _, cold_setup = await run(cold_session, SETUP)
     opened = {m["content"]["comm_id"] for m in cold_setup if m["msg_type"] == "comm_open"}

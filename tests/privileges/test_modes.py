@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from engine import process
+from snapkernel_engine import process
 from tests.kernel.conftest import AFTER_SETUP, SETUP_CELLS, write_notebook
 from tests.users import execute, value
 
@@ -248,8 +248,8 @@ def test_user_namespace_mode_names_its_limits_and_capability_mode_lifts_one(make
     lazy = member.run(
         str(member.prefix / "bin" / "python"),
         "-c",
-        "import sys\nfrom jupyter_snapkernel.paths import open_store\nfrom engine import RestoreError\n"
-        f"try:\n    open_store().restore({manifest['id']!r}, lazy=True)\n"
+        "import sys\nfrom jupyter_snapkernel.paths import open_store\nfrom snapkernel_engine import RestoreError\n"
+        f"try:\n    open_store().restore_snapshot({manifest['id']!r}, lazy=True)\n"
         "except RestoreError as error:\n    print(error)\n    sys.exit(3)\n",
     )
     assert lazy.returncode == 3, lazy.stdout + lazy.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -14,8 +15,8 @@ from typing import Any
 import psutil
 import pytest
 
-from engine import SnapshotNotFound
 from jupyter_snapkernel.paths import open_store
+from snapkernel_engine import SnapshotNotFound
 from tests.cli.test_run import JUPYTER, build, run_json, snapkernel
 from tests.kernel.conftest import write_notebook
 from tests.servers import LocalServer
@@ -114,7 +115,7 @@ def test_a_rebuild_replaces_the_snapshot_and_lets_a_restore_in_progress_finish(t
     def restore_old_until_it_is_gone() -> None:
         while not stop.is_set():
             try:
-                tree = store.restore(old, pipes={})
+                tree = store.restore_snapshot(old, pipes={})
             except SnapshotNotFound:
                 return  # deleted between restores: no restore of it was running
             except BaseException as error:
@@ -132,7 +133,7 @@ def test_a_rebuild_replaces_the_snapshot_and_lets_a_restore_in_progress_finish(t
         restorer.join()
     assert not failures, failures
     assert restored[0] > 0
-    store.gc()
+    store.clean_up()
     assert [manifest.id for manifest in store.list()] == [new]
     assert not (store_root / "snapshots" / old).exists()
     _, summary, _ = run_json(notebook, store_root)
@@ -188,7 +189,18 @@ def test_a_build_timeout_names_the_cell_and_the_limit(tmp_path: Path) -> None:
         "error: setup cell 2 of slow.ipynb was still running when the build's limit of 3 s ran out: raise the "
         "limit (SnapKernelSettings.build_timeout, or build --timeout) or make it faster"
     ]
-    assert not [p for p in psutil.process_iter(["cmdline"]) if "--snapshot-build" in " ".join(p.info["cmdline"] or [])]
+    assert not build_kernels_in(tmp_path)
+
+
+def build_kernels_in(folder: Path) -> list[psutil.Process]:
+    """Build kernels running in `folder` (a build kernel's working directory is its notebook's folder)."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if "--snapshot-build" in " ".join(process.info["cmdline"] or []):
+            with contextlib.suppress(psutil.Error):
+                if Path(process.cwd()) == folder:
+                    found.append(process)
+    return found
 
 
 def test_sigkill_of_the_server_during_a_build_leaves_no_kernel(tmp_path: Path) -> None:

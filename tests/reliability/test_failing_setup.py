@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from traitlets.config import Config
 
-from jupyter_snapkernel.builds import build_manager
+from jupyter_snapkernel.background_builds import background_builds
 from tests.kernel.conftest import write_notebook
 
 FAILING = ["value = 1", "raise RuntimeError('the data is not there yet')"]
@@ -26,7 +26,7 @@ def jp_server_config(store_root: Path) -> Config:
 async def builds_of(notebook: Path) -> list[Any]:
     """The server's builds of a notebook, once none of them is running."""
     for _ in range(600):
-        builds = [build for build in build_manager.builds.values() if build.notebook == notebook]
+        builds = [build for build in background_builds.builds.values() if build.notebook == notebook]
         if all(build.state != "building" for build in builds):
             return builds
         await asyncio.sleep(0.1)

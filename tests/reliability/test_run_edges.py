@@ -14,7 +14,7 @@ import nbformat
 import psutil
 import pytest
 
-from jupyter_snapkernel.provisioner import SPARES_ENV_VAR
+from jupyter_snapkernel import env_names
 from tests.cli.test_run import JUPYTER, SETUP, build, helper_processes, outputs, snapkernel
 from tests.kernel.conftest import write_notebook
 from tests.reliability.test_shutdown import RESTORE_HELPER
@@ -26,7 +26,7 @@ KERNEL_WARNING = "Kernel is running over TCP without encryption"  # ipykernel's 
 @pytest.fixture
 def spare_server(tmp_path: Path) -> Iterator[LocalServer]:
     """A jupyter server with spare kernels on; killed after the test."""
-    server = LocalServer(tmp_path, {SPARES_ENV_VAR: "1"})
+    server = LocalServer(tmp_path, {env_names.SPARE_KERNELS: "1"})
     yield server
     server.kill()
 
@@ -94,7 +94,11 @@ def test_restored_tree_killed_mid_run_is_one_line_and_the_notebook_is_written(tm
     output = tmp_path / "out.ipynb"
     command = [str(JUPYTER), "snapkernel", "--store", str(store), "run", str(notebook), "--output", str(output)]
     run = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, SPARES_ENV_VAR: "1"}
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, env_names.SPARE_KERNELS: "1"},
     )
     try:
         deadline = time.monotonic() + 120
@@ -128,7 +132,9 @@ def test_bench_with_spare_kernels_ends_without_traceback_and_leaves_no_kernel(tm
     store = tmp_path / "store"
     notebook = write_notebook(tmp_path / "bench.ipynb", SETUP, marked=0, after=["print(value)"])
     build(notebook, store)
-    result = snapkernel("bench", str(notebook), "--runs", "1", "--json", store=store, env={SPARES_ENV_VAR: "1"})
+    result = snapkernel(
+        "bench", str(notebook), "--runs", "1", "--json", store=store, env={env_names.SPARE_KERNELS: "1"}
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["spares"] is True
     assert "Traceback" not in result.stderr and "EOFError" not in result.stderr, result.stderr

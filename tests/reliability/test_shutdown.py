@@ -22,7 +22,9 @@ from tests.servers import JUPYTER, LocalServer
 
 EXIT_LIMIT_S = 10.0
 SLEEPING_SETUP = ["import time\ntime.sleep(60)"]
-RESTORE_HELPER = "engine.restore_init"  # the init of a restored tree's PID namespace: one per restored kernel
+RESTORE_HELPER = (
+    "snapkernel_engine.restore_init"  # the init of a restored tree's PID namespace: one per restored kernel
+)
 
 
 @pytest.fixture

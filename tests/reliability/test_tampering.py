@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from engine import VerificationError
 from jupyter_snapkernel.paths import open_store, reading_store
+from snapkernel_engine import VerificationError
 from tests.cli.test_run import build, run_json, snapkernel
 
 from .stores import Built
@@ -122,29 +122,29 @@ def test_a_shared_root_refuses_files_of_anyone_but_its_owner(built: Built, make_
     assert shared.verify(built.snapshot).id == built.snapshot
     os.chown(built.largest_page_image(), intruder.uid, intruder.gid)
     with pytest.raises(VerificationError, match=f"belongs to uid {intruder.uid}, not to the store's owner"):
-        shared.restore(built.snapshot)
+        shared.restore_snapshot(built.snapshot)
     assert [entry.id for entry in shared.corrupt()] == [built.snapshot]
     assert not (tmp_path / "own" / "work").exists(), "no restore was started"
 
 
 LEAK_PROBE = """
 import json, os, sys
-from engine import VerificationError
+from snapkernel_engine import VerificationError
 from jupyter_snapkernel.paths import open_store
 
 store = open_store(sys.argv[1])
 for _ in range(3):  # warm up: imports and caches open what they keep
-    store.restore(sys.argv[2]).kill()
+    store.restore_snapshot(sys.argv[2]).kill()
 before = sorted(os.listdir("/proc/self/fd"))
 for _ in range(5):
-    store.restore(sys.argv[2]).kill()
+    store.restore_snapshot(sys.argv[2]).kill()
 with open(sys.argv[3], "r+b") as pages:
     pages.seek(8192 + 100)
     pages.write(bytes([pages.read(1)[0] ^ 0xFF]))
 refused = 0
 for _ in range(5):
     try:
-        store.restore(sys.argv[2])
+        store.restore_snapshot(sys.argv[2])
     except VerificationError as error:
         refused += "is corrupted" in str(error)
 after = sorted(os.listdir("/proc/self/fd"))

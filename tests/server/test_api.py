@@ -11,9 +11,9 @@ import pytest
 from tornado.httpclient import HTTPClientError
 from traitlets.config import Config
 
-from engine import SnapshotStore
 from jupyter_snapkernel.builder import build_snapshot
 from jupyter_snapkernel.paths import open_store
+from snapkernel_engine import SnapshotStore
 from tests.kernel.conftest import SETUP_CELLS, write_notebook
 
 
@@ -181,3 +181,56 @@ def test_the_extension_is_enabled_by_the_shipped_config() -> None:
     shipped = Path(__file__).resolve().parents[2] / "jupyter-config" / "jupyter_server_config.d"
     config = json.loads((shipped / "jupyter_snapkernel.json").read_text())
     assert config["ServerApp"]["jpserver_extensions"]["jupyter_snapkernel"] is True
+
+
+async def test_status_of_edited_cells_says_stale_before_any_save(
+    jp_fetch: Any, notebook: Path, store: SnapshotStore
+) -> None:
+    """POST status with the cells being edited: ready for the saved ones, stale once a setup cell differs."""
+    manifest = build_snapshot(notebook, store)
+    saved = json.loads(notebook.read_text())
+    cells = [{key: cell[key] for key in ("cell_type", "source", "metadata")} for cell in saved["cells"]]
+    body = {"path": "analysis.ipynb", "cells": cells}
+    ready = await api(jp_fetch, "status", method="POST", body=json.dumps(body))
+    assert (ready["state"], ready["snapshot"], ready["source"]) == ("ready", manifest.id, "own")
+    assert ready["setup_cells"] == [0, 1] and ready["setup_end"] == 1
+
+    cells[1]["source"] += "\nedited = True"
+    stale = await api(jp_fetch, "status", method="POST", body=json.dumps(body))
+    assert stale["state"] == "stale" and "setup cells changed" in stale["reason"]
+    assert (await api(jp_fetch, "status", params={"path": "analysis.ipynb"}))["state"] == "ready", "the file is unsaved"
+
+    cells.insert(0, {"cell_type": "markdown", "source": "# Title", "metadata": {}})
+    cells[2]["metadata"] = {}
+    untagged = await api(jp_fetch, "status", method="POST", body=json.dumps(body))
+    assert (untagged["state"], untagged["setup_cells"], untagged["setup_end"]) == ("none", [], None)
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ({"path": "analysis.ipynb", "cells": "x"}, "`cells` must be a list of cells"),
+        (
+            {"path": "analysis.ipynb", "cells": [{"source": "1"}]},
+            "cells[0] must be an object with a string `cell_type`",
+        ),
+        ({"path": "analysis.ipynb", "cells": [{"cell_type": "code", "source": 5}]}, "cells[0].source must be"),
+        (
+            {"path": "analysis.ipynb", "cells": [{"cell_type": "code", "metadata": {"tags": "snapshot"}}]},
+            "cells[0].metadata.tags must be a list of strings",
+        ),
+        ({"path": "analysis.ipynb", "cells": [], "metadata": []}, "`metadata` must be an object"),
+    ],
+)
+async def test_malformed_cells_get_400_saying_what_is_wrong(
+    jp_fetch: Any, notebook: Path, body: dict[str, Any], problem: str
+) -> None:
+    with pytest.raises(HTTPClientError) as refused:
+        await jp_fetch("snapkernel", "api", "status", method="POST", body=json.dumps(body))
+    assert refused.value.code == 400
+    assert problem in json.loads(refused.value.response.body)["message"]
+
+
+async def test_info_names_the_kernelspecs_snapkernel_starts(jp_fetch: Any, snapkernel_spec: Path) -> None:
+    info = await api(jp_fetch, "info")
+    assert info["kernels"] == ["snapkernel"] and info["version"]

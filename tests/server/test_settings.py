@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from traitlets.config import Config
 
-from engine import SnapshotStore
 from jupyter_snapkernel.builder import build_snapshot
 from jupyter_snapkernel.config import SnapKernelSettings
 from jupyter_snapkernel.paths import open_store
+from snapkernel_engine import SnapshotStore
 from tests.kernel.conftest import KernelSession
 
 
@@ -75,20 +75,21 @@ def test_trim_keeps_the_most_recently_used(tmp_path: Path) -> None:
     for index in range(3):
         notebook = write_notebook(tmp_path / f"nb{index}.ipynb", [f"value = {index}"], marked=0)
         ids.append(build_snapshot(notebook, store).id)
-    assert store.trim(max_snapshots=1) == ids[:2]
+    assert store.enforce_limits(max_snapshots=1) == ids[:2]
     assert [manifest.id for manifest in store.list()] == ids[2:]
 
 
 def test_missing_privileges_are_one_clear_reason(tmp_path: Path) -> None:
     """Without a usable CRIU the provisioner plans a cold start that says why, and builds nothing."""
-    from engine.diagnostics import snapshot_blocker
+    from snapkernel_engine.diagnostics import snapshot_blocker
 
     old_criu = tmp_path / "criu"
     old_criu.write_text("#!/bin/sh\necho 'Version: 3.17.1'\n")
     old_criu.chmod(0o755)
     reason = snapshot_blocker(str(old_criu))
     assert reason is not None
-    assert reason.startswith("criu: ") and "older than 4.0" in reason and "fix: run `make setup`" in reason
+    assert reason.startswith("criu: ") and "older than 4.0" in reason
+    assert "fix: run `jupyter snapkernel install-criu`" in reason
     assert snapshot_blocker() is None, "this machine can take snapshots"
 
 
@@ -97,18 +98,33 @@ def shared_store(tmp_path: Path) -> SnapshotStore:
     return open_store(tmp_path / "shared")
 
 
-async def test_kernels_restore_from_a_shared_read_only_store(
-    open_session: Any, notebook: Path, kernel_store: SnapshotStore, shared_store: SnapshotStore, jp_serverapp: Any
+async def test_a_snapshot_only_in_a_shared_root_is_ready_everywhere_and_restored(
+    open_session: Any,
+    notebook: Path,
+    kernel_store: SnapshotStore,
+    shared_store: SnapshotStore,
+    jp_serverapp: Any,
+    jp_fetch: Any,
+    jp_root_dir: Path,
 ) -> None:
+    """The API, `%snapshot status` and the kernel start all see the admin's snapshot, and nothing is written there."""
+    import json
+
     jp_serverapp.config.SnapKernelSettings.enabled = True
     jp_serverapp.config.SnapKernelSettings.shared_roots = [str(shared_store.root)]
+    jp_serverapp.web_app.settings["snapkernel_settings"].shared_roots = [str(shared_store.root)]
     manifest = build_snapshot(notebook, shared_store)
     for path in [shared_store.root, *shared_store.root.rglob("*")]:
         path.chmod(0o500 if path.is_dir() else 0o400)  # read-only, as an admin would leave it
     try:
+        api_path = str(notebook.relative_to(jp_root_dir))
+        status = json.loads((await jp_fetch("snapkernel", "api", "status", params={"path": api_path})).body)
+        assert (status["state"], status["snapshot"], status["source"]) == ("ready", manifest.id, "shared"), status
         session: KernelSession = await open_session(notebook)
         assert session.restored
         assert await session.value("get_ipython().kernel.start_info.snapshot") == manifest.id
+        printed = (await session.execute("%snapshot status")).stdout
+        assert f"notebook snapshot: ready ({manifest.id}," in printed and "from a shared root" in printed, printed
         assert kernel_store.list() == [], "nothing was written into the user's snapshots"
     finally:
         for path in [shared_store.root, *shared_store.root.rglob("*")]:

@@ -61,7 +61,7 @@ def image_kind(path: Path) -> str | None:
         kind = magic.by_val.get(words[1]) if len(words) > 1 else None
         if kind is None:
             raise CredentialsError(f"cannot parse CRIU image {path}: unknown image magic")
-        return kind
+        return str(kind)
     # Only the inventory has no common header; anything else without one is raw data.
     return "INVENTORY" if words and magic.by_val.get(words[0]) == "INVENTORY" else None
 
@@ -72,7 +72,8 @@ def load_image(path: Path) -> dict[str, Any]:
 
     try:
         with open(path, "rb") as handle:
-            return images.load(handle)
+            image: dict[str, Any] = images.load(handle)  # pycriu is untyped: its loader gives a dict
+            return image
     except Exception as error:
         raise CredentialsError(f"cannot parse CRIU image {path}: {error!r}") from error
 
@@ -146,7 +147,7 @@ def _rewrite_core(entry: dict[str, Any], path: Path, groups: Sequence[int], boun
     """Rewrite the non-id credentials of one thread's core entry; return whether it changed."""
     # Restoring it needs CAP_AUDIT_CONTROL in the initial namespace; CRIU skips it in a user namespace
     # (measured), but a privileged restore of the copy must not give the user the dumper's audit id.
-    changed = entry.get("tc", {}).pop("loginuid", NO_ID) != NO_ID
+    changed = bool(entry.get("tc", {}).pop("loginuid", NO_ID) != NO_ID)
     creds = entry.get("thread_core", {}).get("creds")
     if creds is None:
         if not (path.parent / f"creds-{path.name.removeprefix('core-')}").exists():

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from engine import Manifest, SnapshotError, SnapshotStore
+from snapkernel_engine import Manifest, SnapshotError, SnapshotStore
 
 from .builder import build_snapshot, progress_line
 from .setup_section import SetupSection
@@ -22,7 +22,7 @@ LOG_LINES = 200
 
 
 @dataclass
-class Build:
+class BackgroundBuild:
     """One snapshot build and what it has done so far."""
 
     id: str
@@ -69,13 +69,13 @@ class Build:
         }
 
 
-class BuildManager:
+class BackgroundBuilds:
     """Runs builds in threads; a request for a setup section that is building joins that build."""
 
     def __init__(self) -> None:
-        self.builds: dict[str, Build] = {}
+        self.builds: dict[str, BackgroundBuild] = {}
 
-    def running(self, setup_hash: str) -> Build | None:
+    def running(self, setup_hash: str) -> BackgroundBuild | None:
         """Return the running build of a setup section."""
         for build in self.builds.values():
             if build.setup_hash == setup_hash and build.state == "building":
@@ -90,7 +90,7 @@ class BuildManager:
         timeout: float,
         after_publish: Callable[[Manifest], object] | None = None,
         gpu_state: bool | None = None,
-    ) -> Build:
+    ) -> BackgroundBuild:
         """Start a build, or return the one already running for the same setup section.
 
         `after_publish` runs in the build's thread once the snapshot is published (store housekeeping:
@@ -99,7 +99,7 @@ class BuildManager:
         running = self.running(section.setup_hash)
         if running is not None:
             return running
-        build = Build(secrets.token_hex(6), notebook, section.setup_hash, len(section.cells))
+        build = BackgroundBuild(secrets.token_hex(6), notebook, section.setup_hash, len(section.cells))
         self.builds[build.id] = build
         loop = asyncio.get_running_loop()
 
@@ -133,7 +133,7 @@ class BuildManager:
             await asyncio.wait(tasks, timeout=timeout)
 
     @staticmethod
-    def _finish(build: Build, done: asyncio.Future[Manifest]) -> None:
+    def _finish(build: BackgroundBuild, done: asyncio.Future[Manifest]) -> None:
         build.finished = time.time()
         error = None if done.cancelled() else done.exception()
         if done.cancelled() or error is not None:
@@ -177,4 +177,4 @@ def in_daemon_thread(function: Callable[..., T], *args: Any, **kwargs: Any) -> a
 
 
 # One per server process: the REST API and the provisioner's automatic builds share it.
-build_manager = BuildManager()
+background_builds = BackgroundBuilds()

@@ -37,7 +37,7 @@ class Manifest:
     pipes: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     cuda_pids: list[int] = field(default_factory=list)
-    inputs: dict[str, Any] = field(default_factory=dict)  # engine.inputs.fingerprint_inputs
+    inputs: dict[str, Any] = field(default_factory=dict)  # snapkernel_engine.inputs.fingerprint_inputs
     format: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:

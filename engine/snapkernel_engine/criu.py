@@ -1,17 +1,17 @@
-"""Locate CRIU, talk to it through pycriu's RPC (`criu swrk`), and read its logs."""
+"""Locate CRIU, talk to it through pycriu's RPC (`criu swrk`), and read its logs.
+
+The namespace init of every restore loads this module: imports are kept to what each function needs.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
-import re
-import shutil
-import subprocess
 import sys
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .errors import CriuUnavailable
 
+TYPE_CHECKING = False  # no typing import for annotations alone: the namespace init of every restore loads this
 if TYPE_CHECKING:
     import pycriu
 
@@ -24,22 +24,39 @@ LOG_LEVEL = 2  # errors and warnings: enough to say why CRIU refused, cheap for 
 
 def find_criu(explicit: str | os.PathLike[str] | None = None) -> str:
     """Return the CRIU binary to use: explicit, $SNAPKERNEL_CRIU, the environment's, then PATH."""
+    import shutil
+
     candidates = [
         explicit,
         os.environ.get(CRIU_ENV_VAR),
-        Path(sys.prefix) / "bin" / "criu",
+        os.path.join(sys.prefix, "bin", "criu"),
         shutil.which("criu"),
         "/usr/local/sbin/criu",
         "/usr/sbin/criu",
     ]
     for candidate in candidates:
-        if candidate and os.access(candidate, os.X_OK) and Path(candidate).is_file():
+        if candidate and os.access(candidate, os.X_OK) and os.path.isfile(candidate):
             return str(candidate)
-    raise CriuUnavailable("CRIU not found: run `make setup`, install CRIU >= 4.0, or set $SNAPKERNEL_CRIU")
+    raise CriuUnavailable(
+        "CRIU not found: run `jupyter snapkernel install-criu`, install CRIU >= 4.0, or set $SNAPKERNEL_CRIU"
+    )
 
 
 def criu_version(binary: str) -> tuple[int, ...]:
-    """Return the version of a CRIU binary as a tuple of integers."""
+    """Return the version of a CRIU binary as a tuple of integers (asked once per build of the binary)."""
+    try:
+        stat = os.stat(binary)
+    except OSError as error:
+        raise CriuUnavailable(f"cannot run {binary}: {error}") from error
+    return _version_of(binary, (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=16)
+def _version_of(binary: str, identity: tuple[int, ...]) -> tuple[int, ...]:
+    """Run `binary --version`; `identity` (its inode and mtime) makes a replaced binary be asked again."""
+    import re
+    import subprocess
+
     try:
         output = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30, check=False).stdout
     except OSError as error:
@@ -56,7 +73,7 @@ def require_supported(binary: str) -> tuple[int, ...]:
     if version < MINIMUM_VERSION:
         raise CriuUnavailable(
             f"{binary} is CRIU {'.'.join(map(str, version))}; snapkernel needs >= 4.0 "
-            "(older releases fail on this kernel's vDSO): run `make setup`"
+            "(older releases fail on this kernel's vDSO): run `jupyter snapkernel install-criu`"
         )
     return version
 
@@ -67,7 +84,7 @@ def rpc_client(binary: str, *, unprivileged: bool = False) -> pycriu.criu:
         import pycriu
     except ImportError as error:
         raise CriuUnavailable(
-            "pycriu is not importable: run `make setup` (it installs pycriu from CRIU's lib/)"
+            "pycriu is not importable: run `jupyter snapkernel install-criu` (it installs pycriu from CRIU's lib/)"
         ) from error
     client = pycriu.criu()
     client.use_binary(binary)
@@ -77,13 +94,35 @@ def rpc_client(binary: str, *, unprivileged: bool = False) -> pycriu.criu:
     return client
 
 
-def log_excerpt(log_path: Path, limit: int = 15) -> str:
+def log_excerpt(log_path: str | os.PathLike[str], limit: int = 15) -> str:
     """Return CRIU's error lines from a log (or its last lines when none is marked an error)."""
     try:
-        lines = log_path.read_text(errors="replace").splitlines()
+        with open(log_path, errors="replace") as log:
+            lines = log.read().splitlines()
     except OSError:
-        return f"(no CRIU log at {log_path})"
+        return f"(no CRIU log at {os.fspath(log_path)})"
     lines = [line for line in lines if not any(noise in line for noise in HARMLESS)]
     errors = [line for line in lines if "Error" in line or "error" in line]
     chosen = (errors or lines)[-limit:]
     return "CRIU log:\n" + "\n".join(f"  {line}" for line in chosen)
+
+
+@functools.lru_cache(maxsize=1)
+def pycriu_search_path() -> tuple[str, ...]:
+    """The folders pycriu and its protobuf are installed in, for a Python started without `site`."""
+    import importlib.util
+
+    folders: list[str] = []
+    for name, depth in (("pycriu", 1), ("google.protobuf", 2)):
+        try:
+            spec = importlib.util.find_spec(name)
+        except ImportError:
+            spec = None
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        folder = next(iter(spec.submodule_search_locations))
+        for _ in range(depth):
+            folder = os.path.dirname(folder)
+        if folder not in folders:
+            folders.append(folder)
+    return tuple(folders)

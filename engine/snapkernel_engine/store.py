@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import fcntl
 import hashlib
 import json
@@ -19,12 +20,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from .checkpoint import checkpoint
+from .checkpoint import dump_tree
 from .cuda import CudaDriver
 from .errors import SnapshotBusy, SnapshotNotFound, StoreError, VerificationError
 from .fingerprint import differences, digest, environment_fingerprint, hardware_fingerprint
 from .manifest import FileRecord, Manifest
-from .restore import RestoredTree, restore
+from .restore import DEFAULT_TIMEOUT_S as DEFAULT_RESTORE_TIMEOUT_S
+from .restore import RestoredTree, restore_tree
 from .version import __version__
 
 VerifyMode = Literal["sha256", "size"]
@@ -174,7 +176,7 @@ class SnapshotStore:
 
     # -- creating -----------------------------------------------------------------------------
 
-    def checkpoint(
+    def take_snapshot(
         self,
         pid: int,
         key: str,
@@ -190,7 +192,7 @@ class SnapshotStore:
     ) -> Manifest:
         """Dump the tree rooted at `pid` and publish it atomically; nothing is left on failure.
 
-        `inputs` records what the process read from outside (engine.inputs.fingerprint_inputs).
+        `inputs` records what the process read from outside (snapkernel_engine.inputs.fingerprint_inputs).
         With `replace`, older snapshots of the same key on this hardware are deleted once this one
         is published (those being restored at that moment finish first and go at the next gc).
         """
@@ -201,7 +203,7 @@ class SnapshotStore:
         staging_lock = _new_locked_dir(self.staging_dir, staging.name)
         try:
             images = staging / IMAGES
-            result = checkpoint(
+            result = dump_tree(
                 pid,
                 images,
                 staging,
@@ -373,7 +375,7 @@ class SnapshotStore:
         """Return every usable snapshot, oldest first (corrupt() has the rest)."""
         return self.scan()[0]
 
-    def corrupt(self) -> list[CorruptSnapshot]:
+    def corrupt(self) -> builtins.list[CorruptSnapshot]:
         """Return the entries of the snapshots folder that are not snapshots this store can use, with why."""
         return self.scan()[1]
 
@@ -381,7 +383,7 @@ class SnapshotStore:
         """One hash of this environment and hardware: what a snapshot built now would be keyed on besides its key."""
         return digest([environment_fingerprint(self.environment_extra), hardware_fingerprint()])
 
-    def mismatches(self, manifest: Manifest) -> list[str]:
+    def mismatches(self, manifest: Manifest) -> builtins.list[str]:
         """Say why a snapshot cannot be restored in this environment on this hardware."""
         reasons = []
         changed = differences(manifest.environment, environment_fingerprint(self.environment_extra))
@@ -392,12 +394,12 @@ class SnapshotStore:
             reasons.append(f"hardware changed ({', '.join(changed)})")
         return reasons
 
-    def find(self, key: str) -> Manifest | None:
+    def newest_usable(self, key: str) -> Manifest | None:
         """Return the newest snapshot for `key` that matches this environment and hardware."""
-        usable, _ = self.lookup(key)
+        usable, _ = self.usable_and_stale(key)
         return usable
 
-    def lookup(self, key: str) -> tuple[Manifest | None, list[Mismatch]]:
+    def usable_and_stale(self, key: str) -> tuple[Manifest | None, builtins.list[Mismatch]]:
         """Return the newest usable snapshot for `key` and the stale (then corrupt) ones with their reasons."""
         stale: list[Mismatch] = []
         manifests, corrupt = self.scan()
@@ -453,16 +455,17 @@ class SnapshotStore:
             self._remember_verified(snapshot_id, images, manifest)
         return manifest
 
-    def _verified(self, snapshot_id: str) -> dict[str, list[object]]:
+    def _verified(self, snapshot_id: str) -> dict[str, builtins.list[object]]:
         """The identities of a snapshot's files when this user last hashed them; empty unless only this user
         could have written the record."""
         try:
             info = self.cache_dir.lstat()
             if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
                 return {}
-            return json.loads(_read_no_follow(self.cache_dir / f"{snapshot_id}.json"))
+            record = json.loads(_read_no_follow(self.cache_dir / f"{snapshot_id}.json"))
         except (OSError, ValueError):
             return {}
+        return record if isinstance(record, dict) else {}
 
     def _remember_verified(self, snapshot_id: str, images: Path, manifest: Manifest) -> None:
         """Record the identity of files whose sha256 matched, so unchanged files are not rehashed."""
@@ -516,7 +519,7 @@ class SnapshotStore:
         finally:
             os.close(fd)
 
-    def restore(
+    def restore_snapshot(
         self,
         snapshot_id: str,
         *,
@@ -555,17 +558,16 @@ class SnapshotStore:
             self.work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             # Locked while this restore needs it: the folder of a restore whose server was killed is a leftover.
             held.append(_new_locked_dir(self.work_dir, work.name))
-            options = {} if timeout is None else {"timeout": timeout}
-            tree = restore(
+            tree = restore_tree(
                 directory / IMAGES,
                 work,
                 inherit_fds=inherit,
                 criu_binary=criu_binary,
+                timeout=DEFAULT_RESTORE_TIMEOUT_S if timeout is None else timeout,
                 lazy=lazy,
                 cuda_pids=manifest.cuda_pids,
                 cuda_driver=cuda_driver,
                 own_network=own_network,
-                **options,
             )
         except BaseException:
             release()
@@ -575,7 +577,13 @@ class SnapshotStore:
         if tree.pages_loaded.is_set():
             release()
         else:
-            threading.Thread(target=lambda: (tree.pages_loaded.wait(), release()), daemon=True).start()
+
+            def release_when_loaded() -> None:
+                """Release the snapshot once the lazily restored tree's memory is all in place."""
+                tree.pages_loaded.wait()
+                release()
+
+            threading.Thread(target=release_when_loaded, daemon=True).start()
         return tree
 
     # -- removing -----------------------------------------------------------------------------
@@ -606,7 +614,7 @@ class SnapshotStore:
         """Return the summed image size of every snapshot."""
         return sum(manifest.size_bytes for manifest in self.list())
 
-    def replaced(self, manifests: list[Manifest]) -> list[Manifest]:
+    def replaced(self, manifests: builtins.list[Manifest]) -> builtins.list[Manifest]:
         """Those of `manifests` (oldest first) that a newer one of the same key on the same hardware replaces."""
         newest: dict[tuple[str, str], Manifest] = {}
         for manifest in manifests:
@@ -614,7 +622,7 @@ class SnapshotStore:
         kept = {manifest.id for manifest in newest.values()}
         return [manifest for manifest in manifests if manifest.id not in kept]
 
-    def gc(self, *, max_age_s: float | None = None, quota_bytes: int | None = None) -> list[str]:
+    def clean_up(self, *, max_age_s: float | None = None, quota_bytes: int | None = None) -> builtins.list[str]:
         """Remove what is not a usable snapshot (corrupt entries, replaced snapshots, leftovers of dead builds
         and restores), then snapshots unused for `max_age_s`, then the least recently used over the quota."""
         now = time.time()
@@ -644,9 +652,9 @@ class SnapshotStore:
                     total -= manifest.size_bytes
         return deleted
 
-    def trim(self, *, quota_bytes: int = 0, max_snapshots: int = 0) -> list[str]:
+    def enforce_limits(self, *, quota_bytes: int = 0, max_snapshots: int = 0) -> builtins.list[str]:
         """Delete the least recently used snapshots beyond a size quota and a count (0: no limit)."""
-        deleted = self.gc(quota_bytes=quota_bytes) if quota_bytes else []
+        deleted = self.clean_up(quota_bytes=quota_bytes) if quota_bytes else []
         if max_snapshots:
             kept = sorted(self.list(), key=self.last_used)
             for manifest in kept[: max(len(kept) - max_snapshots, 0)]:

@@ -26,7 +26,7 @@ def watch_for_owner(target_pid: int) -> subprocess.Popen[bytes]:
     target_fd = os.pidfd_open(target_pid)
     try:
         return subprocess.Popen(
-            [sys.executable, "-m", "engine.watchdog", f"--owner-fd={owner_fd}", f"--target-fd={target_fd}",
+            [sys.executable, "-m", "snapkernel_engine.watchdog", f"--owner-fd={owner_fd}", f"--target-fd={target_fd}",
              f"--target-group={target_pid}"],
             stdin=subprocess.DEVNULL,
             pass_fds=(owner_fd, target_fd),
@@ -40,7 +40,7 @@ def watch_for_owner(target_pid: int) -> subprocess.Popen[bytes]:
 
 def main(argv: list[str] | None = None) -> int:
     """Wait until the owner or the target exits; in the first case kill the target's group."""
-    parser = argparse.ArgumentParser(prog="python -m engine.watchdog")
+    parser = argparse.ArgumentParser(prog="python -m snapkernel_engine.watchdog")
     parser.add_argument("--owner-fd", type=int, required=True)
     parser.add_argument("--target-fd", type=int, required=True)
     parser.add_argument("--target-group", type=int, required=True)

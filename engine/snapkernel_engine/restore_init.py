@@ -1,6 +1,6 @@
 """PID 1 of a restore namespace: restores an image through CRIU, then reaps until the root exits.
 
-Run by engine.restore under ``unshare --pid --mount --fork --mount-proc``; not an API. With
+Run by snapkernel_engine.restore under ``unshare --pid --mount --fork --mount-proc``; not an API. With
 ``--lazy`` it first starts CRIU's lazy-pages daemon, so the tree resumes before its memory is
 copied in; the daemon fills the rest in the background and answers page faults first.
 """
@@ -8,15 +8,15 @@ copied in; the daemon fills the rest in the background and answers page faults f
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
-import subprocess
-import time
-from pathlib import Path
-from typing import TextIO
 
+from .control_pipe import write_message
 from .criu import log_excerpt, rpc_client
+
+TYPE_CHECKING = False  # typing is not imported for annotations alone: every restore starts this module
+if TYPE_CHECKING:
+    import subprocess
 
 RESTORE_LOG = "restore.log"
 LAZY_PAGES_LOG = "lazy-pages.log"
@@ -25,7 +25,7 @@ DAEMON_START_TIMEOUT_S = 10.0
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m engine.restore_init")
+    parser = argparse.ArgumentParser(prog="python -m snapkernel_engine.restore_init")
     parser.add_argument("--criu", required=True)
     parser.add_argument("--images", required=True)
     parser.add_argument("--work", required=True)
@@ -38,25 +38,29 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _report(status: TextIO, **fields: object) -> None:
-    status.write(json.dumps(fields) + "\n")
-    status.flush()
+def _report(status_fd: int, **fields: object) -> None:
+    """Tell the launcher how the restore went (one control-pipe message)."""
+    write_message(status_fd, fields)
 
 
 def _start_lazy_pages(args: argparse.Namespace) -> subprocess.Popen[bytes]:
     """Start the lazy-pages daemon and wait until it listens."""
+    import subprocess
+    import time
+
     daemon = subprocess.Popen(
         [args.criu, "lazy-pages", "-D", args.images, "-W", args.work, "-o", LAZY_PAGES_LOG, "-v2"],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    socket_path = Path(args.work) / LAZY_PAGES_SOCKET
+    socket_path = os.path.join(args.work, LAZY_PAGES_SOCKET)
     deadline = time.monotonic() + DAEMON_START_TIMEOUT_S
-    while not socket_path.exists():
+    while not os.path.exists(socket_path):
         if daemon.poll() is not None or time.monotonic() > deadline:
             daemon.kill()
-            raise RuntimeError("the lazy-pages daemon did not start: " + log_excerpt(Path(args.work) / LAZY_PAGES_LOG))
+            excerpt = log_excerpt(os.path.join(args.work, LAZY_PAGES_LOG))
+            raise RuntimeError("the lazy-pages daemon did not start: " + excerpt)
         time.sleep(0.002)
     return daemon
 
@@ -73,15 +77,17 @@ def _bring_up_loopback() -> None:
         fcntl.ioctl(probe, set_flags, struct.pack("16sh", b"lo", flags | up))
 
 
-def _images_for_this_user(images: Path, work: Path) -> Path:
+def _images_for_this_user(images: str, work: str) -> str:
     """A private view of the image whose credentials are this user's (only they are mapped here)."""
+    from pathlib import Path
+
     from .credentials import rewrite_for_user
 
-    private = work / "images"
+    private = Path(work) / "images"
     private.mkdir(mode=0o700)
     # Groups left out: the tree keeps this namespace's own, which are the user's.
-    rewrite_for_user(images, private, os.getuid(), os.getgid())
-    return private
+    rewrite_for_user(Path(images), private, os.getuid(), os.getgid())
+    return str(private)
 
 
 def _exit_with_owner(pidfd: int) -> None:
@@ -96,7 +102,7 @@ def _exit_with_owner(pidfd: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _reap_until(root: int, daemon_pid: int | None, status: TextIO) -> int:
+def _reap_until(root: int, daemon_pid: int | None, status_fd: int) -> int:
     """Reap every orphan of the namespace; return the root's exit code when it ends."""
     while True:
         try:
@@ -104,8 +110,8 @@ def _reap_until(root: int, daemon_pid: int | None, status: TextIO) -> int:
         except ChildProcessError:
             return 0
         if pid == daemon_pid:
-            _report(status, pages_loaded=True, exit_code=os.waitstatus_to_exitcode(wait_status))
-            status.close()
+            _report(status_fd, pages_loaded=True, exit_code=os.waitstatus_to_exitcode(wait_status))
+            os.close(status_fd)
         if pid == root:
             code = os.waitstatus_to_exitcode(wait_status)
             return code if code >= 0 else 128 - code
@@ -117,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     # A namespace init only receives signals it handles; Python's SIGINT handler would make an
     # interrupt meant for the tree raise here instead.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    status = os.fdopen(args.status_fd, "w")
+    status_fd = args.status_fd
     if args.watch_fd is not None:
         _exit_with_owner(args.watch_fd)
     if args.loopback_up:
@@ -126,38 +132,38 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.inherit:
         key, _, fd = item.rpartition("=")
         inherited[key] = int(fd)
-    client = rpc_client(args.criu, unprivileged=args.unprivileged)
-    client.opts.images_dir = args.images
-    client.opts.log_file = RESTORE_LOG
-    client.opts.rst_sibling = True
-    for key, fd in inherited.items():
-        entry = client.opts.inherit_fd.add()
-        entry.key = key
-        entry.fd = fd
     work_fd = os.open(args.work, os.O_DIRECTORY)
-    client.opts.work_dir_fd = work_fd
     daemon = None
     try:
+        client = rpc_client(args.criu, unprivileged=args.unprivileged)
+        client.opts.images_dir = args.images
+        client.opts.log_file = RESTORE_LOG
+        client.opts.rst_sibling = True
+        client.opts.work_dir_fd = work_fd
+        for key, fd in inherited.items():
+            entry = client.opts.inherit_fd.add()
+            entry.key = key
+            entry.fd = fd
         if args.unprivileged:
-            client.opts.images_dir = str(_images_for_this_user(Path(args.images), Path(args.work)))
+            client.opts.images_dir = _images_for_this_user(args.images, args.work)
         if args.lazy:
             daemon = _start_lazy_pages(args)
             client.opts.lazy_pages = True
-        response = client.restore()
+        pid = client.restore().pid
     except Exception as error:  # any failure is reported to the caller, who decides what to do
         if daemon is not None:
             daemon.kill()
-        _report(status, ok=False, error=str(error), log=log_excerpt(Path(args.work) / RESTORE_LOG))
+        _report(status_fd, ok=False, error=str(error), log=log_excerpt(os.path.join(args.work, RESTORE_LOG)))
         return 1
     finally:
         os.close(work_fd)
     for fd in inherited.values():
         # The restored tree holds its own copies; ours would keep pipes from reaching EOF.
         os.close(fd)
-    _report(status, ok=True, pid=response.pid, lazy=daemon is not None)
+    _report(status_fd, ok=True, pid=pid, lazy=daemon is not None)
     if daemon is None:
-        status.close()
-    return _reap_until(response.pid, daemon.pid if daemon else None, status)
+        os.close(status_fd)
+    return _reap_until(pid, daemon.pid if daemon else None, status_fd)
 
 
 if __name__ == "__main__":

@@ -7,12 +7,17 @@ import json
 import os
 import platform
 import sys
+import threading
 from collections.abc import Mapping
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
 from .gpu import inventory
+
+# Fingerprints are computed once and cached; threads asking at the same time (a server starting many
+# kernels at once) wait for that one computation instead of each doing it again.
+_COMPUTING = threading.Lock()
 
 
 def digest(data: object) -> str:
@@ -23,7 +28,9 @@ def digest(data: object) -> str:
 
 def distributions_digest() -> str:
     """Hash the names and versions of every installed distribution (recomputed only when the import path changed)."""
-    return _distributions_digest(_import_path_state())
+    state = _import_path_state()
+    with _COMPUTING:
+        return _distributions_digest(state)
 
 
 def _import_path_state() -> tuple[tuple[str, int], ...]:
@@ -79,9 +86,15 @@ def _cpuinfo() -> dict[str, str]:
     return fields
 
 
-@lru_cache(maxsize=1)
 def hardware_fingerprint() -> dict[str, object]:
-    """Describe the hardware and kernel: CPU model and flags, kernel release, NVIDIA GPUs."""
+    """Describe the hardware and kernel: CPU model and flags, kernel release, NVIDIA GPUs (worked out once)."""
+    with _COMPUTING:
+        return _hardware_fingerprint()
+
+
+@lru_cache(maxsize=1)
+def _hardware_fingerprint() -> dict[str, object]:
+    """The hardware fingerprint, computed."""
     cpu = _cpuinfo()
     flags = sorted((cpu.get("flags") or cpu.get("Features") or "").split())
     return {
@@ -93,6 +106,6 @@ def hardware_fingerprint() -> dict[str, object]:
     }
 
 
-def differences(recorded: dict[str, object], current: dict[str, object]) -> list[str]:
+def differences(recorded: Mapping[str, object], current: Mapping[str, object]) -> list[str]:
     """Name the fields that differ between a recorded and the current fingerprint."""
     return sorted(name for name in recorded.keys() | current.keys() if recorded.get(name) != current.get(name))

@@ -74,7 +74,7 @@ def is_alive(pid: int) -> bool:
 
 def files_open_for_writing(pid: int) -> list[str]:
     """Return the paths of existing regular files that a process holds open for writing."""
-    found = []
+    found: list[str] = []
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
     except OSError:

@@ -32,6 +32,8 @@ CAP_CHECKPOINT_RESTORE = 40
 AMBIENT_CAPS = "-all,+checkpoint_restore,+setpcap"
 NAMESPACE_PROBE_TIMEOUT_S = 20.0
 HARMLESS_PROC_MOUNTS = {"/proc/sys/fs/binfmt_misc"}
+# What an admin runs (as root) for the capability-holding criu of this installation: this environment's jupyter.
+GRANT_COMMAND = f"{Path(sys.prefix) / 'bin' / 'jupyter'} snapkernel install-criu --grant-group {SNAPKERNEL_GROUP}"
 
 
 @dataclass(frozen=True)
@@ -170,7 +172,7 @@ def detect() -> Privileges:
     cap_criu = capability_criu()
     if cap_criu.is_file() and os.access(cap_criu, os.X_OK):
         if not file_capabilities(cap_criu) & (1 << CAP_CHECKPOINT_RESTORE):
-            note = f"{cap_criu} lacks cap_checkpoint_restore (an admin runs `make system-install` again)"
+            note = f"{cap_criu} lacks cap_checkpoint_restore (an admin runs `{GRANT_COMMAND}` again)"
         elif _status_field("NoNewPrivs") == "1":
             note = "no_new_privs is set, so file capabilities do not apply (allowPrivilegeEscalation: true)"
         elif not capability_set("CapBnd") & (1 << CAP_CHECKPOINT_RESTORE):
@@ -184,7 +186,7 @@ def detect() -> Privileges:
     return Privileges(
         "user-namespace",
         f"no grant ({note}): build kernels run in a user namespace of their own",
-        f"for capability mode an admin runs `make system-install` and adds the user to group {SNAPKERNEL_GROUP!r}",
+        f"for capability mode an admin runs `{GRANT_COMMAND}` and adds the user to group {SNAPKERNEL_GROUP!r}",
     )
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import select
 import shutil
@@ -15,9 +14,11 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from . import process
-from .criu import find_criu, log_excerpt, require_supported
+from .control_pipe import take_message
+from .criu import find_criu, log_excerpt, pycriu_search_path, require_supported
 from .cuda import CudaDriver, CudaError, resume_restored, system_driver
 from .errors import CriuUnavailable, RestoreError, RestoreTimeout
 from .privileges import in_user_namespace_command, restores_in_user_namespace
@@ -27,6 +28,9 @@ INIT_LOG = "init.log"
 BUG_MARK = "BUG at "
 BUG_POLL_S = 0.25
 DEFAULT_TIMEOUT_S = 120.0
+# The namespace init needs the standard library, the engine and pycriu (both on PYTHONPATH) only: no
+# `site` (the venv's .pth files cost as long as the rest of Python's start), no current directory on sys.path.
+INIT_PYTHON_FLAGS = ("-S", "-P")
 
 
 class RestoredTree:
@@ -100,11 +104,11 @@ class RestoredTree:
         self.wait()
 
 
-def _read_status(fd: int, launcher: subprocess.Popen[bytes], timeout: float, restore_log: Path) -> dict[str, object]:
-    """Read the init's first JSON report line, or fail when it dies, times out, or CRIU hits a BUG."""
+def _read_status(fd: int, launcher: subprocess.Popen[bytes], timeout: float, restore_log: Path) -> dict[str, Any]:
+    """Read the init's first report, or fail when it dies, times out, or CRIU hits a BUG."""
     deadline = time.monotonic() + timeout
-    buffer = b""
-    while not buffer.endswith(b"\n"):
+    buffer = bytearray()
+    while (report := take_message(buffer)) is None:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError
@@ -114,14 +118,12 @@ def _read_status(fd: int, launcher: subprocess.Popen[bytes], timeout: float, res
             if _mentions(restore_log, BUG_MARK):
                 raise RestoreError("CRIU failed in the middle of the restore and was stopped", log_excerpt(restore_log))
             continue
-        chunk = os.read(fd, 1)  # byte-wise: later lines belong to the pages watcher
-        if not chunk:
-            break
+        chunk = os.read(fd, 1)  # byte-wise: the next message belongs to the pages watcher
+        if not chunk:  # the init exited before its report
+            launcher.wait()
+            return {}
         buffer += chunk
-    if not buffer:
-        launcher.wait()
-        return {}
-    return json.loads(buffer)
+    return report
 
 
 def _mentions(path: Path, text: str) -> bool:
@@ -134,11 +136,14 @@ def _mentions(path: Path, text: str) -> bool:
 
 def _watch_pages(fd: int, loaded: threading.Event) -> None:
     """Wait for the init's report that lazy pages are all in (or its exit), then set `loaded`."""
-    # The launcher keeps a copy of the pipe's write end, so the report line, not EOF, is the signal.
-    received = b""
+    # The launcher keeps a copy of the pipe's write end, so the report, not EOF, is the signal.
+    buffer = bytearray()
     try:
-        while b"pages_loaded" not in received and (chunk := os.read(fd, 4096)):
-            received += chunk
+        while chunk := os.read(fd, 4096):
+            buffer += chunk
+            while (message := take_message(buffer)) is not None:
+                if message.get("pages_loaded"):
+                    return
     finally:
         os.close(fd)
         loaded.set()
@@ -170,7 +175,7 @@ def _host_pid_of(init_pid: int, ns_pid: int) -> int:
     raise RestoreError(f"restored process {ns_pid} is not a child of the namespace init {init_pid}")
 
 
-def restore(
+def restore_tree(
     images_dir: Path,
     work_dir: Path,
     *,
@@ -220,7 +225,7 @@ def restore(
         namespaces = ["--pid", "--mount", *(["--net"] if own_network else [])]
         prefix = [unshare, *namespaces, "--fork", "--mount-proc", "--kill-child"]
     command = [
-        *prefix, sys.executable, "-m", "engine.restore_init",
+        *prefix, sys.executable, *INIT_PYTHON_FLAGS, "-m", "snapkernel_engine.restore_init",
         "--criu", binary, "--images", str(images_dir), "--work", str(work_dir),
         "--status-fd", str(status_write),
     ]  # fmt: skip
@@ -272,7 +277,7 @@ def restore(
         launcher.wait()
         reason = status.get("error") or _tail(work_dir / INIT_LOG) or "restore helper exited early"
         raise RestoreError(f"CRIU could not restore {images_dir}: {reason}", str(status.get("log", "")))
-    ns_pid = int(status["pid"])  # type: ignore[arg-type]
+    ns_pid = int(str(status["pid"]))
     init_pids = process.children(launcher.pid)
     if len(init_pids) != 1:
         launcher.kill()
@@ -295,7 +300,8 @@ def package_environment() -> dict[str, str]:
     """This process's environment, with the engine importable by a child Python."""
     environment = dict(os.environ)
     package_root = str(Path(__file__).resolve().parent.parent)
-    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, environment.get("PYTHONPATH")]))
+    paths = [package_root, *pycriu_search_path(), environment.get("PYTHONPATH")]
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
     return environment
 
 

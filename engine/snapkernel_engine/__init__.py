@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
 
 from .version import __version__
 
+TYPE_CHECKING = False  # no typing import: the namespace init of every restore imports this package
+
 if TYPE_CHECKING:
-    from .checkpoint import DumpResult, checkpoint
+    from .checkpoint import DumpResult, dump_tree
     from .errors import (
         CheckpointError,
         CriuUnavailable,
@@ -22,13 +23,13 @@ if TYPE_CHECKING:
     )
     from .fingerprint import environment_fingerprint, hardware_fingerprint
     from .manifest import Manifest
-    from .restore import RestoredTree, restore
+    from .restore import RestoredTree, restore_tree
     from .store import SnapshotStore
 
 # Loaded on first use: the restore helper imports this package and must start quickly.
 _EXPORTS = {
     "DumpResult": "checkpoint",
-    "checkpoint": "checkpoint",
+    "dump_tree": "checkpoint",
     "CheckpointError": "errors",
     "CriuUnavailable": "errors",
     "RestoreError": "errors",
@@ -42,7 +43,7 @@ _EXPORTS = {
     "hardware_fingerprint": "fingerprint",
     "Manifest": "manifest",
     "RestoredTree": "restore",
-    "restore": "restore",
+    "restore_tree": "restore",
     "SnapshotStore": "store",
 }
 
@@ -61,14 +62,15 @@ __all__ = [
     "StoreError",
     "VerificationError",
     "__version__",
-    "checkpoint",
+    "dump_tree",
     "environment_fingerprint",
     "hardware_fingerprint",
-    "restore",
+    "restore_tree",
 ]
 
 
 def __getattr__(name: str) -> object:
+    """Load an export's module on first use."""
     if name not in _EXPORTS:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

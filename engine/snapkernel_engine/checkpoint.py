@@ -20,7 +20,7 @@ from .cuda import (
     uses_nvidia_devices,
 )
 from .errors import CheckpointError
-from .privileges import Privileges, current
+from .privileges import GRANT_COMMAND, SNAPKERNEL_GROUP, Privileges, current
 from .userns_exec import write_launcher
 
 DUMP_LOG = "dump.log"
@@ -74,7 +74,7 @@ def _refuse_user_namespace_limits(pid: int, members: list[int]) -> None:
     if os.readlink(f"/proc/{pid}/ns/user") == os.readlink("/proc/self/ns/user"):
         raise CheckpointError(
             f"process {pid} shares this process's user namespace: in user-namespace mode the process to dump must "
-            "run in a user namespace of its own (engine.privileges.own_user_namespace_command)"
+            "run in a user namespace of its own (snapkernel_engine.privileges.own_user_namespace_command)"
         )
     for member in members:
         try:
@@ -92,11 +92,11 @@ def _refuse_user_namespace_limits(pid: int, members: list[int]) -> None:
             raise CheckpointError(
                 f"process {member} maps a deleted file ({deleted[0]}): in user-namespace mode CRIU cannot read "
                 "/proc/PID/map_files, so such mappings cannot be dumped. Keep the file until the snapshot is taken, "
-                "or get capability mode (an admin adds you to group 'snapkernel' after `make system-install`)"
+                f"or get capability mode (an admin runs `{GRANT_COMMAND}` and adds you to group {SNAPKERNEL_GROUP!r})"
             )
 
 
-def checkpoint(
+def dump_tree(
     pid: int,
     images_dir: Path,
     work_dir: Path,
@@ -114,7 +114,7 @@ def checkpoint(
     Processes of the tree that hold CUDA state have it moved into host memory first (and back
     afterwards when they keep running); `gpu_state` False refuses such trees instead.
     `cuda_driver` defaults to the machine's driver. `privileges` (default: this process's mode)
-    decides which CRIU dumps and how: see engine.privileges.
+    decides which CRIU dumps and how: see snapkernel_engine.privileges.
     """
     privileges = privileges or current()
     binary = find_criu(criu_binary)

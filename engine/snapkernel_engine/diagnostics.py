@@ -63,10 +63,11 @@ def check_criu_binary(explicit: str | None) -> Check:
         binary = find_criu(explicit)
         version = criu_version(binary)
     except SnapshotError as error:
-        return Check("criu", "fail", str(error), "run `make setup` or set $SNAPKERNEL_CRIU")
+        return Check("criu", "fail", str(error), "run `jupyter snapkernel install-criu` or set $SNAPKERNEL_CRIU")
     text = ".".join(map(str, version))
     if version < MINIMUM_VERSION:
-        return Check("criu", "fail", f"{binary} is CRIU {text}, older than 4.0", "run `make setup` to build CRIU 4.x")
+        fix = "run `jupyter snapkernel install-criu` to build CRIU 4.x"
+        return Check("criu", "fail", f"{binary} is CRIU {text}, older than 4.0", fix)
     return Check("criu", "ok", f"{binary} (CRIU {text})")
 
 
@@ -75,7 +76,7 @@ def check_criu_kernel(explicit: str | None) -> Check:
     try:
         binary = find_criu(explicit)
     except SnapshotError as error:
-        return Check("criu check", "fail", str(error), "install CRIU first")
+        return Check("criu check", "fail", str(error), "run `jupyter snapkernel install-criu`")
     result = _run(as_restores_run([binary, "check"]))
     output = (result.stdout + result.stderr).strip()
     if result.returncode == 0:
@@ -85,7 +86,7 @@ def check_criu_kernel(explicit: str | None) -> Check:
         "criu check",
         "fail",
         " | ".join(last),
-        "see `criu check` output for the missing kernel feature",
+        f"see the output of `{binary} check` for the missing kernel feature",
     )
 
 
@@ -94,10 +95,10 @@ def check_pycriu(explicit: str | None) -> Check:
     try:
         binary = find_criu(explicit)
     except SnapshotError as error:
-        return Check("pycriu", "fail", str(error), "run `make setup`")
+        return Check("pycriu", "fail", str(error), "run `jupyter snapkernel install-criu`")
     # swrk writes its log into the images dir (default: the cwd, which may not be writable).
     probe = (
-        "import shutil, tempfile\nfrom engine.criu import rpc_client\n"
+        "import shutil, tempfile\nfrom snapkernel_engine.criu import rpc_client\n"
         f"client = rpc_client({binary!r}, unprivileged={restores_in_user_namespace()})\n"
         "client.opts.images_dir = scratch = tempfile.mkdtemp()\nclient.opts.log_file = 'check.log'\n"
         "try:\n    client.check()\n"
@@ -106,7 +107,9 @@ def check_pycriu(explicit: str | None) -> Check:
     result = _run(as_restores_run([sys.executable, "-c", probe]), env=package_environment())
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        fix = "run `make setup`" if "pycriu is not importable" in last else "check `criu check`"
+        fix = (
+            "run `jupyter snapkernel install-criu`" if "pycriu is not importable" in last else f"check `{binary} check`"
+        )
         return Check("pycriu", "fail", f"criu swrk did not answer: {last}", fix)
     return Check("pycriu", "ok", "pycriu talks to criu swrk")
 

@@ -68,7 +68,7 @@ def write_launcher(path: Path, target_pid: int, binary: str) -> Path:
     path.write_text(
         f"#!{sys.executable} -I\n"
         f"import sys\nsys.path.insert(0, {package_root!r})\n"
-        f"from engine.userns_exec import enter_and_exec\nenter_and_exec({target_pid}, {binary!r})\n"
+        f"from snapkernel_engine.userns_exec import enter_and_exec\nenter_and_exec({target_pid}, {binary!r})\n"
     )
     os.chmod(path, 0o700)
     return path

@@ -1,0 +1,23 @@
+"""The SNAPKERNEL_* environment variables of the Jupyter layer, each named once (the engine's are in engine/)."""
+
+from __future__ import annotations
+
+# Settings an administrator can set for every user (read by config.SnapKernelSettings).
+ENABLED = "SNAPKERNEL_ENABLED"
+STORE = "SNAPKERNEL_STORE"
+SHARED_ROOTS = "SNAPKERNEL_SHARED_ROOTS"
+AUTO_BUILD = "SNAPKERNEL_AUTO_BUILD"
+VERIFY = "SNAPKERNEL_VERIFY"
+BUILD_TIMEOUT = "SNAPKERNEL_BUILD_TIMEOUT"
+GPU_STATE = "SNAPKERNEL_GPU_STATE"
+SPARE_KERNELS = "SNAPKERNEL_SPARE_KERNELS"
+QUOTA_BYTES = "SNAPKERNEL_QUOTA_BYTES"
+MAX_SNAPSHOTS = "SNAPKERNEL_MAX_SNAPSHOTS"
+
+# What a launcher tells one kernel.
+COLD = "SNAPKERNEL_COLD"  # start this kernel cold, even with a snapshot
+START = "SNAPKERNEL_START"  # JSON: why a kernel started cold, and its notebook
+REPLAY_SETUP = "SNAPKERNEL_REPLAY_SETUP"  # a restored kernel replays the setup cells' outputs
+START_NOTES = "SNAPKERNEL_START_NOTES"  # a kernel announces how it started with its first cell
+
+DEFAULT_BUILD_TIMEOUT_S = 600.0  # how long a snapshot build may take, unless configured

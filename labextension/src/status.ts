@@ -1,0 +1,243 @@
+import { NotebookPanel } from '@jupyterlab/notebook';
+import { IDisposable } from '@lumino/disposable';
+import { Debouncer, IPoll, Poll } from '@lumino/polling';
+import { ISignal, Signal } from '@lumino/signaling';
+
+import {
+  APIError,
+  IBuild,
+  INotebookStatus,
+  SnapshotState,
+  isExtensionMissing,
+  postStatus,
+  requestAPI,
+  serverInfo
+} from './api';
+import { ICellsSnapshot, currentCells } from './setupcells';
+
+/** What the toolbar shows: the snapshot's state, or why it cannot be known now. */
+export type DisplayState = SnapshotState | 'checking' | 'error' | 'unavailable';
+
+/** Poll interval while a build runs (its progress), in ms. */
+const BUILD_POLL_MS = 500;
+/** Longest wait between polls after failures (exponential backoff), in ms. */
+const MAX_BACKOFF_MS = 30_000;
+/** Quiet time after an edit before the cells are sent, in ms. */
+const EDIT_DEBOUNCE_MS = 400;
+/** Default poll interval, in ms (the `pollInterval` setting). */
+export const DEFAULT_POLL_MS = 3000;
+
+/** One notebook's snapshot state, kept current by a poll and by the cells being edited. */
+export class NotebookSnapshot implements IDisposable {
+  private readonly poll: Poll;
+  private readonly debouncer: Debouncer;
+  private readonly changedSignal = new Signal<this, void>(this);
+  private interval: number;
+  private seq = 0;
+  private buildId: string | null = null;
+  private statusValue: INotebookStatus | null = null;
+  private buildValue: IBuild | null = null;
+  private errorValue: string | null = null;
+  private missing = false;
+  private sent: ICellsSnapshot | null = null;
+  private disposed = false;
+
+  constructor(
+    readonly panel: NotebookPanel,
+    interval: number = DEFAULT_POLL_MS
+  ) {
+    this.interval = interval;
+    this.poll = new Poll({
+      auto: false,
+      factory: () => this.tick(),
+      frequency: frequency(interval),
+      name: `snapkernel:status:${panel.id}`,
+      standby: () => (panel.isVisible ? 'when-hidden' : true)
+    });
+    this.debouncer = new Debouncer(() => this.poll.refresh(), EDIT_DEBOUNCE_MS);
+    panel.context.ready
+      .then(() => {
+        if (!this.disposed) {
+          panel.context.model.contentChanged.connect(this.onContentChanged, this);
+          void this.poll.start();
+        }
+      })
+      .catch(() => undefined); // a notebook that cannot be opened has no snapshot state to show
+    panel.disposed.connect(() => this.dispose());
+  }
+
+  /** Emitted whenever the state, the build's progress, the error or the setup cells change. */
+  get changed(): ISignal<this, void> {
+    return this.changedSignal;
+  }
+
+  /** What to show now. */
+  get state(): DisplayState {
+    if (this.missing) {
+      return 'unavailable';
+    }
+    if (this.errorValue !== null) {
+      return 'error';
+    }
+    return this.knownState ?? 'checking';
+  }
+
+  /** The last state the server told (a build in progress counts as building), despite any error since. */
+  get knownState(): SnapshotState | null {
+    if (this.buildValue !== null) {
+      return 'building';
+    }
+    return this.statusValue?.state ?? null;
+  }
+
+  /** The server's last answer about this notebook. */
+  get status(): INotebookStatus | null {
+    return this.statusValue;
+  }
+
+  /** The progress of the build being followed, while it runs. */
+  get build(): IBuild | null {
+    return this.buildValue;
+  }
+
+  /** Why the last request failed; null once one succeeded. */
+  get error(): string | null {
+    return this.errorValue;
+  }
+
+  /** The cells the server's last answer was computed from (its setup_cells index them). */
+  get cells(): ICellsSnapshot | null {
+    return this.sent;
+  }
+
+  /** Set the time between polls, in ms (the `pollInterval` setting). */
+  setInterval(ms: number): void {
+    this.interval = ms;
+    this.updateFrequency();
+  }
+
+  /** Ask the server now; resolves once the answer is in. */
+  async refresh(): Promise<void> {
+    await this.poll.refresh();
+    await this.poll.tick;
+  }
+
+  /** Save the notebook and start (or join) the build of its snapshot; throws with the server's reason. */
+  async startBuild(): Promise<void> {
+    await this.panel.context.save();
+    const build = await requestAPI<IBuild>('builds', {
+      method: 'POST',
+      body: JSON.stringify({ path: this.panel.context.path })
+    });
+    this.seq++; // an answer in flight predates the build
+    this.follow(build);
+    this.errorValue = null;
+    this.changedSignal.emit();
+    void this.poll.refresh();
+  }
+
+  /** Whether the notebook panel is gone (and the poll with it). */
+  get isDisposed(): boolean {
+    return this.disposed;
+  }
+
+  /** Stop polling and listening; called when the notebook panel is disposed. */
+  dispose(): void {
+    if (this.disposed) {
+      return;
+    }
+    this.disposed = true;
+    this.poll.dispose();
+    this.debouncer.dispose();
+    Signal.clearData(this);
+  }
+
+  /** Send the cells again once edits that change what the server reads settle (outputs do not count). */
+  private onContentChanged(): void {
+    const model = this.panel.context.model;
+    if (this.sent !== null && currentCells(model).key === this.sent.key) {
+      return;
+    }
+    this.debouncer.invoke().catch(() => undefined);
+  }
+
+  /** One poll: the followed build's progress, then the state of the notebook's current cells. */
+  private async tick(): Promise<void> {
+    const seq = ++this.seq;
+    try {
+      await serverInfo();
+      if (this.buildId !== null) {
+        const build = await this.fetchBuild(this.buildId);
+        if (seq !== this.seq) {
+          return;
+        }
+        this.follow(build);
+      }
+      const cells = currentCells(this.panel.context.model);
+      const status = await postStatus(this.panel.context.path, cells.cells, cells.metadata);
+      if (seq !== this.seq) {
+        return;
+      }
+      this.statusValue = status;
+      this.sent = cells;
+      if (this.buildId === null && status.state === 'building' && status.build) {
+        this.buildId = status.build; // a build started elsewhere: show its progress from the next poll
+      }
+      this.missing = false;
+      this.errorValue = null;
+    } catch (error) {
+      if (seq !== this.seq) {
+        return;
+      }
+      this.missing = isExtensionMissing(error);
+      this.errorValue = this.missing ? null : messageOf(error);
+      throw error; // the poll backs off, and tries again
+    } finally {
+      if (seq === this.seq && !this.disposed) {
+        this.updateFrequency();
+        this.changedSignal.emit();
+      }
+    }
+  }
+
+  /** A build's progress; null when the server no longer knows it (it restarted). */
+  private async fetchBuild(id: string): Promise<IBuild | null> {
+    try {
+      return await requestAPI<IBuild>(`builds/${encodeURIComponent(id)}`);
+    } catch (error) {
+      if (error instanceof APIError && error.status === 404) {
+        return null;
+      }
+      throw error;
+    }
+  }
+
+  /** Keep following a running build; forget a finished one (the status answer says what it left). */
+  private follow(build: IBuild | null): void {
+    const running = build !== null && build.state === 'building';
+    this.buildId = running ? build.id : null;
+    this.buildValue = running ? build : null;
+  }
+
+  /** Poll fast while a build runs, at the set interval otherwise. */
+  private updateFrequency(): void {
+    const interval = this.buildId !== null ? Math.min(BUILD_POLL_MS, this.interval) : this.interval;
+    const current = this.poll.frequency;
+    if (current.interval !== interval) {
+      this.poll.frequency = frequency(interval);
+    }
+  }
+}
+
+/** A poll's frequency: every `interval` ms, backing off after failures up to MAX_BACKOFF_MS (or the interval). */
+function frequency(interval: number): IPoll.Frequency {
+  return { interval, backoff: true, max: Math.max(MAX_BACKOFF_MS, interval) };
+}
+
+/** One line saying why a request failed. */
+function messageOf(error: unknown): string {
+  if (error instanceof APIError && error.status > 0) {
+    return `${error.status} ${error.message}`;
+  }
+  return error instanceof Error ? error.message : String(error);
+}

@@ -1,0 +1,187 @@
+import { Dialog, ISessionContextDialogs, Notification, showDialog } from '@jupyterlab/apputils';
+import { TranslationBundle } from '@jupyterlab/translation';
+import { ReactWidget, ToolbarButtonComponent } from '@jupyterlab/ui-components';
+import * as React from 'react';
+
+import { serverInfo } from './api';
+import { DisplayState, NotebookSnapshot } from './status';
+
+/** Name of the item in the notebook toolbar (settings: jupyter.lab.toolbars.Notebook). */
+export const TOOLBAR_ITEM = 'snapkernelStatus';
+
+/** The label and tooltip of the item for a notebook's snapshot state. */
+export function describe(
+  snapshot: NotebookSnapshot,
+  trans: TranslationBundle
+): { label: string; tooltip: string } {
+  const status = snapshot.status;
+  const reason = status?.reason ?? '';
+  const withReason = (text: string): string => (reason ? `${text} (${reason})` : text);
+  const state: DisplayState = snapshot.state;
+  switch (state) {
+    case 'checking':
+      return { label: trans.__('Snapshot…'), tooltip: trans.__('Checking the snapshot status…') };
+    case 'unavailable':
+      return {
+        label: trans.__('No snapkernel server'),
+        tooltip: trans.__(
+          'snapkernel server extension not available: this Jupyter server has no /snapkernel/api. ' +
+            'Install jupyter-snapkernel where the server runs and enable its server extension. ' +
+            'Click to check again.'
+        )
+      };
+    case 'error':
+      return {
+        label: trans.__('Snapshot status error'),
+        tooltip: [
+          trans.__('Cannot get the snapshot status: %1', snapshot.error ?? ''),
+          snapshot.knownState
+            ? trans.__('Last known: %1', describeKnown(snapshot, trans))
+            : trans.__('The state is not known yet.'),
+          trans.__('Retrying; click to retry now.')
+        ].join('\n')
+      };
+    case 'building': {
+      const build = snapshot.build;
+      const label =
+        build?.current_cell != null
+          ? trans.__('Building %1/%2…', build.current_cell, build.cells)
+          : trans.__('Building…');
+      const log = build?.log.slice(-3).join('\n') ?? '';
+      return { label, tooltip: log || trans.__('Building the snapshot…') };
+    }
+    case 'ready':
+      return {
+        label: trans.__('Snapshot ready'),
+        tooltip:
+          status?.source === 'shared'
+            ? trans.__('Shared snapshot ready: click to restart the kernel from it')
+            : trans.__('Snapshot ready: click to restart the kernel from it')
+      };
+    case 'stale':
+      return {
+        label: trans.__('Snapshot stale'),
+        tooltip: withReason(trans.__('The snapshot is stale: click to rebuild it'))
+      };
+    case 'failed':
+      return {
+        label: trans.__('Build failed'),
+        tooltip: withReason(trans.__('The last build failed: click to try again'))
+      };
+    case 'none':
+      return {
+        label: trans.__('No snapshot'),
+        tooltip:
+          status?.setup_end == null
+            ? trans.__(
+                'No snapshot yet: mark the last setup cell (tag it `snapshot`), then click to build one'
+              )
+            : trans.__('No snapshot yet: click to build one from the setup cells')
+      };
+  }
+}
+
+/** The last state the server told, in words, for an error's tooltip. */
+function describeKnown(snapshot: NotebookSnapshot, trans: TranslationBundle): string {
+  const build = snapshot.build;
+  switch (snapshot.knownState) {
+    case 'building':
+      return build?.current_cell != null
+        ? trans.__('building, cell %1 of %2', build.current_cell, build.cells)
+        : trans.__('building');
+    case 'ready':
+      return trans.__('snapshot ready');
+    case 'stale':
+      return trans.__('snapshot stale');
+    case 'failed':
+      return trans.__('build failed');
+    default:
+      return trans.__('no snapshot');
+  }
+}
+
+/** The toolbar item: shows the notebook's snapshot state and acts on it when clicked. */
+export class SnapshotToolbarItem extends ReactWidget {
+  constructor(
+    private readonly snapshot: NotebookSnapshot,
+    private readonly dialogs: ISessionContextDialogs,
+    private readonly trans: TranslationBundle
+  ) {
+    super();
+    this.addClass('jp-SnapKernel-status');
+    this.sync();
+    snapshot.changed.connect(this.sync, this);
+  }
+
+  protected render(): JSX.Element {
+    const { label, tooltip } = describe(this.snapshot, this.trans);
+    return (
+      <ToolbarButtonComponent
+        className="jp-SnapKernel-button"
+        dataset={{ 'snapkernel-state': this.snapshot.state }}
+        label={label}
+        tooltip={tooltip}
+        onClick={() => void this.act()}
+      />
+    );
+  }
+
+  /** Show the current state on the node (for styles; the button has it once rendered) and render again. */
+  private sync(): void {
+    this.node.dataset.snapkernelState = this.snapshot.state;
+    this.update();
+  }
+
+  /** Do what the state offers: build, restart from the snapshot, or check again. */
+  private async act(): Promise<void> {
+    try {
+      switch (this.snapshot.state) {
+        case 'building':
+          return;
+        case 'ready':
+          await this.restartFromSnapshot();
+          return;
+        case 'none':
+        case 'stale':
+        case 'failed':
+          await this.snapshot.startBuild();
+          return;
+        default:
+          await this.snapshot.refresh();
+      }
+    } catch (error) {
+      Notification.error(this.trans.__('Snapshot: %1', (error as Error).message), {
+        autoClose: 8000
+      });
+    }
+  }
+
+  /** Restart the kernel (after the usual confirmation), or switch to a kernel that snapkernel starts. */
+  private async restartFromSnapshot(): Promise<void> {
+    const context = this.snapshot.panel.sessionContext;
+    const { kernels } = await serverInfo();
+    const current = context.session?.kernel?.name;
+    if (current !== undefined && kernels.includes(current)) {
+      await this.dialogs.restart(context);
+      return;
+    }
+    if (kernels.length === 0) {
+      Notification.warning(this.trans.__('No kernel of this server starts from snapshots'), {
+        autoClose: 8000
+      });
+      return;
+    }
+    const result = await showDialog({
+      title: this.trans.__('Switch to a snapshot kernel?'),
+      body: this.trans.__(
+        'The kernel %1 does not start from snapshots. Switch this notebook to %2? All variables will be lost.',
+        current ?? this.trans.__('(none)'),
+        kernels[0]
+      ),
+      buttons: [Dialog.cancelButton(), Dialog.warnButton({ label: this.trans.__('Switch') })]
+    });
+    if (result.button.accept) {
+      await context.changeKernel({ name: kernels[0] });
+    }
+  }
+}
