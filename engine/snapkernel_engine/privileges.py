@@ -24,6 +24,7 @@ from typing import Literal
 
 Mode = Literal["root", "capability", "user-namespace", "unavailable"]
 CAP_CRIU_ENV_VAR = "SNAPKERNEL_CRIU_CAP"
+CAP_CRIU_IN_PREFIX = Path("libexec") / "snapkernel" / "criu-cap"  # in an environment, relative to its prefix
 SNAPKERNEL_GROUP = "snapkernel"
 CAP_SETPCAP = 8
 CAP_CHECKPOINT_RESTORE = 40
@@ -73,7 +74,7 @@ def restores_in_user_namespace() -> bool:
 def capability_criu() -> Path:
     """Where the capability-holding criu of this installation is: $SNAPKERNEL_CRIU_CAP or PREFIX/libexec."""
     configured = os.environ.get(CAP_CRIU_ENV_VAR)
-    return Path(configured) if configured else Path(sys.prefix) / "libexec" / "snapkernel" / "criu-cap"
+    return Path(configured) if configured else Path(sys.prefix) / CAP_CRIU_IN_PREFIX
 
 
 def file_capabilities(path: Path) -> int:

@@ -10,11 +10,10 @@ import sys
 from pathlib import Path
 
 from ..errors import SnapshotError
+from ..privileges import CAP_CRIU_IN_PREFIX
 
 INSTALLER = Path(__file__).with_name("install-criu.sh")
 PATCH_DIR = Path(__file__).with_name("patches")
-# Where snapkernel_engine.privileges.capability_criu() looks in an environment, relative to its sys.prefix.
-CAP_CRIU_RELATIVE = Path("libexec") / "snapkernel" / "criu-cap"
 GROUP_NAME = r"[A-Za-z_][A-Za-z0-9_.-]{0,31}"
 
 
@@ -43,13 +42,13 @@ def prefix_python(prefix: Path) -> Path:
 def capability_criu_path(prefix: Path, python: Path) -> Path:
     """Where capability_criu() looks when snapkernel runs from `prefix` (its $SNAPKERNEL_CRIU_CAP aside)."""
     if python == Path(sys.executable):
-        return Path(sys.prefix) / CAP_CRIU_RELATIVE
+        return Path(sys.prefix) / CAP_CRIU_IN_PREFIX
     result = subprocess.run(
         [str(python), "-c", "import sys; print(sys.prefix)"], capture_output=True, text=True, timeout=60, check=False
     )
     if result.returncode != 0 or not result.stdout.strip():
         raise CriuSetupFailed(f"{python} does not run: --prefix must be a working Python environment")
-    return Path(result.stdout.strip()) / CAP_CRIU_RELATIVE
+    return Path(result.stdout.strip()) / CAP_CRIU_IN_PREFIX
 
 
 def rerun_command(prefix: Path, build_dir: Path | None, grant_group: str | None = None) -> str:
