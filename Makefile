@@ -58,4 +58,4 @@ bench: setup
 	$(PY) benchmarks/report.py --prefix $(PREFIX)
 
 clean:
-	rm -rf $(VENV) build .pytest_cache .ruff_cache
+	rm -rf $(VENV) build .pytest_cache .ruff_cache .mypy_cache
