@@ -25,7 +25,7 @@ from snapkernel_engine import Manifest, SnapshotError, SnapshotNotFound, Snapsho
 from snapkernel_engine.version import __version__
 
 from .background_builds import BackgroundBuilds
-from .builder import notebook_gpu_state
+from .builder import gpu_state_of
 from .config import PROVISIONER_NAME, SnapKernelSettings
 from .paths import open_store
 from .setup_section import NotebookError, SetupSection, cells_problem, read_notebook, setup_section_of
@@ -326,7 +326,8 @@ class BuildsHandler(JSONBodyHandler):
     @staticmethod
     def inspect(notebook: Path, configured_gpu_state: bool | None) -> tuple[SetupSection | None, bool]:
         """Read and validate the notebook: its setup section and whether its snapshot keeps GPU state."""
-        return setup_section_of(read_notebook(notebook)), notebook_gpu_state(notebook, configured_gpu_state)
+        book = read_notebook(notebook)
+        return setup_section_of(book), gpu_state_of(book, configured_gpu_state)
 
 
 class BuildHandler(SnapKernelHandler):

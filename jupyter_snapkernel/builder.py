@@ -198,12 +198,18 @@ def _other_build_result(
 
 
 def notebook_gpu_state(notebook: Path, configured: bool | None = None) -> bool:
+    """Whether a notebook file's snapshot includes GPU state (see `gpu_state_of`)."""
+    try:
+        book = read_notebook(notebook)
+    except NotebookError:
+        book = {}  # the build says what is wrong with the notebook
+    return gpu_state_of(book, configured)
+
+
+def gpu_state_of(book: dict[str, Any], configured: bool | None = None) -> bool:
     """Whether a notebook's snapshot includes GPU state: its metadata, else `configured`, else
     $SNAPKERNEL_GPU_STATE, else yes."""
-    try:
-        settings = read_notebook(notebook)["metadata"].get("snapkernel")
-    except NotebookError:
-        settings = None  # the build says what is wrong with the notebook
+    settings = book.get("metadata", {}).get("snapkernel")
     chosen = settings.get("gpu_state") if isinstance(settings, dict) else None
     if isinstance(chosen, bool):
         return chosen

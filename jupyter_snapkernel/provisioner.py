@@ -29,7 +29,6 @@ from . import env_names
 from .background_builds import background_builds
 from .builder import BuildCancelled, notebook_gpu_state
 from .config import SnapKernelSettings
-from .paths import open_store
 from .setup_section import NotebookError, SetupSection
 from .spares import restore_awaiting_connection, spare_pool
 from .status import notebook_file_state, user_stores
@@ -46,7 +45,7 @@ class StartPlan:
     section: SetupSection | None = None
     snapshot: Manifest | None = None
     reason: str | None = None
-    store: SnapshotStore | None = None
+    store: SnapshotStore | None = None  # the store that holds `snapshot`
     build: bool = True  # whether a cold start of this plan may build the snapshot in the background
     own_store: SnapshotStore | None = None  # the user's store, where builds publish
 
@@ -86,15 +85,6 @@ class SnapKernelProvisioner(LocalProvisioner):
             self._settings = SnapKernelSettings(parent=self)
         return self._settings
 
-    @property
-    def store(self) -> SnapshotStore:
-        """This user's store."""
-        return open_store(self.settings.user_store_root, verify=self.settings.verify)
-
-    def stores(self) -> list[SnapshotStore]:
-        """This user's store, then the shared read-only ones (their restores work in the user's store)."""
-        return user_stores(self.settings)
-
     def plan(self, env: dict[str, str], cwd: str | None) -> StartPlan:
         """Decide between restoring and a cold start, with the reason for a cold one."""
         session_name = env.get("JPY_SESSION_NAME")
@@ -115,7 +105,7 @@ class SnapKernelProvisioner(LocalProvisioner):
             notebook = Path(cwd or ".") / notebook.name
         if notebook.suffix != ".ipynb" or not os.path.lexists(notebook):  # a session of no notebook file
             return StartPlan(notebook=notebook, reason=None)
-        stores = self.stores()
+        stores = user_stores(self.settings)
         try:
             state = notebook_file_state(stores, notebook, env)
         except NotebookError as error:  # unreadable, not JSON, or not a valid notebook: the kernel starts cold
@@ -140,9 +130,9 @@ class SnapKernelProvisioner(LocalProvisioner):
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         plan: StartPlan = getattr(self, "start_plan", StartPlan())
         started = time.time()
-        if plan.snapshot is not None:
+        if plan.snapshot is not None and plan.store is not None:
             try:
-                info = await self._restore(plan.snapshot, plan.store or plan.own_store or self.store, kwargs)
+                info = await self._restore(plan.snapshot, plan.store, kwargs)
                 self.start_report = {
                     "start": "restored",
                     "snapshot": plan.snapshot.id,
@@ -158,8 +148,7 @@ class SnapKernelProvisioner(LocalProvisioner):
                 if isinstance(error, SnapshotError) and not isinstance(error, TRANSIENT_FAILURES):
                     # The same snapshot would fail the same way: never offer it again, and do not rebuild it
                     # in a loop (a rebuild of the same cells would carry the same cause).
-                    store = plan.store or plan.own_store or self.store
-                    await asyncio.to_thread(store.mark_unusable, plan.snapshot.id, str(error).splitlines()[0])
+                    await asyncio.to_thread(plan.store.mark_unusable, plan.snapshot.id, str(error).splitlines()[0])
                     plan.build = False
         if plan.reason:
             self.log.info("snapkernel: cold start for %s (%s)", plan.notebook, plan.reason)
@@ -175,9 +164,9 @@ class SnapKernelProvisioner(LocalProvisioner):
         }
         info = await super().launch_kernel(cmd, **kwargs)
         # A requested cold start plans no section, so it builds nothing either.
-        if plan.section is not None and plan.notebook is not None and plan.build and self.settings.auto_build:
+        if plan.section and plan.notebook and plan.own_store and plan.build and self.settings.auto_build:
             try:
-                await self._background_build(plan.notebook, plan.section, plan.own_store or self.store)
+                await self._background_build(plan.notebook, plan.section, plan.own_store)
             except Exception as error:  # the kernel runs: a build that cannot start must not fail its launch
                 self.log.warning("snapkernel: could not start the snapshot build of %s: %s", plan.notebook, error)
         return info

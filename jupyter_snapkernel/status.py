@@ -133,8 +133,10 @@ def notebook_state(
         if usable is not None:
             changes = input_changes(usable, section, notebook, environ)
             if not changes:
-                found = NotebookState("ready", setup_hash, usable, store=store, restorable=True, section=section)
-                found.in_shared_root = store is not own
+                found = NotebookState(
+                    "ready", setup_hash, usable, store=store, restorable=True, section=section,
+                    in_shared_root=store is not own,
+                )  # fmt: skip
                 break
             mismatched = [Mismatch(usable, changes), *mismatched]
         stale += [(mismatch, store) for mismatch in mismatched]
