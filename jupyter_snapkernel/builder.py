@@ -8,7 +8,6 @@ import fcntl
 import json
 import os
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from snapkernel_engine.control_pipe import take_message, write_message
 from snapkernel_engine.inputs import fingerprint_inputs
 from snapkernel_engine.privileges import current, own_user_namespace_command
 from snapkernel_engine.process import tree_rss_bytes
+from snapkernel_engine.store import store_write_error
 from snapkernel_engine.watchdog import watch_for_owner
 
 from . import env_names
@@ -48,6 +48,7 @@ class BuildCancelled(BuildError):
 
 WAIT_POLL_S = 0.2
 NO_SPACE = "No space left on device"
+FILES_A_SNAPSHOT_NEEDS = 200  # image files of a kernel with some threads and children, and the store's own
 
 
 def progress_line(event: dict[str, Any], cells: int) -> str | None:
@@ -125,9 +126,12 @@ def build_snapshot(
     section = section or read_setup_section(notebook)
     if section is None:
         raise BuildError(f"{notebook.name} has no setup cell: tag one `snapshot` or start it with %%snapshot")
-    store.ensure_layout()
-    builds_dir(store).mkdir(mode=0o700, exist_ok=True)
-    lock_fd = os.open(builds_dir(store) / f"{section.setup_hash}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        store.ensure_layout()
+        builds_dir(store).mkdir(mode=0o700, exist_ok=True)
+        lock_fd = os.open(builds_dir(store) / f"{section.setup_hash}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+    except OSError as error:
+        raise BuildError(store_write_error(error, "a build cannot start")) from None
     try:
         other_build = _other_build_result(lock_fd, notebook, store, section, progress, timeout, cancel)
         if other_build is not None:
@@ -312,10 +316,25 @@ def _publish(store: SnapshotStore, pid: int, key: str, **options: Any) -> Manife
         full = (isinstance(error, OSError) and error.errno == errno.ENOSPC) or NO_SPACE in str(error)
         if isinstance(error, CheckpointError) and not full:
             raise
-        problem = NO_SPACE if full else (error.strerror if isinstance(error, OSError) else None) or str(error)
-        free = shutil.disk_usage(store.root).free
+        if not full:
+            assert isinstance(error, OSError)
+            raise BuildError(store_write_error(error, "could not write the snapshot")) from error
         raise BuildError(
-            f"could not write the snapshot into {store.root}: {problem} (it needs about {needed / 1e6:.0f} MB, "
-            f"{free / 1e6:.0f} MB are free): free space there (`jupyter snapkernel gc`) or use another store "
-            "(SNAPKERNEL_STORE)"
+            f"could not write the snapshot into the snapshot store: {_what_ran_out(store, needed)}"
         ) from error
+
+
+def _what_ran_out(store: SnapshotStore, needed: int) -> str:
+    """Say whether a full store ran out of bytes or of inodes (room for new files), and what to do; no path."""
+    usage = os.statvfs(store.root)
+    free = usage.f_bavail * usage.f_frsize
+    if usage.f_files and usage.f_favail < FILES_A_SNAPSHOT_NEEDS:  # 0 f_files: a file system without an inode limit
+        return (
+            f"its file system has run out of inodes (room for {usage.f_favail} more files; a snapshot needs about "
+            f"{FILES_A_SNAPSHOT_NEEDS}, while {free / 1e6:.0f} MB are free): remove files there (`jupyter snapkernel "
+            "gc`) or use another store (SNAPKERNEL_STORE)"
+        )
+    return (
+        f"{NO_SPACE} (it needs about {needed / 1e6:.0f} MB, {free / 1e6:.0f} MB are free): free space there "
+        "(`jupyter snapkernel gc`) or use another store (SNAPKERNEL_STORE)"
+    )

@@ -8,18 +8,19 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from snapkernel_engine import SnapshotError
-from snapkernel_engine.diagnostics import cpu_snapshots_work, run_checks
+from snapkernel_engine import SnapshotError, StoreError
+from snapkernel_engine.diagnostics import Check, cpu_snapshots_work, run_checks
 from snapkernel_engine.privileges import detect
 
 from . import env_names
-from .paths import default_store_root, open_store
+from .config import SnapKernelSettings
+from .paths import default_store_root, open_store, reading_store
 from .setup_section import NotebookError, read_notebook, read_setup_section
-from .status import snapshot_state, snapshot_summary
+from .status import refusal, snapshot_state, snapshot_summary
 
 if TYPE_CHECKING:
     from .headless import RunSummary
@@ -38,7 +39,7 @@ def _human_size(size: float) -> str:
 def doctor(args: argparse.Namespace) -> int:
     """Report what snapshots need here; exit 0 when CPU snapshots can work."""
     privileges = detect()
-    checks = run_checks(args.store, args.criu, privileges)
+    checks = run_checks(args.store, args.criu, privileges) + shared_root_checks(args.store)
     works = cpu_snapshots_work(checks)
     if args.json:
         report = {**privileges.to_dict(), "cpu_snapshots": works, "checks": [check.to_dict() for check in checks]}
@@ -52,6 +53,21 @@ def doctor(args: argparse.Namespace) -> int:
     return 0 if works else 1
 
 
+def shared_root_checks(store_root: Path) -> list[Check]:
+    """One check per shared root the settings name: whether this user's kernels may restore from it, or why not."""
+    settings = SnapKernelSettings()
+    own = open_store(store_root)
+    checks = []
+    for root in settings.shared_roots:
+        refused = refusal(reading_store(root, own, settings.verify, settings.shared_root_owners), own=False)
+        if refused is None:
+            checks.append(Check("shared root", "ok", f"{root}: trusted", required=False))
+        else:
+            fix = "make root its owner, or name its owner in SnapKernelSettings.shared_root_owners"
+            checks.append(Check("shared root", "fail", f"{root}: {refused}", fix, required=False))
+    return checks
+
+
 def install_criu(args: argparse.Namespace) -> int:
     """Install CRIU 4.x and pycriu into a Python environment, building CRIU when the system has none that works."""
     from snapkernel_engine.criu_setup import install
@@ -63,6 +79,9 @@ def install_criu(args: argparse.Namespace) -> int:
 def list_snapshots(args: argparse.Namespace) -> int:
     """List the store's snapshots, and the entries that are not usable snapshots (`gc` removes those)."""
     store = open_store(args.store)
+    problem = store.not_a_store_reason()
+    if problem is not None:  # its folders hold the user's own files, not snapshots to list as corrupt
+        raise StoreError(problem)
     manifests, corrupt = store.scan()
     states = {manifest.id: snapshot_state(store, manifest) for manifest in manifests}
     if args.json:
@@ -102,7 +121,8 @@ def collect(args: argparse.Namespace) -> int:
     """Remove corrupt entries, replaced snapshots and leftovers, then old snapshots, then keep under the quota."""
     store = open_store(args.store)
     max_age = args.max_age_days * 86400 if args.max_age_days is not None else None
-    deleted = store.clean_up(max_age_s=max_age, quota_bytes=args.quota_bytes)
+    # As in the server's settings, a quota of 0 means no limit.
+    deleted = store.clean_up(max_age_s=max_age, quota_bytes=args.quota_bytes or None)
     print(f"deleted {len(deleted)} snapshot(s){': ' + ' '.join(deleted) if deleted else ''}")
     return 0
 
@@ -216,6 +236,22 @@ def os_error_line(error: OSError) -> str:
     return " ".join(f"{what}{where}; {advice}".split())
 
 
+def non_negative(kind: Callable[[str], float]) -> Callable[[str], float]:
+    """An argparse type: a number of `kind` that is 0 or more."""
+
+    def parse(text: str) -> float:
+        """Parse one limit; refuse a negative one."""
+        try:
+            number = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if number < 0:
+            raise argparse.ArgumentTypeError(f"{text} is negative: give 0 (no limit) or more")
+        return number
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of `jupyter snapkernel`."""
     parser = argparse.ArgumentParser(prog="jupyter snapkernel", description=__doc__)
@@ -306,8 +342,15 @@ def build_parser() -> argparse.ArgumentParser:
     rm_parser.set_defaults(handler=remove)
 
     gc_parser = commands.add_parser("gc", help="delete old snapshots and enforce a size quota")
-    gc_parser.add_argument("--max-age-days", type=float, default=None, help="delete snapshots unused for this long")
-    gc_parser.add_argument("--quota-bytes", type=int, default=None, help="keep the store at most this large")
+    gc_parser.add_argument(
+        "--max-age-days", type=non_negative(float), default=None, help="delete snapshots unused for this long"
+    )
+    gc_parser.add_argument(
+        "--quota-bytes",
+        type=non_negative(int),
+        default=None,
+        help="keep the store at most this large (0: no limit, as SnapKernelSettings.quota_bytes)",
+    )
     gc_parser.set_defaults(handler=collect)
     return parser
 

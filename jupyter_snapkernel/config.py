@@ -45,6 +45,12 @@ class SnapKernelSettings(LoggingConfigurable):
         help="Read-only snapshot stores that administrators prepared for all users (a course image's setup, "
         "say), searched after the user's own store ($SNAPKERNEL_SHARED_ROOTS, comma separated).",
     ).tag(config=True)
+    shared_root_owners = List(
+        Unicode(),
+        help="User names, besides root, who may own the shared roots and the snapshots in them. A shared root "
+        "owned by anyone else is refused: its owner could run code as every user who restores from it "
+        "($SNAPKERNEL_SHARED_ROOT_OWNERS, comma separated).",
+    ).tag(config=True)
     quota_bytes = Int(
         0, help="Most bytes of snapshots a user keeps; the least recently used go first (0: no limit)."
     ).tag(config=True)
@@ -93,6 +99,10 @@ class SnapKernelSettings(LoggingConfigurable):
     @default("shared_roots")
     def _shared_roots_default(self) -> list[str]:
         return _env_list(env_names.SHARED_ROOTS) or []
+
+    @default("shared_root_owners")
+    def _shared_root_owners_default(self) -> list[str]:
+        return _env_list(env_names.SHARED_ROOT_OWNERS) or []
 
     @default("auto_build")
     def _auto_build_default(self) -> bool:

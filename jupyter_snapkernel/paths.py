@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import getpass
 import os
+import pwd
 import threading
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 
@@ -49,6 +51,7 @@ def open_store(
     work_dir: str | os.PathLike[str] | None = None,
     shared: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
+    trusted_owners: Iterable[int] | None = None,
 ) -> SnapshotStore:
     """Return a snapshot store, keyed also on the snapkernel code that built the snapshots."""
     return SnapshotStore(
@@ -58,11 +61,30 @@ def open_store(
         work_dir=work_dir,
         shared=shared,
         cache_dir=cache_dir,
+        trusted_owners=None if trusted_owners is None else set(trusted_owners),
     )
 
 
-def reading_store(root: str | os.PathLike[str], own: SnapshotStore, verify: VerifyMode = "sha256") -> SnapshotStore:
-    """A read-only store (an admin's shared root) whose restores work and remember hashes in `own`, privately."""
+def owner_uids(names: Iterable[str]) -> set[int]:
+    """The uids of the users an administrator named (a name with no account names no one)."""
+    uids = set()
+    for name in names:
+        try:
+            uids.add(pwd.getpwnam(name).pw_uid)
+        except KeyError:
+            continue
+    return uids
+
+
+def reading_store(
+    root: str | os.PathLike[str], own: SnapshotStore, verify: VerifyMode = "sha256", owners: Iterable[str] = ()
+) -> SnapshotStore:
+    """A read-only store (an admin's shared root) whose restores work and remember hashes in `own`, privately;
+    trusted only when root, one of the named `owners`, or this user owns it."""
     return open_store(
-        root, verify=verify, work_dir=own.work_dir, cache_dir=own.cache_dir / digest([str(Path(root).resolve())])[:16]
+        root,
+        verify=verify,
+        work_dir=own.work_dir,
+        cache_dir=own.cache_dir / digest([str(Path(root).resolve())])[:16],
+        trusted_owners={os.geteuid(), *owner_uids(owners)},
     )

@@ -21,6 +21,7 @@ from snapkernel_engine import (
     SnapshotError,
     SnapshotNotFound,
     SnapshotStore,
+    StoreError,
 )
 from snapkernel_engine.diagnostics import snapshot_blocker
 from snapkernel_engine.restore import LAZY_NEEDS_ROOT, lazy_restore_supported
@@ -34,7 +35,8 @@ from .spares import restore_awaiting_connection, spare_pool
 from .status import notebook_file_state, user_stores
 
 # Restore failures that may not recur (the machine was busy, a spare kernel died): the snapshot stays usable.
-TRANSIENT_FAILURES = (RestoreTimeout, SnapshotBusy, SnapshotNotFound)
+# A StoreError is the store's fault (read-only, full, not trusted), not the snapshot's.
+TRANSIENT_FAILURES = (RestoreTimeout, SnapshotBusy, SnapshotNotFound, StoreError)
 
 
 @dataclass
@@ -124,6 +126,7 @@ class SnapKernelProvisioner(LocalProvisioner):
         env[env_names.STORE] = str(self.settings.user_store_root)
         # The kernel's `%snapshot status` then looks where this plan looked.
         env[env_names.SHARED_ROOTS] = ",".join(self.settings.shared_roots)
+        env[env_names.SHARED_ROOT_OWNERS] = ",".join(self.settings.shared_root_owners)
         env[env_names.VERIFY] = self.settings.verify
         return kwargs
 

@@ -110,7 +110,25 @@ def input_changes(
 def user_stores(settings: SnapKernelSettings) -> list[SnapshotStore]:
     """This user's store, then the shared read-only ones (their restores work in the user's store)."""
     own = open_store(settings.user_store_root, verify=settings.verify)
-    return [own, *(reading_store(root, own, verify=settings.verify) for root in settings.shared_roots)]
+    owners = settings.shared_root_owners
+    return [own, *(reading_store(root, own, settings.verify, owners) for root in settings.shared_roots)]
+
+
+SHARED_ROOT_ADVICE = "an administrator can name its owner in SnapKernelSettings.shared_root_owners"
+OWN_STORE_ADVICE = (
+    "snapkernel restores only what no one else could have written: use a folder of your own (SNAPKERNEL_STORE)"
+)
+
+
+def refusal(store: SnapshotStore, own: bool) -> str | None:
+    """Why a kernel start may not use a store (None: it may), in one line that names no path."""
+    reason = store.untrusted_reason()
+    if reason is not None:
+        what, advice = ("your snapshot store", OWN_STORE_ADVICE) if own else ("a shared root", SHARED_ROOT_ADVICE)
+        return f"{what} is not trusted: {reason}; {advice}"
+    if own:
+        return store.not_a_store_reason()
+    return None
 
 
 def notebook_state(
@@ -128,7 +146,10 @@ def notebook_state(
     setup_hash, own = section.setup_hash, stores[0]
     found = NotebookState("none", setup_hash, section=section)
     stale: list[tuple[Mismatch, SnapshotStore]] = []
+    refused = {store: refusal(store, store is own) for store in stores}
     for store in stores:
+        if refused[store] is not None:
+            continue  # never restored from, nor built into
         usable, mismatched = store.usable_and_stale(setup_hash)
         if usable is not None:
             changes = input_changes(usable, section, notebook, environ)
@@ -140,7 +161,12 @@ def notebook_state(
                 break
             mismatched = [Mismatch(usable, changes), *mismatched]
         stale += [(mismatch, store) for mismatch in mismatched]
-    record = build_record(own, setup_hash)
+    own_refusal = refused[own]
+    if own_refusal is not None and not found.restorable:  # nothing of it is read, and nothing built into it
+        return NotebookState(
+            "failed", setup_hash, reasons=[own_refusal], cold_reason=own_refusal, rebuild=False, section=section
+        )
+    record = build_record(own, setup_hash) if own_refusal is None else None
     if record and record.get("state") == "building":
         found.state = "building"
         found.cold_reason = None if found.restorable else "no snapshot yet"
@@ -166,7 +192,8 @@ def notebook_state(
         return NotebookState(
             "stale", setup_hash, older, [SETUP_CHANGED], own, cold_reason=f"stale: {SETUP_CHANGED}", section=section
         )
-    found.cold_reason = "no snapshot yet"
+    found.reasons = [reason for reason in refused.values() if reason is not None]
+    found.cold_reason = "; ".join(["no snapshot yet", *found.reasons])
     return found
 
 

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import builtins
+import errno
 import fcntl
 import hashlib
 import json
 import os
 import platform
+import pwd
+import re
 import secrets
 import shutil
 import stat
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,6 +39,22 @@ LOCK = ".lock"
 UNUSABLE = "unusable.json"
 NEW_PREFIX = ".new-"  # a staging or work dir being created, before its lock is held
 NEW_DIR_AGE_S = 3600.0  # a NEW_PREFIX dir this old was left by a process killed while creating it
+MARKER = ".snapkernel-store"  # says a folder is a store snapkernel made: nothing else is ever tidied or deleted
+MARKER_FORMAT = 1
+BUILDS = "builds"  # the Jupyter layer's build records and locks
+
+# The names snapkernel gives what it creates, by folder of the store: only these are removed as leftovers,
+# and a folder from before the marker is adopted as a store only when it holds nothing else.
+_HEX12, _HEX8 = "[0-9a-f]{12}", "[0-9a-f]{8}"
+_NEW = rf"\.new-{_HEX12}"
+OWN_NAMES = {
+    "": re.compile(rf"(snapshots|staging|work|verified|{BUILDS}|{re.escape(MARKER)}(\.{_HEX8})?)"),
+    "snapshots": re.compile(_HEX12),
+    "staging": re.compile(rf"{_HEX12}\.tmp|{_HEX12}\.deleted-{_HEX8}|{_NEW}"),
+    "work": re.compile(rf"{_HEX12}-{_HEX8}|{_NEW}"),
+    "verified": re.compile(rf"{_HEX12}\.json(\.{_HEX8})?|[0-9a-f]{{16}}"),
+    BUILDS: re.compile(r"[0-9a-f]{64}\.(json|lock|tmp)"),
+}
 
 
 @dataclass(frozen=True)
@@ -119,6 +138,31 @@ def _manifest_if_readable(directory: Path) -> Manifest | None:
         return None
 
 
+# What to do when the store cannot be written, by errno (the default: check its permissions).
+WRITE_ADVICE = {
+    errno.EROFS: "the store is on a read-only file system: make it writable, or use a writable store "
+    "(SNAPKERNEL_STORE) and list this one as a shared root",
+    errno.ENOSPC: "free space in the store (`jupyter snapkernel gc`) or use another store (SNAPKERNEL_STORE)",
+    errno.EDQUOT: "free space in the store (`jupyter snapkernel gc`) or use another store (SNAPKERNEL_STORE)",
+}
+
+
+def store_write_error(error: OSError, what: str) -> str:
+    """One line for a store that could not be written: what failed, why (no errno, no path), and what to do."""
+    why = error.strerror or type(error).__name__
+    default = "check the store's permissions, or use another store (SNAPKERNEL_STORE)"
+    advice = WRITE_ADVICE.get(error.errno or 0, default)
+    return f"{what} in the snapshot store ({why}): {advice}"
+
+
+def _owner_name(uid: int) -> str:
+    """A uid with its user name, where it has one."""
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
+
+
 def _read_no_follow(path: Path) -> str:
     """Read a small text file that must not be a symbolic link."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
@@ -137,8 +181,12 @@ class SnapshotStore:
         work_dir: str | os.PathLike[str] | None = None,
         shared: bool = False,
         cache_dir: str | os.PathLike[str] | None = None,
+        trusted_owners: Collection[int] | None = None,
     ) -> None:
         self.root = Path(root)
+        # Whose files a restore may run: this user and root, unless the caller names others (a shared
+        # root's administrators). Whoever else could have written a snapshot could run code as this user.
+        self.trusted_owners = frozenset({0, os.geteuid()} if trusted_owners is None else {0, *trusted_owners})
         # A shared store (an admin's course snapshots) publishes snapshots every user can read.
         self.shared = shared
         self.dir_mode, self.file_mode = (0o755, 0o644) if shared else (0o700, 0o600)
@@ -156,18 +204,117 @@ class SnapshotStore:
 
     def ensure_layout(self) -> None:
         """Create the store's directories (0700, or 0755 where a shared store publishes; owned by this
-        user) or refuse unsafe ones."""
+        user) with the store's marker, or refuse a folder that is another user's or holds other things."""
+        self.root.mkdir(mode=self.dir_mode, parents=True, exist_ok=True)
+        self.claim()
         for directory in (self.root, self.snapshots_dir, self.staging_dir, self.work_dir, self.cache_dir):
             mode = self.dir_mode if directory in (self.root, self.snapshots_dir) else 0o700
             directory.mkdir(mode=mode, parents=True, exist_ok=True)
             info = directory.stat()
             if info.st_uid != os.geteuid():
                 raise StoreError(
-                    f"{directory} belongs to uid {info.st_uid}, not to this user ({os.geteuid()}): "
-                    "choose another store root"
+                    f"the store's folder {directory.name!r} belongs to {_owner_name(info.st_uid)}, not to this "
+                    f"user ({os.geteuid()}): choose another store root"
                 )
             if info.st_mode & 0o777 != mode:
                 os.chmod(directory, mode)
+
+    # -- trust and ownership --------------------------------------------------------------------
+
+    def untrusted_reason(self) -> str | None:
+        """Say why this user may not trust this store (None: it may); every restore, build and deletion asks.
+
+        Its folder (and the link to it, if it is one) and its snapshots folder must belong to a trusted
+        owner and be writable by no one else: whoever else could write there could run code as this user.
+        """
+        checks: list[tuple[str, os.stat_result]] = []
+        try:
+            checks.append(("its folder", self.root.lstat()))
+            if stat.S_ISLNK(checks[0][1].st_mode):
+                checks.append(("the folder its link points to", self.root.stat()))
+            if os.path.lexists(self.snapshots_dir):
+                checks.append(("its snapshots folder", self.snapshots_dir.lstat()))
+        except FileNotFoundError:
+            return None  # nothing there yet: nothing to restore
+        except OSError as error:
+            return f"its folder cannot be inspected ({error.strerror})"
+        for what, info in checks:
+            if info.st_uid not in self.trusted_owners:
+                owners = " or ".join(_owner_name(uid) for uid in sorted(self.trusted_owners))
+                return f"{what} belongs to {_owner_name(info.st_uid)}, not to {owners}"
+            if stat.S_ISLNK(info.st_mode):
+                if what != "its folder":
+                    return f"{what} is a symbolic link"
+            elif info.st_mode & 0o022:
+                return f"{what} is writable by others (mode {stat.S_IMODE(info.st_mode):o})"
+        return None
+
+    def is_marked(self) -> bool:
+        """Whether the folder holds snapkernel's store marker, of a format this code knows."""
+        try:
+            record = json.loads(_read_no_follow(self.root / MARKER))
+        except (OSError, ValueError):
+            return False
+        return isinstance(record, dict) and record.get("format") == MARKER_FORMAT
+
+    def not_a_store_reason(self) -> str | None:
+        """Say why the folder is not a snapkernel store (None: it is one, is empty, is a store from before the
+        marker, or does not exist): it holds entries snapkernel did not make, and no marker."""
+        if self.is_marked():
+            return None
+        foreign: list[str] = []
+        for folder, pattern in OWN_NAMES.items():
+            try:
+                names = os.listdir(self.root / folder)
+            except (FileNotFoundError, PermissionError):
+                continue
+            except NotADirectoryError:
+                foreign.append(folder)
+                continue
+            foreign += [f"{folder}/{name}" if folder else name for name in names if not pattern.fullmatch(name)]
+        if not foreign:
+            return None
+        shown = ", ".join(sorted(foreign)[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        return (
+            f"the store's folder is not a snapkernel store: it holds {shown} and no {MARKER} "
+            "marker; point the store at a new or empty folder (SNAPKERNEL_STORE or --store)"
+        )
+
+    def claim(self) -> bool:
+        """Before anything in the store is changed or removed: check that this user owns it and that it is a
+        snapkernel store (adopting an empty folder or a store from before the marker by writing the marker).
+        Return False when there is no store at all; raise StoreError for any other folder."""
+        if not os.path.lexists(self.root):
+            return False
+        info = self.root.stat()
+        if info.st_uid not in self.trusted_owners:
+            raise StoreError(f"the snapshot store is not this user's: {self.untrusted_reason()}")
+        problem = self.not_a_store_reason()
+        if problem is not None:
+            raise StoreError(problem)
+        if not self.is_marked():
+            self._mark()
+        for directory in (self.root, self.snapshots_dir):  # left writable by others: the owner may tighten it
+            with suppress(FileNotFoundError):
+                loose = directory.lstat()
+                if loose.st_uid == os.geteuid() and stat.S_ISDIR(loose.st_mode) and loose.st_mode & 0o022:
+                    os.chmod(directory, stat.S_IMODE(loose.st_mode) & ~0o022)
+        reason = self.untrusted_reason()
+        if reason is not None:
+            raise StoreError(f"the snapshot store is not trusted: {reason}")
+        return True
+
+    def _mark(self) -> None:
+        """Write the store's marker (format version, owner) atomically."""
+        temporary = self.root / f"{MARKER}.{secrets.token_hex(4)}"
+        record = {"format": MARKER_FORMAT, "owner": os.geteuid(), "created": _utcnow()}
+        try:
+            with open(temporary, "x", encoding="utf-8") as handle:
+                json.dump(record, handle)
+            os.chmod(temporary, self.file_mode)
+            os.replace(temporary, self.root / MARKER)
+        finally:
+            temporary.unlink(missing_ok=True)
 
     def _snapshot_path(self, snapshot_id: str) -> Path:
         if not snapshot_id or not all(c.isalnum() or c in "-_" for c in snapshot_id):
@@ -308,12 +455,12 @@ class SnapshotStore:
         return manifest
 
     def _untrusted(self, directory: Path) -> str | None:
-        """Say why a snapshot folder could have been changed by someone other than the store's owner (or root)."""
+        """Say why a snapshot folder could have been changed by someone this user does not trust."""
+        reason = self.untrusted_reason()
+        if reason is not None:
+            return f"the store is not trusted: {reason}"
         try:
-            owner = self.root.stat().st_uid
-            trusted = {0, owner}
-            checks = [(self.root, self.root.stat()), (self.snapshots_dir, self.snapshots_dir.lstat())]
-            checks.append((directory, directory.lstat()))
+            checks = [(directory, directory.lstat())]
             with os.scandir(directory) as entries:
                 checks += [(Path(entry.path), entry.stat(follow_symlinks=False)) for entry in entries]
             images = directory / IMAGES
@@ -325,11 +472,12 @@ class SnapshotStore:
         except OSError as error:
             return f"cannot inspect it ({error.strerror})"
         for path, info in checks:
-            name = "the store" if path == self.root else str(path.relative_to(self.root))
+            name = str(path.relative_to(self.root))
             if stat.S_ISLNK(info.st_mode):
                 return f"{name} is a symbolic link"
-            if info.st_uid not in trusted:
-                return f"{name} belongs to uid {info.st_uid}, not to the store's owner ({owner})"
+            if info.st_uid not in self.trusted_owners:
+                owners = " or ".join(_owner_name(uid) for uid in sorted(self.trusted_owners))
+                return f"{name} belongs to {_owner_name(info.st_uid)}, not to {owners}"
             if info.st_mode & 0o022:
                 return f"{name} is writable by others (mode {stat.S_IMODE(info.st_mode):o})"
         return None
@@ -555,9 +703,12 @@ class SnapshotStore:
                     f"(it has: {', '.join(sorted(manifest.pipes)) or 'none'})"
                 )
             inherit = {manifest.pipes[name]: fd for name, fd in (pipes or {}).items()}
-            self.work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            # Locked while this restore needs it: the folder of a restore whose server was killed is a leftover.
-            held.append(_new_locked_dir(self.work_dir, work.name))
+            try:
+                self.work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+                # Locked while this restore needs it: the folder of a restore whose server was killed is a leftover.
+                held.append(_new_locked_dir(self.work_dir, work.name))
+            except OSError as error:
+                raise StoreError(store_write_error(error, "a restore cannot create its work folder")) from None
             tree = restore_tree(
                 directory / IMAGES,
                 work,
@@ -589,7 +740,9 @@ class SnapshotStore:
     # -- removing -----------------------------------------------------------------------------
 
     def delete(self, snapshot_id: str) -> None:
-        """Delete a snapshot; refuse while it is being restored."""
+        """Delete a snapshot; refuse while it is being restored, and in a folder that is not this user's store."""
+        if not self.claim():
+            raise SnapshotNotFound(f"no snapshot {snapshot_id!r}")
         with self._locked(snapshot_id, exclusive=True) as directory:
             self._remove_entry(directory)
 
@@ -625,6 +778,8 @@ class SnapshotStore:
     def clean_up(self, *, max_age_s: float | None = None, quota_bytes: int | None = None) -> builtins.list[str]:
         """Remove what is not a usable snapshot (corrupt entries, replaced snapshots, leftovers of dead builds
         and restores), then snapshots unused for `max_age_s`, then the least recently used over the quota."""
+        if not self.claim():
+            return []
         now = time.time()
         self._remove_leftovers(now)
         manifests, corrupt = self.scan()
@@ -670,11 +825,14 @@ class SnapshotStore:
         return True
 
     def _remove_leftovers(self, now: float) -> None:
-        """Remove what dead builds, restores and deletions left in staging/ and work/, and forgotten hashes."""
-        for parent in (self.staging_dir, self.work_dir):
+        """Remove what dead builds, restores and deletions left in staging/ and work/, and forgotten hashes
+        (only entries named as snapkernel names them)."""
+        for parent, folder in ((self.staging_dir, "staging"), (self.work_dir, "work")):
             if not parent.is_dir():
                 continue
             for entry in parent.iterdir():
+                if not OWN_NAMES[folder].fullmatch(entry.name):
+                    continue
                 with suppress(OSError):
                     if not entry.name.startswith(NEW_PREFIX):
                         _remove_if_unlocked(entry)  # a live build or restore holds its folder's lock
@@ -682,5 +840,5 @@ class SnapshotStore:
                         shutil.rmtree(entry, ignore_errors=True)
         if self.cache_dir.is_dir() and self.snapshots_dir.is_dir():
             for record in self.cache_dir.glob("*.json"):
-                if not (self.snapshots_dir / record.stem).exists():
+                if OWN_NAMES["snapshots"].fullmatch(record.stem) and not (self.snapshots_dir / record.stem).exists():
                     record.unlink(missing_ok=True)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
 import time
+from pathlib import Path
 
 import pytest
 
 from snapkernel_engine import SnapshotBusy, SnapshotNotFound, SnapshotStore, StoreError
 from snapkernel_engine.fingerprint import environment_fingerprint, hardware_fingerprint
+from snapkernel_engine.store import MARKER, MARKER_FORMAT
 
 from .conftest import Workload
 
@@ -93,3 +96,52 @@ def test_loose_permissions_are_tightened(store: SnapshotStore) -> None:
     os.chmod(store.root, 0o777)
     store.ensure_layout()
     assert stat.S_IMODE(store.root.stat().st_mode) == 0o700
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    """Every file and folder under `folder`, with a hash of each file's bytes and its mode."""
+    digest = {}
+    for path in sorted(folder.rglob("*")):
+        info = path.lstat()
+        content = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
+        digest[str(path.relative_to(folder))] = f"{content} {stat.S_IMODE(info.st_mode):o}"
+    return digest
+
+
+def test_a_new_store_carries_its_marker(store: SnapshotStore, workload: Workload) -> None:
+    store.take_snapshot(workload.pid, KEY)
+    marker = json.loads((store.root / MARKER).read_text())
+    assert marker["format"] == MARKER_FORMAT and marker["owner"] == os.geteuid()
+    assert store.is_marked() and store.not_a_store_reason() is None
+
+
+def test_a_folder_of_other_files_is_never_made_a_store_nor_tidied(store: SnapshotStore) -> None:
+    """Folders named like a store's (work/, staging/, snapshots/, verified/) that hold other files stay untouched."""
+    for folder, name in [("work", "thesis/ch1.tex"), ("staging", "draft.txt"), ("snapshots", "photo.jpg"),
+                         ("verified", "0123456789ab.json"), ("snapshots", "0123456789ab/notes.txt")]:  # fmt: skip
+        (store.root / folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (store.root / folder / name).write_text(f"the user's {name}\n")
+    before = tree_digest(store.root)
+    refusal = r"is not a snapkernel store: it holds .* and no \.snapkernel-store marker"
+    for attempt in (store.ensure_layout, store.clean_up, lambda: store.delete("0123456789ab")):
+        with pytest.raises(StoreError, match=refusal):
+            attempt()
+    assert tree_digest(store.root) == before
+
+
+def test_an_empty_folder_or_a_store_from_before_the_marker_is_adopted(store: SnapshotStore, workload: Workload) -> None:
+    manifest = store.take_snapshot(workload.pid, KEY)
+    (store.root / MARKER).unlink()
+    assert store.not_a_store_reason() is None, "only snapkernel's own entries: a store from before the marker"
+    assert store.clean_up() == [] and store.is_marked()
+    assert [kept.id for kept in store.list()] == [manifest.id]
+
+
+def test_gc_removes_only_leftovers_named_as_snapkernel_names_them(store: SnapshotStore) -> None:
+    store.ensure_layout()
+    leftover = store.staging_dir / "0123456789ab.tmp"
+    leftover.mkdir()
+    stranger = store.work_dir / "my-notes"
+    stranger.write_text("kept\n")
+    store.clean_up()
+    assert not leftover.exists() and stranger.read_text() == "kept\n"

@@ -17,6 +17,7 @@ import pytest
 
 from jupyter_snapkernel.paths import open_store
 from snapkernel_engine import SnapshotNotFound
+from snapkernel_engine.store import MARKER
 from tests.cli.test_run import JUPYTER, build, run_json, snapkernel
 from tests.kernel.conftest import write_notebook
 from tests.servers import LocalServer
@@ -174,7 +175,11 @@ def test_a_build_on_a_full_disk_says_so_in_one_line_and_leaves_nothing(tmp_path:
     [line] = built.stderr.strip().splitlines()
     assert line.startswith("error: could not write the snapshot into") and "No space left on device" in line
     assert "free space there (`jupyter snapkernel gc`)" in line
-    used = [path for path in small_disk.rglob("*") if path.is_file() and path.suffix != ".lock" and path.stat().st_size]
+    used = [
+        path
+        for path in small_disk.rglob("*")
+        if path.is_file() and path.suffix != ".lock" and path.name != MARKER and path.stat().st_size
+    ]
     assert [path.parent.name for path in used] == ["builds"], used  # only the failed build's record
 
 
