@@ -131,6 +131,30 @@ def refusal(store: SnapshotStore, own: bool) -> str | None:
     return None
 
 
+def _search(
+    stores: Sequence[SnapshotStore],
+    own: SnapshotStore,
+    section: SetupSection,
+    notebook: str | Path,
+    environ: Mapping[str, str],
+) -> tuple[NotebookState, list[tuple[Mismatch, SnapshotStore]]]:
+    """The first snapshot of the section that a start may restore (else state none), and the stale ones before it."""
+    stale: list[tuple[Mismatch, SnapshotStore]] = []
+    for store in stores:
+        usable, mismatched = store.usable_and_stale(section.setup_hash)
+        if usable is not None:
+            changes = input_changes(usable, section, notebook, environ)
+            if not changes:
+                ready = NotebookState(
+                    "ready", section.setup_hash, usable, store=store, restorable=True, section=section,
+                    in_shared_root=store is not own,
+                )  # fmt: skip
+                return ready, stale
+            mismatched = [Mismatch(usable, changes), *mismatched]
+        stale += [(mismatch, store) for mismatch in mismatched]
+    return NotebookState("none", section.setup_hash, section=section), stale
+
+
 def notebook_state(
     stores: Sequence[SnapshotStore],
     section: SetupSection | None,
@@ -144,23 +168,9 @@ def notebook_state(
     if section is None:
         return NotebookState("none", reasons=["no setup cell is marked"], rebuild=False)
     setup_hash, own = section.setup_hash, stores[0]
-    found = NotebookState("none", setup_hash, section=section)
-    stale: list[tuple[Mismatch, SnapshotStore]] = []
     refused = {store: refusal(store, store is own) for store in stores}
-    for store in stores:
-        if refused[store] is not None:
-            continue  # never restored from, nor built into
-        usable, mismatched = store.usable_and_stale(setup_hash)
-        if usable is not None:
-            changes = input_changes(usable, section, notebook, environ)
-            if not changes:
-                found = NotebookState(
-                    "ready", setup_hash, usable, store=store, restorable=True, section=section,
-                    in_shared_root=store is not own,
-                )  # fmt: skip
-                break
-            mismatched = [Mismatch(usable, changes), *mismatched]
-        stale += [(mismatch, store) for mismatch in mismatched]
+    trusted = [store for store in stores if refused[store] is None]  # only these are restored from or built into
+    found, stale = _search(trusted, own, section, notebook, environ)
     own_refusal = refused[own]
     if own_refusal is not None and not found.restorable:  # nothing of it is read, and nothing built into it
         return NotebookState(

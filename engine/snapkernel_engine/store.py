@@ -741,6 +741,7 @@ class SnapshotStore:
 
     def delete(self, snapshot_id: str) -> None:
         """Delete a snapshot; refuse while it is being restored, and in a folder that is not this user's store."""
+        self._snapshot_path(snapshot_id)  # an invalid id is not found, whatever the folder holds
         if not self.claim():
             raise SnapshotNotFound(f"no snapshot {snapshot_id!r}")
         with self._locked(snapshot_id, exclusive=True) as directory:
