@@ -637,7 +637,8 @@ class SnapshotStore:
             os.chmod(temporary, self.file_mode if mode is None else mode)
             os.replace(temporary, path)
         except OSError:
-            temporary.unlink(missing_ok=True)
+            with suppress(OSError):  # a read-only file system refuses even to unlink what is not there
+                temporary.unlink(missing_ok=True)
 
     # -- restoring ----------------------------------------------------------------------------
 
