@@ -11,7 +11,7 @@ from typing import Any
 
 from snapkernel_engine import Manifest, SnapshotStore
 from snapkernel_engine.inputs import changed_inputs
-from snapkernel_engine.store import Mismatch
+from snapkernel_engine.store import BUILDS, Mismatch
 
 from .config import SnapKernelSettings
 from .paths import open_store, reading_store
@@ -36,7 +36,7 @@ class NotebookState:
 
 def builds_dir(store: SnapshotStore) -> Path:
     """Where running and failed builds leave their records."""
-    return store.root / "builds"
+    return store.root / BUILDS
 
 
 def build_record(store: SnapshotStore, setup_hash: str) -> dict[str, object] | None:

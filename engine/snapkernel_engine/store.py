@@ -262,6 +262,8 @@ class SnapshotStore:
         marker, or does not exist): it holds entries snapkernel did not make, and no marker."""
         if self.is_marked():
             return None
+        if os.path.exists(self.root) and not self.root.is_dir():
+            return "the store's path is a file, not a folder: point the store at a new or empty folder"
         foreign: list[str] = []
         for folder, pattern in OWN_NAMES.items():
             try:
