@@ -120,8 +120,8 @@ def remove(args: argparse.Namespace) -> int:
 def collect(args: argparse.Namespace) -> int:
     """Remove corrupt entries, replaced snapshots and leftovers, then old snapshots, then keep under the quota."""
     store = open_store(args.store)
-    max_age = args.max_age_days * 86400 if args.max_age_days is not None else None
-    # As in the server's settings, a quota of 0 means no limit.
+    # As in the server's settings, a limit of 0 means no limit.
+    max_age = args.max_age_days * 86400 if args.max_age_days else None
     deleted = store.clean_up(max_age_s=max_age, quota_bytes=args.quota_bytes or None)
     print(f"deleted {len(deleted)} snapshot(s){': ' + ' '.join(deleted) if deleted else ''}")
     return 0
@@ -343,7 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     gc_parser = commands.add_parser("gc", help="delete old snapshots and enforce a size quota")
     gc_parser.add_argument(
-        "--max-age-days", type=non_negative(float), default=None, help="delete snapshots unused for this long"
+        "--max-age-days",
+        type=non_negative(float),
+        default=None,
+        help="delete snapshots unused for this long (0: no limit)",
     )
     gc_parser.add_argument(
         "--quota-bytes",

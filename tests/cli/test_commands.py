@@ -68,6 +68,20 @@ def test_build_list_run_rm_and_gc(tmp_path: Path, notebook: Path) -> None:
     assert "deleted 0 snapshot(s)" in snapkernel("gc", "--max-age-days", "1", store=store).stdout
 
 
+def test_gc_limits_mean_what_the_servers_settings_mean(tmp_path: Path, notebook: Path) -> None:
+    """A limit of 0 is no limit, as `SnapKernelSettings.quota_bytes = 0` is; a negative limit is refused."""
+    store = tmp_path / "store"
+    snapkernel("build", "--quiet", str(notebook), store=store)
+    for option in ("--quota-bytes", "--max-age-days"):
+        assert "deleted 0 snapshot(s)" in snapkernel("gc", option, "0", store=store).stdout
+    assert len(json.loads(snapkernel("list", "--json", store=store).stdout)) == 1
+    for option in ("--quota-bytes", "--max-age-days"):
+        refused = snapkernel("gc", option, "-1", store=store, check=False)
+        assert refused.returncode == 2, refused.stderr
+        assert f"error: argument {option}: -1 is negative: give 0 (no limit) or more" in refused.stderr
+    assert len(json.loads(snapkernel("list", "--json", store=store).stdout)) == 1
+
+
 def test_bench_reports_cold_and_restored_medians(tmp_path: Path, notebook: Path) -> None:
     store = tmp_path / "store"
     snapkernel("build", "--quiet", str(notebook), store=store)
