@@ -1,4 +1,4 @@
-"""The snapshot state of a notebook: none, building, ready, stale or failed."""
+"""The snapshot state of a notebook: none, queued, building, ready, stale or failed."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from .setup_section import SetupSection, read_setup_section
 class NotebookState:
     """What the stores hold for one notebook's current setup section, and what a kernel start does with it."""
 
-    state: str  # none | building | ready | stale | failed
+    state: str  # none | queued | building | ready | stale | failed
     setup_hash: str | None = None
     snapshot: Manifest | None = None
     reasons: list[str] = field(default_factory=list)
@@ -61,6 +61,21 @@ def _alive(pid: int) -> bool:
 
 
 SETUP_CHANGED = "setup cells changed since the snapshot"
+QUOTA_SETTING = "SnapKernelSettings.quota_bytes"
+
+
+def quota_problem(size_bytes: int, quota_bytes: int) -> str | None:
+    """Why a snapshot of `size_bytes` cannot be kept within the quota on its own (None: it fits, or no quota)."""
+    if quota_bytes <= 0 or size_bytes <= quota_bytes:
+        return None
+    return (
+        f"the snapshot ({_megabytes(size_bytes)}) is larger than the quota ({_megabytes(quota_bytes)}) "
+        f"({QUOTA_SETTING}): raise the quota, or make the setup cells hold less memory"
+    )
+
+
+def _megabytes(size_bytes: int) -> str:
+    return f"{size_bytes / 1e6:.1f} MB" if size_bytes < 10e6 else f"{size_bytes / 1e6:.0f} MB"
 
 
 def snapshot_state(store: SnapshotStore, manifest: Manifest) -> tuple[str, list[str]]:
@@ -118,10 +133,13 @@ def notebook_state(
     section: SetupSection | None,
     notebook: str | Path,
     environ: Mapping[str, str] = os.environ,
+    quota_bytes: int | None = None,
 ) -> NotebookState:
     """Decide a notebook's snapshot state and what a kernel start does: the one answer every caller uses.
 
     `stores` is the user's own store first (builds and their records live there), then the shared roots.
+    `quota_bytes` is the quota in force (None: not known here), so that a snapshot found too large for
+    another quota is built again.
     """
     if section is None:
         return NotebookState("none", reasons=["no setup cell is marked"], rebuild=False)
@@ -147,9 +165,9 @@ def notebook_state(
         return found
     if found.restorable:
         return found
-    if record and record.get("state") == "failed" and record.get("fingerprint") == own.fingerprint_digest():
+    error = _recurring_failure(record, own, quota_bytes)
+    if error is not None:
         # The same cells in the same environment would fail the same way: build again only when asked.
-        error = str(record.get("error", ""))
         return NotebookState(
             "failed", setup_hash, reasons=[error], cold_reason=f"the last snapshot build failed: {error}",
             rebuild=False, section=section,
@@ -170,8 +188,20 @@ def notebook_state(
     return found
 
 
+def _recurring_failure(record: dict[str, object] | None, own: SnapshotStore, quota_bytes: int | None) -> str | None:
+    """The error of a failed build that would fail again: same environment and, for a quota failure, same quota."""
+    if not record or record.get("state") != "failed" or record.get("fingerprint") != own.fingerprint_digest():
+        return None
+    if quota_bytes is not None and record.get("quota_bytes", quota_bytes) != quota_bytes:
+        return None
+    return str(record.get("error", ""))
+
+
 def notebook_file_state(
-    stores: Sequence[SnapshotStore], notebook: str | Path, environ: Mapping[str, str] = os.environ
+    stores: Sequence[SnapshotStore],
+    notebook: str | Path,
+    environ: Mapping[str, str] = os.environ,
+    quota_bytes: int | None = None,
 ) -> NotebookState:
     """The state of a notebook as saved on disk; raise NotebookError when it is not a valid notebook."""
-    return notebook_state(stores, read_setup_section(notebook), notebook, environ)
+    return notebook_state(stores, read_setup_section(notebook), notebook, environ, quota_bytes)

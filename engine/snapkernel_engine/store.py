@@ -36,6 +36,7 @@ LOCK = ".lock"
 UNUSABLE = "unusable.json"
 NEW_PREFIX = ".new-"  # a staging or work dir being created, before its lock is held
 NEW_DIR_AGE_S = 3600.0  # a NEW_PREFIX dir this old was left by a process killed while creating it
+MAX_ID_CHARS = 255  # NAME_MAX: a snapshot id is the name of its folder
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,8 @@ class SnapshotStore:
                 os.chmod(directory, mode)
 
     def _snapshot_path(self, snapshot_id: str) -> Path:
+        if len(snapshot_id) > MAX_ID_CHARS:  # no file can have such a name (ENAMETOOLONG)
+            raise SnapshotNotFound(f"invalid snapshot id: longer than {MAX_ID_CHARS} characters")
         if not snapshot_id or not all(c.isalnum() or c in "-_" for c in snapshot_id):
             raise SnapshotNotFound(f"invalid snapshot id {snapshot_id!r}")
         return self.snapshots_dir / snapshot_id

@@ -149,7 +149,7 @@ async def test_quota_applies_to_builds_through_the_api(
         build_id = json.loads(response.body)["id"]
         for _ in range(600):
             build = json.loads((await jp_fetch("snapkernel", "api", "builds", build_id)).body)
-            if build["state"] != "building":
+            if build["state"] not in ("queued", "building"):
                 break
             await asyncio.sleep(0.1)
         assert build["state"] == "ready"
