@@ -286,7 +286,7 @@ class StatusHandler(JSONBodyHandler):
                 "reasons": state.reasons,
                 "reason": state.reasons[0] if state.state in {"failed", "stale"} and state.reasons else None,
                 "build": running.id if running else None,
-                "queue_ahead": self.builds.queue_ahead(running) if running else None,
+                "queue_ahead": self.builds.queue_ahead(running) if running else state.queue_ahead,
                 "setup_cells": list(positions),
                 "setup_end": positions[-1] if positions else None,
                 "source": None if snapshot is None else "shared" if state.in_shared_root else "own",

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from snapkernel_engine import Manifest, SnapshotError, SnapshotStore
 
-from .builder import BuildError, build_snapshot, progress_line
+from .builder import BuildError, build_snapshot, progress_line, write_queue_record
 from .setup_section import SetupSection
 
 T = TypeVar("T")
@@ -40,6 +40,7 @@ class BackgroundBuild:
     task: asyncio.Future[Manifest] | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     work: Callable[[], Manifest] | None = None  # what runs in the build's thread once a place is free
+    store: SnapshotStore | None = None  # where it publishes (and where its place in the queue is recorded)
 
     def progress(self, event: dict[str, Any]) -> None:
         """Record a progress event of the build kernel."""
@@ -91,6 +92,9 @@ class BackgroundBuilds:
         self.max_concurrent = max_concurrent
         self.max_queued = max_queued
         self.queue: deque[BackgroundBuild] = deque()
+        self._queue_stores: dict[Path, SnapshotStore] = {}  # every store a build was queued for
+        self._queue_records: dict[Path, list[str]] = {}  # what each store's queue record should say now
+        self._queue_lock = threading.Lock()
 
     def running(self, setup_hash: str) -> BackgroundBuild | None:
         """Return the queued or running build of a setup section."""
@@ -151,11 +155,13 @@ class BackgroundBuilds:
                     progress({"event": "note", "text": f"store housekeeping failed: {error}"})
             return manifest
 
-        build.work = build_then_tidy
+        build.work, build.store = build_then_tidy, store
         build.task = loop.create_future()
         self.builds[build.id] = build
         self.queue.append(build)
         self._start_queued()
+        if build.state == "queued":
+            self._record_queue()
         return build
 
     def _building(self) -> int:
@@ -164,12 +170,36 @@ class BackgroundBuilds:
 
     def _start_queued(self) -> None:
         """Start queued builds, oldest first, while fewer than `max_concurrent` run."""
+        started = False
         while self.queue and self._building() < self.max_concurrent:
             build = self.queue.popleft()
+            if not _loop_alive(build):
+                continue  # queued by a server that has ended (an earlier test's, in one process)
             assert build.work is not None
-            build.state = "building"
+            build.state, started = "building", True
             thread = in_daemon_thread(build.work)
             thread.add_done_callback(lambda done, build=build: self._settle(build, done))  # type: ignore[misc]
+        if started and self._queue_stores:
+            self._record_queue()
+
+    def _record_queue(self) -> None:
+        """Write each store's queue for kernels and other processes to read, off the event loop."""
+        for build in self.queue:
+            assert build.store is not None
+            self._queue_stores.setdefault(build.store.root, build.store)
+        self._queue_records = {
+            root: [build.setup_hash for build in self.queue if build.store is not None and build.store.root == root]
+            for root in self._queue_stores
+        }
+        threading.Thread(target=self._write_queue_records, daemon=True, name="snapkernel-queue").start()
+
+    def _write_queue_records(self) -> None:
+        """Write the queue records as they are now (a later call may have changed them: the latest wins)."""
+        with self._queue_lock:
+            for root, setup_hashes in self._queue_records.items():
+                # On failure only `%snapshot status` and other processes miss the queue: this server knows it.
+                with contextlib.suppress(SnapshotError, OSError):
+                    write_queue_record(self._queue_stores[root], setup_hashes)
 
     def _settle(self, build: BackgroundBuild, done: asyncio.Future[Manifest]) -> None:
         """Record how a build's thread ended, tell whoever waits on the build, and start the next queued one."""
@@ -193,6 +223,8 @@ class BackgroundBuilds:
             dropped.log.append(f"failed: {dropped.error}")
             if dropped.task is not None:
                 dropped.task.cancel()
+        if self._queue_stores:
+            await asyncio.to_thread(self._forget_queue)
         running = [build for build in self.builds.values() if build.state == "building"]
         for build in running:
             build.cancel.set()
@@ -200,6 +232,11 @@ class BackgroundBuilds:
         tasks = [build.task for build in running if build.task is not None and build.task.get_loop() is loop]
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
+
+    def _forget_queue(self) -> None:
+        """Remove this server's queue records now (the queue is empty): a stopping server leaves none."""
+        self._queue_records = {root: [] for root in self._queue_stores}
+        self._write_queue_records()
 
     @staticmethod
     def _finish(build: BackgroundBuild, done: asyncio.Future[Manifest]) -> None:

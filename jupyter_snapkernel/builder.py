@@ -29,7 +29,7 @@ from snapkernel_engine.watchdog import watch_for_owner
 from . import env_names
 from .config import env_flag
 from .setup_section import NotebookError, SetupSection, read_notebook, read_setup_section
-from .status import build_record, builds_dir, quota_problem
+from .status import build_record, builds_dir, queue_path, quota_problem
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -95,11 +95,26 @@ def _read_event(fd: int, deadline: float, buffer: bytearray, cancel: threading.E
 
 
 def _write_record(store: SnapshotStore, setup_hash: str, **record: Any) -> None:
-    path = builds_dir(store) / f"{setup_hash}.json"
+    _write_json(builds_dir(store) / f"{setup_hash}.json", record)
+
+
+def _write_json(path: Path, record: dict[str, Any]) -> None:
+    """Replace a file of the builds folder at once, readable by its owner only."""
     temporary = path.with_suffix(".tmp")
     temporary.write_text(json.dumps(record))
     os.chmod(temporary, 0o600)
     os.replace(temporary, path)
+
+
+def write_queue_record(store: SnapshotStore, setup_hashes: list[str]) -> None:
+    """Record this server's queue of builds for a store, in order, for kernels to read (none: remove it)."""
+    path = queue_path(store, os.getpid())
+    if not setup_hashes:
+        path.unlink(missing_ok=True)
+        return
+    store.ensure_layout()
+    builds_dir(store).mkdir(mode=0o700, exist_ok=True)
+    _write_json(path, {"pid": os.getpid(), "queue": setup_hashes})
 
 
 def build_snapshot(

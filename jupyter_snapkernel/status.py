@@ -32,6 +32,7 @@ class NotebookState:
     rebuild: bool = True  # whether a cold start may build the snapshot (False: it would fail the same way)
     section: SetupSection | None = None
     in_shared_root: bool = False  # `store` is an administrator's shared root, not the user's own store
+    queue_ahead: int | None = None  # queued: how many queued builds of its server run first
 
 
 def builds_dir(store: SnapshotStore) -> Path:
@@ -48,6 +49,28 @@ def build_record(store: SnapshotStore, setup_hash: str) -> dict[str, object] | N
     if record.get("state") == "building" and not _alive(int(record.get("pid", 0))):
         return None
     return record
+
+
+def queue_path(store: SnapshotStore, pid: int) -> Path:
+    """Where the server of process `pid` lists, in order, the setup hashes its build queue holds for this store."""
+    return builds_dir(store) / f"queue-{pid}.json"
+
+
+def queued_ahead(store: SnapshotStore, setup_hash: str) -> int | None:
+    """How many queued builds a live server runs before its queued build of `setup_hash` (None: none is queued)."""
+    try:
+        paths = list(builds_dir(store).glob("queue-*.json"))
+    except OSError:
+        return None
+    for path in paths:
+        try:
+            record = json.loads(path.read_text())
+            pid, queue = int(record["pid"]), [str(entry) for entry in record["queue"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if setup_hash in queue and _alive(pid):
+            return queue.index(setup_hash)
+    return None
 
 
 def _alive(pid: int) -> bool:
@@ -162,6 +185,11 @@ def notebook_state(
     if record and record.get("state") == "building":
         found.state = "building"
         found.cold_reason = None if found.restorable else "no snapshot yet"
+        return found
+    ahead = queued_ahead(own, setup_hash)
+    if ahead is not None:
+        found.state, found.queue_ahead = "queued", ahead
+        found.cold_reason = None if found.restorable else f"no snapshot yet: its build is queued ({ahead} ahead)"
         return found
     if found.restorable:
         return found

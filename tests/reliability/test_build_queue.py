@@ -10,6 +10,8 @@ from typing import Any
 import psutil
 import requests
 
+from jupyter_snapkernel.paths import open_store
+from jupyter_snapkernel.status import notebook_file_state
 from tests.kernel.conftest import write_notebook
 from tests.servers import LocalServer
 
@@ -54,19 +56,21 @@ def test_40_build_requests_at_once_run_at_most_max_concurrent_builds_and_queue_o
         assert queued and all(isinstance(build["queue_ahead"], int) for build in queued), accepted
 
         most_at_once = 0
-        seen_queued_status = False
+        seen_queued = {"REST status": False, "the state a kernel reads": False}
         deadline = time.monotonic() + 300
         while any(build["state"] in ACTIVE for build in builds(server)):
             most_at_once = max(most_at_once, len(build_kernels(server)))
-            if not seen_queued_status:
-                waiting = [build for build in builds(server) if build["state"] == "queued"]
-                if waiting:
-                    status = server.api("GET", "snapkernel/api/status", params={"path": Path(waiting[-1]["path"]).name})
-                    seen_queued_status = status.json()["state"] == "queued" and status.json()["queue_ahead"] >= 0
+            waiting = [build for build in builds(server) if build["state"] == "queued"]
+            if waiting:
+                last = Path(waiting[-1]["path"])
+                status = server.api("GET", "snapkernel/api/status", params={"path": last.name}).json()
+                seen_queued["REST status"] |= status["state"] == "queued" and status["queue_ahead"] >= 0
+                state = notebook_file_state([open_store(server.store)], last)  # as `%snapshot status` decides
+                seen_queued["the state a kernel reads"] |= state.state == "queued" and state.queue_ahead is not None
             assert time.monotonic() < deadline, builds(server)
             time.sleep(0.05)
         assert 1 <= most_at_once <= 2, most_at_once
-        assert seen_queued_status, "the status of a notebook whose build waited said queued"
+        assert all(seen_queued.values()), seen_queued
         finished = {build["id"]: build for build in builds(server)}
         assert [finished[build["id"]]["state"] for build in accepted] == ["ready"] * len(accepted), finished
         server.terminate()
@@ -75,7 +79,8 @@ def test_40_build_requests_at_once_run_at_most_max_concurrent_builds_and_queue_o
 
 
 def test_a_quota_smaller_than_one_snapshot_builds_once_and_the_state_names_the_quota(tmp_path: Path) -> None:
-    """Three cold starts with automatic builds: one build, deleted at once, then a failed state naming the quota."""
+    """Three cold starts with automatic builds: one build, deleted at once, then a failed state naming the quota;
+    a server without the quota builds it again."""
     server = LocalServer(tmp_path, {"SNAPKERNEL_AUTO_BUILD": "1", "SNAPKERNEL_QUOTA_BYTES": "1000000"})
     try:
         write_notebook(server.root / "big.ipynb", ["value = 21"], marked=0)
@@ -95,6 +100,17 @@ def test_a_quota_smaller_than_one_snapshot_builds_once_and_the_state_names_the_q
         assert reasons[0] == "no snapshot yet", reasons
         assert all("is larger than the quota" in reason for reason in reasons[1:]), reasons
         assert not list((server.store / "snapshots").iterdir()), "the snapshot over the quota was deleted"
+        server.terminate()
+    finally:
+        server.kill()
+    # Without the quota the same cells build again, and the next start is restored.
+    server = LocalServer(tmp_path, {"SNAPKERNEL_AUTO_BUILD": "1"})
+    try:
+        assert server.ready_kernel("big.ipynb")["reason"] == "no snapshot yet"
+        server.wait_until(
+            lambda: [build["state"] for build in builds(server)] == ["ready"], 120, "the build did not publish"
+        )
+        assert server.ready_kernel("big.ipynb")["start"] == "restored"
         server.terminate()
     finally:
         server.kill()
