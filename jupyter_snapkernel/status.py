@@ -182,14 +182,10 @@ def notebook_state(
             mismatched = [Mismatch(usable, changes), *mismatched]
         stale += [(mismatch, store) for mismatch in mismatched]
     record = build_record(own, setup_hash)
-    if record and record.get("state") == "building":
-        found.state = "building"
+    building, ahead = bool(record and record.get("state") == "building"), queued_ahead(own, setup_hash)
+    if building or ahead is not None:  # a build runs, or waits in a server's queue
+        found.state, found.queue_ahead = ("building", None) if building else ("queued", ahead)
         found.cold_reason = None if found.restorable else "no snapshot yet"
-        return found
-    ahead = queued_ahead(own, setup_hash)
-    if ahead is not None:
-        found.state, found.queue_ahead = "queued", ahead
-        found.cold_reason = None if found.restorable else f"no snapshot yet: its build is queued ({ahead} ahead)"
         return found
     if found.restorable:
         return found

@@ -33,6 +33,28 @@ def builds(server: LocalServer) -> list[dict[str, Any]]:
     return response.json()["builds"]
 
 
+def snapshot_status(server: LocalServer, notebook: str) -> str:
+    """What `%snapshot status` prints in a new session of the notebook."""
+    response = server.start_session(notebook)
+    assert response.status_code == 201, response.text
+    client = server.client(response.json()["kernel"]["id"])
+    client.hb_channel.time_to_dead = 10.0
+    client.start_channels()
+    printed: list[str] = []
+
+    def keep(message: dict[str, Any]) -> None:
+        if message["msg_type"] == "stream":
+            printed.append(message["content"]["text"])
+
+    try:
+        client.wait_for_ready(timeout=60)
+        reply = client.execute_interactive("%snapshot status", output_hook=keep, timeout=60)
+        assert reply["content"]["status"] == "ok", reply
+    finally:
+        client.stop_channels()
+    return "".join(printed)
+
+
 def test_40_build_requests_at_once_run_at_most_max_concurrent_builds_and_queue_or_refuse_the_rest(
     tmp_path: Path,
 ) -> None:
@@ -128,6 +150,10 @@ def test_builds_queued_when_the_server_stops_are_dropped_and_never_run(tmp_path:
         assert [build["state"] for build in builds(server)] == ["building", "queued", "queued"]
         assert [build["queue_ahead"] for build in builds(server)] == [None, 0, 1]
         server.wait_until(lambda: build_kernels(server), 60, "the first build kernel did not start")
+        server.wait_until(
+            lambda: (server.store / "builds" / f"queue-{server.process.pid}.json").exists(), 30, "no record"
+        )
+        assert "notebook snapshot: queued (1 ahead)" in snapshot_status(server, "third.ipynb")
         kernels = build_kernels(server)
         exited, alive = server.terminate()
         assert exited < 10 and alive == [], (exited, alive, server.log()[-4000:])
