@@ -139,7 +139,8 @@ def test_a_quota_smaller_than_one_snapshot_builds_once_and_the_state_names_the_q
 
 
 def test_builds_queued_when_the_server_stops_are_dropped_and_never_run(tmp_path: Path) -> None:
-    """SIGTERM while one build runs a 60 s cell and two wait: the server exits, no build kernel and no record stay."""
+    """Two builds wait behind one in a 60 s cell (a request for a queued one joins it; `%snapshot status` says
+    queued): at SIGTERM the server exits, and no build kernel, snapshot or record stays."""
     server = LocalServer(tmp_path, {})
     try:
         for name in ("slow", "second", "third"):
@@ -149,6 +150,8 @@ def test_builds_queued_when_the_server_stops_are_dropped_and_never_run(tmp_path:
             assert response.status_code == 202, response.text
         assert [build["state"] for build in builds(server)] == ["building", "queued", "queued"]
         assert [build["queue_ahead"] for build in builds(server)] == [None, 0, 1]
+        again = server.api("POST", "snapkernel/api/builds", json={"path": "third.ipynb"}).json()
+        assert again["id"] == builds(server)[2]["id"] and again["state"] == "queued", "a second request joins"
         server.wait_until(lambda: build_kernels(server), 60, "the first build kernel did not start")
         server.wait_until(
             lambda: (server.store / "builds" / f"queue-{server.process.pid}.json").exists(), 30, "no record"
