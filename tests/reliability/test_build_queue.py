@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,15 +16,17 @@ from jupyter_snapkernel.status import notebook_file_state
 from tests.kernel.conftest import write_notebook
 from tests.servers import LocalServer
 
-BUILD_KERNEL = "jupyter_snapkernel.kernelapp"
 ACTIVE = ("queued", "building")
 
 
 def build_kernels(server: LocalServer) -> list[psutil.Process]:
     """The server's build kernels: one per build (a namespace wrapper and the kernel it runs count once)."""
-    found = [process for process in server.processes(BUILD_KERNEL) if "--snapshot-build" in process.cmdline()]
-    pids = {process.pid for process in found}
-    return [process for process in found if process.ppid() not in pids]
+    parents = {}
+    for process in server.processes("--snapshot-build"):
+        with contextlib.suppress(psutil.Error):  # it has just exited
+            parents[process] = process.ppid()
+    pids = {process.pid for process in parents}
+    return [process for process, parent in parents.items() if parent not in pids]
 
 
 def builds(server: LocalServer) -> list[dict[str, Any]]:
