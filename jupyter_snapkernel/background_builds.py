@@ -221,7 +221,8 @@ class BackgroundBuilds:
             dropped = self.queue.popleft()
             dropped.state, dropped.error, dropped.finished = "failed", "cancelled: the server stopped", time.time()
             dropped.log.append(f"failed: {dropped.error}")
-            if dropped.task is not None:
+            if _loop_alive(dropped):  # the loop of an ended server could not run the task's callbacks
+                assert dropped.task is not None
                 dropped.task.cancel()
         if self._queue_stores:
             await asyncio.to_thread(self._forget_queue)
