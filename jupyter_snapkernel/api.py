@@ -17,6 +17,7 @@ from http.client import responses
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from jupyter_core.paths import is_hidden
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
@@ -24,8 +25,8 @@ from tornado import web
 from snapkernel_engine import Manifest, SnapshotError, SnapshotNotFound, SnapshotStore
 from snapkernel_engine.version import __version__
 
-from .background_builds import BackgroundBuilds
-from .builder import gpu_state_of
+from .background_builds import BackgroundBuilds, BuildQueueFull
+from .builder import gpu_state_of, keep_within_limits
 from .config import PROVISIONER_NAME, SnapKernelSettings
 from .paths import open_store
 from .setup_section import NotebookError, SetupSection, cells_problem, read_notebook, setup_section_of
@@ -89,7 +90,7 @@ class SnapKernelHandler(APIHandler):
             raise refusal(403, "the path must stay inside the server's root")
         if any(len(part.encode()) > MAX_NAME_BYTES for part in parts):
             raise refusal(400, f"a file name in the path is longer than {MAX_NAME_BYTES} bytes")
-        shown = api_path if len(api_path) <= 120 else api_path[:119] + "…"
+        shown = shortened(api_path)
         root = self.contents_root
         try:
             path = Path(os.path.realpath(root / api_path, strict=True))
@@ -102,6 +103,8 @@ class SnapKernelHandler(APIHandler):
             raise refusal(403, "the path must stay inside the server's root")
         if path.suffix != ".ipynb" or not path.is_file():
             raise refusal(404, f"no notebook at {shown}")
+        if not self.contents_manager.allow_hidden and is_hidden(root / api_path, root):
+            raise refusal(404, f"no notebook at {shown}")  # what the contents API answers for a hidden file
         return path
 
     def notebook_error(self, api_path: str, error: NotebookError) -> web.HTTPError:
@@ -169,7 +172,7 @@ class SnapshotHandler(SnapKernelHandler):
         try:
             await asyncio.to_thread(lambda: self.store.delete(snapshot_id))
         except SnapshotNotFound:
-            raise refusal(404, f"no snapshot {snapshot_id}") from None
+            raise refusal(404, f"no snapshot {shortened(snapshot_id)}") from None
         except SnapshotError as error:
             raise refusal(409, str(error)) from None
         self.set_status(204)
@@ -260,8 +263,8 @@ class StatusHandler(JSONBodyHandler):
         def decide() -> NotebookState:
             stores = user_stores(settings)
             if edited is None:
-                return notebook_file_state(stores, notebook)
-            return notebook_state(stores, setup_section_of(edited), notebook)
+                return notebook_file_state(stores, notebook, quota_bytes=settings.quota_bytes)
+            return notebook_state(stores, setup_section_of(edited), notebook, quota_bytes=settings.quota_bytes)
 
         try:
             state = await asyncio.to_thread(decide)
@@ -269,7 +272,7 @@ class StatusHandler(JSONBodyHandler):
             raise self.notebook_error(api_path, error) from None
         running = self.builds.running(state.setup_hash) if state.setup_hash else None
         if running is not None:
-            state.state = "building"
+            state.state = running.state  # queued or building: this server's queue knows first
         snapshot = state.snapshot
         positions = state.section.positions if state.section else ()
         self.write_json(
@@ -283,6 +286,7 @@ class StatusHandler(JSONBodyHandler):
                 "reasons": state.reasons,
                 "reason": state.reasons[0] if state.state in {"failed", "stale"} and state.reasons else None,
                 "build": running.id if running else None,
+                "queue_ahead": self.builds.queue_ahead(running) if running else state.queue_ahead,
                 "setup_cells": list(positions),
                 "setup_end": positions[-1] if positions else None,
                 "source": None if snapshot is None else "shared" if state.in_shared_root else "own",
@@ -291,12 +295,18 @@ class StatusHandler(JSONBodyHandler):
 
 
 class BuildsHandler(JSONBodyHandler):
-    """POST builds {path}: start (or join) the build of a notebook's snapshot."""
+    """GET builds: this server's builds; POST builds {path}: queue (or join) the build of a notebook's snapshot."""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        """List the builds this server ran, runs and has queued."""
+        self.write_json({"builds": [self.builds.describe(build) for build in self.builds.builds.values()]})
 
     @web.authenticated
     @authorized
     async def post(self) -> None:
-        """Start the build of the notebook named in the body (202), or join the one running."""
+        """Queue the build of the notebook named in the body (202), join the one queued or running, or 429."""
         if self.body_too_large:
             return  # answered 413 while the body arrived
         api_path = self.request_json().get("path")
@@ -310,18 +320,21 @@ class BuildsHandler(JSONBodyHandler):
             raise refusal(422, "the notebook has no setup cell: tag one `snapshot` or start it with %%snapshot")
         store = await asyncio.to_thread(lambda: self.store)
 
-        def trim(_: Manifest) -> None:
-            store.enforce_limits(quota_bytes=settings.quota_bytes, max_snapshots=settings.max_snapshots)
+        def trim(manifest: Manifest) -> None:
+            keep_within_limits(store, manifest, settings.quota_bytes, settings.max_snapshots)
 
-        build = self.builds.start(
-            notebook,
-            section,
-            store,
-            settings.build_timeout,
-            after_publish=trim,
-            gpu_state=gpu_state,
-        )
-        self.write_json(build.to_dict(), status=202)
+        try:
+            build = self.builds.start(
+                notebook,
+                section,
+                store,
+                settings.build_timeout,
+                after_publish=trim,
+                gpu_state=gpu_state,
+            )
+        except BuildQueueFull as error:
+            raise refusal(429, str(error)) from None
+        self.write_json(self.builds.describe(build), status=202)
 
     @staticmethod
     def inspect(notebook: Path, configured_gpu_state: bool | None) -> tuple[SetupSection | None, bool]:
@@ -339,8 +352,8 @@ class BuildHandler(SnapKernelHandler):
         """Answer a build's state, log and result."""
         build = self.builds.builds.get(build_id)
         if build is None:
-            raise refusal(404, f"no build {build_id}")
-        self.write_json(build.to_dict())
+            raise refusal(404, f"no build {shortened(build_id)}")
+        self.write_json(self.builds.describe(build))
 
 
 class KernelStartHandler(SnapKernelHandler):
@@ -380,6 +393,11 @@ class InfoHandler(SnapKernelHandler):
             and spec.get("spec", {}).get("metadata", {}).get("kernel_provisioner", {}).get("provisioner_name")
             == PROVISIONER_NAME
         )
+
+
+def shortened(name: str, limit: int = 120) -> str:
+    """A name the client sent, cut to `limit` characters for a message."""
+    return name if len(name) <= limit else name[: limit - 1] + "…"
 
 
 def _timestamp(created: str) -> float:

@@ -7,6 +7,7 @@ import contextlib
 import secrets
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any, TypeVar
 
 from snapkernel_engine import Manifest, SnapshotError, SnapshotStore
 
-from .builder import build_snapshot, progress_line
+from .builder import BuildError, build_snapshot, progress_line, write_queue_record
 from .setup_section import SetupSection
 
 T = TypeVar("T")
@@ -29,8 +30,8 @@ class BackgroundBuild:
     notebook: Path
     setup_hash: str
     cells: int
-    started: float = field(default_factory=time.time)
-    state: str = "building"  # building | ready | failed
+    started: float = field(default_factory=time.time)  # when it was asked for (queued or not)
+    state: str = "queued"  # queued | building | ready | failed
     current_cell: int | None = None
     log: list[str] = field(default_factory=list)
     snapshot: Manifest | None = None
@@ -38,6 +39,8 @@ class BackgroundBuild:
     finished: float | None = None
     task: asyncio.Future[Manifest] | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
+    work: Callable[[], Manifest] | None = None  # what runs in the build's thread once a place is free
+    store: SnapshotStore | None = None  # where it publishes (and where its place in the queue is recorded)
 
     def progress(self, event: dict[str, Any]) -> None:
         """Record a progress event of the build kernel."""
@@ -52,14 +55,15 @@ class BackgroundBuild:
                     self.log.extend(output["text"].splitlines())
         del self.log[:-LOG_LINES]
 
-    def to_dict(self) -> dict[str, Any]:
-        """The build as JSON-ready data."""
+    def to_dict(self, queue_ahead: int | None = None) -> dict[str, Any]:
+        """The build as JSON-ready data; `queue_ahead` is how many queued builds run before this queued one."""
         end = self.finished or time.time()
         return {
             "id": self.id,
             "path": str(self.notebook),
             "setup_hash": self.setup_hash,
             "state": self.state,
+            "queue_ahead": queue_ahead if self.state == "queued" else None,
             "cells": self.cells,
             "current_cell": self.current_cell,
             "elapsed_s": round(end - self.started, 3),
@@ -69,18 +73,43 @@ class BackgroundBuild:
         }
 
 
-class BackgroundBuilds:
-    """Runs builds in threads; a request for a setup section that is building joins that build."""
+class BuildQueueFull(SnapshotError):
+    """The server's build queue is full: the request is refused (HTTP 429), nothing is queued."""
 
-    def __init__(self) -> None:
+
+ACTIVE_STATES = ("queued", "building")
+
+
+class BackgroundBuilds:
+    """Runs builds in threads, at most `max_concurrent` at once, the others queued in order of request.
+
+    A request for a setup section that is queued or building joins that build; one past `max_queued`
+    waiting builds raises BuildQueueFull.
+    """
+
+    def __init__(self, max_concurrent: int = 1, max_queued: int = 8) -> None:
         self.builds: dict[str, BackgroundBuild] = {}
+        self.max_concurrent = max_concurrent
+        self.max_queued = max_queued
+        self.queue: deque[BackgroundBuild] = deque()
+        self._queue_stores: dict[Path, SnapshotStore] = {}  # every store a build was queued for
+        self._queue_records: dict[Path, list[str]] = {}  # what each store's queue record should say now
+        self._queue_lock = threading.Lock()
 
     def running(self, setup_hash: str) -> BackgroundBuild | None:
-        """Return the running build of a setup section."""
+        """Return the queued or running build of a setup section."""
         for build in self.builds.values():
-            if build.setup_hash == setup_hash and build.state == "building":
+            if build.setup_hash == setup_hash and build.state in ACTIVE_STATES and _loop_alive(build):
                 return build
         return None
+
+    def queue_ahead(self, build: BackgroundBuild) -> int | None:
+        """How many queued builds run before this one (None: it is not queued)."""
+        return self.queue.index(build) if build in self.queue else None
+
+    def describe(self, build: BackgroundBuild) -> dict[str, Any]:
+        """A build as JSON-ready data, with its place in the queue."""
+        return build.to_dict(self.queue_ahead(build))
 
     def start(
         self,
@@ -91,16 +120,22 @@ class BackgroundBuilds:
         after_publish: Callable[[Manifest], object] | None = None,
         gpu_state: bool | None = None,
     ) -> BackgroundBuild:
-        """Start a build, or return the one already running for the same setup section.
+        """Queue a build (it starts at once when a place is free), or return the one queued or running
+        for the same setup section; raise BuildQueueFull when the queue is full.
 
         `after_publish` runs in the build's thread once the snapshot is published (store housekeeping:
-        it may take a while, and must not hold up the server's event loop).
+        it may take a while, and must not hold up the server's event loop). A BuildError from it fails
+        the build; other errors are noted in its log.
         """
         running = self.running(section.setup_hash)
         if running is not None:
             return running
+        if self._building() >= self.max_concurrent and len(self.queue) >= self.max_queued:
+            raise BuildQueueFull(
+                f"{len(self.queue)} snapshot builds are already waiting (SnapKernelSettings.max_queued_builds): "
+                "try again once one has finished"
+            )
         build = BackgroundBuild(secrets.token_hex(6), notebook, section.setup_hash, len(section.cells))
-        self.builds[build.id] = build
         loop = asyncio.get_running_loop()
 
         def progress(event: dict[str, Any]) -> None:
@@ -114,16 +149,83 @@ class BackgroundBuilds:
             if after_publish is not None:
                 try:
                     after_publish(manifest)
+                except BuildError:
+                    raise
                 except (SnapshotError, OSError) as error:  # the snapshot is there all the same
                     progress({"event": "note", "text": f"store housekeeping failed: {error}"})
             return manifest
 
-        build.task = in_daemon_thread(build_then_tidy)
-        build.task.add_done_callback(lambda done: self._finish(build, done))
+        build.work, build.store = build_then_tidy, store
+        build.task = loop.create_future()
+        self.builds[build.id] = build
+        self.queue.append(build)
+        self._start_queued()
+        if build.state == "queued":
+            self._record_queue()
         return build
 
+    def _building(self) -> int:
+        """How many builds run now."""
+        return sum(build.state == "building" and _loop_alive(build) for build in self.builds.values())
+
+    def _start_queued(self) -> None:
+        """Start queued builds, oldest first, while fewer than `max_concurrent` run."""
+        started = False
+        while self.queue and self._building() < self.max_concurrent:
+            build = self.queue.popleft()
+            if not _loop_alive(build):
+                continue  # queued by a server that has ended (an earlier test's, in one process)
+            assert build.work is not None
+            build.state, started = "building", True
+            thread = in_daemon_thread(build.work)
+            thread.add_done_callback(lambda done, build=build: self._settle(build, done))  # type: ignore[misc]
+        if started and self._queue_stores:
+            self._record_queue()
+
+    def _record_queue(self) -> None:
+        """Write each store's queue for kernels and other processes to read, off the event loop."""
+        for build in self.queue:
+            assert build.store is not None
+            self._queue_stores.setdefault(build.store.root, build.store)
+        self._queue_records = {
+            root: [build.setup_hash for build in self.queue if build.store is not None and build.store.root == root]
+            for root in self._queue_stores
+        }
+        threading.Thread(target=self._write_queue_records, daemon=True, name="snapkernel-queue").start()
+
+    def _write_queue_records(self) -> None:
+        """Write the queue records as they are now (a later call may have changed them: the latest wins)."""
+        with self._queue_lock:
+            for root, setup_hashes in self._queue_records.items():
+                # On failure only `%snapshot status` and other processes miss the queue: this server knows it.
+                with contextlib.suppress(SnapshotError, OSError):
+                    write_queue_record(self._queue_stores[root], setup_hashes)
+
+    def _settle(self, build: BackgroundBuild, done: asyncio.Future[Manifest]) -> None:
+        """Record how a build's thread ended, tell whoever waits on the build, and start the next queued one."""
+        self._finish(build, done)
+        if build.task is not None and not build.task.done():
+            if done.cancelled():
+                build.task.cancel()
+            elif (error := done.exception()) is not None:
+                build.task.set_exception(error)
+                build.task.exception()  # retrieved: a build nobody waits on must not log "never retrieved"
+            else:
+                build.task.set_result(done.result())
+        self._start_queued()
+
     async def stop_all(self, timeout: float) -> None:
-        """Stop every running build and wait (at most `timeout` s) until their build kernels are gone."""
+        """Drop the queued builds, stop every running one, and wait (at most `timeout` s) until their build
+        kernels are gone."""
+        while self.queue:  # first, or a stopped build would start the next one
+            dropped = self.queue.popleft()
+            dropped.state, dropped.error, dropped.finished = "failed", "cancelled: the server stopped", time.time()
+            dropped.log.append(f"failed: {dropped.error}")
+            if _loop_alive(dropped):  # the loop of an ended server could not run the task's callbacks
+                assert dropped.task is not None
+                dropped.task.cancel()
+        if self._queue_stores:
+            await asyncio.to_thread(self._forget_queue)
         running = [build for build in self.builds.values() if build.state == "building"]
         for build in running:
             build.cancel.set()
@@ -131,6 +233,11 @@ class BackgroundBuilds:
         tasks = [build.task for build in running if build.task is not None and build.task.get_loop() is loop]
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
+
+    def _forget_queue(self) -> None:
+        """Remove this server's queue records now (the queue is empty): a stopping server leaves none."""
+        self._queue_records = {root: [] for root in self._queue_stores}
+        self._write_queue_records()
 
     @staticmethod
     def _finish(build: BackgroundBuild, done: asyncio.Future[Manifest]) -> None:
@@ -144,6 +251,11 @@ class BackgroundBuilds:
             build.state = "ready"
             build.snapshot = done.result()
             build.log.append(f"snapshot {build.snapshot.id} ready")
+
+
+def _loop_alive(build: BackgroundBuild) -> bool:
+    """Whether the event loop that follows the build still runs (a build of a server that has ended never finishes)."""
+    return build.task is not None and not build.task.get_loop().is_closed()
 
 
 def in_daemon_thread(function: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:

@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from snapkernel_engine import CheckpointError, Manifest, SnapshotError, SnapshotStore
+from snapkernel_engine import CheckpointError, Manifest, SnapshotBusy, SnapshotError, SnapshotNotFound, SnapshotStore
 from snapkernel_engine.control_pipe import take_message, write_message
 from snapkernel_engine.inputs import fingerprint_inputs
 from snapkernel_engine.privileges import current, own_user_namespace_command
@@ -29,7 +29,7 @@ from snapkernel_engine.watchdog import watch_for_owner
 from . import env_names
 from .config import env_flag
 from .setup_section import NotebookError, SetupSection, read_notebook, read_setup_section
-from .status import build_record, builds_dir
+from .status import build_record, builds_dir, queue_path, quota_problem
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -96,11 +96,26 @@ def _read_event(fd: int, deadline: float, buffer: bytearray, cancel: threading.E
 
 
 def _write_record(store: SnapshotStore, setup_hash: str, **record: Any) -> None:
-    path = builds_dir(store) / f"{setup_hash}.json"
+    _write_json(builds_dir(store) / f"{setup_hash}.json", record)
+
+
+def _write_json(path: Path, record: dict[str, Any]) -> None:
+    """Replace a file of the builds folder at once, readable by its owner only."""
     temporary = path.with_suffix(".tmp")
     temporary.write_text(json.dumps(record))
     os.chmod(temporary, 0o600)
     os.replace(temporary, path)
+
+
+def write_queue_record(store: SnapshotStore, setup_hashes: list[str]) -> None:
+    """Record this server's queue of builds for a store, in order, for kernels to read (none: remove it)."""
+    path = queue_path(store, os.getpid())
+    if not setup_hashes:
+        path.unlink(missing_ok=True)
+        return
+    store.ensure_layout()
+    builds_dir(store).mkdir(mode=0o700, exist_ok=True)
+    _write_json(path, {"pid": os.getpid(), "queue": setup_hashes})
 
 
 def build_snapshot(
@@ -199,6 +214,26 @@ def _other_build_result(
     if record and record.get("state") == "failed" and float(record.get("finished", 0)) >= waiting_since:  # type: ignore[arg-type]
         raise BuildError(f"the build of {notebook.name} that was running failed: {record.get('error')}")
     return None  # it was stopped before it published anything: build here
+
+
+def keep_within_limits(store: SnapshotStore, manifest: Manifest, quota_bytes: int, max_snapshots: int) -> None:
+    """Keep the store within its quota and count once `manifest` is published (0: no limit).
+
+    A snapshot larger than the whole quota is deleted at once, without evicting the others for it, and
+    recorded as a failed build that automatic builds do not repeat until the quota or the cells change;
+    this raises BuildError saying so.
+    """
+    problem = quota_problem(manifest.size_bytes, quota_bytes)
+    if problem is None:
+        store.enforce_limits(quota_bytes=quota_bytes, max_snapshots=max_snapshots)
+        return
+    with contextlib.suppress(SnapshotBusy, SnapshotNotFound):  # a busy one goes at the next gc
+        store.delete(manifest.id)
+    _write_record(
+        store, manifest.key, state="failed", error=problem, finished=time.time(),
+        fingerprint=store.fingerprint_digest(), quota_bytes=quota_bytes,
+    )  # fmt: skip
+    raise BuildError(problem)
 
 
 def notebook_gpu_state(notebook: Path, configured: bool | None = None) -> bool:

@@ -57,6 +57,16 @@ class SnapKernelSettings(LoggingConfigurable):
     max_snapshots = Int(0, help="Most snapshots a user keeps; the least recently used go first (0: no limit).").tag(
         config=True
     )
+    max_concurrent_builds = Int(
+        help="Most snapshot builds a server runs at once (each runs a kernel); later requests wait in its queue "
+        "($SNAPKERNEL_MAX_CONCURRENT_BUILDS, default 1).",
+        min=1,
+    ).tag(config=True)
+    max_queued_builds = Int(
+        help="Most snapshot builds that wait in a server's queue; a build request past it is refused with "
+        "HTTP 429 and an automatic build is skipped ($SNAPKERNEL_MAX_QUEUED_BUILDS, default 8).",
+        min=0,
+    ).tag(config=True)
     auto_build = Bool(
         help="Start a background snapshot build when a notebook with a setup section gets a cold kernel."
     ).tag(config=True)
@@ -131,6 +141,14 @@ class SnapKernelSettings(LoggingConfigurable):
     @default("max_snapshots")
     def _max_snapshots_default(self) -> int:
         return int(os.environ.get(env_names.MAX_SNAPSHOTS, "0"))
+
+    @default("max_concurrent_builds")
+    def _max_concurrent_builds_default(self) -> int:
+        return int(os.environ.get(env_names.MAX_CONCURRENT_BUILDS, "1"))
+
+    @default("max_queued_builds")
+    def _max_queued_builds_default(self) -> int:
+        return int(os.environ.get(env_names.MAX_QUEUED_BUILDS, "8"))
 
     @property
     def user_store_root(self) -> Path:

@@ -93,8 +93,11 @@ class SnapshotMagics(Magics):
         if not self.notebook or not os.path.exists(self.notebook):
             print("notebook: unknown (not started by a Jupyter server)")
             return
-        state = notebook_file_state(user_stores(SnapKernelSettings()), self.notebook)
+        settings = SnapKernelSettings()
+        state = notebook_file_state(user_stores(settings), self.notebook, quota_bytes=settings.quota_bytes)
         line = f"notebook snapshot: {state.state}"
+        if state.queue_ahead is not None:
+            line += f" ({state.queue_ahead} ahead)"
         if state.snapshot is not None:
             line += f" ({state.snapshot.id}, {_size(state.snapshot.size_bytes)}, created {state.snapshot.created})"
         if state.in_shared_root:

@@ -28,7 +28,7 @@ from snapkernel_engine.restore import LAZY_NEEDS_ROOT, lazy_restore_supported
 
 from . import env_names
 from .background_builds import background_builds
-from .builder import BuildCancelled, notebook_gpu_state
+from .builder import BuildCancelled, keep_within_limits, notebook_gpu_state
 from .config import SnapKernelSettings
 from .setup_section import NotebookError, SetupSection
 from .spares import restore_awaiting_connection, spare_pool
@@ -109,7 +109,7 @@ class SnapKernelProvisioner(LocalProvisioner):
             return StartPlan(notebook=notebook, reason=None)
         stores = user_stores(self.settings)
         try:
-            state = notebook_file_state(stores, notebook, env)
+            state = notebook_file_state(stores, notebook, env, quota_bytes=self.settings.quota_bytes)
         except NotebookError as error:  # unreadable, not JSON, or not a valid notebook: the kernel starts cold
             why = error.problem if error.unreadable else str(error)
             return StartPlan(notebook=notebook, reason=f"cannot read the notebook: {why}")
@@ -128,6 +128,7 @@ class SnapKernelProvisioner(LocalProvisioner):
         env[env_names.SHARED_ROOTS] = ",".join(self.settings.shared_roots)
         env[env_names.SHARED_ROOT_OWNERS] = ",".join(self.settings.shared_root_owners)
         env[env_names.VERIFY] = self.settings.verify
+        env[env_names.QUOTA_BYTES] = str(self.settings.quota_bytes)
         return kwargs
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
@@ -180,8 +181,8 @@ class SnapKernelProvisioner(LocalProvisioner):
         # The server's one build manager: a build the REST API started for this section is joined.
         settings = self.settings
 
-        def trim(_: Manifest) -> None:
-            store.enforce_limits(quota_bytes=settings.quota_bytes, max_snapshots=settings.max_snapshots)
+        def trim(manifest: Manifest) -> None:
+            keep_within_limits(store, manifest, settings.quota_bytes, settings.max_snapshots)
 
         build = background_builds.start(
             notebook, section, store, settings.build_timeout, after_publish=trim, gpu_state=gpu_state

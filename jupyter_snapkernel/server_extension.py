@@ -24,6 +24,8 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     settings = SnapKernelSettings(parent=serverapp)
     web_app = serverapp.web_app
     web_app.settings["snapkernel_settings"] = settings
+    background_builds.max_concurrent = settings.max_concurrent_builds
+    background_builds.max_queued = settings.max_queued_builds
     web_app.settings["snapkernel_builds"] = background_builds
     web_app.add_handlers(".*$", handlers(web_app.settings["base_url"]))
     stop_with_the_server(serverapp)

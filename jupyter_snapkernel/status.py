@@ -1,4 +1,4 @@
-"""The snapshot state of a notebook: none, building, ready, stale or failed."""
+"""The snapshot state of a notebook: none, queued, building, ready, stale or failed."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from .setup_section import SetupSection, read_setup_section
 class NotebookState:
     """What the stores hold for one notebook's current setup section, and what a kernel start does with it."""
 
-    state: str  # none | building | ready | stale | failed
+    state: str  # none | queued | building | ready | stale | failed
     setup_hash: str | None = None
     snapshot: Manifest | None = None
     reasons: list[str] = field(default_factory=list)
@@ -32,6 +32,7 @@ class NotebookState:
     rebuild: bool = True  # whether a cold start may build the snapshot (False: it would fail the same way)
     section: SetupSection | None = None
     in_shared_root: bool = False  # `store` is an administrator's shared root, not the user's own store
+    queue_ahead: int | None = None  # queued: how many queued builds of its server run first
 
 
 def builds_dir(store: SnapshotStore) -> Path:
@@ -50,6 +51,28 @@ def build_record(store: SnapshotStore, setup_hash: str) -> dict[str, object] | N
     return record
 
 
+def queue_path(store: SnapshotStore, pid: int) -> Path:
+    """Where the server of process `pid` lists, in order, the setup hashes its build queue holds for this store."""
+    return builds_dir(store) / f"queue-{pid}.json"
+
+
+def queued_ahead(store: SnapshotStore, setup_hash: str) -> int | None:
+    """How many queued builds a live server runs before its queued build of `setup_hash` (None: none is queued)."""
+    try:
+        paths = list(builds_dir(store).glob("queue-*.json"))
+    except OSError:
+        return None
+    for path in paths:
+        try:
+            record = json.loads(path.read_text())
+            pid, queue = int(record["pid"]), [str(entry) for entry in record["queue"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if setup_hash in queue and _alive(pid):
+            return queue.index(setup_hash)
+    return None
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -61,6 +84,21 @@ def _alive(pid: int) -> bool:
 
 
 SETUP_CHANGED = "setup cells changed since the snapshot"
+QUOTA_SETTING = "SnapKernelSettings.quota_bytes"
+
+
+def quota_problem(size_bytes: int, quota_bytes: int) -> str | None:
+    """Why a snapshot of `size_bytes` cannot be kept within the quota on its own (None: it fits, or no quota)."""
+    if quota_bytes <= 0 or size_bytes <= quota_bytes:
+        return None
+    return (
+        f"the snapshot ({_megabytes(size_bytes)}) is larger than the quota ({_megabytes(quota_bytes)}) "
+        f"({QUOTA_SETTING}): raise the quota, or make the setup cells hold less memory"
+    )
+
+
+def _megabytes(size_bytes: int) -> str:
+    return f"{size_bytes / 1e6:.1f} MB" if size_bytes < 10e6 else f"{size_bytes / 1e6:.0f} MB"
 
 
 def snapshot_state(store: SnapshotStore, manifest: Manifest) -> tuple[str, list[str]]:
@@ -160,10 +198,13 @@ def notebook_state(
     section: SetupSection | None,
     notebook: str | Path,
     environ: Mapping[str, str] = os.environ,
+    quota_bytes: int | None = None,
 ) -> NotebookState:
     """Decide a notebook's snapshot state and what a kernel start does: the one answer every caller uses.
 
     `stores` is the user's own store first (builds and their records live there), then the shared roots.
+    `quota_bytes` is the quota in force (None: not known here), so that a snapshot found too large for
+    another quota is built again.
     """
     if section is None:
         return NotebookState("none", reasons=["no setup cell is marked"], rebuild=False)
@@ -177,15 +218,17 @@ def notebook_state(
             "failed", setup_hash, reasons=[own_refusal], cold_reason=own_refusal, rebuild=False, section=section
         )
     record = build_record(own, setup_hash) if own_refusal is None else None
-    if record and record.get("state") == "building":
-        found.state = "building"
+    building = bool(record and record.get("state") == "building")
+    ahead = queued_ahead(own, setup_hash) if own_refusal is None else None
+    if building or ahead is not None:  # a build runs, or waits in a server's queue
+        found.state, found.queue_ahead = ("building", None) if building else ("queued", ahead)
         found.cold_reason = None if found.restorable else "no snapshot yet"
         return found
     if found.restorable:
         return found
-    if record and record.get("state") == "failed" and record.get("fingerprint") == own.fingerprint_digest():
+    error = _recurring_failure(record, own, quota_bytes)
+    if error is not None:
         # The same cells in the same environment would fail the same way: build again only when asked.
-        error = str(record.get("error", ""))
         return NotebookState(
             "failed", setup_hash, reasons=[error], cold_reason=f"the last snapshot build failed: {error}",
             rebuild=False, section=section,
@@ -207,8 +250,20 @@ def notebook_state(
     return found
 
 
+def _recurring_failure(record: dict[str, object] | None, own: SnapshotStore, quota_bytes: int | None) -> str | None:
+    """The error of a failed build that would fail again: same environment and, for a quota failure, same quota."""
+    if not record or record.get("state") != "failed" or record.get("fingerprint") != own.fingerprint_digest():
+        return None
+    if quota_bytes is not None and record.get("quota_bytes", quota_bytes) != quota_bytes:
+        return None
+    return str(record.get("error", ""))
+
+
 def notebook_file_state(
-    stores: Sequence[SnapshotStore], notebook: str | Path, environ: Mapping[str, str] = os.environ
+    stores: Sequence[SnapshotStore],
+    notebook: str | Path,
+    environ: Mapping[str, str] = os.environ,
+    quota_bytes: int | None = None,
 ) -> NotebookState:
     """The state of a notebook as saved on disk; raise NotebookError when it is not a valid notebook."""
-    return notebook_state(stores, read_setup_section(notebook), notebook, environ)
+    return notebook_state(stores, read_setup_section(notebook), notebook, environ, quota_bytes)

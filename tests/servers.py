@@ -111,6 +111,9 @@ class LocalServer:
         assert response.status_code == 201, response.text + self.log()[-4000:]
         kernel_id = response.json()["kernel"]["id"]
         client = self.client(kernel_id)
+        # One heartbeat missed for 1 s (the default) reads as a dead kernel: on a busy machine (a build
+        # checkpointing next to it) a kernel that is starting can miss one.
+        client.hb_channel.time_to_dead = 10.0
         client.start_channels()
         try:
             client.wait_for_ready(timeout=60)

@@ -39,6 +39,7 @@ LOCK = ".lock"
 UNUSABLE = "unusable.json"
 NEW_PREFIX = ".new-"  # a staging or work dir being created, before its lock is held
 NEW_DIR_AGE_S = 3600.0  # a NEW_PREFIX dir this old was left by a process killed while creating it
+MAX_ID_CHARS = 255  # NAME_MAX: a snapshot id is the name of its folder
 MARKER = ".snapkernel-store"  # says a folder is a store snapkernel made: nothing else is ever tidied or deleted
 MARKER_FORMAT = 1
 BUILDS = "builds"  # the Jupyter layer's build records and locks
@@ -53,7 +54,7 @@ OWN_NAMES = {
     "staging": re.compile(rf"{_HEX12}\.tmp|{_HEX12}\.deleted-{_HEX8}|{_NEW}"),
     "work": re.compile(rf"{_HEX12}-{_HEX8}|{_NEW}"),
     "verified": re.compile(rf"{_HEX12}\.json(\.{_HEX8})?|[0-9a-f]{{16}}"),
-    BUILDS: re.compile(r"[0-9a-f]{64}\.(json|lock|tmp)"),
+    BUILDS: re.compile(r"([0-9a-f]{64}|queue-[0-9]+)\.(json|lock|tmp)"),
 }
 
 
@@ -319,6 +320,8 @@ class SnapshotStore:
             temporary.unlink(missing_ok=True)
 
     def _snapshot_path(self, snapshot_id: str) -> Path:
+        if len(snapshot_id) > MAX_ID_CHARS:  # no file can have such a name (ENAMETOOLONG)
+            raise SnapshotNotFound(f"invalid snapshot id: longer than {MAX_ID_CHARS} characters")
         if not snapshot_id or not all(c.isalnum() or c in "-_" for c in snapshot_id):
             raise SnapshotNotFound(f"invalid snapshot id {snapshot_id!r}")
         return self.snapshots_dir / snapshot_id

@@ -2,7 +2,7 @@ import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
 /** A notebook's snapshot state, as the status endpoint reports it. */
-export type SnapshotState = 'none' | 'building' | 'ready' | 'stale' | 'failed';
+export type SnapshotState = 'none' | 'queued' | 'building' | 'ready' | 'stale' | 'failed';
 
 /** The answer of GET or POST /snapkernel/api/status. */
 export interface INotebookStatus {
@@ -15,6 +15,8 @@ export interface INotebookStatus {
   reason: string | null;
   reasons: string[];
   build: string | null;
+  /** While queued: how many queued builds of the server run first. */
+  queue_ahead: number | null;
   setup_cells: number[];
   setup_end: number | null;
   source: 'own' | 'shared' | null;
@@ -23,7 +25,9 @@ export interface INotebookStatus {
 /** A build's progress, as GET /snapkernel/api/builds/ID reports it. */
 export interface IBuild {
   id: string;
-  state: 'building' | 'ready' | 'failed';
+  state: 'queued' | 'building' | 'ready' | 'failed';
+  /** While queued: how many queued builds of the server run first. */
+  queue_ahead: number | null;
   cells: number;
   current_cell: number | null;
   elapsed_s: number;

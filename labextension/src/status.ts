@@ -82,10 +82,10 @@ export class NotebookSnapshot implements IDisposable {
     return this.knownState ?? 'checking';
   }
 
-  /** The last state the server told (a build in progress counts as building), despite any error since. */
+  /** The last state the server told (a followed build counts as queued or building), despite errors since. */
   get knownState(): SnapshotState | null {
     if (this.buildValue !== null) {
-      return 'building';
+      return this.buildValue.state === 'queued' ? 'queued' : 'building';
     }
     return this.statusValue?.state ?? null;
   }
@@ -180,7 +180,8 @@ export class NotebookSnapshot implements IDisposable {
       }
       this.statusValue = status;
       this.sent = cells;
-      if (this.buildId === null && status.state === 'building' && status.build) {
+      const active = status.state === 'queued' || status.state === 'building';
+      if (this.buildId === null && active && status.build) {
         this.buildId = status.build; // a build started elsewhere: show its progress from the next poll
       }
       this.missing = false;
@@ -214,7 +215,7 @@ export class NotebookSnapshot implements IDisposable {
 
   /** Keep following a running build; forget a finished one (the status answer says what it left). */
   private follow(build: IBuild | null): void {
-    const running = build !== null && build.state === 'building';
+    const running = build !== null && (build.state === 'queued' || build.state === 'building');
     this.buildId = running ? build.id : null;
     this.buildValue = running ? build : null;
   }

@@ -41,6 +41,13 @@ export function describe(
           trans.__('Retrying; click to retry now.')
         ].join('\n')
       };
+    case 'queued': {
+      const ahead = snapshot.build?.queue_ahead ?? status?.queue_ahead ?? null;
+      return {
+        label: ahead ? trans.__('Queued (%1 ahead)', ahead) : trans.__('Queued'),
+        tooltip: trans.__('The snapshot build waits until other builds of this server finish')
+      };
+    }
     case 'building': {
       const build = snapshot.build;
       const label =
@@ -85,6 +92,8 @@ export function describe(
 function describeKnown(snapshot: NotebookSnapshot, trans: TranslationBundle): string {
   const build = snapshot.build;
   switch (snapshot.knownState) {
+    case 'queued':
+      return trans.__('build queued');
     case 'building':
       return build?.current_cell != null
         ? trans.__('building, cell %1 of %2', build.current_cell, build.cells)
@@ -136,6 +145,7 @@ export class SnapshotToolbarItem extends ReactWidget {
   private async act(): Promise<void> {
     try {
       switch (this.snapshot.state) {
+        case 'queued':
         case 'building':
           return;
         case 'ready':

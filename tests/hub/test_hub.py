@@ -153,7 +153,7 @@ class Person:
         build = self.server("POST", "snapkernel/api/builds", json={"path": notebook}).json()
         for _ in range(1200):
             build = self.server("GET", f"snapkernel/api/builds/{build['id']}").json()
-            if build["state"] != "building":
+            if build["state"] not in ("queued", "building"):
                 assert build["state"] == "ready", build
                 return build["snapshot"]
             time.sleep(0.1)

@@ -55,7 +55,7 @@ def test_user_builds_then_four_sessions_restore_as_that_user(
         assert built.returncode == 0, built.stdout + built.stderr
     else:
         build = server.request("POST", "snapkernel/api/builds", json={"path": "analysis.ipynb"}).json()
-        while build["state"] == "building":
+        while build["state"] in ("queued", "building"):
             build = server.request("GET", f"snapkernel/api/builds/{build['id']}").json()
         assert build["state"] == "ready", build
     [manifest] = user.manifests()

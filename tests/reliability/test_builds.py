@@ -245,7 +245,7 @@ def test_two_servers_building_one_notebook_at_once_both_report_one_snapshot(tmp_
 
             def done(server: LocalServer = server, build_id: str = build_id, answer: dict[str, Any] = answer) -> bool:
                 answer.update(server.api("GET", f"snapkernel/api/builds/{build_id}").json())
-                return answer["state"] != "building"
+                return answer["state"] not in ("queued", "building")
 
             server.wait_until(done, 120, "a build did not finish")
             finished.append(answer)

@@ -27,7 +27,7 @@ async def builds_of(notebook: Path) -> list[Any]:
     """The server's builds of a notebook, once none of them is running."""
     for _ in range(600):
         builds = [build for build in background_builds.builds.values() if build.notebook == notebook]
-        if all(build.state != "building" for build in builds):
+        if all(build.state not in ("queued", "building") for build in builds):
             return builds
         await asyncio.sleep(0.1)
     raise AssertionError("a build did not finish")

@@ -50,7 +50,7 @@ async def api(jp_fetch: Any, *parts: str, **kwargs: Any) -> Any:
 async def wait_for_build(jp_fetch: Any, build_id: str) -> dict[str, Any]:
     for _ in range(1200):
         build = await api(jp_fetch, "builds", build_id)
-        if build["state"] != "building":
+        if build["state"] not in ("queued", "building"):
             return build
         await asyncio.sleep(0.1)
     raise AssertionError("the build did not finish")

@@ -20,6 +20,7 @@ def test_every_setting_is_a_configurable_trait_with_help() -> None:
     expected = {
         "enabled", "store_root", "shared_roots", "quota_bytes", "max_snapshots", "auto_build",
         "allowed_kernelspecs", "verify", "build_timeout", "restore_timeout", "lazy_restore", "spare_kernels",
+        "max_concurrent_builds", "max_queued_builds",
     }  # fmt: skip
     assert expected <= traits.keys()
     assert all(trait.help for trait in traits.values())
@@ -149,7 +150,7 @@ async def test_quota_applies_to_builds_through_the_api(
         build_id = json.loads(response.body)["id"]
         for _ in range(600):
             build = json.loads((await jp_fetch("snapkernel", "api", "builds", build_id)).body)
-            if build["state"] != "building":
+            if build["state"] not in ("queued", "building"):
                 break
             await asyncio.sleep(0.1)
         assert build["state"] == "ready"

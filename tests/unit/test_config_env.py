@@ -27,6 +27,7 @@ def test_without_environment_every_setting_has_its_default(
     assert settings.build_timeout == env_names.DEFAULT_BUILD_TIMEOUT_S
     assert settings.restore_timeout == 60.0
     assert (settings.quota_bytes, settings.max_snapshots) == (0, 0)
+    assert (settings.max_concurrent_builds, settings.max_queued_builds) == (1, 8)
     assert settings.shared_roots == []
     assert settings.allowed_kernelspecs == ["snapkernel"]
     assert settings.user_store_root == tmp_path / "data" / "snapkernel"
@@ -56,11 +57,24 @@ def test_valued_settings_are_read_from_their_variables(clean_environment: pytest
     clean_environment.setenv(env_names.BUILD_TIMEOUT, "42.5")
     clean_environment.setenv(env_names.QUOTA_BYTES, "1000000")
     clean_environment.setenv(env_names.MAX_SNAPSHOTS, "3")
+    clean_environment.setenv(env_names.MAX_CONCURRENT_BUILDS, "2")
+    clean_environment.setenv(env_names.MAX_QUEUED_BUILDS, "0")
     settings = SnapKernelSettings()
     assert settings.verify == "size"
     assert settings.build_timeout == 42.5
     assert settings.quota_bytes == 1_000_000
     assert settings.max_snapshots == 3
+    assert (settings.max_concurrent_builds, settings.max_queued_builds) == (2, 0)
+
+
+def test_build_limits_below_their_minimum_are_refused(clean_environment: pytest.MonkeyPatch) -> None:
+    """No build at a time, or a negative queue, is a configuration error, not a server that never builds."""
+    clean_environment.setenv(env_names.MAX_CONCURRENT_BUILDS, "0")
+    with pytest.raises(TraitError):
+        SnapKernelSettings().max_concurrent_builds  # noqa: B018  (reading it validates it)
+    clean_environment.delenv(env_names.MAX_CONCURRENT_BUILDS)
+    with pytest.raises(TraitError):
+        SnapKernelSettings(max_queued_builds=-1)
 
 
 def test_shared_roots_are_split_on_commas_and_colons(clean_environment: pytest.MonkeyPatch) -> None:
