@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import os
 import select
 import shutil
@@ -29,7 +28,7 @@ from snapkernel_engine.watchdog import watch_for_owner
 from . import env_names
 from .config import env_flag
 from .setup_section import NotebookError, SetupSection, read_notebook, read_setup_section
-from .status import build_record, builds_dir
+from .status import build_record, builds_dir, write_build_record
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -94,14 +93,6 @@ def _read_event(fd: int, deadline: float, buffer: bytearray, cancel: threading.E
     return message
 
 
-def _write_record(store: SnapshotStore, setup_hash: str, **record: Any) -> None:
-    path = builds_dir(store) / f"{setup_hash}.json"
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(record))
-    os.chmod(temporary, 0o600)
-    os.replace(temporary, path)
-
-
 def build_snapshot(
     notebook: str | Path,
     store: SnapshotStore,
@@ -132,7 +123,10 @@ def build_snapshot(
         other_build = _other_build_result(lock_fd, notebook, store, section, progress, timeout, cancel)
         if other_build is not None:
             return other_build
-        _write_record(store, section.setup_hash, state="building", pid=os.getpid(), started=time.time())
+        # Rebuilds for restores that failed on a changed input keep their count (the backoff of the next one).
+        restore_failures = int((build_record(store, section.setup_hash) or {}).get("restore_failures", 0))  # type: ignore[call-overload]
+        record = {"restore_failures": restore_failures} if restore_failures else {}
+        write_build_record(store, section.setup_hash, state="building", pid=os.getpid(), started=time.time(), **record)
         try:
             manifest = _run_build(
                 notebook, store, section, progress or (lambda event: None), timeout, gpu_state, cancel
@@ -142,16 +136,20 @@ def build_snapshot(
             (builds_dir(store) / f"{section.setup_hash}.json").unlink(missing_ok=True)
             raise
         except BaseException as error:
-            _write_record(
+            write_build_record(
                 store,
                 section.setup_hash,
                 state="failed",
                 error=str(error),
                 finished=time.time(),
                 fingerprint=store.fingerprint_digest(),  # automatic builds retry once this changes
+                **record,
             )
             raise
-        (builds_dir(store) / f"{section.setup_hash}.json").unlink(missing_ok=True)
+        if record:  # kept until a restore of the new snapshot succeeds
+            write_build_record(store, section.setup_hash, state="rebuilt", finished=time.time(), **record)
+        else:
+            (builds_dir(store) / f"{section.setup_hash}.json").unlink(missing_ok=True)
         return manifest
     finally:
         os.close(lock_fd)

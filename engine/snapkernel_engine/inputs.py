@@ -1,12 +1,14 @@
-"""Fingerprints of what a snapshot's process read from outside itself (files, environment variables),
-and the changes since, which make a snapshot stale."""
+"""Fingerprints of what a snapshot's process read from outside itself (files, environment variables) and of
+the files it held (mapped, open, its working folder), and the changes since, which make a snapshot stale."""
 
 from __future__ import annotations
 
 import fnmatch
 import hashlib
 import os
+import stat
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -83,4 +85,77 @@ def changed_inputs(
     for name, digest in sorted((recorded.get("env") or {}).items()):
         if not _ignored(name, ignore, None) and _value_digest(environ.get(name)) != digest:
             reasons.append(f"environment variable {name} changed since the snapshot")
+    return reasons
+
+
+# Files of these kinds are no file CRIU reopens by path (devices, kernel interfaces, memory without a file).
+NOT_REOPENED = ("/dev/", "/proc/", "/sys/", "/memfd:", "/SYSV", "/anon_hugepage")
+HELD_CHANGES_SHOWN = 3
+
+
+def _held_paths(pid: int) -> tuple[set[str], set[str]]:
+    """The files a process maps or holds open, and its working folder, as CRIU will look them up at restore."""
+    files: set[str] = set()
+    with suppress(OSError):
+        for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+            fields = line.split(None, 5)
+            if len(fields) == 6:
+                files.add(fields[5])
+    with suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with suppress(OSError):
+                files.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+    folders: set[str] = set()
+    with suppress(OSError):
+        folders.add(os.readlink(f"/proc/{pid}/cwd"))
+    usable = {path for path in files if path.startswith("/") and not path.endswith(" (deleted)")}
+    return {path for path in usable if not path.startswith(NOT_REOPENED)}, folders
+
+
+def _identity(path: str, folder: bool) -> dict[str, int] | None:
+    """What CRIU checks of a file at restore (size, mode), and what tells a replaced one (inode, mtime)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    if folder:  # a folder's mtime changes with every file made in it: only a move or a mode change matter
+        return {"ino": info.st_ino, "mode": info.st_mode} if stat.S_ISDIR(info.st_mode) else None
+    if not stat.S_ISREG(info.st_mode):
+        return None
+    return {"size": info.st_size, "mtime_ns": info.st_mtime_ns, "ino": info.st_ino, "mode": info.st_mode}
+
+
+def fingerprint_held_files(pids: Iterable[int]) -> dict[str, Any]:
+    """Record the files a process tree maps or holds open and its working folders: a restore reopens them by path."""
+    files: set[str] = set()
+    folders: set[str] = set()
+    for pid in pids:
+        held, working = _held_paths(pid)
+        files |= held
+        folders |= working
+    records = {path: _identity(path, folder=False) for path in sorted(files)}
+    folder_records = {path: _identity(path, folder=True) for path in sorted(folders)}
+    return {
+        "files": {path: record for path, record in records.items() if record is not None},
+        "folders": {path: record for path, record in folder_records.items() if record is not None},
+    }
+
+
+def held_files_changed(recorded: Mapping[str, Any]) -> list[str]:
+    """Say which held files and working folders moved or changed since recorded (none: a restore finds them)."""
+    reasons = []
+    for folder, record in sorted((recorded.get("folders") or {}).items()):
+        now = _identity(folder, folder=True)
+        if now is None or now["ino"] != record.get("ino"):
+            reasons.append(f"the folder it ran in ({folder}) moved or was removed since the snapshot")
+        elif now["mode"] != record.get("mode"):
+            reasons.append(f"the mode of the folder it ran in ({folder}) changed since the snapshot")
+    for path, record in sorted((recorded.get("files") or {}).items()):
+        now = _identity(path, folder=False)
+        if now is None:
+            reasons.append(f"{path} moved or was removed since the snapshot")
+        elif now != record:
+            reasons.append(f"{path} changed since the snapshot")
+    if len(reasons) > HELD_CHANGES_SHOWN:
+        reasons[HELD_CHANGES_SHOWN:] = [f"{len(reasons) - HELD_CHANGES_SHOWN} more files changed"]
     return reasons
