@@ -113,9 +113,13 @@ def _held_paths(pid: int) -> tuple[set[str], set[str]]:
 
 
 def _identity(path: str, folder: bool) -> dict[str, int] | None:
-    """What CRIU checks of a file at restore (size, mode), and what tells a replaced one (inode, mtime)."""
+    """What CRIU checks of a file at restore (size, mode), and what tells a replaced one (inode, mtime).
+
+    None when there is no such file or folder; PermissionError when this user cannot look it up."""
     try:
         info = os.stat(path)
+    except PermissionError:
+        raise
     except OSError:
         return None
     if folder:  # a folder's mtime changes with every file made in it: only a move or a mode change matter
@@ -123,6 +127,14 @@ def _identity(path: str, folder: bool) -> dict[str, int] | None:
     if not stat.S_ISREG(info.st_mode):
         return None
     return {"size": info.st_size, "mtime_ns": info.st_mtime_ns, "ino": info.st_ino, "mode": info.st_mode}
+
+
+def _identity_or_unreachable(path: str, folder: bool) -> dict[str, int] | None:
+    """A held file's identity at dump time; None for one this user cannot look up (CRIU cannot either)."""
+    try:
+        return _identity(path, folder)
+    except PermissionError:
+        return None
 
 
 def fingerprint_held_files(pids: Iterable[int]) -> dict[str, Any]:
@@ -133,29 +145,37 @@ def fingerprint_held_files(pids: Iterable[int]) -> dict[str, Any]:
         held, working = _held_paths(pid)
         files |= held
         folders |= working
-    records = {path: _identity(path, folder=False) for path in sorted(files)}
-    folder_records = {path: _identity(path, folder=True) for path in sorted(folders)}
+    records = {path: _identity_or_unreachable(path, folder=False) for path in sorted(files)}
+    folder_records = {path: _identity_or_unreachable(path, folder=True) for path in sorted(folders)}
     return {
         "files": {path: record for path, record in records.items() if record is not None},
         "folders": {path: record for path, record in folder_records.items() if record is not None},
     }
 
 
+def _held_change(path: str, record: Mapping[str, Any], folder: bool) -> str | None:
+    """Say how one held file or working folder differs from its record, or None when it does not."""
+    try:
+        now = _identity(path, folder)
+    except PermissionError:
+        return f"{path} cannot be reached by this user"
+    if folder:
+        if now is None or now["ino"] != record.get("ino"):
+            return f"the folder it ran in ({path}) moved or was removed since the snapshot"
+        changed = now["mode"] != record.get("mode")
+        return f"the mode of the folder it ran in ({path}) changed since the snapshot" if changed else None
+    if now is None:
+        return f"{path} moved or was removed since the snapshot"
+    return None if now == record else f"{path} changed since the snapshot"
+
+
 def held_files_changed(recorded: Mapping[str, Any]) -> list[str]:
     """Say which held files and working folders moved or changed since recorded (none: a restore finds them)."""
-    reasons = []
-    for folder, record in sorted((recorded.get("folders") or {}).items()):
-        now = _identity(folder, folder=True)
-        if now is None or now["ino"] != record.get("ino"):
-            reasons.append(f"the folder it ran in ({folder}) moved or was removed since the snapshot")
-        elif now["mode"] != record.get("mode"):
-            reasons.append(f"the mode of the folder it ran in ({folder}) changed since the snapshot")
-    for path, record in sorted((recorded.get("files") or {}).items()):
-        now = _identity(path, folder=False)
-        if now is None:
-            reasons.append(f"{path} moved or was removed since the snapshot")
-        elif now != record:
-            reasons.append(f"{path} changed since the snapshot")
+    folders = sorted((recorded.get("folders") or {}).items())
+    files = sorted((recorded.get("files") or {}).items())
+    changes = [_held_change(path, record, True) for path, record in folders]
+    changes += [_held_change(path, record, False) for path, record in files]
+    reasons = [change for change in changes if change is not None]
     if len(reasons) > HELD_CHANGES_SHOWN:
         reasons[HELD_CHANGES_SHOWN:] = [f"{len(reasons) - HELD_CHANGES_SHOWN} more files changed"]
     return reasons
