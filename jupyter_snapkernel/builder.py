@@ -28,7 +28,7 @@ from snapkernel_engine.watchdog import watch_for_owner
 from . import env_names
 from .config import env_flag
 from .setup_section import NotebookError, SetupSection, read_notebook, read_setup_section
-from .status import build_record, builds_dir, write_build_record
+from .status import build_record, builds_dir, restore_failures_of, write_build_record
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -124,7 +124,7 @@ def build_snapshot(
         if other_build is not None:
             return other_build
         # Rebuilds for restores that failed on a changed input keep their count (the backoff of the next one).
-        restore_failures = int((build_record(store, section.setup_hash) or {}).get("restore_failures", 0))  # type: ignore[call-overload]
+        restore_failures = restore_failures_of(build_record(store, section.setup_hash))
         record = {"restore_failures": restore_failures} if restore_failures else {}
         write_build_record(store, section.setup_hash, state="building", pid=os.getpid(), started=time.time(), **record)
         try:

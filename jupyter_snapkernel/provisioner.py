@@ -15,7 +15,7 @@ from jupyter_client.provisioning import LocalProvisioner
 
 from snapkernel_engine import Manifest, RestoredTree, SnapshotStore
 from snapkernel_engine.diagnostics import snapshot_blocker
-from snapkernel_engine.failures import classify_restore_failure
+from snapkernel_engine.failures import RestoreFailure, classify_restore_failure
 from snapkernel_engine.restore import LAZY_NEEDS_ROOT, lazy_restore_supported
 
 from . import env_names
@@ -135,7 +135,13 @@ class SnapKernelProvisioner(LocalProvisioner):
                     await asyncio.to_thread(forget_stale_restores, plan.own_store, plan.snapshot.key)
                 return info
             except Exception as error:
-                await asyncio.to_thread(self._after_failed_restore, plan, plan.snapshot, plan.store, error)
+                failure = classify_restore_failure(error)
+                plan.reason = f"restore of snapshot {plan.snapshot.id} failed ({failure.verdict}): {error}"
+                self.log.warning("snapkernel: %s; starting cold", plan.reason)
+                try:
+                    await asyncio.to_thread(self._after_failed_restore, plan, plan.snapshot, plan.store, failure)
+                except Exception as bookkeeping:  # the kernel starts cold all the same
+                    self.log.warning("snapkernel: could not record the failed restore: %s", bookkeeping)
         if plan.reason:
             self.log.info("snapkernel: cold start for %s (%s)", plan.notebook, plan.reason)
         env = kwargs.setdefault("env", dict(os.environ))
@@ -158,12 +164,9 @@ class SnapKernelProvisioner(LocalProvisioner):
         return info
 
     def _after_failed_restore(
-        self, plan: StartPlan, snapshot: Manifest, store: SnapshotStore, error: Exception
+        self, plan: StartPlan, snapshot: Manifest, store: SnapshotStore, failure: RestoreFailure
     ) -> None:
-        """Say why the restore failed, and keep, rebuild or give up the snapshot according to the cause."""
-        failure = classify_restore_failure(error)
-        plan.reason = f"restore of snapshot {snapshot.id} failed ({failure.verdict}): {error}"
-        self.log.warning("snapkernel: %s; starting cold", plan.reason)
+        """Keep, rebuild or give up the snapshot whose restore failed, according to the cause."""
         if failure.kind == "transient":
             plan.build = False  # the next start tries this snapshot again: a rebuild would make the same one
         elif failure.kind == "stale":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -41,10 +42,12 @@ def builds_dir(store: SnapshotStore) -> Path:
 
 
 def build_record(store: SnapshotStore, setup_hash: str) -> dict[str, object] | None:
-    """Return the record of a running or failed build for a setup hash."""
+    """Return the build record of a setup hash: a running or failed build, or restores that failed since one."""
     try:
         record = json.loads((builds_dir(store) / f"{setup_hash}.json").read_text())
     except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict):
         return None
     if record.get("state") == "building" and not _alive(int(record.get("pid", 0))):
         return None
@@ -72,17 +75,28 @@ def stale_rebuild_wait(restore_failures: int) -> float:
     return min(STALE_REBUILD_BACKOFF_S * 2 ** (restore_failures - 2), STALE_REBUILD_BACKOFF_MAX_S)
 
 
+def restore_failures_of(record: Mapping[str, Any] | None) -> int:
+    """How many restores of this setup hash's rebuilt snapshots failed on a changed input (0 for a bad record)."""
+    try:
+        return max(int((record or {}).get("restore_failures", 0)), 0)
+    except (TypeError, ValueError):
+        return 0
+
+
 def note_stale_restore(store: SnapshotStore, setup_hash: str, reason: str) -> bool:
     """Count a restore that failed because an input changed; tell whether an automatic rebuild may start now."""
     record = build_record(store, setup_hash) or {}
     if record.get("state") == "building":
         return True  # that build makes the new snapshot: joining it costs nothing
-    failures = int(record.get("restore_failures", 0)) + 1  # type: ignore[call-overload]
+    failures = restore_failures_of(record) + 1
     wait = stale_rebuild_wait(failures)
-    builds_dir(store).mkdir(mode=0o700, exist_ok=True)
-    write_build_record(
-        store, setup_hash, state="stale", error=reason, restore_failures=failures, retry_after=time.time() + wait
-    )
+    try:
+        builds_dir(store).mkdir(mode=0o700, exist_ok=True)
+        write_build_record(
+            store, setup_hash, state="stale", error=reason, restore_failures=failures, retry_after=time.time() + wait
+        )
+    except OSError:
+        return True  # no store of this user's own yet (a shared root's snapshot): its first build makes one
     return wait == 0
 
 
@@ -90,7 +104,8 @@ def forget_stale_restores(store: SnapshotStore, setup_hash: str) -> None:
     """Drop the count of failed restores once a snapshot of this setup hash restored."""
     record = build_record(store, setup_hash)
     if record and record.get("state") in {"stale", "rebuilt"}:
-        (builds_dir(store) / f"{setup_hash}.json").unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # counted again at the next failure: no reason to fail a start
+            (builds_dir(store) / f"{setup_hash}.json").unlink(missing_ok=True)
 
 
 def _stale_rebuild_held(record: Mapping[str, Any] | None) -> str | None:

@@ -50,3 +50,12 @@ def test_a_successful_restore_forgets_the_failures(tmp_path: Path) -> None:
     forget_stale_restores(store, SETUP_HASH)
     assert build_record(store, SETUP_HASH) is None
     assert note_stale_restore(store, SETUP_HASH, REASON) is True, "counted from one again"
+
+
+def test_a_damaged_record_counts_from_one_again(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path / "store")
+    store.ensure_layout()
+    (tmp_path / "store" / "builds").mkdir()
+    for damaged in ('{"state": "stale", "restore_failures": "many"}', "[1, 2]", "not json"):
+        (tmp_path / "store" / "builds" / f"{SETUP_HASH}.json").write_text(damaged)
+        assert note_stale_restore(store, SETUP_HASH, REASON) is True, damaged
