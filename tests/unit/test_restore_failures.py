@@ -14,7 +14,7 @@ from snapkernel_engine.errors import (
     SnapshotNotFound,
     VerificationError,
 )
-from snapkernel_engine.failures import classify_restore_failure
+from snapkernel_engine.failures import RestoreFailure, classify_restore_failure
 
 CRIU_FAILED = "CRIU could not restore /store/snapshots/abc/images: RESTORE failed: Error(0): Unknown"
 
@@ -102,8 +102,9 @@ def test_a_changed_or_moved_file_makes_the_snapshot_stale(log_line: str, cause: 
 
 
 def test_an_out_of_memory_kill_wins_over_the_files_it_interrupted() -> None:
-    error = RestoreError(f"out of memory: the memory cgroup's OOM killer ended the restore; {CRIU_FAILED}")
-    assert classify_restore_failure(error).kind == "transient"
+    killed = criu_error("Error (criu/files-reg.c:2267): Can't open file data/a.bin: Cannot allocate memory")
+    error = RestoreError(f"out of memory: the memory cgroup's OOM killer ended the restore; {killed}")
+    assert classify_restore_failure(error) == RestoreFailure("transient", "out of memory")
 
 
 @pytest.mark.parametrize(
