@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import os
 import select
 import signal
@@ -29,7 +28,15 @@ from snapkernel_engine.watchdog import watch_for_owner
 from . import env_names
 from .config import env_flag
 from .setup_section import NotebookError, SetupSection, read_notebook, read_setup_section
-from .status import build_record, builds_dir, queue_path, quota_problem
+from .status import (
+    build_record,
+    builds_dir,
+    queue_path,
+    quota_problem,
+    restore_failures_of,
+    write_build_record,
+    write_private_json,
+)
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -95,18 +102,6 @@ def _read_event(fd: int, deadline: float, buffer: bytearray, cancel: threading.E
     return message
 
 
-def _write_record(store: SnapshotStore, setup_hash: str, **record: Any) -> None:
-    _write_json(builds_dir(store) / f"{setup_hash}.json", record)
-
-
-def _write_json(path: Path, record: dict[str, Any]) -> None:
-    """Replace a file of the builds folder at once, readable by its owner only."""
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(record))
-    os.chmod(temporary, 0o600)
-    os.replace(temporary, path)
-
-
 def write_queue_record(store: SnapshotStore, setup_hashes: list[str]) -> None:
     """Record this server's queue of builds for a store, in order, for kernels to read (none: remove it)."""
     path = queue_path(store, os.getpid())
@@ -115,7 +110,7 @@ def write_queue_record(store: SnapshotStore, setup_hashes: list[str]) -> None:
         return
     store.ensure_layout()
     builds_dir(store).mkdir(mode=0o700, exist_ok=True)
-    _write_json(path, {"pid": os.getpid(), "queue": setup_hashes})
+    write_private_json(path, {"pid": os.getpid(), "queue": setup_hashes})
 
 
 def build_snapshot(
@@ -151,7 +146,10 @@ def build_snapshot(
         other_build = _other_build_result(lock_fd, notebook, store, section, progress, timeout, cancel)
         if other_build is not None:
             return other_build
-        _write_record(store, section.setup_hash, state="building", pid=os.getpid(), started=time.time())
+        # Rebuilds for restores that failed on a changed input keep their count (the backoff of the next one).
+        restore_failures = restore_failures_of(build_record(store, section.setup_hash))
+        record = {"restore_failures": restore_failures} if restore_failures else {}
+        write_build_record(store, section.setup_hash, state="building", pid=os.getpid(), started=time.time(), **record)
         try:
             manifest = _run_build(
                 notebook, store, section, progress or (lambda event: None), timeout, gpu_state, cancel
@@ -161,16 +159,20 @@ def build_snapshot(
             (builds_dir(store) / f"{section.setup_hash}.json").unlink(missing_ok=True)
             raise
         except BaseException as error:
-            _write_record(
+            write_build_record(
                 store,
                 section.setup_hash,
                 state="failed",
                 error=str(error),
                 finished=time.time(),
                 fingerprint=store.fingerprint_digest(),  # automatic builds retry once this changes
+                **record,
             )
             raise
-        (builds_dir(store) / f"{section.setup_hash}.json").unlink(missing_ok=True)
+        if record:  # kept until a restore of the new snapshot succeeds
+            write_build_record(store, section.setup_hash, state="rebuilt", finished=time.time(), **record)
+        else:
+            (builds_dir(store) / f"{section.setup_hash}.json").unlink(missing_ok=True)
         return manifest
     finally:
         os.close(lock_fd)
@@ -229,7 +231,7 @@ def keep_within_limits(store: SnapshotStore, manifest: Manifest, quota_bytes: in
         return
     with contextlib.suppress(SnapshotBusy, SnapshotNotFound):  # a busy one goes at the next gc
         store.delete(manifest.id)
-    _write_record(
+    write_build_record(
         store, manifest.key, state="failed", error=problem, finished=time.time(),
         fingerprint=store.fingerprint_digest(), quota_bytes=quota_bytes,
     )  # fmt: skip

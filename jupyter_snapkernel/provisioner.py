@@ -13,17 +13,9 @@ from typing import Any
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning import LocalProvisioner
 
-from snapkernel_engine import (
-    Manifest,
-    RestoredTree,
-    RestoreTimeout,
-    SnapshotBusy,
-    SnapshotError,
-    SnapshotNotFound,
-    SnapshotStore,
-    StoreError,
-)
+from snapkernel_engine import Manifest, RestoredTree, SnapshotStore
 from snapkernel_engine.diagnostics import snapshot_blocker
+from snapkernel_engine.failures import RestoreFailure, classify_restore_failure
 from snapkernel_engine.restore import LAZY_NEEDS_ROOT, lazy_restore_supported
 
 from . import env_names
@@ -32,11 +24,7 @@ from .builder import BuildCancelled, keep_within_limits, notebook_gpu_state
 from .config import SnapKernelSettings
 from .setup_section import NotebookError, SetupSection
 from .spares import restore_awaiting_connection, spare_pool
-from .status import notebook_file_state, user_stores
-
-# Restore failures that may not recur (the machine was busy, a spare kernel died): the snapshot stays usable.
-# A StoreError is the store's fault (read-only, full, not trusted), not the snapshot's.
-TRANSIENT_FAILURES = (RestoreTimeout, SnapshotBusy, SnapshotNotFound, StoreError)
+from .status import forget_stale_restores, note_stale_restore, notebook_file_state, user_stores
 
 
 @dataclass
@@ -145,15 +133,17 @@ class SnapKernelProvisioner(LocalProvisioner):
                     "setup_s": float(plan.snapshot.labels.get("setup_s", 0)),
                     "started": started,
                 }
+                if plan.own_store is not None:
+                    await asyncio.to_thread(forget_stale_restores, plan.own_store, plan.snapshot.key)
                 return info
             except Exception as error:
-                plan.reason = f"restore of snapshot {plan.snapshot.id} failed: {error}"
+                failure = classify_restore_failure(error)
+                plan.reason = f"restore of snapshot {plan.snapshot.id} failed ({failure.verdict}): {error}"
                 self.log.warning("snapkernel: %s; starting cold", plan.reason)
-                if isinstance(error, SnapshotError) and not isinstance(error, TRANSIENT_FAILURES):
-                    # The same snapshot would fail the same way: never offer it again, and do not rebuild it
-                    # in a loop (a rebuild of the same cells would carry the same cause).
-                    await asyncio.to_thread(plan.store.mark_unusable, plan.snapshot.id, str(error).splitlines()[0])
-                    plan.build = False
+                try:
+                    await asyncio.to_thread(self._after_failed_restore, plan, plan.snapshot, plan.store, failure)
+                except Exception as bookkeeping:  # the kernel starts cold all the same
+                    self.log.warning("snapkernel: could not record the failed restore: %s", bookkeeping)
         if plan.reason:
             self.log.info("snapkernel: cold start for %s (%s)", plan.notebook, plan.reason)
         env = kwargs.setdefault("env", dict(os.environ))
@@ -174,6 +164,22 @@ class SnapKernelProvisioner(LocalProvisioner):
             except Exception as error:  # the kernel runs: a build that cannot start must not fail its launch
                 self.log.warning("snapkernel: could not start the snapshot build of %s: %s", plan.notebook, error)
         return info
+
+    def _after_failed_restore(
+        self, plan: StartPlan, snapshot: Manifest, store: SnapshotStore, failure: RestoreFailure
+    ) -> None:
+        """Keep, rebuild or give up the snapshot whose restore failed, according to the cause."""
+        if failure.kind == "transient":
+            plan.build = False  # the next start tries this snapshot again: a rebuild would make the same one
+        elif failure.kind == "stale":
+            store.mark_stale(snapshot.id, failure.cause)
+            # One rebuild now; rebuilt snapshots that fail the same way wait longer each time.
+            plan.build = plan.own_store is not None and note_stale_restore(plan.own_store, snapshot.key, failure.cause)
+        else:
+            # The same snapshot would fail the same way: never offer it again, and do not rebuild it in a loop
+            # (a rebuild of the same cells would carry the same cause).
+            store.mark_unusable(snapshot.id, failure.cause)
+            plan.build = False
 
     async def _background_build(self, notebook: Path, section: SetupSection, store: SnapshotStore) -> None:
         """Start (or join) the build of this section's snapshot; reading the notebook happens off the loop."""

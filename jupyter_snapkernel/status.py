@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,10 +43,12 @@ def builds_dir(store: SnapshotStore) -> Path:
 
 
 def build_record(store: SnapshotStore, setup_hash: str) -> dict[str, object] | None:
-    """Return the record of a running or failed build for a setup hash."""
+    """Return the build record of a setup hash: a running or failed build, or restores that failed since one."""
     try:
         record = json.loads((builds_dir(store) / f"{setup_hash}.json").read_text())
     except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict):
         return None
     if record.get("state") == "building" and not _alive(int(record.get("pid", 0))):
         return None
@@ -71,6 +75,75 @@ def queued_ahead(store: SnapshotStore, setup_hash: str) -> int | None:
         if setup_hash in queue and _alive(pid):
             return queue.index(setup_hash)
     return None
+
+
+def write_private_json(path: Path, record: dict[str, Any]) -> None:
+    """Replace a file of the builds folder at once, readable by its owner only."""
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(record))
+    os.chmod(temporary, 0o600)
+    os.replace(temporary, path)
+
+
+def write_build_record(store: SnapshotStore, setup_hash: str, **record: Any) -> None:
+    """Replace the build record of a setup hash (private to the store's owner)."""
+    write_private_json(builds_dir(store) / f"{setup_hash}.json", record)
+
+
+# After the first rebuild for a stale restore, each rebuilt snapshot that fails the same way doubles the wait.
+STALE_REBUILD_BACKOFF_S = 600.0
+STALE_REBUILD_BACKOFF_MAX_S = 86400.0
+
+
+def stale_rebuild_wait(restore_failures: int) -> float:
+    """Seconds before the next automatic rebuild, once `restore_failures` restores failed on a changed input."""
+    if restore_failures <= 1:
+        return 0.0
+    return min(STALE_REBUILD_BACKOFF_S * 2 ** (restore_failures - 2), STALE_REBUILD_BACKOFF_MAX_S)
+
+
+def restore_failures_of(record: Mapping[str, Any] | None) -> int:
+    """How many restores of this setup hash's rebuilt snapshots failed on a changed input (0 for a bad record)."""
+    try:
+        return max(int((record or {}).get("restore_failures", 0)), 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def note_stale_restore(store: SnapshotStore, setup_hash: str, reason: str) -> bool:
+    """Count a restore that failed because an input changed; tell whether an automatic rebuild may start now."""
+    record = build_record(store, setup_hash) or {}
+    if record.get("state") == "building":
+        return True  # that build makes the new snapshot: joining it costs nothing
+    failures = restore_failures_of(record) + 1
+    wait = stale_rebuild_wait(failures)
+    try:
+        builds_dir(store).mkdir(mode=0o700, exist_ok=True)
+        write_build_record(
+            store, setup_hash, state="stale", error=reason, restore_failures=failures, retry_after=time.time() + wait
+        )
+    except OSError:
+        return True  # no store of this user's own yet (a shared root's snapshot): its first build makes one
+    return wait == 0
+
+
+def forget_stale_restores(store: SnapshotStore, setup_hash: str) -> None:
+    """Drop the count of failed restores once a snapshot of this setup hash restored."""
+    record = build_record(store, setup_hash)
+    if record and record.get("state") in {"stale", "rebuilt"}:
+        with contextlib.suppress(OSError):  # counted again at the next failure: no reason to fail a start
+            (builds_dir(store) / f"{setup_hash}.json").unlink(missing_ok=True)
+
+
+def _stale_rebuild_held(record: Mapping[str, Any] | None) -> str | None:
+    """Why no automatic rebuild starts now after rebuilt snapshots failed the same way (None: it may start)."""
+    if not record or record.get("state") != "stale" or float(record.get("retry_after", 0)) <= time.time():
+        return None
+    until = time.strftime("%H:%M UTC", time.gmtime(float(record["retry_after"])))
+    return (
+        f"{record.get('restore_failures')} rebuilt snapshots failed to restore the same way: the next automatic "
+        f"rebuild starts after {until} (or build it now: %snapshot build, or `jupyter snapkernel build`)"
+    )
 
 
 def _alive(pid: int) -> bool:
@@ -235,10 +308,12 @@ def notebook_state(
         )  # fmt: skip
     if stale:
         (mismatch, store), unusable = stale[0], stale[0][0].unusable
+        held = None if unusable else _stale_rebuild_held(record)
+        reasons = mismatch.reasons + ([held] if held else [])
         return NotebookState(
-            "failed" if unusable else "stale", setup_hash, mismatch.manifest, mismatch.reasons, store,
-            cold_reason=mismatch.reasons[0] if unusable else "stale: " + "; ".join(mismatch.reasons),
-            rebuild=not unusable, section=section, in_shared_root=store is not own,
+            "failed" if unusable else "stale", setup_hash, mismatch.manifest, reasons, store,
+            cold_reason=reasons[0] if unusable else "stale: " + "; ".join(reasons),
+            rebuild=not unusable and held is None, section=section, in_shared_root=store is not own,
         )  # fmt: skip
     older = superseded_snapshot(own, notebook, setup_hash)
     if older is not None:

@@ -7,6 +7,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import process
 from .criu import find_criu, log_excerpt, require_supported, rpc_client
@@ -20,6 +21,7 @@ from .cuda import (
     uses_nvidia_devices,
 )
 from .errors import CheckpointError
+from .inputs import fingerprint_held_files
 from .privileges import GRANT_COMMAND, SNAPKERNEL_GROUP, Privileges, current
 from .userns_exec import write_launcher
 
@@ -38,6 +40,7 @@ class DumpResult:
     criu_version: str
     pipes: dict[str, str] = field(default_factory=dict)
     cuda_pids: list[int] = field(default_factory=list)
+    held_files: dict[str, Any] = field(default_factory=dict)  # what the restore reopens by path
 
 
 def pipe_keys(pid: int, pipes: Mapping[str, int]) -> dict[str, str]:
@@ -151,6 +154,7 @@ def dump_tree(
             "or include GPU state"
         )
     rss = process.tree_rss_bytes(pid)
+    held_files = fingerprint_held_files(members)
     images_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
@@ -195,4 +199,5 @@ def dump_tree(
         criu_version=".".join(map(str, version)),
         pipes=keys,
         cuda_pids=cuda_pids,
+        held_files=held_files,
     )

@@ -1,12 +1,14 @@
-"""Fingerprints of what a snapshot's process read from outside itself (files, environment variables),
-and the changes since, which make a snapshot stale."""
+"""Fingerprints of what a snapshot's process read from outside itself (files, environment variables) and of
+the files it held (mapped, open, its working folder), and the changes since, which make a snapshot stale."""
 
 from __future__ import annotations
 
 import fnmatch
 import hashlib
 import os
+import stat
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -83,4 +85,97 @@ def changed_inputs(
     for name, digest in sorted((recorded.get("env") or {}).items()):
         if not _ignored(name, ignore, None) and _value_digest(environ.get(name)) != digest:
             reasons.append(f"environment variable {name} changed since the snapshot")
+    return reasons
+
+
+# Files of these kinds are no file CRIU reopens by path (devices, kernel interfaces, memory without a file).
+NOT_REOPENED = ("/dev/", "/proc/", "/sys/", "/memfd:", "/SYSV", "/anon_hugepage")
+HELD_CHANGES_SHOWN = 3
+
+
+def _held_paths(pid: int) -> tuple[set[str], set[str]]:
+    """The files a process maps or holds open, and its working folder, as CRIU will look them up at restore."""
+    files: set[str] = set()
+    with suppress(OSError):
+        for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+            fields = line.split(None, 5)
+            if len(fields) == 6:
+                files.add(fields[5])
+    with suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with suppress(OSError):
+                files.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+    folders: set[str] = set()
+    with suppress(OSError):
+        folders.add(os.readlink(f"/proc/{pid}/cwd"))
+    usable = {path for path in files if path.startswith("/") and not path.endswith(" (deleted)")}
+    return {path for path in usable if not path.startswith(NOT_REOPENED)}, folders
+
+
+def _identity(path: str, folder: bool) -> dict[str, int] | None:
+    """What CRIU checks of a file at restore (size, mode), and what tells a replaced one (inode, mtime).
+
+    None when there is no such file or folder; PermissionError when this user cannot look it up."""
+    try:
+        info = os.stat(path)
+    except PermissionError:
+        raise
+    except OSError:
+        return None
+    if folder:  # a folder's mtime changes with every file made in it: only a move or a mode change matter
+        return {"ino": info.st_ino, "mode": info.st_mode} if stat.S_ISDIR(info.st_mode) else None
+    if not stat.S_ISREG(info.st_mode):
+        return None
+    return {"size": info.st_size, "mtime_ns": info.st_mtime_ns, "ino": info.st_ino, "mode": info.st_mode}
+
+
+def _identity_or_unreachable(path: str, folder: bool) -> dict[str, int] | None:
+    """A held file's identity at dump time; None for one this user cannot look up (CRIU cannot either)."""
+    try:
+        return _identity(path, folder)
+    except PermissionError:
+        return None
+
+
+def fingerprint_held_files(pids: Iterable[int]) -> dict[str, Any]:
+    """Record the files a process tree maps or holds open and its working folders: a restore reopens them by path."""
+    files: set[str] = set()
+    folders: set[str] = set()
+    for pid in pids:
+        held, working = _held_paths(pid)
+        files |= held
+        folders |= working
+    records = {path: _identity_or_unreachable(path, folder=False) for path in sorted(files)}
+    folder_records = {path: _identity_or_unreachable(path, folder=True) for path in sorted(folders)}
+    return {
+        "files": {path: record for path, record in records.items() if record is not None},
+        "folders": {path: record for path, record in folder_records.items() if record is not None},
+    }
+
+
+def _held_change(path: str, record: Mapping[str, Any], folder: bool) -> str | None:
+    """Say how one held file or working folder differs from its record, or None when it does not."""
+    try:
+        now = _identity(path, folder)
+    except PermissionError:
+        return f"{path} cannot be reached by this user"
+    if folder:
+        if now is None or now["ino"] != record.get("ino"):
+            return f"the folder it ran in ({path}) moved or was removed since the snapshot"
+        changed = now["mode"] != record.get("mode")
+        return f"the mode of the folder it ran in ({path}) changed since the snapshot" if changed else None
+    if now is None:
+        return f"{path} moved or was removed since the snapshot"
+    return None if now == record else f"{path} changed since the snapshot"
+
+
+def held_files_changed(recorded: Mapping[str, Any]) -> list[str]:
+    """Say which held files and working folders moved or changed since recorded (none: a restore finds them)."""
+    folders = sorted((recorded.get("folders") or {}).items())
+    files = sorted((recorded.get("files") or {}).items())
+    changes = [_held_change(path, record, True) for path, record in folders]
+    changes += [_held_change(path, record, False) for path, record in files]
+    reasons = [change for change in changes if change is not None]
+    if len(reasons) > HELD_CHANGES_SHOWN:
+        reasons[HELD_CHANGES_SHOWN:] = [f"{len(reasons) - HELD_CHANGES_SHOWN} more files changed"]
     return reasons

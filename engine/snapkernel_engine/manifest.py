@@ -38,6 +38,8 @@ class Manifest:
     labels: dict[str, str] = field(default_factory=dict)
     cuda_pids: list[int] = field(default_factory=list)
     inputs: dict[str, Any] = field(default_factory=dict)  # snapkernel_engine.inputs.fingerprint_inputs
+    # snapkernel_engine.inputs.fingerprint_held_files (empty in manifests written before it was recorded)
+    held_files: dict[str, Any] = field(default_factory=dict)
     format: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:

@@ -92,3 +92,29 @@ def files_open_for_writing(pid: int) -> list[str]:
         if os.path.isfile(target):
             found.append(target)
     return sorted(set(found))
+
+
+def memory_oom_kills() -> int | None:
+    """How many processes the OOM killer of this process's memory cgroup has killed (None: unknown here)."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # cgroup v2, alone or beside v1 hierarchies (a hybrid layout)
+            candidates = [f"/sys/fs/cgroup{path}/memory.events", f"/sys/fs/cgroup/unified{path}/memory.events"]
+        elif "memory" in controllers.split(","):
+            candidates = [f"/sys/fs/cgroup/memory{path}/memory.oom_control"]
+        else:
+            continue
+        for candidate in candidates:
+            try:
+                fields = dict(
+                    entry.split(None, 1) for entry in Path(candidate).read_text().splitlines() if " " in entry
+                )
+            except OSError:
+                continue
+            if "oom_kill" in fields:
+                return int(fields["oom_kill"])
+    return None

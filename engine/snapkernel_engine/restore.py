@@ -21,6 +21,7 @@ from .control_pipe import take_message
 from .criu import find_criu, log_excerpt, pycriu_search_path, require_supported
 from .cuda import CudaDriver, CudaError, resume_restored, system_driver
 from .errors import CriuUnavailable, RestoreError, RestoreTimeout
+from .failures import OUT_OF_MEMORY_MARK
 from .privileges import in_user_namespace_command, restores_in_user_namespace
 from .restore_init import RESTORE_LOG
 
@@ -243,6 +244,7 @@ def restore_tree(
         command.append(f"--watch-fd={owner_fd}")
         passed.append(owner_fd)
     environment = package_environment()
+    oom_kills_before = process.memory_oom_kills()
     try:
         with open(work_dir / INIT_LOG, "wb") as init_log:
             launcher = subprocess.Popen(
@@ -276,6 +278,9 @@ def restore_tree(
     if not status.get("ok"):
         launcher.wait()
         reason = status.get("error") or _tail(work_dir / INIT_LOG) or "restore helper exited early"
+        oom_kills = process.memory_oom_kills()
+        if oom_kills_before is not None and oom_kills is not None and oom_kills > oom_kills_before:
+            reason = f"{OUT_OF_MEMORY_MARK}: the memory cgroup's OOM killer ended the restore; {reason}"
         raise RestoreError(f"CRIU could not restore {images_dir}: {reason}", str(status.get("log", "")))
     ns_pid = int(str(status["pid"]))
     init_pids = process.children(launcher.pid)

@@ -27,6 +27,7 @@ from .checkpoint import dump_tree
 from .cuda import CudaDriver
 from .errors import SnapshotBusy, SnapshotNotFound, StoreError, VerificationError
 from .fingerprint import differences, digest, environment_fingerprint, hardware_fingerprint
+from .inputs import held_files_changed
 from .manifest import FileRecord, Manifest
 from .restore import DEFAULT_TIMEOUT_S as DEFAULT_RESTORE_TIMEOUT_S
 from .restore import RestoredTree, restore_tree
@@ -37,6 +38,7 @@ MANIFEST = "manifest.json"
 IMAGES = "images"
 LOCK = ".lock"
 UNUSABLE = "unusable.json"
+STALE = "stale.json"
 NEW_PREFIX = ".new-"  # a staging or work dir being created, before its lock is held
 NEW_DIR_AGE_S = 3600.0  # a NEW_PREFIX dir this old was left by a process killed while creating it
 MAX_ID_CHARS = 255  # NAME_MAX: a snapshot id is the name of its folder
@@ -386,6 +388,7 @@ class SnapshotStore:
                 labels=dict(labels or {}),
                 cuda_pids=result.cuda_pids,
                 inputs=dict(inputs or {}),
+                held_files=result.held_files,
             )
             manifest_path = staging / MANIFEST
             with open(manifest_path, "x") as handle:
@@ -537,15 +540,16 @@ class SnapshotStore:
         return digest([environment_fingerprint(self.environment_extra), hardware_fingerprint()])
 
     def mismatches(self, manifest: Manifest) -> builtins.list[str]:
-        """Say why a snapshot cannot be restored in this environment on this hardware."""
-        reasons = []
+        """Say why a snapshot cannot be restored in this environment on this hardware, or with the files it held."""
+        marked = self._marked_reason(manifest.id, STALE)
+        reasons = [marked] if marked is not None else []
         changed = differences(manifest.environment, environment_fingerprint(self.environment_extra))
         if changed:
             reasons.append(f"Python environment changed ({', '.join(changed)})")
         changed = differences(manifest.hardware, hardware_fingerprint())
         if changed:
             reasons.append(f"hardware changed ({', '.join(changed)})")
-        return reasons
+        return reasons + held_files_changed(manifest.held_files)
 
     def newest_usable(self, key: str) -> Manifest | None:
         """Return the newest snapshot for `key` that matches this environment and hardware."""
@@ -578,11 +582,19 @@ class SnapshotStore:
         """Record that a snapshot failed to restore for a reason that would recur (a no-op in a read-only store)."""
         self._write_json(self._snapshot_path(snapshot_id) / UNUSABLE, {"reason": reason, "when": _utcnow()})
 
+    def mark_stale(self, snapshot_id: str, reason: str) -> None:
+        """Record that a snapshot failed to restore because something it depends on changed: a rebuild fixes it."""
+        self._write_json(self._snapshot_path(snapshot_id) / STALE, {"reason": reason, "when": _utcnow()})
+
     def unusable_reason(self, snapshot_id: str) -> str | None:
         """Why a snapshot was found unusable, or None."""
+        return self._marked_reason(snapshot_id, UNUSABLE)
+
+    def _marked_reason(self, snapshot_id: str, mark: str) -> str | None:
+        """The reason recorded in a snapshot's mark file (UNUSABLE or STALE), or None."""
         try:
-            return str(json.loads((self._snapshot_path(snapshot_id) / UNUSABLE).read_text())["reason"])
-        except (OSError, ValueError, KeyError, TypeError):
+            return str(json.loads((self._snapshot_path(snapshot_id) / mark).read_text())["reason"])
+        except (OSError, ValueError, KeyError, TypeError, SnapshotNotFound):
             return None
 
     def verify(self, snapshot_id: str, *, key: str | None = None, mode: VerifyMode | None = None) -> Manifest:

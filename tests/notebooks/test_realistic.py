@@ -161,7 +161,7 @@ def test_inputs_the_notebook_ignores_do_not_make_it_stale(tmp_path: Path) -> Non
     assert run(book, tmp_path / "store").summary["start"] == "restored"
 
 
-def test_a_snapshot_that_cannot_be_restored_is_marked_unusable_and_not_rebuilt(tmp_path: Path) -> None:
+def test_a_file_held_open_that_changed_makes_the_snapshot_stale_and_a_rebuild_restores(tmp_path: Path) -> None:
     (tmp_path / "blob.bin").write_bytes(b"x" * 100)
     book = notebook(
         tmp_path / "blob.ipynb",
@@ -172,11 +172,11 @@ def test_a_snapshot_that_cannot_be_restored_is_marked_unusable_and_not_rebuilt(t
     store = tmp_path / "store"
     assert build(book, store).returncode == 0
     with open(tmp_path / "blob.bin", "ab") as blob:
-        blob.write(b"grown")  # CRIU reopens an open file only at the size it had
-    automatic = {"SNAPKERNEL_AUTO_BUILD": "1"}
-    failed = run(book, store, env=automatic)
-    assert failed.summary["start"] == "cold" and "has bad size" in failed.summary["reason"], failed.summary
-    again = run(book, store, env=automatic)
-    assert again.summary["start"] == "cold"
-    assert again.summary["reason"].startswith("snapshot ") and "cannot be restored" in again.summary["reason"]
-    assert len(list((store / "snapshots").iterdir())) == 1, "no rebuild of a snapshot that would fail the same way"
+        blob.write(b"grown")  # CRIU reopens an open file only at the size it had: caught before any restore
+    stale = run(book, store)
+    assert stale.summary["start"] == "cold", stale.summary
+    assert stale.summary["reason"] == f"stale: {tmp_path / 'blob.bin'} changed since the snapshot"
+    state = notebook_file_state([open_store(store)], book)
+    assert (state.state, state.rebuild) == ("stale", True), "stale, never unusable: a rebuild fixes it"
+    assert build(book, store).returncode == 0
+    assert run(book, store).summary["start"] == "restored"
