@@ -113,7 +113,7 @@ def _refuse_addressed_sockets(members: list[int]) -> None:
             why = (
                 "a restore cannot resume a connection"
                 if found.remote
-                else "every restored kernel would take that address over from the kernel holding it"
+                else "every restored kernel would try to take that address over from the kernel holding it"
             )
             raise CheckpointError(
                 f"process {member} {found.describe()}: {why}. Close it before the snapshot (in a before_snapshot "

@@ -55,7 +55,9 @@ def test_a_setup_holding_an_address_fails_to_build_with_the_address_and_what_to_
 ) -> None:
     port = free_port()
     line = refused_build(tmp_path, kernel_store, setup.format(port=port, folder=tmp_path))
-    assert f"{shown.format(port=port, folder=tmp_path)}: every restored kernel would take that address over" in line
+    assert (
+        f"{shown.format(port=port, folder=tmp_path)}: every restored kernel would try to take that address over" in line
+    )
     assert line.endswith(f"{WHAT_TO_DO}, or open it after the setup cells"), line
 
 
