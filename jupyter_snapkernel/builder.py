@@ -23,7 +23,7 @@ from snapkernel_engine import CheckpointError, Manifest, SnapshotError, Snapshot
 from snapkernel_engine.control_pipe import take_message, write_message
 from snapkernel_engine.inputs import fingerprint_inputs
 from snapkernel_engine.privileges import current, own_user_namespace_command
-from snapkernel_engine.process import tree_rss_bytes
+from snapkernel_engine.process import linked_semaphores_mapped, tree, tree_rss_bytes
 from snapkernel_engine.watchdog import watch_for_owner
 
 from . import env_names
@@ -298,12 +298,23 @@ def _run_build(
             inputs=fingerprint_inputs(inputs.get("files", []), inputs.get("variables", []), environment),
         )
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(kernel.pid, signal.SIGKILL)
-        kernel.wait()
+        _kill_build_kernel(kernel)
         watchdog.wait()
         for fd in (control_write, report_read):
             os.close(fd)
+
+
+def _kill_build_kernel(kernel: subprocess.Popen[bytes]) -> None:
+    """Kill the build kernel's tree, then remove the named semaphores it made (those of a refused 'spawn' or
+    'forkserver' pool): its multiprocessing resource tracker, killed with it, cannot."""
+    # Only the process that created a semaphore maps it under glibc's unlinked temporary name.
+    made = [path for member in tree(kernel.pid) for path in linked_semaphores_mapped(member)]
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(kernel.pid, signal.SIGKILL)
+    kernel.wait()
+    for path in made:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 def _ended_early(

@@ -79,9 +79,11 @@ def test_a_spawn_or_forkserver_pool_in_the_setup_fails_to_build_with_the_cause_a
     setup = (
         f"import multiprocessing\npool = multiprocessing.get_context({method!r}).Pool(2)\nsquares = pool.map(abs, [-1])"
     )
+    before = set(Path("/dev/shm").glob("sem.mp-*"))
     line = refused_build(tmp_path, kernel_store, setup)
     assert f"was started by multiprocessing's {method!r} start method" in line, line
     assert POOL_FIX in line and "link-remap" not in line, line
+    assert set(Path("/dev/shm").glob("sem.mp-*")) <= before, "the refused build's semaphores are removed"
 
 
 def test_a_spawn_lock_without_processes_fails_to_build_with_the_cause_and_the_fix(
@@ -91,6 +93,7 @@ def test_a_spawn_lock_without_processes_fails_to_build_with_the_cause_and_the_fi
         tmp_path, kernel_store, "import multiprocessing\nlock = multiprocessing.get_context('spawn').Lock()"
     )
     assert "holds the multiprocessing semaphore /dev/shm/sem.mp-" in line and POOL_FIX in line, line
+    assert not Path(line.split("semaphore ")[1].split()[0]).exists(), "the refused build's semaphore is removed"
 
 
 def test_a_fork_pool_in_the_setup_still_builds(tmp_path: Path, kernel_store: SnapshotStore) -> None:
