@@ -21,7 +21,7 @@ from snapkernel_engine import CheckpointError, Manifest, SnapshotBusy, SnapshotE
 from snapkernel_engine.control_pipe import take_message, write_message
 from snapkernel_engine.inputs import fingerprint_inputs
 from snapkernel_engine.privileges import current, own_user_namespace_command
-from snapkernel_engine.process import tree_rss_bytes
+from snapkernel_engine.process import linked_semaphores_mapped, tree, tree_rss_bytes
 from snapkernel_engine.store import store_write_error
 from snapkernel_engine.watchdog import watch_for_owner
 
@@ -299,6 +299,8 @@ def _run_build(
     buffer = bytearray()
     started = time.perf_counter()
     running = "the kernel's start"
+    running_cell: int | None = None
+    cells_done = 0
     try:
         write_message(control_write, {"cells": list(section.cells)})
         while True:
@@ -311,12 +313,13 @@ def _run_build(
                 ) from None
             except EOFError:
                 kernel.wait(timeout=10)
-                raise BuildError(
-                    f"the build kernel exited ({kernel.returncode}) before the snapshot:\n" + "".join(log[-20:])
-                ) from None
+                raise _ended_early(kernel.returncode, notebook, section, running_cell, cells_done, log) from None
             progress(event)
             if event["event"] == "cell":
                 running = f"setup cell {int(event['index']) + 1}"
+                running_cell = int(event["index"])
+            if event["event"] == "cell_done":
+                running_cell, cells_done = None, int(event["index"]) + 1
             if event["event"] == "failed":
                 where = f"setup cell {event['index'] + 1}" if event.get("index") is not None else "a hook"
                 raise BuildError(f"{where} of {notebook.name} failed:\n{event['error']}")
@@ -336,12 +339,48 @@ def _run_build(
             inputs=fingerprint_inputs(inputs.get("files", []), inputs.get("variables", []), environment),
         )
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(kernel.pid, signal.SIGKILL)
-        kernel.wait()
+        _kill_build_kernel(kernel)
         watchdog.wait()
         for fd in (control_write, report_read):
             os.close(fd)
+
+
+def _kill_build_kernel(kernel: subprocess.Popen[bytes]) -> None:
+    """Kill the build kernel's tree, then remove the named semaphores it made (those of a refused 'spawn' or
+    'forkserver' pool): its multiprocessing resource tracker, killed with it, cannot."""
+    # Only the process that created a semaphore maps it under glibc's unlinked temporary name.
+    made = [path for member in tree(kernel.pid) for path in linked_semaphores_mapped(member)]
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(kernel.pid, signal.SIGKILL)
+    kernel.wait()
+    for path in made:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def _ended_early(
+    returncode: int, notebook: Path, section: SetupSection, running_cell: int | None, cells_done: int, log: list[str]
+) -> BuildError:
+    """The error for a build kernel that ended before the snapshot: it names the setup cell that was running."""
+    if running_cell is not None:
+        lines = [line.strip() for line in section.cells[running_cell].splitlines() if line.strip()]
+        first = lines[0] if lines else ""
+        shown = first if len(first) <= 60 else first[:57] + "..."
+        where = f"setup cell {running_cell + 1} of {notebook.name} (`{shown}`)"
+    elif cells_done:
+        where = f"a before_snapshot hook of {notebook.name} (after the setup cells)"
+    else:
+        where = f"the start of {notebook.name}'s build kernel"
+    if returncode < 0:
+        how = f"killed by {signal.Signals(-returncode).name if -returncode in signal.valid_signals() else -returncode}"
+        hint = "was it out of memory, or did the code crash?"
+    else:
+        how = f"exit status {returncode}"
+        hint = "setup cells must not end their process (os._exit, sys.exit in a thread): remove that call"
+    tail = "".join(log[-20:]).rstrip()
+    return BuildError(
+        f"the build kernel ended ({how}) while {where} ran, before the snapshot: {hint}" + (f"\n{tail}" if tail else "")
+    )
 
 
 def _publish(store: SnapshotStore, pid: int, key: str, **options: Any) -> Manifest:

@@ -59,6 +59,39 @@ def pipe_keys(pid: int, pipes: Mapping[str, int]) -> dict[str, str]:
     return keys
 
 
+def _refuse_what_restores_cannot_recreate(members: list[int]) -> None:
+    """Refuse, before CRIU runs, a tree holding what no restore can bring back as it was: pools of the
+    'spawn' or 'forkserver' start methods, files open for writing, and sockets with an address."""
+    _refuse_multiprocessing_start_methods(members)
+    _refuse_files_open_for_writing(members)
+    _refuse_addressed_sockets(members)
+
+
+def _refuse_multiprocessing_start_methods(members: list[int]) -> None:
+    """Refuse processes and named semaphores of multiprocessing's 'spawn' and 'forkserver' start methods:
+    every restore would share the semaphores, and CRIU cannot dump them ("Use link-remap option")."""
+    fix = (
+        "Use multiprocessing.get_context('fork') in the setup cells, or create the pool after them "
+        "(or in an after_restore hook)"
+    )
+    for member in members:
+        method = process.multiprocessing_start_method(member)
+        if method is not None:
+            raise CheckpointError(
+                f"process {member} was started by multiprocessing's {method!r} start method (a Pool or Process of "
+                f"the setup cells): its named semaphores would be shared by every restored kernel, and CRIU cannot "
+                f"dump them. {fix}"
+            )
+    for member in members:
+        semaphores = process.linked_semaphores_mapped(member)
+        if semaphores:
+            raise CheckpointError(
+                f"process {member} holds the multiprocessing semaphore {semaphores[0]} (a Pool, Queue or Lock made "
+                f"with the 'spawn' or 'forkserver' start method): every restored kernel would share it, and CRIU "
+                f"cannot dump it. {fix}"
+            )
+
+
 def _refuse_files_open_for_writing(members: list[int]) -> None:
     """Refuse a tree holding regular files open for writing: a restore fails once such a file changes size."""
     for member in members:
@@ -68,6 +101,26 @@ def _refuse_files_open_for_writing(members: list[int]) -> None:
                 f"process {member} holds {', '.join(writable)} open for writing: CRIU restores an open file only at "
                 "the size it had at the snapshot, so every restore would fail once it grows. Close it before the "
                 "snapshot (in a before_snapshot hook) or open it after the setup cells"
+            )
+
+
+def _refuse_addressed_sockets(members: list[int]) -> None:
+    """Refuse sockets that listen, hold an address or a connection: a restore would take the address over
+    from the kernel holding it (CRIU binds listening TCP ports by force), or cannot resume the connection."""
+    for member in members:
+        # CUDA binds an abstract unix socket per process: a second live restore collides and starts cold.
+        on_gpu = uses_nvidia_devices(member)
+        for found in process.addressed_sockets(member):
+            if found.abstract and on_gpu:
+                continue
+            why = (
+                "a restore cannot resume a connection"
+                if found.remote
+                else "every restored kernel would try to take that address over from the kernel holding it"
+            )
+            raise CheckpointError(
+                f"process {member} {found.describe()}: {why}. Close it before the snapshot (in a before_snapshot "
+                "hook) and open it again in an after_restore hook, or open it after the setup cells"
             )
 
 
@@ -133,7 +186,7 @@ def dump_tree(
         )
     keys = pipe_keys(pid, pipes or {})
     members = process.tree(pid)
-    _refuse_files_open_for_writing(members)
+    _refuse_what_restores_cannot_recreate(members)
     if privileges.mode == "user-namespace":
         _refuse_user_namespace_limits(pid, members)
     driver = cuda_driver if cuda_driver is not None else system_driver()

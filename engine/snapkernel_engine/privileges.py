@@ -33,6 +33,12 @@ CAP_CHECKPOINT_RESTORE = 40
 AMBIENT_CAPS = "-all,+checkpoint_restore,+setpcap"
 NAMESPACE_PROBE_TIMEOUT_S = 20.0
 HARMLESS_PROC_MOUNTS = {"/proc/sys/fs/binfmt_misc"}
+# Restored kernels run in a user namespace that maps only the user (so do build kernels in user-namespace mode).
+SETUID_LIMIT = (
+    "no setuid programs in restored kernels (sudo, su, ping, ...; in user-namespace mode not in setup cells "
+    "either): they run in a user namespace that maps only your uid, so root-owned files show as uid 65534 "
+    "(nobody) and setuid bits do not apply; run such programs in a terminal or a cold kernel"
+)
 # What an admin runs (as root) for the capability-holding criu of this installation: this environment's jupyter.
 GRANT_COMMAND = f"{Path(sys.prefix) / 'bin' / 'jupyter'} snapkernel install-criu --grant-group {SNAPKERNEL_GROUP}"
 
@@ -57,6 +63,7 @@ class Privileges:
         found = []
         if self.unprivileged:
             found.append("no lazy restore (CRIU disables userfaultfd with --unprivileged)")
+            found.append(SETUID_LIMIT)
         if self.mode == "user-namespace":
             found.append("no mappings of deleted files (CRIU cannot read /proc/PID/map_files without a grant)")
         return found

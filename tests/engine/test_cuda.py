@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -81,16 +80,12 @@ def test_a_checkpoint_error_puts_locked_processes_back(
 def test_criu_refusal_after_the_gpu_checkpoint_puts_gpu_state_back(
     store: SnapshotStore, driver: CudaDriverDouble
 ) -> None:
-    listener = socket.create_server(("127.0.0.1", 0))
-    script = (
-        f"import socket, sys; s = socket.create_connection(('127.0.0.1', {listener.getsockname()[1]})); "
-        "print('connected', flush=True); sys.stdin.read()"
-    )
+    # A pidfd of a process outside the tree (this test): CRIU itself refuses it, after the GPU checkpoint.
+    script = "import os, sys; held = os.pidfd_open(os.getppid()); print('holding', flush=True); sys.stdin.read()"
     client = subprocess.Popen(
         [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True
     )
     try:
-        listener.accept()
         client.stdout.readline()
         driver.holds_cuda(client.pid)
         with pytest.raises(CheckpointError, match="CRIU refused"):
@@ -101,7 +96,6 @@ def test_criu_refusal_after_the_gpu_checkpoint_puts_gpu_state_back(
     finally:
         client.kill()
         client.wait()
-        listener.close()
 
 
 def test_out_of_memory_at_restore_kills_the_restored_tree(

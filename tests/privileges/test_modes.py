@@ -256,6 +256,16 @@ def test_user_namespace_mode_names_its_limits_and_capability_mode_lifts_one(make
     assert "lazy restore needs root" in lazy.stdout
 
 
+def test_doctor_names_the_setuid_limit_in_both_non_root_modes(make_user: Any) -> None:
+    """Restored kernels run in a user namespace that maps only the user: sudo and other setuid programs fail."""
+    for user, mode in ((make_user(in_group=False), "user-namespace"), (make_user(in_group=True), "capability")):
+        doctor = user.jupyter("doctor")
+        mode_line = next(line for line in doctor.stdout.splitlines() if line.split()[1:2] == ["mode"])
+        assert mode_line.split()[2] == f"{mode}:", doctor.stdout
+        assert "no setuid programs in restored kernels (sudo, su, ping" in mode_line, mode_line
+        assert "root-owned files show as uid 65534" in mode_line, mode_line
+
+
 def test_automatic_build_replay_hooks_reseeding_and_spares_work_for_an_ordinary_user(
     make_user: Any, user_server: Any
 ) -> None:
