@@ -138,7 +138,7 @@ class SnapKernelProvisioner(LocalProvisioner):
                 return info
             except Exception as error:
                 failure = classify_restore_failure(error)
-                plan.reason = f"restore of snapshot {plan.snapshot.id} failed ({failure.verdict}): {error}"
+                plan.reason = failure.reason(plan.snapshot.id, error)
                 self.log.warning("snapkernel: %s; starting cold", plan.reason)
                 try:
                     await asyncio.to_thread(self._after_failed_restore, plan, plan.snapshot, plan.store, failure)

@@ -41,6 +41,13 @@ class RestoreFailure:
             return f"{self.cause}; the snapshot is stale and is rebuilt"
         return f"{self.cause}; the snapshot is not offered again"
 
+    def reason(self, snapshot_id: str, error: BaseException) -> str:
+        """The cold start's reason: the verdict, then the error itself unless the cause already quotes it."""
+        text = str(error)
+        if text.splitlines()[:1] == [self.cause]:
+            return f"restore of snapshot {snapshot_id} failed: {self.verdict}"
+        return f"restore of snapshot {snapshot_id} failed ({self.verdict}): {text}"
+
 
 def _file_cause(text: str) -> str | None:
     """Name the file whose change made CRIU fail, from its log lines (None: not such a failure)."""

@@ -50,7 +50,7 @@ def test_a_read_only_store_gives_a_cold_start_with_one_clear_line(tmp_path: Path
     assert summary["reason"] == (
         f"restore of snapshot {snapshot} failed: a restore cannot create its work folder in the snapshot store "
         "(Read-only file system): the store is on a read-only file system: make it writable, or use a writable "
-        "store (SNAPKERNEL_STORE) and list this one as a shared root"
+        "store (SNAPKERNEL_STORE) and list this one as a shared root; the next start tries this snapshot again"
     ), summary["reason"]
 
 

@@ -123,3 +123,17 @@ def test_other_snapshot_failures_make_it_unusable(error: BaseException) -> None:
     failure = classify_restore_failure(error)
     assert failure.kind == "unusable"
     assert failure.cause == str(error).splitlines()[0]
+
+
+def test_a_reason_quotes_the_error_once() -> None:
+    """The cold start's reason gives the error itself only where the cause does not already quote it."""
+    busy = SnapshotBusy("snapshot abc is being restored; try again later")
+    assert classify_restore_failure(busy).reason("abc", busy) == (
+        "restore of snapshot abc failed: snapshot abc is being restored; try again later; "
+        "the next start tries this snapshot again"
+    )
+    oom = RestoreError("CRIU could not restore /s/images: Cannot allocate memory")
+    assert classify_restore_failure(oom).reason("abc", oom) == (
+        "restore of snapshot abc failed (out of memory; the next start tries this snapshot again): "
+        "CRIU could not restore /s/images: Cannot allocate memory"
+    )
