@@ -76,16 +76,24 @@ def is_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def files_open_for_writing(pid: int) -> list[str]:
-    """Return the paths of existing regular files that a process holds open for writing."""
-    found: list[str] = []
+def open_fds(pid: int) -> dict[str, str]:
+    """Return a process's open file descriptors and what each points to (empty: the process is gone)."""
+    targets: dict[str, str] = {}
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
     except OSError:
-        return found
+        return targets
     for fd in fds:
+        with contextlib.suppress(OSError):
+            targets[fd] = os.readlink(f"/proc/{pid}/fd/{fd}")
+    return targets
+
+
+def files_open_for_writing(pid: int) -> list[str]:
+    """Return the paths of existing regular files that a process holds open for writing."""
+    found: list[str] = []
+    for fd, target in open_fds(pid).items():
         try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
             flags = int(Path(f"/proc/{pid}/fdinfo/{fd}").read_text().split("flags:")[1].split()[0], 8)
         except (OSError, IndexError, ValueError):
             continue
@@ -161,19 +169,7 @@ class AddressedSocket:
 
 def socket_inodes(pid: int) -> set[int]:
     """Return the inodes of the sockets a process holds open."""
-    found: set[int] = set()
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return found
-    for fd in fds:
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            found.add(int(target[len("socket:[") : -1]))
-    return found
+    return {int(target[len("socket:[") : -1]) for target in open_fds(pid).values() if target.startswith("socket:[")}
 
 
 def _inet_address(hex_address: str) -> tuple[str, int]:

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import stat
 import time
-from pathlib import Path
 
 import pytest
 
 from snapkernel_engine import SnapshotBusy, SnapshotNotFound, SnapshotStore, StoreError
 from snapkernel_engine.fingerprint import environment_fingerprint, hardware_fingerprint
 from snapkernel_engine.store import MARKER, MARKER_FORMAT
+from tests.helpers import tree_digest
 
 from .conftest import Workload
 
@@ -96,16 +95,6 @@ def test_loose_permissions_are_tightened(store: SnapshotStore) -> None:
     os.chmod(store.root, 0o777)
     store.ensure_layout()
     assert stat.S_IMODE(store.root.stat().st_mode) == 0o700
-
-
-def tree_digest(folder: Path) -> dict[str, str]:
-    """Every file and folder under `folder`, with a hash of each file's bytes and its mode."""
-    digest = {}
-    for path in sorted(folder.rglob("*")):
-        info = path.lstat()
-        content = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
-        digest[str(path.relative_to(folder))] = f"{content} {stat.S_IMODE(info.st_mode):o}"
-    return digest
 
 
 def test_a_new_store_carries_its_marker(store: SnapshotStore, workload: Workload) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -11,6 +10,7 @@ from typing import Any
 
 from jupyter_snapkernel.setup_section import read_setup_section
 from snapkernel_engine import SnapshotStore
+from tests.helpers import tree_digest
 from tests.users import UnixUser
 
 SETUP = ["value = 21"]
@@ -34,16 +34,6 @@ def chown_tree(path: Path, user: UnixUser) -> None:
     """Give a folder and everything in it to a user."""
     for item in [path, *path.rglob("*")]:
         os.chown(item, user.uid, user.gid)
-
-
-def tree_digest(folder: Path) -> dict[str, str]:
-    """Every entry under `folder`: a file's bytes' hash, mode and owner; a folder's mode and owner."""
-    digest = {}
-    for path in sorted(folder.rglob("*")):
-        info = path.lstat()
-        content = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "folder"
-        digest[str(path.relative_to(folder))] = f"{content} {info.st_mode:o} {info.st_uid}"
-    return digest
 
 
 def test_a_store_another_user_planted_is_never_restored(make_user: Any, user_server: Any, public_dir: Path) -> None:
