@@ -88,6 +88,15 @@ class RestoredTree:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(member, signum)
 
+    def resume(self) -> None:
+        """Continue a tree restored stopped (SIGCONT to every process; a running tree is unaffected)."""
+        self.send_signal(signal.SIGCONT)
+
+    def stopped(self) -> bool:
+        """Whether every process of the tree is stopped (none runs a thread): true of a tree restored stopped."""
+        members = self.members()
+        return bool(members) and all(process.is_stopped(member) for member in members)
+
     def terminate(self) -> None:
         """Ask every process of the tree to terminate (SIGTERM)."""
         self.send_signal(signal.SIGTERM)
@@ -187,6 +196,7 @@ def restore_tree(
     cuda_pids: Sequence[int] = (),
     cuda_driver: CudaDriver | None = None,
     own_network: bool = False,
+    stopped: bool = False,
 ) -> RestoredTree:
     """Restore the image in `images_dir` into new PID and mount namespaces.
 
@@ -199,7 +209,8 @@ def restore_tree(
     GPU before this returns, through `cuda_driver` (default: the machine's driver). `own_network`
     restores into a new, empty network namespace too: needed to run several restores of an image
     whose processes bound the same abstract unix socket (CUDA processes do), at the price of having
-    no network but a loopback of their own.
+    no network but a loopback of their own. With `stopped`, every restored process is left stopped
+    (CRIU's --leave-stopped): no thread of it runs until ``tree.resume()``.
 
     As root the tree keeps host credentials (new PID + mount namespaces only); any other user restores
     into new user + PID + mount namespaces with CRIU holding only checkpoint_restore and setpcap there,
@@ -238,6 +249,8 @@ def restore_tree(
         command.append("--unprivileged")
     if own_network:
         command.append("--loopback-up")
+    if stopped:
+        command.append("--leave-stopped")
     if tie_to_caller:
         owner_fd = os.pidfd_open(os.getpid())
         command.append(f"--watch-fd={owner_fd}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 import subprocess
@@ -178,5 +179,26 @@ def test_restore_into_its_own_network_namespace(store: SnapshotStore, workload: 
     try:
         assert os.readlink(f"/proc/{tree.pid}/ns/net") != os.readlink("/proc/self/ns/net")
         assert conversation.ask("report")["checksum"] == workload.checksum
+    finally:
+        tree.kill()
+
+
+def test_tree_restored_stopped_runs_nothing_until_resumed(store: SnapshotStore, workload: Workload) -> None:
+    """A tree restored stopped: every thread of every process is stopped; resume() continues them all."""
+    manifest = store.take_snapshot(workload.pid, KEY, pipes=PIPES)
+    conversation = restore_with_pipes(store, manifest.id, stopped=True)
+    tree = conversation.tree
+    try:
+        members = tree.members()
+        assert len(members) == 2, "root and its child"
+        assert tree.stopped()
+        assert all(process.is_stopped(member) for member in members)
+        conversation.to_tree.write("report\n")  # waits in the pipe while the tree is stopped
+        conversation.to_tree.flush()
+        tree.resume()
+        report = json.loads(conversation.from_tree.readline())
+        assert report["checksum"] == workload.checksum
+        assert report["thread_alive"] is True and report["child_alive"] is True
+        assert not any(process.is_stopped(member) for member in tree.members())
     finally:
         tree.kill()
