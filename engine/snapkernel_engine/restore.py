@@ -93,9 +93,11 @@ class RestoredTree:
         self.send_signal(signal.SIGCONT)
 
     def stopped(self) -> bool:
-        """Whether every process of the tree is stopped (none runs a thread): true of a tree restored stopped."""
-        members = self.members()
-        return bool(members) and all(process.is_stopped(member) for member in members)
+        """Whether every restored process is stopped (none runs a thread): true of a tree restored stopped."""
+        if self.poll() is not None:
+            return False
+        # From the restored root down: a lazy restore's page daemon is the init's child too, and runs.
+        return all(process.is_stopped(member) for member in process.tree(self.pid))
 
     def terminate(self) -> None:
         """Ask every process of the tree to terminate (SIGTERM)."""

@@ -202,3 +202,22 @@ def test_tree_restored_stopped_runs_nothing_until_resumed(store: SnapshotStore, 
         assert not any(process.is_stopped(member) for member in tree.members())
     finally:
         tree.kill()
+
+
+def test_lazy_restore_of_a_stopped_tree_loads_its_memory_and_resumes(store: SnapshotStore, workload: Workload) -> None:
+    """Restored lazily and stopped: the tree stays stopped while its pages load, then resumes intact."""
+    if not lazy_restore_supported():
+        pytest.skip("this kernel lacks non-cooperative userfaultfd (criu check --feature uffd-noncoop)")
+    manifest = store.take_snapshot(workload.pid, KEY, pipes=PIPES)
+    conversation = restore_with_pipes(store, manifest.id, lazy=True, stopped=True)
+    tree = conversation.tree
+    try:
+        assert tree.stopped()
+        conversation.to_tree.write("report\n")
+        conversation.to_tree.flush()
+        tree.resume()
+        report = json.loads(conversation.from_tree.readline())
+        assert report["checksum"] == workload.checksum and report["thread_alive"] is True
+        assert tree.pages_loaded.wait(timeout=60)
+    finally:
+        tree.kill()
