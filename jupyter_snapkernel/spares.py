@@ -151,19 +151,20 @@ def notebook_key(notebook: str | os.PathLike[str]) -> Path:
     return Path(os.path.abspath(notebook))
 
 
-def why_obsolete(manifest: Manifest, store: SnapshotStore, notebooks: Iterable[Path]) -> tuple[str | None, set[Path]]:
+def why_obsolete(
+    manifest: Manifest, store: SnapshotStore, notebooks: Iterable[Path], replaced: set[str]
+) -> tuple[str | None, set[Path]]:
     """Say why a spare of `manifest` is of no more use (None: it is), and which of its notebooks' setups changed.
 
-    Reads the store and the notebooks: run it off the event loop.
+    `replaced` holds the ids of the store's snapshots that newer ones of the same setup replaced. Reads the
+    store and the notebooks: run it off the event loop.
     """
     try:
         store.get(manifest.id)
-        if store.unusable_reason(manifest.id) is not None:
-            return "its snapshot cannot be restored any more", set()
-        if any(replaced.id == manifest.id for replaced in store.replaced(store.list())):
-            return "a newer snapshot of the same setup replaced it", set()
     except (SnapshotError, OSError):
         return "its snapshot was deleted", set()
+    if manifest.id in replaced:
+        return "a newer snapshot of the same setup replaced it", set()
     changed = set()
     for notebook in notebooks:
         try:
@@ -173,6 +174,21 @@ def why_obsolete(manifest: Manifest, store: SnapshotStore, notebooks: Iterable[P
         if section is None or section.setup_hash != manifest.key:
             changed.add(notebook)
     return None, changed
+
+
+def check_spares(spares: list[tuple[Spare, list[Path]]]) -> list[tuple[str | None, set[Path]]]:
+    """`why_obsolete` for each spare (with its notebooks, copied on the event loop), reading each store once."""
+    replaced: dict[Path, set[str]] = {}
+    verdicts = []
+    for spare, notebooks in spares:
+        root = spare.store.root
+        if root not in replaced:
+            try:
+                replaced[root] = {manifest.id for manifest in spare.store.replaced(spare.store.list())}
+            except OSError:
+                replaced[root] = set()
+        verdicts.append(why_obsolete(spare.manifest, spare.store, notebooks, replaced[root]))
+    return verdicts
 
 
 def measured(entry: dict[str, Any]) -> dict[str, Any]:
@@ -357,9 +373,7 @@ class SparePool:
             elif idle > 0 and now - spare.last_used > idle:
                 self.retire(snapshot_id, f"no session of its notebook was open for {idle:g} s")
         spares = list(self._spares.values())
-        verdicts = await asyncio.to_thread(
-            lambda: [why_obsolete(spare.manifest, spare.store, list(spare.notebooks)) for spare in spares]
-        )
+        verdicts = await asyncio.to_thread(check_spares, [(spare, list(spare.notebooks)) for spare in spares])
         for spare, (why, changed) in zip(spares, verdicts, strict=True):
             if self._spares.get(spare.manifest.id) is not spare:
                 continue  # taken or retired meanwhile
