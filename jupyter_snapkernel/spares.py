@@ -307,7 +307,8 @@ class SparePool:
         if manifest.cuda_pids:
             return  # a spare of a GPU snapshot would hold a second copy of its GPU memory
         notebooks = {notebook_key(notebook)} if notebook is not None else set()
-        known = self._spares.get(manifest.id) or self._filling.get(manifest.id)
+        filling_now = self._filling.get(manifest.id)
+        known = self._spares.get(manifest.id) or (filling_now if filling_now and filling_now.wanted else None)
         if known is not None:
             known.notebooks |= notebooks
             return
