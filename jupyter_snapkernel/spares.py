@@ -334,7 +334,10 @@ class SparePool:
         def settle(done: asyncio.Task[KernelAwaitingConnection | None]) -> None:
             if self._filling.get(manifest.id) is filling:
                 del self._filling[manifest.id]
-            kernel = None if done.cancelled() or done.exception() is not None else done.result()
+            error = None if done.cancelled() else done.exception()
+            if error is not None:  # the next start restores as it would without spares, and tries again
+                self.log.warning("snapkernel: could not restore a spare kernel of snapshot %s: %s", manifest.id, error)
+            kernel = None if done.cancelled() or error is not None else done.result()
             if kernel is None:
                 return
             if generation != self._generation or not filling.wanted:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from snapkernel_engine import CheckpointError, SnapshotStore, process
+from snapkernel_engine import CheckpointError, RestoredTree, SnapshotStore, process
 from snapkernel_engine.restore import lazy_restore_supported
 
 from .conftest import Conversation, Workload, pipes_for_restore
@@ -36,6 +36,14 @@ def restore_with_pipes(store: SnapshotStore, snapshot_id: str, **options: bool) 
         for fd in to_close:
             os.close(fd)
     return Conversation(tree, to_tree, from_tree)
+
+
+def wait_until_stopped(tree: RestoredTree) -> None:
+    """Wait until every restored process is stopped: CRIU's detach delivers the SIGSTOP as it lets go."""
+    deadline = time.monotonic() + 10
+    while not tree.stopped():
+        assert time.monotonic() < deadline, f"{tree} was not left stopped"
+        time.sleep(0.01)
 
 
 def namespace_members_gone(tree_pids: list[int]) -> bool:
@@ -191,7 +199,7 @@ def test_tree_restored_stopped_runs_nothing_until_resumed(store: SnapshotStore, 
     try:
         members = tree.members()
         assert len(members) == 2, "root and its child"
-        assert tree.stopped()
+        wait_until_stopped(tree)
         assert all(process.is_stopped(member) for member in members)
         conversation.to_tree.write("report\n")  # waits in the pipe while the tree is stopped
         conversation.to_tree.flush()
@@ -212,7 +220,7 @@ def test_lazy_restore_of_a_stopped_tree_loads_its_memory_and_resumes(store: Snap
     conversation = restore_with_pipes(store, manifest.id, lazy=True, stopped=True)
     tree = conversation.tree
     try:
-        assert tree.stopped()
+        wait_until_stopped(tree)
         conversation.to_tree.write("report\n")
         conversation.to_tree.flush()
         tree.resume()
