@@ -129,6 +129,7 @@ def test_spare_runs_no_setup_thread_until_a_session_claims_it(
     server.wait_until(lambda: len(restored_trees(server)) == 1, WAIT_S, "the first kernel did not end")
     [spare] = spares(server)
     assert spare["frozen"] is True, spare
+    assert spare["notebooks"] == ["ticks.ipynb"] and spare["rss_bytes"] > 0 and spare["idle_s"] >= 0, spare
     assert all(process.status() == psutil.STATUS_STOPPED for process in psutil.Process(spare["pid"]).children())
     size = log.stat().st_size
     deadline = time.monotonic() + QUIET_S
