@@ -30,6 +30,7 @@ from .builder import gpu_state_of, keep_within_limits
 from .config import PROVISIONER_NAME, SnapKernelSettings
 from .paths import open_store
 from .setup_section import NotebookError, SetupSection, cells_problem, read_notebook, setup_section_of
+from .spares import measured, spare_pool
 from .status import NotebookState, notebook_file_state, notebook_state, snapshot_summary, user_stores
 
 AUTH_RESOURCE = "snapkernel"
@@ -150,16 +151,21 @@ class SnapshotsHandler(SnapKernelHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        """List the snapshots, and the entries of the store that are not valid snapshots."""
-        self.write_json(await asyncio.to_thread(self.listing))
+        """List the snapshots, the entries of the store that are not valid snapshots, and this server's spares."""
+        spares = spare_pool.describe()
+        self.write_json(await asyncio.to_thread(self.listing, spares))
 
-    def listing(self) -> dict[str, Any]:
-        """The store's snapshots and corrupt entries, read from disk."""
+    def listing(self, spares: list[dict[str, Any]]) -> dict[str, Any]:
+        """The store's snapshots and corrupt entries, read from disk, and the spares measured in /proc."""
         store = self.store
         manifests, corrupt = store.scan()
         snapshots = [snapshot_summary(store, manifest) for manifest in manifests]
         entries = [{"id": entry.id, "reason": self.scrub(entry.reason)} for entry in corrupt]
-        return {"snapshots": snapshots, "corrupt": entries}
+        root = self.contents_root
+        for spare in spares:
+            paths = [Path(notebook) for notebook in spare["notebooks"]]
+            spare["notebooks"] = [str(path.relative_to(root)) for path in paths if path.is_relative_to(root)]
+        return {"snapshots": snapshots, "corrupt": entries, "spares": [measured(spare) for spare in spares]}
 
 
 class SnapshotHandler(SnapKernelHandler):
@@ -175,6 +181,7 @@ class SnapshotHandler(SnapKernelHandler):
             raise refusal(404, f"no snapshot {shortened(snapshot_id)}") from None
         except SnapshotError as error:
             raise refusal(409, str(error)) from None
+        spare_pool.retire(snapshot_id, "its snapshot was deleted")
         self.set_status(204)
         self.finish()
 
@@ -334,6 +341,8 @@ class BuildsHandler(JSONBodyHandler):
             )
         except BuildQueueFull as error:
             raise refusal(429, str(error)) from None
+        if build.task is not None:
+            spare_pool.replace_after(build.task, notebook)
         self.write_json(self.builds.describe(build), status=202)
 
     @staticmethod

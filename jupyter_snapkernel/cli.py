@@ -76,6 +76,9 @@ def install_criu(args: argparse.Namespace) -> int:
     return 0
 
 
+SPARES_NOTE = "spare kernels live in each jupyter server: its GET /snapkernel/api/snapshots lists them (`spares`)"
+
+
 def list_snapshots(args: argparse.Namespace) -> int:
     """List the store's snapshots, and the entries that are not usable snapshots (`gc` removes those)."""
     store = open_store(args.store)
@@ -105,6 +108,7 @@ def list_snapshots(args: argparse.Namespace) -> int:
     if corrupt:
         what = "1 corrupt entry: `jupyter snapkernel gc` removes it" if len(corrupt) == 1 else ""
         print(what or f"{len(corrupt)} corrupt entries: `jupyter snapkernel gc` removes them")
+    print(SPARES_NOTE)
     return 0
 
 

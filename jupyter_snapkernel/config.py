@@ -98,6 +98,17 @@ class SnapKernelSettings(LoggingConfigurable):
         "kernel per notebook in use.",
     ).tag(config=True)
 
+    spare_memory_bytes = Int(
+        min=0,
+        help="Most memory the spare kernels of this server hold together, counted as each snapshot's resident "
+        "memory at its dump; the least recently used spare is retired first to make room (0: no limit).",
+    ).tag(config=True)
+    spare_idle_seconds = Float(
+        min=0.0,
+        help="Seconds after the last session of a notebook closed before its spare kernel is retired "
+        "(0: kept while the server runs).",
+    ).tag(config=True)
+
     @default("enabled")
     def _enabled_default(self) -> bool:
         return env_flag(env_names.ENABLED, True)
@@ -133,6 +144,14 @@ class SnapKernelSettings(LoggingConfigurable):
     @default("spare_kernels")
     def _spare_kernels_default(self) -> bool:
         return env_flag(env_names.SPARE_KERNELS, True)
+
+    @default("spare_memory_bytes")
+    def _spare_memory_bytes_default(self) -> int:
+        return int(os.environ.get(env_names.SPARE_MEMORY_BYTES, env_names.DEFAULT_SPARE_MEMORY_BYTES))
+
+    @default("spare_idle_seconds")
+    def _spare_idle_seconds_default(self) -> float:
+        return float(os.environ.get(env_names.SPARE_IDLE_SECONDS, env_names.DEFAULT_SPARE_IDLE_S))
 
     @default("quota_bytes")
     def _quota_bytes_default(self) -> int:

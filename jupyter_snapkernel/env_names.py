@@ -12,6 +12,8 @@ VERIFY = "SNAPKERNEL_VERIFY"
 BUILD_TIMEOUT = "SNAPKERNEL_BUILD_TIMEOUT"
 GPU_STATE = "SNAPKERNEL_GPU_STATE"
 SPARE_KERNELS = "SNAPKERNEL_SPARE_KERNELS"
+SPARE_MEMORY_BYTES = "SNAPKERNEL_SPARE_MEMORY_BYTES"
+SPARE_IDLE_SECONDS = "SNAPKERNEL_SPARE_IDLE_SECONDS"
 QUOTA_BYTES = "SNAPKERNEL_QUOTA_BYTES"
 MAX_SNAPSHOTS = "SNAPKERNEL_MAX_SNAPSHOTS"
 MAX_CONCURRENT_BUILDS = "SNAPKERNEL_MAX_CONCURRENT_BUILDS"
@@ -24,3 +26,5 @@ REPLAY_SETUP = "SNAPKERNEL_REPLAY_SETUP"  # a restored kernel replays the setup 
 START_NOTES = "SNAPKERNEL_START_NOTES"  # a kernel announces how it started with its first cell
 
 DEFAULT_BUILD_TIMEOUT_S = 600.0  # how long a snapshot build may take, unless configured
+DEFAULT_SPARE_MEMORY_BYTES = str(2 * 2**30)  # what a server's spare kernels may hold together, unless configured
+DEFAULT_SPARE_IDLE_S = "600"  # how long a spare outlives its notebook's last session, unless configured

@@ -23,7 +23,7 @@ from .background_builds import background_builds
 from .builder import BuildCancelled, keep_within_limits, notebook_gpu_state
 from .config import SnapKernelSettings
 from .setup_section import NotebookError, SetupSection
-from .spares import restore_awaiting_connection, spare_pool
+from .spares import SpareLimits, restore_awaiting_connection, spare_pool
 from .status import forget_stale_restores, note_stale_restore, notebook_file_state, user_stores
 
 
@@ -122,9 +122,10 @@ class SnapKernelProvisioner(LocalProvisioner):
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         plan: StartPlan = getattr(self, "start_plan", StartPlan())
         started = time.time()
+        self._track_spares(plan)
         if plan.snapshot is not None and plan.store is not None:
             try:
-                info = await self._restore(plan.snapshot, plan.store, kwargs)
+                info = await self._restore(plan.snapshot, plan.store, plan.notebook, kwargs)
                 self.start_report = {
                     "start": "restored",
                     "snapshot": plan.snapshot.id,
@@ -135,6 +136,7 @@ class SnapKernelProvisioner(LocalProvisioner):
                 }
                 if plan.own_store is not None:
                     await asyncio.to_thread(forget_stale_restores, plan.own_store, plan.snapshot.key)
+                self._session_opened(plan)
                 return info
             except Exception as error:
                 failure = classify_restore_failure(error)
@@ -163,6 +165,7 @@ class SnapKernelProvisioner(LocalProvisioner):
                 await self._background_build(plan.notebook, plan.section, plan.own_store)
             except Exception as error:  # the kernel runs: a build that cannot start must not fail its launch
                 self.log.warning("snapkernel: could not start the snapshot build of %s: %s", plan.notebook, error)
+        self._session_opened(plan)
         return info
 
     def _after_failed_restore(
@@ -180,6 +183,27 @@ class SnapKernelProvisioner(LocalProvisioner):
             # (a rebuild of the same cells would carry the same cause).
             store.mark_unusable(snapshot.id, failure.cause)
             plan.build = False
+
+    def _track_spares(self, plan: StartPlan) -> None:
+        """Apply this server's spare limits, and retire the notebook's spares this start shows to be obsolete."""
+        spare_pool.limits = SpareLimits(self.settings.spare_memory_bytes, self.settings.spare_idle_seconds)
+        if plan.notebook is not None:
+            keep = plan.snapshot.id if plan.snapshot is not None else None
+            spare_pool.forget_notebook(plan.notebook, keep, "its notebook no longer starts from its snapshot")
+
+    def _kernel_is_running(self) -> bool:
+        """Whether this provisioner's kernel process lives (a spare of its notebook is in use while it does)."""
+        return self.process is not None and self.process.poll() is None
+
+    async def cleanup(self, restart: bool = False) -> None:
+        """Note the kernel's end for the spares, then clean up as a local kernel does."""
+        spare_pool.session_closed(self.kernel_id)
+        await super().cleanup(restart)
+
+    def _session_opened(self, plan: StartPlan) -> None:
+        """Tell the spares that a kernel of the plan's notebook runs: its spares are in use while it does."""
+        if plan.notebook is not None:
+            spare_pool.session_opened(self.kernel_id, plan.notebook, self._kernel_is_running)
 
     async def _background_build(self, notebook: Path, section: SetupSection, store: SnapshotStore) -> None:
         """Start (or join) the build of this section's snapshot; reading the notebook happens off the loop."""
@@ -202,11 +226,13 @@ class SnapKernelProvisioner(LocalProvisioner):
                 self.log.info("snapkernel: snapshot %s of %s is ready", done.result().id, notebook)
                 if self.settings.spare_kernels:
                     lazy = self._lazy()
-                    spare_pool.refill(store, done.result(), lazy=lazy, timeout=self.settings.restore_timeout)
+                    timeout = self.settings.restore_timeout
+                    spare_pool.refill(store, done.result(), notebook, lazy=lazy, timeout=timeout)
             else:
                 self.log.warning("snapkernel: snapshot build of %s failed: %s", notebook, error)
 
         assert build.task is not None
+        spare_pool.replace_after(build.task, notebook)
         build.task.add_done_callback(report)
 
     def _lazy(self) -> bool:
@@ -218,7 +244,9 @@ class SnapKernelProvisioner(LocalProvisioner):
         self.log.warning("snapkernel: lazy_restore is on, but %s: restoring eagerly", LAZY_NEEDS_ROOT)
         return False
 
-    async def _restore(self, manifest: Manifest, store: SnapshotStore, kwargs: dict[str, Any]) -> KernelConnectionInfo:
+    async def _restore(
+        self, manifest: Manifest, store: SnapshotStore, notebook: Path | None, kwargs: dict[str, Any]
+    ) -> KernelConnectionInfo:
         """Restore the snapshot (or take its spare) and hand it this launch's connection, env and cwd."""
         started = time.time()
         settings = self.settings
@@ -252,7 +280,7 @@ class SnapKernelProvisioner(LocalProvisioner):
             time.time() - started, " (a spare restored ahead)" if from_spare else "",
         )  # fmt: skip
         if settings.spare_kernels:
-            spare_pool.refill(store, manifest, lazy=lazy, timeout=settings.restore_timeout)
+            spare_pool.refill(store, manifest, notebook, lazy=lazy, timeout=settings.restore_timeout)
         tree = waiting.tree
         self.process = RestoredKernelProcess(tree)  # type: ignore[assignment]  # Popen's interface, not its class
         self.pid = tree.pid

@@ -29,6 +29,7 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     web_app.settings["snapkernel_builds"] = background_builds
     web_app.add_handlers(".*$", handlers(web_app.settings["base_url"]))
     stop_with_the_server(serverapp)
+    spare_pool.log = serverapp.log  # the spares' retirements appear in the server's log
     threading.Thread(target=prepare_store, args=(settings, serverapp.log), daemon=True, name="snapkernel-start").start()
     serverapp.log.info(
         "snapkernel: API at %ssnapkernel/api/, store %s", web_app.settings["base_url"], settings.user_store_root

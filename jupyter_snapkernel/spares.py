@@ -1,17 +1,31 @@
-"""Kernels restored ahead of time: each waits on its control pipe until a launch hands it a connection."""
+"""Kernels restored ahead of time (spares): each waits, stopped, on its control pipe until a launch claims it.
+
+A spare is restored with every process stopped (CRIU's --leave-stopped): no thread of the setup runs,
+writes or answers on a socket until a launch claims it and continues it. Spares are retired when their
+snapshot is deleted or replaced, when their notebook's setup changed, when no session of their notebook
+has been open for `spare_idle_seconds`, and least recently used first to keep the server's spares
+within `spare_memory_bytes`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import threading
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-from snapkernel_engine import Manifest, RestoredTree, SnapshotStore
+from snapkernel_engine import Manifest, RestoredTree, SnapshotError, SnapshotStore
 from snapkernel_engine.control_pipe import PipeChannel
+from snapkernel_engine.process import is_stopped, tree, tree_rss_bytes
 
 from .background_builds import in_daemon_thread
+from .setup_section import NotebookError, read_setup_section
 
 
 @dataclass
@@ -54,9 +68,9 @@ def forwarded_output(target_fd: int) -> int:
 
 
 def restore_awaiting_connection(
-    store: SnapshotStore, manifest: Manifest, *, lazy: bool, timeout: float
+    store: SnapshotStore, manifest: Manifest, *, lazy: bool, timeout: float, stopped: bool = False
 ) -> KernelAwaitingConnection:
-    """Restore a snapshot's kernel with fresh pipes; it waits for its resume request."""
+    """Restore a snapshot's kernel with fresh pipes; it waits for its resume request (`stopped`: frozen, too)."""
     control_read, control_write = os.pipe()
     report_read, report_write = os.pipe()
     handed = {
@@ -67,7 +81,9 @@ def restore_awaiting_connection(
         "report": report_write,
     }
     try:
-        tree = store.restore_snapshot(manifest.id, key=manifest.key, pipes=handed, timeout=timeout, lazy=lazy)
+        tree = store.restore_snapshot(
+            manifest.id, key=manifest.key, pipes=handed, timeout=timeout, lazy=lazy, stopped=stopped
+        )
     except BaseException:
         os.close(control_write)
         os.close(report_read)
@@ -79,15 +95,120 @@ def restore_awaiting_connection(
 
 
 REFILL_DELAY_S = 1.0
+SWEEP_INTERVAL_S = 5.0  # how often spares are checked against their store, notebooks and idle limit
+MIN_SWEEP_INTERVAL_S = 0.5
+
+
+def spare_size(manifest: Manifest) -> int:
+    """What a spare of this snapshot counts against the memory budget: the setup's resident memory at its dump."""
+    return manifest.rss_bytes or manifest.size_bytes
+
+
+@dataclass
+class SpareLimits:
+    """The server's limits on its spares (SnapKernelSettings.spare_memory_bytes and spare_idle_seconds)."""
+
+    memory_bytes: int = 0  # 0: no limit
+    idle_seconds: float = 0.0  # 0: never retired for idleness
+
+
+@dataclass
+class Spare:
+    """A spare kernel, its snapshot and the notebooks it is kept for."""
+
+    kernel: KernelAwaitingConnection
+    store: SnapshotStore
+    manifest: Manifest
+    notebooks: set[Path]
+    last_used: float = field(default_factory=time.time)  # restored, or a session of its notebooks was open
+
+    @property
+    def budget_bytes(self) -> int:
+        """What this spare counts against the memory budget."""
+        return spare_size(self.manifest)
+
+
+@dataclass
+class Filling:
+    """A spare being restored now."""
+
+    task: asyncio.Task[KernelAwaitingConnection | None]
+    manifest: Manifest
+    notebooks: set[Path]
+    wanted: bool = True  # False once retired while it was restored: it is killed on arrival
+
+
+@dataclass
+class Session:
+    """A kernel of a notebook, as far as spares care: whether it is still open."""
+
+    notebook: Path
+    is_open: Callable[[], bool]
+
+
+def notebook_key(notebook: str | os.PathLike[str]) -> Path:
+    """The one spelling of a notebook's path that spares are kept under (absolute, no disk access)."""
+    return Path(os.path.abspath(notebook))
+
+
+def why_obsolete(
+    manifest: Manifest, store: SnapshotStore, notebooks: Iterable[Path], replaced: set[str]
+) -> tuple[str | None, set[Path]]:
+    """Say why a spare of `manifest` is of no more use (None: it is), and which of its notebooks' setups changed.
+
+    `replaced` holds the ids of the store's snapshots that newer ones of the same setup replaced. Reads the
+    store and the notebooks: run it off the event loop.
+    """
+    try:
+        store.get(manifest.id)
+    except (SnapshotError, OSError):
+        return "its snapshot was deleted", set()
+    if manifest.id in replaced:
+        return "a newer snapshot of the same setup replaced it", set()
+    changed = set()
+    for notebook in notebooks:
+        try:
+            section = read_setup_section(notebook)
+        except (NotebookError, OSError):
+            section = None
+        if section is None or section.setup_hash != manifest.key:
+            changed.add(notebook)
+    return None, changed
+
+
+def check_spares(spares: list[tuple[Spare, list[Path]]]) -> list[tuple[str | None, set[Path]]]:
+    """`why_obsolete` for each spare (with its notebooks, copied on the event loop), reading each store once."""
+    replaced: dict[Path, set[str]] = {}
+    verdicts = []
+    for spare, notebooks in spares:
+        root = spare.store.root
+        if root not in replaced:
+            try:
+                replaced[root] = {manifest.id for manifest in spare.store.replaced(spare.store.list())}
+            except OSError:
+                replaced[root] = set()
+        verdicts.append(why_obsolete(spare.manifest, spare.store, notebooks, replaced[root]))
+    return verdicts
+
+
+def measured(entry: dict[str, Any]) -> dict[str, Any]:
+    """A spare's description with its tree's real resident memory and whether it is frozen (reads /proc)."""
+    frozen = all(is_stopped(member) for member in tree(entry["pid"]))
+    return {**entry, "rss_bytes": tree_rss_bytes(entry["pid"]), "frozen": frozen}
 
 
 class SparePool:
-    """At most one spare kernel per CPU snapshot, restored in the background after each launch."""
+    """The server's spare kernels: at most one per CPU snapshot, frozen until claimed, retired when of no use."""
 
     def __init__(self) -> None:
-        self._spares: dict[str, KernelAwaitingConnection] = {}
-        self._filling: dict[str, asyncio.Task[KernelAwaitingConnection | None]] = {}
+        self._spares: dict[str, Spare] = {}
+        self._filling: dict[str, Filling] = {}
+        self._sessions: dict[str, Session] = {}
+        self._last_open: dict[Path, float] = {}  # when a session of each notebook was last seen open
         self._generation = 0  # discard_all() starts a new one: spares of an older one are killed on arrival
+        self._sweeper: asyncio.Task[None] | None = None
+        self.limits = SpareLimits()
+        self.log: logging.Logger | logging.LoggerAdapter[logging.Logger] = logging.getLogger(__name__)
 
     @property
     def filling(self) -> bool:
@@ -95,62 +216,210 @@ class SparePool:
         return bool(self._filling)
 
     def take(self, snapshot_id: str) -> KernelAwaitingConnection | None:
-        """Return the live spare for a snapshot, if one is ready."""
+        """Claim the live spare of a snapshot, if one is ready: it is continued and runs from here on."""
         spare = self._spares.pop(snapshot_id, None)
-        if spare is not None and spare.tree.poll() is not None:
-            spare.close_pipes()
+        if spare is None:
             return None
-        return spare
+        if spare.kernel.tree.poll() is not None:
+            spare.kernel.close_pipes()
+            return None
+        spare.kernel.tree.resume()
+        return spare.kernel
 
-    def refill(self, store: SnapshotStore, manifest: Manifest, *, lazy: bool, timeout: float) -> None:
-        """Restore a spare for `manifest` in the background unless one exists or is on its way."""
-        if manifest.id in self._spares or manifest.id in self._filling or manifest.cuda_pids:
+    def session_opened(self, kernel_id: str, notebook: Path, is_open: Callable[[], bool]) -> None:
+        """Note a kernel of `notebook` that the server started: its spares are in use while it is open."""
+        key = notebook_key(notebook)
+        self._sessions[kernel_id] = Session(key, is_open)
+        self._last_open[key] = time.time()
+
+    def session_closed(self, kernel_id: str) -> None:
+        """Note that a kernel ended: its notebook's spares count as idle from now on, unless another is open."""
+        session = self._sessions.pop(kernel_id, None)
+        if session is not None:
+            self._last_open[session.notebook] = time.time()
+            self._note_open_sessions()
+
+    def _note_open_sessions(self) -> None:
+        """Mark the spares of notebooks with an open session as used now; forget sessions that ended unseen."""
+        now = time.time()
+        for kernel_id, session in list(self._sessions.items()):
+            self._last_open[session.notebook] = now
+            if not session.is_open():  # the kernel died without a shutdown through the server
+                del self._sessions[kernel_id]
+        for spare in self._spares.values():
+            seen = [self._last_open[notebook] for notebook in spare.notebooks if notebook in self._last_open]
+            spare.last_used = max([spare.last_used, *seen])
+
+    def retire(self, snapshot_id: str, why: str) -> None:
+        """Kill the spare of a snapshot, and the one being restored (on arrival)."""
+        filling = self._filling.get(snapshot_id)
+        if filling is not None:
+            filling.wanted = False
+        spare = self._spares.pop(snapshot_id, None)
+        if spare is not None:
+            self.log.info("snapkernel: retired the spare kernel of snapshot %s: %s", snapshot_id, why)
+            spare.kernel.discard()
+
+    def forget_notebook(self, notebook: Path, keep: str | None, why: str) -> None:
+        """`notebook` now uses snapshot `keep` (None: none): retire its spares of other snapshots that no
+        other notebook uses."""
+        key = notebook_key(notebook)
+        entries: list[tuple[str, Spare | Filling]] = [*self._spares.items(), *self._filling.items()]
+        for snapshot_id, entry in entries:
+            if snapshot_id == keep or key not in entry.notebooks:
+                continue
+            entry.notebooks.discard(key)
+            if not entry.notebooks:
+                self.retire(snapshot_id, why)
+
+    def replace_after(self, build: asyncio.Future[Manifest], notebook: Path) -> None:
+        """Once `build` publishes a snapshot of `notebook`, retire the notebook's spares of older snapshots."""
+
+        def replaced(done: asyncio.Future[Manifest]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                self.forget_notebook(notebook, done.result().id, "a new snapshot of its notebook replaced it")
+
+        build.add_done_callback(replaced)
+
+    def _make_room(self, size: int, keep: str) -> bool:
+        """Retire the least recently used spares until one of `size` bytes fits the budget; say whether it does."""
+        budget = self.limits.memory_bytes
+        if budget <= 0:
+            return True
+        if size > budget:
+            return False
+        self._note_open_sessions()
+        held = sum(spare.budget_bytes for spare in self._spares.values())
+        held += sum(spare_size(filling.manifest) for filling in self._filling.values() if filling.wanted)
+        for spare in sorted(self._spares.values(), key=lambda spare: spare.last_used):
+            if held + size <= budget:
+                break
+            if spare.manifest.id != keep:
+                self.retire(spare.manifest.id, "the spare kernels' memory budget is full (least recently used)")
+                held -= spare.budget_bytes
+        return held + size <= budget
+
+    def refill(
+        self, store: SnapshotStore, manifest: Manifest, notebook: Path | None, *, lazy: bool, timeout: float
+    ) -> None:
+        """Restore a frozen spare for `manifest` in the background unless one exists, is on its way, or does
+        not fit the memory budget."""
+        if manifest.cuda_pids:
             return  # a spare of a GPU snapshot would hold a second copy of its GPU memory
-        for snapshot_id in [known for known in self._spares if known != manifest.id]:
-            try:
-                store.get(snapshot_id)
-            except Exception:  # deleted or unreadable: its spare is of no more use
-                self._spares.pop(snapshot_id).discard()
-
+        notebooks = {notebook_key(notebook)} if notebook is not None else set()
+        filling_now = self._filling.get(manifest.id)
+        known = self._spares.get(manifest.id) or (filling_now if filling_now and filling_now.wanted else None)
+        if known is not None:
+            known.notebooks |= notebooks
+            return
+        if not self._make_room(spare_size(manifest), keep=manifest.id):
+            self.log.info(
+                "snapkernel: no spare kernel for snapshot %s: it does not fit spare_memory_bytes", manifest.id
+            )
+            return
         generation = self._generation
 
         async def restore_after_the_start_settles() -> KernelAwaitingConnection | None:
             # The kernel just handed out runs its first cells now: a restore beside it would slow them.
             await asyncio.sleep(REFILL_DELAY_S)
-            if generation != self._generation:
+            if generation != self._generation or not filling.wanted:
                 return None  # discarded while it waited
-            return await in_daemon_thread(restore_awaiting_connection, store, manifest, lazy=lazy, timeout=timeout)
+            return await in_daemon_thread(
+                restore_awaiting_connection, store, manifest, lazy=lazy, timeout=timeout, stopped=True
+            )
 
-        task = asyncio.ensure_future(restore_after_the_start_settles())
-        self._filling[manifest.id] = task
+        filling = Filling(asyncio.ensure_future(restore_after_the_start_settles()), manifest, notebooks)
+        self._filling[manifest.id] = filling
 
         def settle(done: asyncio.Task[KernelAwaitingConnection | None]) -> None:
-            if self._filling.get(manifest.id) is done:
+            if self._filling.get(manifest.id) is filling:
                 del self._filling[manifest.id]
-            spare = None if done.cancelled() or done.exception() is not None else done.result()
-            if spare is None:
+            error = None if done.cancelled() else done.exception()
+            if error is not None:  # the next start restores as it would without spares, and tries again
+                self.log.warning("snapkernel: could not restore a spare kernel of snapshot %s: %s", manifest.id, error)
+            kernel = None if done.cancelled() or error is not None else done.result()
+            if kernel is None:
                 return
-            if generation != self._generation:
-                spare.discard()  # restored while discard_all() ran: nobody will take it
+            if generation != self._generation or not filling.wanted:
+                kernel.discard()  # retired while it was restored: nobody will take it
             else:
-                self._spares[manifest.id] = spare
+                self._spares[manifest.id] = Spare(kernel, store, manifest, filling.notebooks)
 
-        task.add_done_callback(settle)
+        filling.task.add_done_callback(settle)
+        self._keep_sweeping()
+
+    def _keep_sweeping(self) -> None:
+        """Run the sweep while there are spares (it ends by itself when the last one goes)."""
+        sweeper = self._sweeper
+        if sweeper is None or sweeper.done() or sweeper.get_loop() is not asyncio.get_running_loop():
+            self._sweeper = asyncio.ensure_future(self._sweep_while_spares())
+
+    async def _sweep_while_spares(self) -> None:
+        """Sweep at intervals until no spare is left or on its way."""
+        while self._spares or self._filling:
+            idle = self.limits.idle_seconds
+            await asyncio.sleep(
+                SWEEP_INTERVAL_S if idle <= 0 else max(MIN_SWEEP_INTERVAL_S, min(SWEEP_INTERVAL_S, idle / 4))
+            )
+            try:
+                await self.sweep()
+            except Exception as error:  # a sweep that failed is tried again; it must not end the sweeping
+                self.log.warning("snapkernel: checking the spare kernels failed: %s", error)
+
+    async def sweep(self) -> None:
+        """Retire spares that died, are idle, whose snapshot is gone or replaced, or whose notebooks changed."""
+        self._note_open_sessions()
+        now, idle = time.time(), self.limits.idle_seconds
+        for snapshot_id, spare in list(self._spares.items()):
+            if spare.kernel.tree.poll() is not None:
+                del self._spares[snapshot_id]
+                spare.kernel.close_pipes()
+            elif idle > 0 and now - spare.last_used > idle:
+                self.retire(snapshot_id, f"no session of its notebook was open for {idle:g} s")
+        spares = list(self._spares.values())
+        verdicts = await asyncio.to_thread(check_spares, [(spare, list(spare.notebooks)) for spare in spares])
+        for spare, (why, changed) in zip(spares, verdicts, strict=True):
+            if self._spares.get(spare.manifest.id) is not spare:
+                continue  # taken or retired meanwhile
+            spare.notebooks -= changed
+            if why is None and changed and not spare.notebooks:
+                why = "the setup cells of its notebook changed"
+            if why is not None:
+                self.retire(spare.manifest.id, why)
+
+    def describe(self) -> list[dict[str, Any]]:
+        """The live spares for the API (without their measured memory: `measured` adds it off the loop)."""
+        self._note_open_sessions()
+        now = time.time()
+        return [
+            {
+                "snapshot": snapshot_id,
+                "pid": spare.kernel.tree.pid,
+                "notebooks": sorted(str(notebook) for notebook in spare.notebooks),
+                "budget_bytes": spare.budget_bytes,
+                "idle_s": round(max(now - spare.last_used, 0.0), 1),
+            }
+            for snapshot_id, spare in self._spares.items()
+            if spare.kernel.tree.poll() is None
+        ]
 
     def discard_all(self) -> None:
         """Kill every spare; those being restored now are killed as soon as their restore ends."""
         self._generation += 1
         for spare in self._spares.values():
-            spare.discard()
+            spare.kernel.discard()
         self._spares.clear()
 
     async def close(self, timeout: float) -> None:
         """Kill every spare and wait (at most `timeout` s) until those being restored are killed too."""
         self.discard_all()
         loop = asyncio.get_running_loop()
-        filling = [task for task in self._filling.values() if task.get_loop() is loop]
+        if self._sweeper is not None and self._sweeper.get_loop() is loop:
+            self._sweeper.cancel()
+        self._sweeper = None
+        filling = [entry.task for entry in self._filling.values() if entry.task.get_loop() is loop]
         # A task of an event loop that has ended never settles: forget it, or its snapshot gets no spare again.
-        self._filling = {key: task for key, task in self._filling.items() if task.get_loop() is loop}
+        self._filling = {key: entry for key, entry in self._filling.items() if entry.task.get_loop() is loop}
         if filling:
             await asyncio.wait(filling, timeout=timeout)
 

@@ -70,10 +70,24 @@ def innermost_pid(pid: int) -> int:
 def is_alive(pid: int) -> bool:
     """Tell whether a process exists and is not a zombie."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return _state(Path(f"/proc/{pid}/stat")) != "Z"
     except OSError:
         return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def is_stopped(pid: int) -> bool:
+    """Tell whether every thread of a process is stopped (by a signal or a tracer): none of them runs."""
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+        states = [_state(Path(f"/proc/{pid}/task/{tid}/stat")) for tid in threads]
+    except OSError:
+        return False
+    return bool(states) and all(state in {"T", "t"} for state in states)
+
+
+def _state(stat_path: Path) -> str:
+    """The one-letter scheduler state in a /proc stat file."""
+    return stat_path.read_text().rsplit(")", 1)[1].split()[0]
 
 
 def open_fds(pid: int) -> dict[str, str]:

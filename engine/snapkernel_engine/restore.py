@@ -89,6 +89,17 @@ class RestoredTree:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(member, signum)
 
+    def resume(self) -> None:
+        """Continue a tree restored stopped (SIGCONT to every process; a running tree is unaffected)."""
+        self.send_signal(signal.SIGCONT)
+
+    def stopped(self) -> bool:
+        """Whether every restored process is stopped (none runs a thread): true of a tree restored stopped."""
+        if self.poll() is not None:
+            return False
+        # From the restored root down: a lazy restore's page daemon is the init's child too, and runs.
+        return all(process.is_stopped(member) for member in process.tree(self.pid))
+
     def terminate(self) -> None:
         """Ask every process of the tree to terminate (SIGTERM)."""
         self.send_signal(signal.SIGTERM)
@@ -188,6 +199,7 @@ def restore_tree(
     cuda_pids: Sequence[int] = (),
     cuda_driver: CudaDriver | None = None,
     own_network: bool = False,
+    stopped: bool = False,
 ) -> RestoredTree:
     """Restore the image in `images_dir` into new PID and mount namespaces.
 
@@ -200,7 +212,8 @@ def restore_tree(
     GPU before this returns, through `cuda_driver` (default: the machine's driver). `own_network`
     restores into a new, empty network namespace too: needed to run several restores of an image
     whose processes bound the same abstract unix socket (CUDA processes do), at the price of having
-    no network but a loopback of their own.
+    no network but a loopback of their own. With `stopped`, every restored process is left stopped
+    (CRIU's --leave-stopped): no thread of it runs until ``tree.resume()``.
 
     As root the tree keeps host credentials (new PID + mount namespaces only); any other user restores
     into new user + PID + mount namespaces with CRIU holding only checkpoint_restore and setpcap there,
@@ -239,6 +252,8 @@ def restore_tree(
         command.append("--unprivileged")
     if own_network:
         command.append("--loopback-up")
+    if stopped:
+        command.append("--leave-stopped")
     if tie_to_caller:
         owner_fd = os.pidfd_open(os.getpid())
         command.append(f"--watch-fd={owner_fd}")

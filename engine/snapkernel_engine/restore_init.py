@@ -35,6 +35,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--watch-fd", type=int, default=None, help="pidfd of the owner: exit when it exits")
     parser.add_argument("--unprivileged", action="store_true", help="restore with CRIU's --unprivileged")
     parser.add_argument("--loopback-up", action="store_true", help="bring up lo (in a new network namespace)")
+    parser.add_argument("--leave-stopped", action="store_true", help="leave every restored task stopped (SIGSTOP)")
     return parser.parse_args(argv)
 
 
@@ -140,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         client.opts.log_file = RESTORE_LOG
         client.opts.rst_sibling = True
         client.opts.work_dir_fd = work_fd
+        client.opts.leave_stopped = args.leave_stopped
         for key, fd in inherited.items():
             entry = client.opts.inherit_fd.add()
             entry.key = key

@@ -697,8 +697,10 @@ class SnapshotStore:
         lazy: bool = False,
         cuda_driver: CudaDriver | None = None,
         own_network: bool = False,
+        stopped: bool = False,
     ) -> RestoredTree:
         """Verify a snapshot, then restore it; `pipes` maps pipe names given at dump to new fds.
+        With `stopped` the tree stays stopped until ``tree.resume()``.
 
         The snapshot counts as being restored (gc and delete leave it alone) until the restored
         tree's memory is all in place, which for a `lazy` restore is after this returns.
@@ -737,6 +739,7 @@ class SnapshotStore:
                 cuda_pids=manifest.cuda_pids,
                 cuda_driver=cuda_driver,
                 own_network=own_network,
+                stopped=stopped,
             )
         except BaseException:
             release()

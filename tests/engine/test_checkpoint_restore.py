@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from snapkernel_engine import CheckpointError, SnapshotStore, process
+from snapkernel_engine import CheckpointError, RestoredTree, SnapshotStore, process
 from snapkernel_engine.restore import lazy_restore_supported
 
 from .conftest import Conversation, Workload, pipes_for_restore
@@ -35,6 +36,14 @@ def restore_with_pipes(store: SnapshotStore, snapshot_id: str, **options: bool) 
         for fd in to_close:
             os.close(fd)
     return Conversation(tree, to_tree, from_tree)
+
+
+def wait_until_stopped(tree: RestoredTree) -> None:
+    """Wait until every restored process is stopped: CRIU's detach delivers the SIGSTOP as it lets go."""
+    deadline = time.monotonic() + 10
+    while not tree.stopped():
+        assert time.monotonic() < deadline, f"{tree} was not left stopped"
+        time.sleep(0.01)
 
 
 def namespace_members_gone(tree_pids: list[int]) -> bool:
@@ -178,5 +187,45 @@ def test_restore_into_its_own_network_namespace(store: SnapshotStore, workload: 
     try:
         assert os.readlink(f"/proc/{tree.pid}/ns/net") != os.readlink("/proc/self/ns/net")
         assert conversation.ask("report")["checksum"] == workload.checksum
+    finally:
+        tree.kill()
+
+
+def test_tree_restored_stopped_runs_nothing_until_resumed(store: SnapshotStore, workload: Workload) -> None:
+    """A tree restored stopped: every thread of every process is stopped; resume() continues them all."""
+    manifest = store.take_snapshot(workload.pid, KEY, pipes=PIPES)
+    conversation = restore_with_pipes(store, manifest.id, stopped=True)
+    tree = conversation.tree
+    try:
+        members = tree.members()
+        assert len(members) == 2, "root and its child"
+        wait_until_stopped(tree)
+        assert all(process.is_stopped(member) for member in members)
+        conversation.to_tree.write("report\n")  # waits in the pipe while the tree is stopped
+        conversation.to_tree.flush()
+        tree.resume()
+        report = json.loads(conversation.from_tree.readline())
+        assert report["checksum"] == workload.checksum
+        assert report["thread_alive"] is True and report["child_alive"] is True
+        assert not any(process.is_stopped(member) for member in tree.members())
+    finally:
+        tree.kill()
+
+
+def test_lazy_restore_of_a_stopped_tree_loads_its_memory_and_resumes(store: SnapshotStore, workload: Workload) -> None:
+    """Restored lazily and stopped: the tree stays stopped while its pages load, then resumes intact."""
+    if not lazy_restore_supported():
+        pytest.skip("this kernel lacks non-cooperative userfaultfd (criu check --feature uffd-noncoop)")
+    manifest = store.take_snapshot(workload.pid, KEY, pipes=PIPES)
+    conversation = restore_with_pipes(store, manifest.id, lazy=True, stopped=True)
+    tree = conversation.tree
+    try:
+        wait_until_stopped(tree)
+        conversation.to_tree.write("report\n")
+        conversation.to_tree.flush()
+        tree.resume()
+        report = json.loads(conversation.from_tree.readline())
+        assert report["checksum"] == workload.checksum and report["thread_alive"] is True
+        assert tree.pages_loaded.wait(timeout=60)
     finally:
         tree.kill()

@@ -297,7 +297,14 @@ def test_automatic_build_replay_hooks_reseeding_and_spares_work_for_an_ordinary_
         assert value(client, "[events, marker, os.getuid()]") == [["before", "after"], "set", user.uid]
         assert value(client, "get_ipython().kernel.start_info.from_spare") is False
         first_draw = value(client, "random.random()")
-        time.sleep(3)  # the spare kernel is restored in the background after this start
+        deadline = time.monotonic() + 60  # the spare kernel is restored in the background after this start
+        while not (spares := server.request("GET", "snapkernel/api/snapshots").json()["spares"]) or not all(
+            spare["frozen"]
+            for spare in spares  # the SIGSTOP lands as CRIU lets go of the restored tree
+        ):
+            assert time.monotonic() < deadline, f"no frozen spare kernel was restored: {spares}"
+            time.sleep(0.1)
+        assert [spare["snapshot"] for spare in spares] == [manifest["id"]], spares
         restarted = server.request("POST", f"api/kernels/{restored['kernel_id']}/restart")
         assert restarted.ok, restarted.text
         client.wait_for_ready(timeout=60)

@@ -28,6 +28,8 @@ def test_without_environment_every_setting_has_its_default(
     assert settings.restore_timeout == 60.0
     assert (settings.quota_bytes, settings.max_snapshots) == (0, 0)
     assert (settings.max_concurrent_builds, settings.max_queued_builds) == (1, 8)
+    assert settings.spare_memory_bytes == int(env_names.DEFAULT_SPARE_MEMORY_BYTES)
+    assert settings.spare_idle_seconds == float(env_names.DEFAULT_SPARE_IDLE_S)
     assert settings.shared_roots == []
     assert settings.allowed_kernelspecs == ["snapkernel"]
     assert settings.user_store_root == tmp_path / "data" / "snapkernel"
@@ -59,12 +61,15 @@ def test_valued_settings_are_read_from_their_variables(clean_environment: pytest
     clean_environment.setenv(env_names.MAX_SNAPSHOTS, "3")
     clean_environment.setenv(env_names.MAX_CONCURRENT_BUILDS, "2")
     clean_environment.setenv(env_names.MAX_QUEUED_BUILDS, "0")
+    clean_environment.setenv(env_names.SPARE_MEMORY_BYTES, "2000000")
+    clean_environment.setenv(env_names.SPARE_IDLE_SECONDS, "7.5")
     settings = SnapKernelSettings()
     assert settings.verify == "size"
     assert settings.build_timeout == 42.5
     assert settings.quota_bytes == 1_000_000
     assert settings.max_snapshots == 3
     assert (settings.max_concurrent_builds, settings.max_queued_builds) == (2, 0)
+    assert (settings.spare_memory_bytes, settings.spare_idle_seconds) == (2_000_000, 7.5)
 
 
 def test_build_limits_below_their_minimum_are_refused(clean_environment: pytest.MonkeyPatch) -> None:
@@ -95,6 +100,15 @@ def test_an_unknown_verification_mode_is_refused(clean_environment: pytest.Monke
     clean_environment.setenv(env_names.VERIFY, "md5")
     with pytest.raises(TraitError):
         _ = SnapKernelSettings().verify
+
+
+@pytest.mark.parametrize("variable", [env_names.SPARE_MEMORY_BYTES, env_names.SPARE_IDLE_SECONDS])
+def test_a_negative_spare_limit_is_refused(clean_environment: pytest.MonkeyPatch, variable: str) -> None:
+    """The spares' memory budget and idle time cannot be negative (0 is the way to say no limit)."""
+    clean_environment.setenv(variable, "-1")
+    trait = "spare_memory_bytes" if variable == env_names.SPARE_MEMORY_BYTES else "spare_idle_seconds"
+    with pytest.raises(TraitError):
+        _ = getattr(SnapKernelSettings(), trait)
 
 
 def test_configuration_wins_over_the_environment(clean_environment: pytest.MonkeyPatch) -> None:
