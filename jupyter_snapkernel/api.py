@@ -22,7 +22,7 @@ from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
-from snapkernel_engine import Manifest, SnapshotError, SnapshotNotFound, SnapshotStore
+from snapkernel_engine import Manifest, SnapshotError, SnapshotNotFound, SnapshotStore, StoreError
 from snapkernel_engine.version import __version__
 
 from .background_builds import BackgroundBuilds, BuildQueueFull
@@ -153,12 +153,15 @@ class SnapshotsHandler(SnapKernelHandler):
     async def get(self) -> None:
         """List the snapshots, the entries of the store that are not valid snapshots, and this server's spares."""
         spares = spare_pool.describe()
-        self.write_json(await asyncio.to_thread(self.listing, spares))
+        try:
+            self.write_json(await asyncio.to_thread(self.listing, spares))
+        except StoreError as error:  # not a snapkernel store: its entries are the user's files, not snapshots
+            raise refusal(409, str(error)) from None
 
     def listing(self, spares: list[dict[str, Any]]) -> dict[str, Any]:
         """The store's snapshots and corrupt entries, read from disk, and the spares measured in /proc."""
         store = self.store
-        manifests, corrupt = store.scan()
+        manifests, corrupt = store.listing()
         snapshots = [snapshot_summary(store, manifest) for manifest in manifests]
         entries = [{"id": entry.id, "reason": self.scrub(entry.reason)} for entry in corrupt]
         root = self.contents_root

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from snapkernel_engine import SnapshotError, StoreError
+from snapkernel_engine import SnapshotError
 from snapkernel_engine.diagnostics import Check, cpu_snapshots_work, run_checks
 from snapkernel_engine.privileges import detect
 
@@ -82,10 +82,7 @@ SPARES_NOTE = "spare kernels live in each jupyter server: its GET /snapkernel/ap
 def list_snapshots(args: argparse.Namespace) -> int:
     """List the store's snapshots, and the entries that are not usable snapshots (`gc` removes those)."""
     store = open_store(args.store)
-    problem = store.not_a_store_reason()
-    if problem is not None:  # its folders hold the user's own files, not snapshots to list as corrupt
-        raise StoreError(problem)
-    manifests, corrupt = store.scan()
+    manifests, corrupt = store.listing()
     states = {manifest.id: snapshot_state(store, manifest) for manifest in manifests}
     if args.json:
         rows = [snapshot_summary(store, manifest) for manifest in manifests]

@@ -508,6 +508,14 @@ class SnapshotStore:
                     f"{record.size} ({'truncated' if size < record.size else 'grown'})"
                 )
 
+    def listing(self) -> tuple[builtins.list[Manifest], builtins.list[CorruptSnapshot]]:
+        """`scan`, for showing to people: refused (StoreError) in a folder that is not a snapkernel store, whose
+        entries are someone's own files, not corrupt snapshots."""
+        problem = self.not_a_store_reason()
+        if problem is not None:
+            raise StoreError(problem)
+        return self.scan()
+
     def scan(self) -> tuple[list[Manifest], list[CorruptSnapshot]]:
         """Return the usable snapshots (oldest first) and every other entry of the snapshots folder, with why."""
         manifests: list[Manifest] = []

@@ -138,6 +138,9 @@ def test_a_store_pointed_at_a_home_folder_leaves_every_file_in_place(make_user: 
         assert time.monotonic() < deadline, server.log()
         time.sleep(0.2)
     assert "is not a snapkernel store" in server.log()
+    listing = server.request("GET", "snapkernel/api/snapshots")  # the user's files are not corrupt snapshots
+    assert listing.status_code == 409, listing.text
+    assert json.loads(listing.text)["message"].startswith("the store's folder is not a snapkernel store: it holds ")
     server.stop()
     after = {folder: tree_digest(user.home / folder) for folder in ("work", "staging", "snapshots", "verified")}
     assert after == before
