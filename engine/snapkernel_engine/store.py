@@ -147,6 +147,7 @@ WRITE_ADVICE = {
     "(SNAPKERNEL_STORE) and list this one as a shared root",
     errno.ENOSPC: "free space in the store (`jupyter snapkernel gc`) or use another store (SNAPKERNEL_STORE)",
     errno.EDQUOT: "free space in the store (`jupyter snapkernel gc`) or use another store (SNAPKERNEL_STORE)",
+    errno.ENOTDIR: "the store's path runs through a file: point the store at a folder (SNAPKERNEL_STORE or --store)",
 }
 
 

@@ -177,11 +177,15 @@ def test_cli_commands_report_a_bad_notebook_in_one_line(tmp_path: Path, kind: st
 
 
 def test_cli_reports_an_unusable_store_in_one_line(tmp_path: Path) -> None:
-    """An OSError from the store (here: a path through a file) is one line with the file and what to do."""
+    """An OSError from the store (here: a path through a file) is one line saying what failed and what to do."""
     notebook = write_notebook(tmp_path / "fine.ipynb", ["x = 1"], marked=0)
     result = snapkernel("build", str(notebook), store=Path("/dev/null/store"))
     assert result.returncode == 1
-    assert_one_error_line(result.stderr, "error: Not a directory: /dev/null/store; check the path")
+    assert_one_error_line(
+        result.stderr,
+        "error: a build cannot start in the snapshot store (Not a directory): the store's path runs through a "
+        "file: point the store at a folder (SNAPKERNEL_STORE or --store)",
+    )
 
 
 def test_cli_reports_a_full_disk_in_one_line(tmp_path: Path) -> None:
