@@ -57,12 +57,13 @@ class SnapKernelApp(IPKernelApp):
             self.shell.register_magics(SnapshotMagics)
 
     def start_cold(self) -> None:
-        """Note why this kernel started cold, to show with the first executed cell."""
+        """Note why this kernel started cold: in its banner, and with the first executed cell when asked."""
         info = json.loads(os.environ.get(env_names.START) or "{}")
         kernel: SnapKernel = self.kernel
         kernel.start_info = StartInfo(mode="cold", reason=info.get("reason"), notebook=info.get("notebook"))
-        if info.get("reason"):
-            kernel.announce(f"snapkernel: cold start ({info['reason']})")
+        note = kernel.start_note()
+        if note:
+            kernel.announce(note)
 
     # -- snapshot build -----------------------------------------------------------------------
 
