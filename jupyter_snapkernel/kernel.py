@@ -12,8 +12,6 @@ from . import env_names
 from .config import env_flag
 from .setup_section import normalise
 
-# "0" from a launcher that reports how the kernel started itself (`jupyter snapkernel run`).
-
 
 @dataclass
 class RecordedCell:
@@ -50,8 +48,10 @@ class SnapKernel(IPythonKernel):
     ).tag(config=True)
 
     show_start_notes = Bool(
-        help="Say with the first executed cell why this kernel started cold. Off when the launcher reports "
-        "how kernels start itself, as headless runs do in their summary.",
+        help="Also say on stderr with the first executed cell why this kernel started cold. Off by default: that "
+        "output would be saved into the notebook, and a cold kernel's outputs equal plain ipykernel's. The note is "
+        "always in the kernel's banner (kernel_info), in `%snapshot status`, in JupyterLab's toast and in the "
+        "summary of headless runs.",
     ).tag(config=True)
 
     @default("replay_setup")
@@ -61,8 +61,8 @@ class SnapKernel(IPythonKernel):
 
     @default("show_start_notes")
     def _show_start_notes_default(self) -> bool:
-        """$SNAPKERNEL_START_NOTES, on unless the launcher set it to 0/false/no/off."""
-        return env_flag(env_names.START_NOTES, True)
+        """$SNAPKERNEL_START_NOTES, off unless set to anything but 0/false/no/off."""
+        return env_flag(env_names.START_NOTES, False)
 
     def __init__(self, **kwargs: Any) -> None:
         """A kernel that knows nothing yet of how it started (its app says so next)."""
@@ -72,6 +72,19 @@ class SnapKernel(IPythonKernel):
         self.replay_position = 0
         self.replayed = 0
         self._pending_note: str | None = None
+
+    @property
+    def banner(self) -> str:  # type: ignore[override]  # a property over a declared attribute, as ipykernel's own
+        """IPython's banner, then how this kernel started: frontends show it on connecting, no notebook saves it."""
+        banner = super().banner or ""
+        note = self.start_note()
+        return f"{banner}{note}\n" if note else banner
+
+    def start_note(self) -> str | None:
+        """One line on why this kernel started cold; None for a restored kernel or a cold start without a reason."""
+        if self.start_info.mode != "cold" or not self.start_info.reason:
+            return None
+        return f"snapkernel: cold start ({self.start_info.reason})"
 
     def announce(self, note: str | None) -> None:
         """Show `note` on stderr with the next executed cell, unless it only says how the kernel started."""

@@ -57,12 +57,13 @@ class SnapKernelApp(IPKernelApp):
             self.shell.register_magics(SnapshotMagics)
 
     def start_cold(self) -> None:
-        """Note why this kernel started cold, to show with the first executed cell."""
+        """Note why this kernel started cold: in its banner, and with the first executed cell when asked."""
         info = json.loads(os.environ.get(env_names.START) or "{}")
         kernel: SnapKernel = self.kernel
         kernel.start_info = StartInfo(mode="cold", reason=info.get("reason"), notebook=info.get("notebook"))
-        if info.get("reason"):
-            kernel.announce(f"snapkernel: cold start ({info['reason']})")
+        note = kernel.start_note()
+        if note:
+            kernel.announce(note)
 
     # -- snapshot build -----------------------------------------------------------------------
 
@@ -110,8 +111,7 @@ class SnapKernelApp(IPKernelApp):
 
     def resume(self, request: dict[str, Any], channel: PipeChannel) -> None:
         """Finish initialisation after a restore: new environment, connection and sockets."""
-        os.environ.clear()
-        os.environ.update(request["env"])
+        revive.apply_environment(request["env"], request["build_environment"])
         os.chdir(request["cwd"])
         revive.apply_launch(request["connection_file"])
         failures = hooks.run_after_restore()
@@ -156,15 +156,19 @@ def build(control_fd: int, report_fd: int) -> int:
     """Run a snapshot build: setup cells, hooks, then wait to be checkpointed and resumed."""
     channel = PipeChannel(control_fd, report_fd)
     request = channel.receive()
+    launch_environment = dict(os.environ)
     app = SnapKernelApp.instance()
     # An on-disk history database would be an open file that grows: CRIU refuses to restore it.
     app.config.HistoryManager.hist_file = ":memory:"
     shell = app.prepare_without_sockets()
     revive.share_event_loop()
+    # After the kernel's own start, before the setup: the setup's changes win over each restore's launch.
+    before_setup = dict(os.environ)
     with recording_inputs() as recorder:
         recorded = app.run_setup(shell, request["cells"], channel)
     if recorded is None:
         return 1
+    setup_changes = revive.EnvironmentChanges.between(before_setup, os.environ)
     for module in WARM_IMPORTS:
         with contextlib.suppress(ImportError):
             importlib.import_module(module)
@@ -173,6 +177,7 @@ def build(control_fd: int, report_fd: int) -> int:
         channel.send(event="failed", index=None, error="\n".join(failures), outputs=[])
         return 1
     revive.quiesce_libraries()
+    kernel_changes = revive.EnvironmentChanges.between(launch_environment, os.environ).without(setup_changes)
     sys.stdout.flush()
     sys.stderr.flush()
     channel.send(event="ready", pid=os.getpid(), inputs=recorder.report())
@@ -181,6 +186,7 @@ def build(control_fd: int, report_fd: int) -> int:
     except EOFError:
         return 0  # a spare kernel whose server went away before handing it a launch: nothing to report
     resume_request["setup_record"] = recorded
+    resume_request["build_environment"] = revive.BuildEnvironment(kernel_changes, setup_changes)
     try:
         app.resume(resume_request, channel)
     except Exception as error:

@@ -3,13 +3,72 @@
 from __future__ import annotations
 
 import gc
+import os
 import sys
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 # Modules of reusable process pools whose semaphores live in deleted /dev/shm files, which CRIU cannot dump.
 LOKY_EXECUTOR_MODULES = ("joblib.externals.loky.reusable_executor", "loky.reusable_executor")
+# What ipykernel's start (IPKernelApp.init_gui_pylab) puts into a launch environment only where the launch
+# leaves the variable empty: a restore re-derives it from its own launch, as that launch's cold kernel would.
+KERNEL_START_DEFAULTS = {"MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+
+
+@dataclass
+class EnvironmentChanges:
+    """What a stretch of the build did to os.environ: variables it set or changed, and variables it removed."""
+
+    changed: dict[str, str] = field(default_factory=dict)
+    removed: list[str] = field(default_factory=list)
+
+    @classmethod
+    def between(cls, before: Mapping[str, str], after: Mapping[str, str]) -> EnvironmentChanges:
+        """The changes that turn the environment `before` into `after`."""
+        changed = {name: value for name, value in after.items() if before.get(name) != value}
+        return cls(changed, sorted(name for name in before if name not in after))
+
+    def without(self, other: EnvironmentChanges) -> EnvironmentChanges:
+        """These changes less the variables that `other` changed or removed."""
+        touched = {*other.changed, *other.removed}
+        changed = {name: value for name, value in self.changed.items() if name not in touched}
+        return EnvironmentChanges(changed, [name for name in self.removed if name not in touched])
+
+    def apply(self, environment: dict[str, str]) -> None:
+        """Make these changes to `environment`."""
+        environment.update(self.changed)
+        for name in self.removed:
+            environment.pop(name, None)
+
+
+@dataclass
+class BuildEnvironment:
+    """How the build kernel's environment came to differ from its launch's, recorded for every restore."""
+
+    kernel: EnvironmentChanges  # by the kernel's own start (IPython's TERM, PAGER…; the debugger's imports)
+    setup: EnvironmentChanges  # by the setup cells
+
+
+def restored_environment(launch: Mapping[str, str], build: BuildEnvironment) -> dict[str, str]:
+    """The environment a cold kernel of this launch would have after the setup: the launch, what the kernel's
+    start sets (its defaults only where the launch leaves them empty), then what the setup did, on top."""
+    environment = dict(launch)
+    build.kernel.without(EnvironmentChanges(dict(KERNEL_START_DEFAULTS))).apply(environment)
+    for name, value in KERNEL_START_DEFAULTS.items():
+        if not environment.get(name):
+            environment[name] = value
+    build.setup.apply(environment)
+    return environment
+
+
+def apply_environment(launch: Mapping[str, str], build: BuildEnvironment) -> None:
+    """Replace this process's environment (os.environ and the C library's) with the restored one."""
+    environment = restored_environment(launch, build)
+    os.environ.clear()  # unsetenv of every build variable, then putenv of each one the restore keeps
+    os.environ.update(environment)
 
 
 def share_event_loop() -> None:
@@ -44,7 +103,7 @@ def quiesce_libraries() -> None:
 
 
 def apply_launch(connection_file: str) -> None:
-    """Make the restored process look launched now: time zone and argv (the environment is already the launch's)."""
+    """Make the restored process look launched now: time zone and argv (the environment is already restored)."""
     time.tzset()  # TZ came with the launch environment; the C library still holds the build's zone
     sys.argv = [sys.argv[0], "-f", connection_file]
 

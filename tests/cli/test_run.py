@@ -261,34 +261,64 @@ def test_cold_start_note_stays_out_of_the_output_notebook_and_is_in_the_summary(
     assert [stream_text(cell) for cell in executed.cells] == ["setup done\n", "21\n"]
 
 
-async def test_interactive_kernel_still_shows_why_it_started_cold(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A kernel launched as a server launches it still says, with its first cell, why it started cold."""
-    monkeypatch.setenv("SNAPKERNEL_STORE", str(tmp_path / "store"))
-    notebook = write_notebook(tmp_path / "cold.ipynb", SETUP, marked=0)
-    # The environment a Jupyter server gives a notebook's kernel: nothing says it reports starts itself.
-    env = {key: value for key, value in os.environ.items() if key != env_names.START_NOTES}
-    env.update({"JPY_SESSION_NAME": str(notebook), env_names.COLD: "1"})
-    manager = AsyncKernelManager(kernel_name=KERNEL_NAME)
-    await manager.start_kernel(env=env, cwd=str(tmp_path))
+FIRST_CELLS = ("print('hello')", "import sys; print('to stderr', file=sys.stderr)", "1 + 1")
+
+
+async def outputs_and_banner(kernel_name: str, env: dict[str, str], cwd: Path) -> tuple[list[Any], str]:
+    """Start a kernel as a Jupyter server would; return what FIRST_CELLS published and the kernel's banner."""
+    manager = AsyncKernelManager(kernel_name=kernel_name)
+    await manager.start_kernel(env=env, cwd=str(cwd))
     client = manager.client()
     client.start_channels()
     try:
         await client.wait_for_ready(timeout=60)
-        printed: list[str] = []
+        published: list[Any] = []
 
         def collect(message: dict[str, Any]) -> None:
-            """Keep what the cell printed."""
-            if message["msg_type"] == "stream":
-                printed.append(message["content"]["text"])
+            """Keep every output message, as a notebook would save it."""
+            if message["msg_type"] in {"stream", "display_data", "execute_result", "error"}:
+                published.append((message["msg_type"], message["content"]))
 
-        reply = await client.execute_interactive("1 + 1", timeout=60, output_hook=collect)
-        assert reply["content"]["status"] == "ok"
-        assert "".join(printed) == f"{COLD_NOTE} (cold start requested)\n"
+        for code in FIRST_CELLS:
+            reply = await client.execute_interactive(code, timeout=60, output_hook=collect)
+            assert reply["content"]["status"] == "ok", reply["content"]
+        info = await client.kernel_info(reply=True, timeout=60)
+        return published, info["content"]["banner"]
     finally:
         client.stop_channels()
         await manager.shutdown_kernel(now=True)
+
+
+def server_launch_env(notebook: Path, **extra: str) -> dict[str, str]:
+    """The environment a Jupyter server gives a notebook's kernel: nothing says it reports starts itself."""
+    env = {key: value for key, value in os.environ.items() if key != env_names.START_NOTES}
+    return {**env, "JPY_SESSION_NAME": str(notebook), env_names.COLD: "1", **extra}
+
+
+async def test_cold_kernel_outputs_equal_plain_ipykernels_and_its_banner_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cold snapkernel kernel puts nothing of its own into cell outputs; frontends find the note in its banner."""
+    monkeypatch.setenv("SNAPKERNEL_STORE", str(tmp_path / "store"))
+    notebook = write_notebook(tmp_path / "cold.ipynb", SETUP, marked=0)
+    cold, banner = await outputs_and_banner(KERNEL_NAME, server_launch_env(notebook), tmp_path)
+    plain, plain_banner = await outputs_and_banner("python3", server_launch_env(notebook), tmp_path)
+    assert cold == plain
+    assert COLD_NOTE not in plain_banner
+    assert banner.endswith(f"\n{COLD_NOTE} (cold start requested)\n"), banner  # IPython's banner ends in a random tip
+
+
+async def test_kernel_asked_for_start_notes_shows_why_it_started_cold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With SNAPKERNEL_START_NOTES=1 the first cell also says on stderr why the kernel started cold."""
+    monkeypatch.setenv("SNAPKERNEL_STORE", str(tmp_path / "store"))
+    notebook = write_notebook(tmp_path / "cold.ipynb", SETUP, marked=0)
+    published, _ = await outputs_and_banner(
+        KERNEL_NAME, server_launch_env(notebook, **{env_names.START_NOTES: "1"}), tmp_path
+    )
+    assert published[0] == ("stream", {"name": "stderr", "text": f"{COLD_NOTE} (cold start requested)\n"})
+    assert published[1] == ("stream", {"name": "stdout", "text": "hello\n"})
 
 
 def test_failed_after_restore_hook_is_still_shown_in_a_headless_run(tmp_path: Path) -> None:

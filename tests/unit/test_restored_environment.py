@@ -1,0 +1,41 @@
+"""The rule of a restored kernel's environment: the launch, the kernel start's variables, the setup's changes."""
+
+from __future__ import annotations
+
+from jupyter_snapkernel.revive import BuildEnvironment, EnvironmentChanges, restored_environment
+
+INLINE = "module://matplotlib_inline.backend_inline"
+
+
+def test_setup_changes_win_and_untouched_launch_variables_keep_the_launch_value() -> None:
+    """Set, changed and removed by the setup: as the setup left them; the rest: as this launch has them."""
+    build_launch = {"KEEP": "build", "CHANGED": "build", "REMOVED": "build", "SNAPKERNEL_STORE": "/build/store"}
+    after_setup = {"KEEP": "build", "CHANGED": "setup", "OMP_NUM_THREADS": "1", "SNAPKERNEL_STORE": "/build/store"}
+    setup = EnvironmentChanges.between(build_launch, after_setup)
+    launch = {"KEEP": "launch", "CHANGED": "launch", "REMOVED": "launch", "OMP_NUM_THREADS": "8"}
+    restored = restored_environment(launch, BuildEnvironment(EnvironmentChanges(), setup))
+    assert restored == {"KEEP": "launch", "CHANGED": "setup", "OMP_NUM_THREADS": "1", "MPLBACKEND": INLINE}
+
+
+def test_kernel_start_variables_apply_and_mplbackend_only_where_the_launch_leaves_it_empty() -> None:
+    """IPython's TERM/PAGER override the launch, as in a cold kernel; ipykernel's MPLBACKEND is only a default."""
+    kernel = EnvironmentChanges({"PAGER": "cat", "TERM": "xterm-color", "MPLBACKEND": INLINE})
+    build = BuildEnvironment(kernel, EnvironmentChanges())
+    assert restored_environment({"TERM": "dumb", "MPLBACKEND": "agg"}, build) == {
+        "PAGER": "cat",
+        "TERM": "xterm-color",
+        "MPLBACKEND": "agg",
+    }
+    assert restored_environment({"MPLBACKEND": ""}, build)["MPLBACKEND"] == INLINE
+    # A build launched with its own MPLBACKEND recorded no default: a launch without one still gets ipykernel's.
+    assert (
+        restored_environment({}, BuildEnvironment(EnvironmentChanges(), EnvironmentChanges()))["MPLBACKEND"] == INLINE
+    )
+
+
+def test_setup_that_chose_a_backend_keeps_it_over_the_launch() -> None:
+    """os.environ["MPLBACKEND"] set by the setup is the setup's choice, whatever the launch says."""
+    setup = EnvironmentChanges.between({"MPLBACKEND": INLINE}, {"MPLBACKEND": "svg"})
+    assert restored_environment({"MPLBACKEND": "agg"}, BuildEnvironment(EnvironmentChanges(), setup)) == {
+        "MPLBACKEND": "svg"
+    }
