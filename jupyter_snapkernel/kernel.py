@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +73,17 @@ class SnapKernel(IPythonKernel):
         self.replay_position = 0
         self.replayed = 0
         self._pending_note: str | None = None
+
+    @property
+    def banner(self) -> str:  # type: ignore[override]  # ipykernel overrides its trait with a property too
+        """IPython's banner, whose tip is picked with the global `random`: that draw is undone."""
+        state = random.getstate()
+        try:
+            return str(super().banner)
+        finally:
+            # Frontends ask for kernel info at any time, and a restored kernel's setup may have seeded `random`:
+            # the numbers drawn after the setup must be those of a cold run.
+            random.setstate(state)
 
     def announce(self, note: str | None) -> None:
         """Show `note` on stderr with the next executed cell, unless it only says how the kernel started."""

@@ -161,7 +161,7 @@ def build(control_fd: int, report_fd: int) -> int:
     app.config.HistoryManager.hist_file = ":memory:"
     shell = app.prepare_without_sockets()
     revive.share_event_loop()
-    with recording_inputs() as recorder:
+    with recording_inputs() as recorder, hooks.recording_seeds():
         recorded = app.run_setup(shell, request["cells"], channel)
     if recorded is None:
         return 1
