@@ -336,7 +336,13 @@ def _run_build(
             pipes={"stdin": 0, "stdout": 1, "stderr": 2, "control": control_read, "report": report_write},
             leave_running=False,
             gpu_state=gpu_state,
-            inputs=fingerprint_inputs(inputs.get("files", []), inputs.get("variables", []), environment),
+            inputs=fingerprint_inputs(
+                inputs.get("files", []),
+                inputs.get("variables", []),
+                environment,
+                folder=str(notebook.resolve().parent),
+                relative=inputs.get("relative", []),
+            ),
         )
     finally:
         _kill_build_kernel(kernel)
