@@ -559,9 +559,12 @@ class SnapshotStore:
             reasons.append(f"hardware changed ({', '.join(changed)})")
         return reasons + held_files_changed(manifest.held_files)
 
-    def newest_usable(self, key: str) -> Manifest | None:
-        """Return the newest snapshot for `key` that matches this environment and hardware."""
-        usable, _ = self.usable_and_stale(key)
+    def newest_usable(
+        self, key: str, changes: Callable[[Manifest], builtins.list[str]] | None = None
+    ) -> Manifest | None:
+        """Return the newest snapshot for `key` that matches this environment and hardware (and `changes` finds
+        nothing against, as in usable_and_stale)."""
+        usable, _ = self.usable_and_stale(key, changes)
         return usable
 
     def usable_and_stale(
