@@ -112,9 +112,11 @@ def recording_seeds() -> Iterator[set[str]]:
     try:
         yield seeded_by_setup
     finally:
-        builtins.__import__ = real_import
+        if builtins.__import__ is importing:  # a setup that replaced it again keeps its own
+            builtins.__import__ = real_import
         for (module, function), original in originals.items():
-            setattr(module, function, original)
+            if getattr(getattr(module, function, None), "__wrapped__", None) is original:
+                setattr(module, function, original)
 
 
 def reseed() -> None:

@@ -216,7 +216,13 @@ def input_changes(
     """Say which files and environment variables the snapshot's setup read have changed since, or differ in this
     notebook's folder from those a snapshot built in another folder read (none: still fresh)."""
     base = Path(notebook).resolve().parent
-    return changed_inputs(manifest.inputs, environ, section.ignore_inputs, base=base)
+    changes = changed_inputs(manifest.inputs, environ, section.ignore_inputs, base=base)
+    built_for = manifest.labels.get("notebook")
+    # Made before snapshots recorded their folder: the files it read may be another folder's data.
+    legacy = "folder" not in manifest.inputs and bool(manifest.inputs.get("files"))
+    if legacy and built_for and Path(built_for).resolve().parent != base:
+        changes.append(f"it was built for {built_for}, and does not record which of its inputs are that folder's")
+    return changes
 
 
 def user_stores(settings: SnapKernelSettings) -> list[SnapshotStore]:
