@@ -70,7 +70,8 @@ def run_after_restore() -> list[str]:
 
 
 def _noting_seeds(function: Callable[..., Any], generator: str) -> Callable[..., Any]:
-    """Wrap a seeding function so that a call with a chosen seed or state marks its generator as seeded."""
+    """Wrap a seeding function so that its last call says whether the generator is seeded (a chosen seed or
+    state) or not (None: from the OS)."""
 
     @functools.wraps(function)
     def seeding(*args: Any, **kwargs: Any) -> Any:
@@ -78,6 +79,8 @@ def _noting_seeds(function: Callable[..., Any], generator: str) -> Callable[...,
         chosen = args[0] if args else next((kwargs[name] for name in STATE_ARGUMENTS if name in kwargs), None)
         if chosen is not None:
             seeded_by_setup.add(generator)
+        else:  # seeded from the OS again: cold runs differ from here on, so restored kernels must too
+            seeded_by_setup.discard(generator)
         return result
 
     return seeding

@@ -23,7 +23,8 @@ def test_seeded_generators_keep_their_state_through_reseed_and_unseeded_ones_do_
     originals = (random.seed, np.random.seed)
     with hooks.recording_seeds():
         random.seed(0)
-        np.random.seed()  # from the OS: nothing to keep
+        np.random.seed(1)
+        np.random.seed()  # from the OS again: nothing to keep
     assert hooks.seeded_by_setup == {"random"}
     assert (random.seed, np.random.seed) == originals, "the originals are back once the setup ended"
     kept, numpy_state = random.getstate(), np.random.get_state()[1].tolist()
