@@ -19,7 +19,7 @@ from typing import IO, Any
 
 from snapkernel_engine import CheckpointError, Manifest, SnapshotBusy, SnapshotError, SnapshotNotFound, SnapshotStore
 from snapkernel_engine.control_pipe import take_message, write_message
-from snapkernel_engine.inputs import fingerprint_inputs
+from snapkernel_engine.inputs import fingerprint_inputs, inputs_folder
 from snapkernel_engine.privileges import current, own_user_namespace_command
 from snapkernel_engine.process import linked_semaphores_mapped, tree, tree_rss_bytes
 from snapkernel_engine.store import store_write_error
@@ -209,7 +209,12 @@ def _other_build_result(
             time.sleep(WAIT_POLL_S)
     if waiting_since is None:
         return None
-    published = store.newest_usable(section.setup_hash)
+    folder = str(notebook.resolve().parent)
+    # The same cells built for a notebook in another folder, from files of its own, are not this build's result.
+    published = store.newest_usable(
+        section.setup_hash,
+        lambda manifest: [] if inputs_folder(manifest.inputs) in {None, folder} else ["built for another folder"],
+    )
     if published is not None and datetime.fromisoformat(published.created).timestamp() >= waiting_since - 1:
         return published
     record = build_record(store, section.setup_hash)
@@ -336,7 +341,13 @@ def _run_build(
             pipes={"stdin": 0, "stdout": 1, "stderr": 2, "control": control_read, "report": report_write},
             leave_running=False,
             gpu_state=gpu_state,
-            inputs=fingerprint_inputs(inputs.get("files", []), inputs.get("variables", []), environment),
+            inputs=fingerprint_inputs(
+                inputs.get("files", []),
+                inputs.get("variables", []),
+                environment,
+                folder=str(notebook.resolve().parent),
+                relative=inputs.get("relative", []),
+            ),
         )
     finally:
         _kill_build_kernel(kernel)

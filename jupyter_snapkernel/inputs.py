@@ -54,6 +54,8 @@ class InputRecorder:
     """Collects reads while active; one per build."""
 
     files: set[str] = field(default_factory=set)
+    # Files opened by a relative path: in a setup such a path means the notebook's folder, wherever it is.
+    opened_relative: set[str] = field(default_factory=set)
     variables: set[str] = field(default_factory=set)
     modules_before: set[str] = field(default_factory=set)
     active: bool = False
@@ -72,6 +74,8 @@ class InputRecorder:
             absolute = os.path.abspath(path)
             if is_notebook_input(absolute):
                 self.files.add(absolute)
+                if not os.path.isabs(path):
+                    self.opened_relative.add(absolute)
 
     def note_variable(self, name: object) -> None:
         """Note an environment variable read by the notebook's own code (a cell or a local module)."""
@@ -90,10 +94,12 @@ class InputRecorder:
                 found.add(os.path.abspath(path))
         return found
 
-    def report(self) -> dict[str, list[str]]:
-        """What the setup read: files (local modules included) and environment variable names."""
+    def report(self) -> dict[str, Any]:
+        """What the setup read: files (local modules included), those opened by a relative path, and environment
+        variable names."""
         files = {path for path in self.files | self.local_modules() if os.path.isfile(path)}
-        return {"files": sorted(files), "variables": sorted(self.variables)}
+        relative = sorted(files & self.opened_relative)
+        return {"files": sorted(files), "relative": relative, "variables": sorted(self.variables)}
 
 
 _recorder = InputRecorder()

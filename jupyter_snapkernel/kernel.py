@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,7 +77,13 @@ class SnapKernel(IPythonKernel):
     @property
     def banner(self) -> str:  # type: ignore[override]  # a property over a declared attribute, as ipykernel's own
         """IPython's banner, then how this kernel started: frontends show it on connecting, no notebook saves it."""
-        banner = super().banner or ""
+        state = random.getstate()
+        try:
+            banner = str(super().banner or "")
+        finally:
+            # IPython picks the banner's tip with the global `random`, and frontends ask for kernel info at any
+            # time: a setup that seeded `random` must draw after it what a cold run draws.
+            random.setstate(state)
         note = self.start_note()
         return f"{banner}{note}\n" if note else banner
 

@@ -164,7 +164,7 @@ def build(control_fd: int, report_fd: int) -> int:
     revive.share_event_loop()
     # After the kernel's own start, before the setup: the setup's changes win over each restore's launch.
     before_setup = dict(os.environ)
-    with recording_inputs() as recorder:
+    with recording_inputs() as recorder, hooks.recording_seeds():
         recorded = app.run_setup(shell, request["cells"], channel)
     if recorded is None:
         return 1

@@ -213,9 +213,16 @@ def superseded_snapshot(store: SnapshotStore, notebook: str | Path, setup_hash: 
 def input_changes(
     manifest: Manifest, section: SetupSection, notebook: str | Path, environ: Mapping[str, str]
 ) -> list[str]:
-    """Say which files and environment variables the snapshot's setup read have changed since (none: still fresh)."""
+    """Say which files and environment variables the snapshot's setup read have changed since, or differ in this
+    notebook's folder from those a snapshot built in another folder read (none: still fresh)."""
     base = Path(notebook).resolve().parent
-    return changed_inputs(manifest.inputs, environ, section.ignore_inputs, base=base)
+    changes = changed_inputs(manifest.inputs, environ, section.ignore_inputs, base=base)
+    built_for = manifest.labels.get("notebook")
+    # Made before snapshots recorded their folder: the files it read may be another folder's data.
+    legacy = "folder" not in manifest.inputs and bool(manifest.inputs.get("files"))
+    if legacy and built_for and Path(built_for).resolve().parent != base:
+        changes.append(f"it was built for {built_for}, and does not record which of its inputs are that folder's")
+    return changes
 
 
 def user_stores(settings: SnapKernelSettings) -> list[SnapshotStore]:
@@ -252,16 +259,15 @@ def _search(
     """The first snapshot of the section that a start may restore (else state none), and the stale ones before it."""
     stale: list[tuple[Mismatch, SnapshotStore]] = []
     for store in stores:
-        usable, mismatched = store.usable_and_stale(section.setup_hash)
+        usable, mismatched = store.usable_and_stale(
+            section.setup_hash, lambda manifest: input_changes(manifest, section, notebook, environ)
+        )
         if usable is not None:
-            changes = input_changes(usable, section, notebook, environ)
-            if not changes:
-                ready = NotebookState(
-                    "ready", section.setup_hash, usable, store=store, restorable=True, section=section,
-                    in_shared_root=store is not own,
-                )  # fmt: skip
-                return ready, stale
-            mismatched = [Mismatch(usable, changes), *mismatched]
+            ready = NotebookState(
+                "ready", section.setup_hash, usable, store=store, restorable=True, section=section,
+                in_shared_root=store is not own,
+            )  # fmt: skip
+            return ready, stale
         stale += [(mismatch, store) for mismatch in mismatched]
     return NotebookState("none", section.setup_hash, section=section), stale
 

@@ -35,13 +35,40 @@ def _value_digest(value: str | None) -> str | None:
     return None if value is None else hashlib.sha256(value.encode()).hexdigest()
 
 
-def fingerprint_inputs(files: Iterable[str], variables: Iterable[str], environ: Mapping[str, str]) -> dict[str, Any]:
-    """Record the files and environment variables a process read, as they are now."""
+def fingerprint_inputs(
+    files: Iterable[str],
+    variables: Iterable[str],
+    environ: Mapping[str, str],
+    folder: str | None = None,
+    relative: Iterable[str] = (),
+) -> dict[str, Any]:
+    """Record the files and environment variables a process read, as they are now.
+
+    With the notebook's `folder`, each file inside it or opened by a `relative` path also records that path
+    relative to the folder: the same setup run from another folder reads the file there instead.
+    """
     records = {path: _file_record(path) for path in sorted(set(files))}
-    return {
+    opened_relative = set(relative)
+    for path, record in records.items():
+        if folder is not None and record is not None and (Path(path).is_relative_to(folder) or path in opened_relative):
+            record["relative"] = os.path.relpath(path, folder)
+    recorded: dict[str, Any] = {
         "files": {path: record for path, record in records.items() if record is not None},
         "env": {name: _value_digest(environ.get(name)) for name in sorted(set(variables))},
     }
+    if folder is not None:
+        recorded["folder"] = folder
+    return recorded
+
+
+def inputs_folder(recorded: Mapping[str, Any]) -> str | None:
+    """The folder a snapshot's inputs are bound to: its notebook's, when the setup read files relative to it.
+
+    None: the snapshot serves the same setup in any folder."""
+    files = (recorded.get("files") or {}).values()
+    bound = any(isinstance(record, dict) and record.get("relative") for record in files)
+    folder = recorded.get("folder")
+    return folder if bound and isinstance(folder, str) else None
 
 
 def _file_changed(path: str, recorded: dict[str, Any]) -> str | None:
@@ -71,17 +98,41 @@ def _ignored(name: str, patterns: Sequence[str], base: Path | None) -> bool:
     return any(fnmatch.fnmatchcase(candidate, pattern) for candidate in candidates for pattern in patterns)
 
 
+def _copy_difference(path: str, recorded: Mapping[str, Any]) -> str | None:
+    """Say how a file in another folder differs from the recorded one by content, or None when it is the same."""
+    current = _file_record(path)
+    if current is None:
+        return "does not exist"
+    if current["size"] != recorded["size"]:
+        return "differs"
+    if recorded.get("sha256") is not None:
+        return None if current["sha256"] == recorded["sha256"] else "differs"
+    return None if current["mtime_ns"] == recorded["mtime_ns"] else "differs"  # too large to hash: by mtime
+
+
 def changed_inputs(
     recorded: Mapping[str, Any], environ: Mapping[str, str], ignore: Sequence[str] = (), base: Path | None = None
 ) -> list[str]:
-    """Say which recorded inputs differ now, e.g. "data.csv changed since the snapshot"; paths relative to `base`."""
+    """Say which recorded inputs differ now, e.g. "data.csv changed since the snapshot"; paths relative to `base`.
+
+    `base` is the folder of the notebook that would restore the snapshot. When the snapshot was built for a
+    notebook in another folder, each file the setup read relative to its folder must also be the same file
+    content in `base`: a cold run there would read that one."""
     reasons = []
+    folder = recorded.get("folder")
+    elsewhere = base is not None and isinstance(folder, str) and Path(folder) != base
     for path, record in sorted((recorded.get("files") or {}).items()):
-        if _ignored(path, ignore, base):
+        relative = record.get("relative")
+        if _ignored(path, ignore, base) or (relative and _ignored(relative, ignore, None)):
             continue
         change = _file_changed(path, record)
         if change is not None:
             reasons.append(f"{_relative(path, base)} {change} since the snapshot")
+        if elsewhere and relative:
+            here = os.path.normpath(os.path.join(base, relative))  # type: ignore[arg-type]
+            difference = _copy_difference(here, record)
+            if difference is not None:
+                reasons.append(f"{relative} {difference} here: the snapshot's setup read {path}")
     for name, digest in sorted((recorded.get("env") or {}).items()):
         if not _ignored(name, ignore, None) and _value_digest(environ.get(name)) != digest:
             reasons.append(f"environment variable {name} changed since the snapshot")

@@ -16,7 +16,7 @@ import shutil
 import stat
 import threading
 import time
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,7 +27,7 @@ from .checkpoint import dump_tree
 from .cuda import CudaDriver
 from .errors import SnapshotBusy, SnapshotNotFound, StoreError, VerificationError
 from .fingerprint import differences, digest, environment_fingerprint, hardware_fingerprint
-from .inputs import held_files_changed
+from .inputs import held_files_changed, inputs_folder
 from .manifest import FileRecord, Manifest
 from .restore import DEFAULT_TIMEOUT_S as DEFAULT_RESTORE_TIMEOUT_S
 from .restore import RestoredTree, restore_tree
@@ -560,13 +560,20 @@ class SnapshotStore:
             reasons.append(f"hardware changed ({', '.join(changed)})")
         return reasons + held_files_changed(manifest.held_files)
 
-    def newest_usable(self, key: str) -> Manifest | None:
-        """Return the newest snapshot for `key` that matches this environment and hardware."""
-        usable, _ = self.usable_and_stale(key)
+    def newest_usable(
+        self, key: str, changes: Callable[[Manifest], builtins.list[str]] | None = None
+    ) -> Manifest | None:
+        """Return the newest snapshot for `key` that matches this environment and hardware (and `changes` finds
+        nothing against, as in usable_and_stale)."""
+        usable, _ = self.usable_and_stale(key, changes)
         return usable
 
-    def usable_and_stale(self, key: str) -> tuple[Manifest | None, builtins.list[Mismatch]]:
-        """Return the newest usable snapshot for `key` and the stale (then corrupt) ones with their reasons."""
+    def usable_and_stale(
+        self, key: str, changes: Callable[[Manifest], builtins.list[str]] | None = None
+    ) -> tuple[Manifest | None, builtins.list[Mismatch]]:
+        """Return the newest usable snapshot for `key` and the stale (then corrupt) ones with their reasons.
+
+        `changes` says what else makes a snapshot stale for the caller (its inputs, seen from its notebook)."""
         stale: list[Mismatch] = []
         manifests, corrupt = self.scan()
         usable = None
@@ -578,6 +585,8 @@ class SnapshotStore:
                 stale.append(Mismatch(manifest, [f"snapshot {manifest.id} cannot be restored: {failure}"], True))
                 continue
             reasons = self.mismatches(manifest)
+            if not reasons and changes is not None:
+                reasons = changes(manifest)
             if not reasons:
                 usable = manifest
                 break
@@ -799,10 +808,13 @@ class SnapshotStore:
         return sum(manifest.size_bytes for manifest in self.list())
 
     def replaced(self, manifests: builtins.list[Manifest]) -> builtins.list[Manifest]:
-        """Those of `manifests` (oldest first) that a newer one of the same key on the same hardware replaces."""
-        newest: dict[tuple[str, str], Manifest] = {}
+        """Those of `manifests` (oldest first) that a newer one of the same key on the same hardware replaces.
+
+        Snapshots whose setup read files relative to their notebook's folder replace only those of the same
+        folder: the same cells in two folders with their own data keep a snapshot each."""
+        newest: dict[tuple[str, str, str | None], Manifest] = {}
         for manifest in manifests:
-            newest[(manifest.key, digest(manifest.hardware))] = manifest
+            newest[(manifest.key, digest(manifest.hardware), inputs_folder(manifest.inputs))] = manifest
         kept = {manifest.id for manifest in newest.values()}
         return [manifest for manifest in manifests if manifest.id not in kept]
 
