@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import secrets
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -117,6 +119,15 @@ def output_text(output: dict[str, Any]) -> str:
     return "\n".join(shown)
 
 
+def as_displayed(text: str) -> str:
+    """A stream's text as a frontend shows it: a carriage return starts its line again (progress bars)."""
+    lines = []
+    for line in text.split("\n"):
+        rewrites = [part for part in line.split("\r") if part]
+        lines.append(rewrites[-1] if rewrites else "")
+    return "\n".join(lines)
+
+
 def shown(outputs: list[dict[str, Any]]) -> list[str]:
     """A cell's outputs as a person sees them: consecutive writes to one stream read as one text."""
     texts: list[str] = []
@@ -128,7 +139,7 @@ def shown(outputs: list[dict[str, Any]]) -> list[str]:
         else:
             texts.append(output_text(output))
         previous = stream
-    return texts
+    return [as_displayed(text) for text in texts]
 
 
 def cell_outputs(book: nbformat.NotebookNode, volatile: Sequence[str] = ()) -> list[list[str]]:
@@ -283,3 +294,66 @@ def check_notebook(
         result.state, result.error = "error", " ".join(str(error).split())
     result.elapsed_s = round(time.perf_counter() - started, 3)
     return result
+
+
+MAX_RUNNING_CHECKS = 2  # each runs kernels one after another; more at once would only slow each other
+KEPT_CHECKS = 50  # finished checks a server remembers for GET checks/ID
+MAX_RUNS = 10
+
+
+class ChecksBusy(SnapshotError):
+    """The server already runs as many checks as it may: the request is refused (HTTP 429)."""
+
+
+@dataclass
+class BackgroundCheck:
+    """One check running in a server thread, and its result once it ends."""
+
+    id: str
+    path: str  # the notebook as the client named it
+    runs: int
+    started: float = field(default_factory=time.time)
+    result: CheckResult | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The check as the REST API answers it: state running until the result is in."""
+        result = self.result
+        elapsed = result.elapsed_s if result else round(time.time() - self.started, 3)
+        return {
+            "id": self.id,
+            "path": self.path,
+            "state": result.state if result else "running",
+            "runs": self.runs,
+            "differences": [asdict(difference) for difference in result.differences] if result else [],
+            "error": result.error if result else None,
+            "built": result.built if result else False,
+            "elapsed_s": elapsed,
+        }
+
+
+class BackgroundChecks:
+    """A server's checks: each in its own thread, off the event loop; the last KEPT_CHECKS are remembered."""
+
+    def __init__(self) -> None:
+        self.checks: dict[str, BackgroundCheck] = {}
+        self.lock = threading.Lock()
+
+    def start(self, notebook: Path, api_path: str, runs: int, settings: SnapKernelSettings) -> BackgroundCheck:
+        """Start checking a notebook in a thread; raise ChecksBusy when MAX_RUNNING_CHECKS already run."""
+        with self.lock:
+            if sum(check.result is None for check in self.checks.values()) >= MAX_RUNNING_CHECKS:
+                raise ChecksBusy(f"{MAX_RUNNING_CHECKS} checks are running already: try again when one has ended")
+            check = BackgroundCheck(secrets.token_hex(6), api_path, runs)
+            self.checks[check.id] = check
+            for old in [key for key, kept in self.checks.items() if kept.result is not None][:-KEPT_CHECKS]:
+                del self.checks[old]
+
+        def work() -> None:
+            """Run the check; whatever happens, it ends with a result."""
+            try:
+                check.result = check_notebook(notebook, runs=runs, settings=settings)
+            except Exception as error:  # a bug must still end the check, and say what went wrong
+                check.result = CheckResult(str(notebook), "error", runs, error=f"the check failed: {error!r}")
+
+        threading.Thread(target=work, daemon=True, name=f"snapkernel-check-{check.id}").start()
+        return check
