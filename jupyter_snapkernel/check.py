@@ -164,7 +164,11 @@ def first_difference(book: nbformat.NotebookNode, cold: list[list[str]], other: 
 
 # (what in the setup's sources or the outputs shows it, the hint): the known ways a restored kernel differed.
 SEEDING = re.compile(r"\b(?:seed|manual_seed|manual_seed_all|set_seed)\s*\(")
-ENVIRONMENT = re.compile(r"os\.environ\b|os\.putenv\b|^\s*%env\b|%set_env\b", re.MULTILINE)
+ENVIRONMENT = re.compile(
+    r"os\.environ\[[^\]]+\]\s*=(?!=)|os\.environ\.(?:update|setdefault|pop|clear)\(|del os\.environ|"
+    r"os\.(?:putenv|unsetenv)\(|^\s*%env\s+\S+[\s=]\S|%set_env\b",
+    re.MULTILINE,
+)
 HINTS = {
     "after_restore": "an @after_restore hook of the setup runs only in restored kernels: what it changes "
     "differs from a cold run",
@@ -174,6 +178,10 @@ HINTS = {
     "differ from a cold run's (a known cause)",
     "environment": "the setup changes environment variables (os.environ): a restored kernel may not keep them "
     "(a known cause)",
+    "setup_cell": "this is a setup cell: a restored kernel replays the outputs its build kernel recorded, "
+    "whose sys.stdout/sys.stderr differ from a cold kernel's (a tqdm bar there is drawn in ASCII, say)",
+    "logging": "a logging handler made in the setup writes to the build kernel's sys.stderr: a restored kernel "
+    "does not show its records (set the handler up after the setup cells, or again in an @after_restore hook)",
     "folder": "the snapshot was built for {notebook} in another folder: its setup may have read that folder's "
     "files and modules (a known cause)",
 }
@@ -186,6 +194,10 @@ def known_causes(
     section = setup_section_of(book)
     setup = "\n".join(section.cells if section else ())
     causes = []
+    if section is not None and difference.cell in section.positions:
+        causes.append(HINTS["setup_cell"])
+    if "logging" in setup and len(difference.restored) < len(difference.cold):
+        causes.append(HINTS["logging"])
     if "after_restore" in setup:
         causes.append(HINTS["after_restore"])
     if difference.cold.count("<image/") != difference.restored.count("<image/") or "backend" in difference.cold:

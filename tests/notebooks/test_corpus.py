@@ -22,8 +22,8 @@ NEEDS_FIX = {
     # Found by this corpus, not among issue 18's four classes (no fix under way yet):
     "logging_configured_in_setup.ipynb": "a logging handler made in the setup writes to the build kernel's "
     "sys.stderr: a restored kernel shows none of its records (cold: INFO/WARNING lines)",
-    "tqdm_progress.ipynb": "the restored kernel replays the setup cell's tqdm bar drawn with ASCII '#', "
-    "a cold kernel draws it with Unicode blocks (the build kernel's stderr encoding differs)",
+    "tqdm_progress.ipynb": "the build kernel's sys.stderr has encoding None (cold: UTF-8), so the setup cell's "
+    "tqdm bar that restored kernels replay is drawn in ASCII '#', a cold kernel's in Unicode blocks",
 }
 
 
