@@ -230,7 +230,7 @@ def ensure_snapshot(notebook: Path, settings: SnapKernelSettings) -> tuple[bool,
 
     Return whether it built, and the notebook the snapshot a start restores was built for.
     """
-    from .builder import build_snapshot
+    from .builder import build_snapshot, keep_within_limits
 
     stores = user_stores(settings)
     state = notebook_file_state(stores, notebook, quota_bytes=settings.quota_bytes)
@@ -238,7 +238,8 @@ def ensure_snapshot(notebook: Path, settings: SnapKernelSettings) -> tuple[bool,
         raise CheckError(f"{notebook.name} has no setup cell: tag one `snapshot` or start it with %%snapshot")
     built = not state.restorable
     if built:
-        build_snapshot(notebook, stores[0], section=state.section, timeout=settings.build_timeout)
+        manifest = build_snapshot(notebook, stores[0], section=state.section, timeout=settings.build_timeout)
+        keep_within_limits(stores[0], manifest, settings.quota_bytes, settings.max_snapshots)  # as a server's build
         state = notebook_file_state(stores, notebook, quota_bytes=settings.quota_bytes)
     if not state.restorable or state.snapshot is None:
         raise CheckError(f"{notebook.name} would not restore after its build: {state.cold_reason}")
@@ -304,6 +305,8 @@ def check_notebook(
         compare(result, notebook, cold, restored, built_for, volatile)
     except (CheckError, RunError, SnapshotError, NotebookError) as error:
         result.state, result.error = "error", " ".join(str(error).split())
+    except OSError as error:  # a full disk, a store that cannot be written: "error", never read as "different"
+        result.state, result.error = "error", f"{error.strerror or error}: {error.filename or ''}".rstrip(": ")
     result.elapsed_s = round(time.perf_counter() - started, 3)
     return result
 
