@@ -1,4 +1,4 @@
-"""REST API under /snapkernel/api/: snapshots, a notebook's status, and builds.
+"""REST API under /snapkernel/api/: snapshots, a notebook's status, builds and checks.
 
 A bad request gets a 4xx with a one-line reason, never a 500; no answer names a server path in an
 error (messages are scrubbed); file work (notebooks, the store) runs off the server's event loop.
@@ -27,6 +27,7 @@ from snapkernel_engine.version import __version__
 
 from .background_builds import BackgroundBuilds, BuildQueueFull
 from .builder import gpu_state_of, keep_within_limits
+from .check import MAX_RUNS, BackgroundCheck, BackgroundChecks, ChecksBusy
 from .config import PROVISIONER_NAME, SnapKernelSettings
 from .paths import open_store
 from .setup_section import NotebookError, SetupSection, cells_problem, read_notebook, setup_section_of
@@ -61,6 +62,18 @@ class SnapKernelHandler(APIHandler):
     def builds(self) -> BackgroundBuilds:
         """The server's one build manager."""
         return self.settings["snapkernel_builds"]
+
+    @property
+    def checks(self) -> BackgroundChecks:
+        """The server's one check manager."""
+        return self.settings["snapkernel_checks"]
+
+    def describe_check(self, check: BackgroundCheck) -> dict[str, Any]:
+        """A check as JSON, its error naming no server path."""
+        answer = check.to_dict()
+        if answer["error"]:
+            answer["error"] = self.scrub(answer["error"])
+        return answer
 
     @property
     def store(self) -> SnapshotStore:
@@ -368,6 +381,49 @@ class BuildHandler(SnapKernelHandler):
         self.write_json(self.builds.describe(build))
 
 
+class ChecksHandler(JSONBodyHandler):
+    """POST checks {path, runs?}: start comparing a notebook's restored runs with its cold runs (202)."""
+
+    body_example = '{"path": "notebook.ipynb", "runs": 2}'
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        """Start the check of the notebook named in the body in a thread; 429 when too many run."""
+        if self.body_too_large:
+            return  # answered 413 while the body arrived
+        body = self.request_json()
+        runs = body.get("runs", 2)
+        if not isinstance(runs, int) or isinstance(runs, bool) or not 1 <= runs <= MAX_RUNS:
+            raise refusal(400, f"`runs` must be a whole number from 1 to {MAX_RUNS}: send {self.body_example}")
+        api_path = body.get("path")
+        notebook = await self.notebook_path(api_path)
+        try:
+            section, _ = await asyncio.to_thread(BuildsHandler.inspect, notebook, None)
+        except NotebookError as error:
+            raise self.notebook_error(str(api_path), error) from None
+        if section is None:
+            raise refusal(422, "the notebook has no setup cell: tag one `snapshot` or start it with %%snapshot")
+        try:
+            check = self.checks.start(notebook, str(api_path), runs, self.settings_)
+        except ChecksBusy as error:
+            raise refusal(429, str(error)) from None
+        self.write_json(self.describe_check(check), status=202)
+
+
+class CheckHandler(SnapKernelHandler):
+    """GET checks/ID: a check's state and, once it ended, its differences."""
+
+    @web.authenticated
+    @authorized
+    async def get(self, check_id: str) -> None:
+        """Answer a check's state: running, equal, different, cold_differs or error."""
+        check = self.checks.checks.get(check_id)
+        if check is None:
+            raise refusal(404, f"no check {shortened(check_id)}")
+        self.write_json(self.describe_check(check))
+
+
 class KernelStartHandler(SnapKernelHandler):
     """GET kernels/ID: whether a kernel was restored or started cold, and why."""
 
@@ -425,6 +481,8 @@ def handlers(base_url: str) -> list[tuple[str, type[APIHandler]]]:
         (f"{prefix}/status", StatusHandler),
         (f"{prefix}/builds", BuildsHandler),
         (f"{prefix}/builds/([A-Za-z0-9_-]+)", BuildHandler),
+        (f"{prefix}/checks", ChecksHandler),
+        (f"{prefix}/checks/([A-Za-z0-9_-]+)", CheckHandler),
         (f"{prefix}/kernels/([A-Za-z0-9_-]+)", KernelStartHandler),
         (f"{prefix}/info", InfoHandler),
     ]

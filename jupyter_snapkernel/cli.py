@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,6 +24,7 @@ from .setup_section import NotebookError, read_notebook, read_setup_section
 from .status import refusal, snapshot_state, snapshot_summary
 
 if TYPE_CHECKING:
+    from .check import CheckResult
     from .headless import RunSummary
 
 STATUS_MARKS = {"ok": "✓", "warn": "!", "fail": "✗", "absent": "-"}
@@ -142,6 +144,10 @@ def build_notebook(args: argparse.Namespace) -> int:
         if line and not args.quiet:
             print(f"[{time.perf_counter() - started:6.1f}s] {line}", file=sys.stderr)
 
+    if args.check:
+        refused = check_before_publishing(notebook, args.timeout)
+        if refused is not None:
+            return refused
     store = open_store(args.store, shared=args.shared)
     manifest = build_snapshot(notebook, store, section=section, progress=progress, timeout=args.timeout)
     print(
@@ -149,6 +155,70 @@ def build_notebook(args: argparse.Namespace) -> int:
         f"{time.perf_counter() - started:.1f} s for {notebook.name}"
     )
     return 0
+
+
+def print_check(result: CheckResult) -> None:
+    """Print a check's verdict, then each difference: its cell, both outputs and the hint."""
+    name = Path(result.path).name
+    verdicts = {
+        "equal": f"{name}: restored runs equal cold runs ({result.runs} of each, {result.elapsed_s:.1f} s)",
+        "different": f"{name}: restored runs differ from cold runs",
+        "cold_differs": f"{name}: cold runs differ too: not a restore difference",
+        "error": f"{name}: could not check: {result.error}",
+    }
+    print(verdicts[result.state])
+    for difference in result.differences:
+        print(f"  cell {difference.cell + 1}: {difference.source}")
+        other = "another cold run" if result.state == "cold_differs" else "restored"
+        for label, text in (("cold", difference.cold), (other, difference.restored)):
+            print(f"    {label}:")
+            print("\n".join(f"      {line}" for line in (text or "(no output)").splitlines()))
+        if difference.hint and result.state != "cold_differs":
+            print(f"    hint: {difference.hint}")
+
+
+def check(args: argparse.Namespace) -> int:
+    """Run a notebook cold and restored and compare its cells' outputs; exit 0 when they are equal."""
+    from .check import check_notebook
+
+    os.environ[env_names.STORE] = str(args.store)
+    if not args.json:
+        print(f"checking {args.notebook.name}: {args.runs} cold and {args.runs} restored runs…", file=sys.stderr)
+    result = check_notebook(args.notebook, runs=args.runs, timeout=args.timeout)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        print_check(result)
+    return result.exit_code
+
+
+def check_before_publishing(notebook: Path, build_timeout: float) -> int | None:
+    """Build into a private scratch store and check restored against cold runs there.
+
+    Return None when they are equal (then publish), else the exit code after saying why nothing was published.
+    The published snapshot is built again from the same cells: the scratch one never leaves its folder.
+    """
+    from .check import check_notebook
+
+    print(f"checking {notebook.name} before publishing: cold and restored runs…", file=sys.stderr)
+    saved = os.environ.get(env_names.STORE)
+    with tempfile.TemporaryDirectory(prefix="snapkernel-check-") as scratch:
+        os.environ[env_names.STORE] = str(Path(scratch) / "store")
+        try:
+            result = check_notebook(notebook, settings=SnapKernelSettings(build_timeout=build_timeout))
+        finally:
+            if saved is None:
+                os.environ.pop(env_names.STORE, None)
+            else:
+                os.environ[env_names.STORE] = saved
+    if result.state == "equal":
+        print(f"check: restored runs equal cold runs ({result.elapsed_s:.1f} s); publishing", file=sys.stderr)
+        return None
+    print_check(result)
+    print(
+        f"error: {notebook.name} was not published: its check found {result.state.replace('_', ' ')}", file=sys.stderr
+    )
+    return 1
 
 
 def _failure_line(notebook: Path, summary: RunSummary) -> str:
@@ -253,6 +323,13 @@ def non_negative(kind: Callable[[str], float]) -> Callable[[str], float]:
     return parse
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of 1 or more."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of `jupyter snapkernel`."""
     parser = argparse.ArgumentParser(prog="jupyter snapkernel", description=__doc__)
@@ -275,7 +352,24 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="publish the snapshot readable by every user (an admin's course snapshot in a shared root)",
     )
+    build_parser_.add_argument(
+        "--check",
+        action="store_true",
+        help="first build in a scratch store and run `check` (cold against restored runs); publish only when "
+        "they are equal, else exit 1 and publish nothing",
+    )
     build_parser_.set_defaults(handler=build_notebook)
+
+    check_parser = commands.add_parser(
+        "check",
+        help="run a notebook cold and restored and compare every cell's outputs "
+        "(exit 0 equal, 1 different, 3 cold runs differ among themselves, 4 could not check)",
+    )
+    check_parser.add_argument("notebook", type=Path)
+    check_parser.add_argument("--runs", type=positive_int, default=2, help="runs of each kind (default 2)")
+    check_parser.add_argument("--timeout", type=float, default=600.0, help="seconds each cell may run")
+    check_parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    check_parser.set_defaults(handler=check)
 
     run_parser = commands.add_parser("run", help="execute a notebook headless with a restored kernel")
     run_parser.add_argument("notebook", type=Path)

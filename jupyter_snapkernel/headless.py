@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 import statistics
 import time
@@ -119,11 +120,13 @@ async def run_notebook(
     output: Path | None = None,
     timeout: float = 600,
     allow_errors: bool = False,
+    config: Config | None = None,
 ) -> RunSummary:
     """Execute a notebook top to bottom, restoring its kernel when a snapshot matches.
 
     A failing cell stops the run unless `allow_errors`; either way the summary lists the failures
-    and `output` gets the notebook as far as it ran, failing cells' errors included.
+    and `output` gets the notebook as far as it ran, failing cells' errors included. `config` is the
+    settings to start the kernel with (a server's, so that it restores from that server's stores).
     """
     book = read_notebook(notebook)
     failures: list[CellFailure] = []
@@ -138,9 +141,9 @@ async def run_notebook(
 
     # A headless run is a single start (`jupyter snapkernel run` exits after it): a spare kernel restored
     # for a next start would only take CPU from the notebook's cells and be killed unused at exit.
-    manager = AsyncKernelManager(
-        kernel_name=KERNEL_NAME, config=Config({"SnapKernelSettings": {"spare_kernels": False}})
-    )
+    settings = copy.deepcopy(config) if config is not None else Config()  # the server's own stays as it is
+    settings.merge(Config({"SnapKernelSettings": {"spare_kernels": False}}))
+    manager = AsyncKernelManager(kernel_name=KERNEL_NAME, config=settings)
     client = NotebookClient(
         book,
         km=manager,

@@ -11,6 +11,7 @@ from snapkernel_engine import SnapshotError
 
 from .api import handlers
 from .background_builds import background_builds
+from .check import BackgroundChecks
 from .config import SnapKernelSettings
 from .paths import open_store
 from .spares import spare_pool
@@ -27,6 +28,7 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     background_builds.max_concurrent = settings.max_concurrent_builds
     background_builds.max_queued = settings.max_queued_builds
     web_app.settings["snapkernel_builds"] = background_builds
+    web_app.settings["snapkernel_checks"] = BackgroundChecks()
     web_app.add_handlers(".*$", handlers(web_app.settings["base_url"]))
     stop_with_the_server(serverapp)
     spare_pool.log = serverapp.log  # the spares' retirements appear in the server's log

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -14,11 +13,10 @@ from typing import Any
 
 import nbformat
 
+from jupyter_snapkernel.check import cell_outputs
 from tests.kernel.conftest import write_notebook
 
 JUPYTER = Path(sys.executable).with_name("jupyter")
-# Differences a restored run may show against a cold one, by nature: object addresses and widget model ids.
-ALWAYS_VOLATILE = (r"0x[0-9a-f]+", r'"model_id": "[0-9a-f]+"', r"model_id='[0-9a-f]+'")
 
 
 @dataclass
@@ -43,42 +41,6 @@ def cli(store: Path, *args: str, cwd: Path, env: dict[str, str] | None = None) -
     )
 
 
-def output_text(output: dict[str, Any]) -> str:
-    """What a person sees of one output, as text (images by their type)."""
-    kind = output["output_type"]
-    if kind == "stream":
-        return output["text"]
-    if kind == "error":
-        return f"{output['ename']}: {output['evalue']}"
-    data = output.get("data", {})
-    shown = [data.get("text/plain", "")]
-    shown += [f"<{mime}>" for mime in sorted(data) if mime.startswith("image/")]
-    if "application/vnd.jupyter.widget-view+json" in data:
-        shown.append(json.dumps(data["application/vnd.jupyter.widget-view+json"], sort_keys=True))
-    return "\n".join(shown)
-
-
-def shown(outputs: list[dict[str, Any]]) -> list[str]:
-    """A cell's outputs as a person sees them: consecutive writes to one stream read as one text."""
-    texts: list[str] = []
-    previous = None
-    for output in outputs:
-        stream = output.get("name") if output["output_type"] == "stream" else None
-        if stream is not None and stream == previous:
-            texts[-1] += output["text"]
-        else:
-            texts.append(output_text(output))
-        previous = stream
-    return texts
-
-
-def normalise(text: str, volatile: Sequence[str]) -> str:
-    """Blank out what may differ between runs by nature (declared per notebook)."""
-    for pattern in (*ALWAYS_VOLATILE, *volatile):
-        text = re.sub(pattern, "<volatile>", text)
-    return text
-
-
 def run(
     notebook: Path, store: Path, *, cold: bool = False, env: dict[str, str] | None = None, volatile: Sequence[str] = ()
 ) -> Run:
@@ -88,7 +50,7 @@ def run(
     result = cli(store, *args, cwd=notebook.parent, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     executed = nbformat.read(output, as_version=4)
-    cells = [[normalise(text, volatile) for text in shown(cell.get("outputs", []))] for cell in executed.cells]
+    cells = cell_outputs(executed, volatile)  # the product's own normalisation (`jupyter snapkernel check`)
     return Run(json.loads(result.stdout.strip().splitlines()[-1]), cells, result.stderr)
 
 

@@ -27,7 +27,7 @@ def test_matplotlib_inline_setup_builds_and_plots_inline(tmp_path: Path) -> None
     )
     first, _, _ = restored_twice_and_cold(book, tmp_path / "store")
     assert "inline" in first.cells[1][0], first.cells[1]
-    assert any("<image/png>" in output for output in first.cells[1]), "the figure is shown inline"
+    assert any("<image/png sha256:" in output for output in first.cells[1]), "the figure is shown inline"
 
 
 def test_scikit_learn_with_two_jobs_in_setup(tmp_path: Path) -> None:
