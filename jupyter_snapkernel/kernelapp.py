@@ -30,7 +30,7 @@ from . import env_names, hooks, revive, widgets
 from .inputs import recording_inputs
 from .kernel import RecordedCell, SnapKernel, StartInfo
 from .magics import SnapshotMagics
-from .recording import recording
+from .recording import rebind_to_kernel_streams, recording
 
 BUILD_FLAG = "--snapshot-build"
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
@@ -121,6 +121,7 @@ class SnapKernelApp(IPKernelApp):
         self.init_sockets()
         self.init_heartbeat()
         self.init_io()
+        rebind_to_kernel_streams()
         self.init_signal()
         event_loop = self.kernel.eventloop  # chosen by the setup (e.g. %matplotlib inline), kept
         self.init_kernel()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +23,11 @@ class RecordingStream(io.TextIOBase):
         super().__init__()
         self.name = name
         self._outputs = outputs
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]  # TextIOBase's is None: a kernel's streams say UTF-8
+        """What a cold kernel's streams say (libraries such as tqdm pick their characters by it)."""
+        return "UTF-8"
 
     def writable(self) -> bool:
         return True
@@ -75,6 +81,20 @@ class RecordingDisplayPublisher(DisplayPublisher):
         self._outputs.append({"output_type": "clear_output", "wait": wait})
 
 
+# One stream of each name for the whole setup, as a kernel has: what a setup cell binds to sys.stderr (a
+# logging handler, say) writes into the outputs of the cell that runs, and into the restored kernel's streams.
+SETUP_STREAMS = {name: RecordingStream(name, []) for name in ("stdout", "stderr")}
+
+
+def rebind_to_kernel_streams() -> None:
+    """Point logging handlers that the setup bound to its streams at this kernel's sys.stdout and sys.stderr."""
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", []):
+            if isinstance(handler, logging.StreamHandler) and isinstance(handler.stream, RecordingStream):
+                handler.setStream(sys.stdout if handler.stream.name == "stdout" else sys.stderr)
+
+
 @contextmanager
 def recording(shell: InteractiveShell, outputs: list[Output]) -> Iterator[None]:
     """Route stdout, stderr, results, displays and tracebacks of the shell into `outputs`."""
@@ -83,8 +103,9 @@ def recording(shell: InteractiveShell, outputs: list[Output]) -> Iterator[None]:
     def record_traceback(etype: type, evalue: BaseException, stb: list[str]) -> None:
         outputs.append({"output_type": "error", "ename": etype.__name__, "evalue": str(evalue), "traceback": stb})
 
-    sys.stdout = RecordingStream("stdout", outputs)
-    sys.stderr = RecordingStream("stderr", outputs)
+    for stream in SETUP_STREAMS.values():
+        stream._outputs = outputs
+    sys.stdout, sys.stderr = SETUP_STREAMS["stdout"], SETUP_STREAMS["stderr"]
     shell.displayhook = shell.display_trap.hook = RecordingDisplayHook(shell, outputs)
     shell.display_pub = RecordingDisplayPublisher(shell, outputs)
     # An instance attribute that shadows the method while recording (deleted after): IPython has no hook for it.
@@ -93,4 +114,6 @@ def recording(shell: InteractiveShell, outputs: list[Output]) -> Iterator[None]:
         yield
     finally:
         sys.stdout, sys.stderr, shell.displayhook, shell.display_trap.hook, shell.display_pub = saved
+        for stream in SETUP_STREAMS.values():
+            stream._outputs = []  # what setup threads write between cells and before the restore goes nowhere
         del shell._showtraceback

@@ -15,16 +15,7 @@ NOTEBOOKS = sorted(path.name for path in CORPUS.glob("*.ipynb"))
 
 # Notebooks that hit a known class of issue 18, fixed in parallel: each xfail is strict, so the merge of its
 # fix turns it into a failure until its line here is removed.
-NEEDS_FIX = {
-    "figures_without_pyplot_in_setup.ipynb": "issue 18: a restored kernel loses the matplotlib backend",
-    "seeded_global_generators.ipynb": "issue 18: restored kernels reseed generators the setup seeded",
-    "environment_tweaks.ipynb": "issue 18: a restore drops environment variables the setup set",
-    # Found by this corpus, not among issue 18's four classes (no fix under way yet):
-    "logging_configured_in_setup.ipynb": "a logging handler made in the setup writes to the build kernel's "
-    "sys.stderr: a restored kernel shows none of its records (cold: INFO/WARNING lines)",
-    "tqdm_progress.ipynb": "the build kernel's sys.stderr has encoding None (cold: UTF-8), so the setup cell's "
-    "tqdm bar that restored kernels replay is drawn in ASCII '#', a cold kernel's in Unicode blocks",
-}
+NEEDS_FIX: dict[str, str] = {}  # corpus notebooks of known open differences, each with its reason
 
 
 def corpus_params() -> list[object]:
