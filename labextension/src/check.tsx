@@ -107,7 +107,7 @@ async function showCheckResult(
     buttons.unshift(Dialog.createButton({ label: goToCell, displayType: 'default' }));
   }
   const result = await showDialog({
-    title: checkTitle(check, trans),
+    title: `${check.path.split('/').pop()}: ${checkTitle(check, trans)}`,
     body: checkBody(check, trans),
     buttons
   });
@@ -122,15 +122,15 @@ async function showCheckResult(
 function checkTitle(check: ICheck, trans: TranslationBundle): string {
   switch (check.state) {
     case 'equal':
-      return trans.__('Restored equals cold');
+      return trans.__('restored equals cold');
     case 'different':
-      return trans.__('Restored differs from cold');
+      return trans.__('restored differs from cold');
     case 'cold_differs':
-      return trans.__('Cold runs differ too');
+      return trans.__('cold runs differ too');
     case 'running':
-      return trans.__('Check still running');
+      return trans.__('check still running');
     default:
-      return trans.__('Could not check');
+      return trans.__('could not check');
   }
 }
 
