@@ -46,6 +46,32 @@ export interface IKernelStart {
   started: number;
 }
 
+/** A check's state: running, then how the restored runs compared with the cold runs. */
+export type CheckState = 'running' | 'equal' | 'different' | 'cold_differs' | 'error';
+
+/** One differing cell of a check: its index, first source line, both outputs and a hint at a known cause. */
+export interface ICheckDifference {
+  cell: number;
+  source: string;
+  cold: string;
+  /** For `cold_differs`: another cold run's output. */
+  restored: string;
+  hint: string | null;
+}
+
+/** A check of restored runs against cold runs, as POST checks and GET checks/ID report it. */
+export interface ICheck {
+  id: string;
+  path: string;
+  state: CheckState;
+  runs?: number;
+  differences: ICheckDifference[];
+  error: string | null;
+  /** Whether the check built the snapshot first. */
+  built?: boolean;
+  elapsed_s: number;
+}
+
 /** The server extension's version and the kernelspecs it starts (GET /snapkernel/api/info). */
 export interface IServerInfo {
   version: string;

@@ -9,6 +9,7 @@ import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { ITranslator, nullTranslator } from '@jupyterlab/translation';
 
+import { CHECK_COMMAND, checkNotebook } from './check';
 import { MARK_COMMAND, isActiveCellMarked, markSetupCell } from './commands';
 import { watchKernelStarts } from './kernelstarts';
 import { NotebookSnapshots } from './notebooks';
@@ -45,7 +46,10 @@ const plugin: JupyterFrontEndPlugin<void> = {
     const dialogs = sessionDialogs ?? new SessionContextDialogs({ translator });
     const snapshots = new NotebookSnapshots(trans);
     const createItem = (panel: NotebookPanel) =>
-      new SnapshotToolbarItem(snapshots.of(panel), dialogs, trans);
+      new SnapshotToolbarItem(snapshots.of(panel), dialogs, trans, app.commands, [
+        CHECK_COMMAND,
+        MARK_COMMAND
+      ]);
 
     if (toolbarRegistry) {
       // Placed by jupyter.lab.toolbars.Notebook in schema/plugin.json: users move or hide it there.
@@ -88,6 +92,18 @@ const plugin: JupyterFrontEndPlugin<void> = {
       execute: () => markSetupCell(tracker)
     });
     palette?.addItem({ command: MARK_COMMAND, category: trans.__('Snapshots') });
+    app.commands.addCommand(CHECK_COMMAND, {
+      label: trans.__('Check Restored Against Cold'),
+      caption: trans.__(
+        'Run the saved notebook cold and restored from its snapshot and compare every cell’s outputs'
+      ),
+      isEnabled: () => tracker.currentWidget !== null,
+      execute: async () => {
+        const panel = tracker.currentWidget;
+        return panel ? checkNotebook(panel, trans) : null;
+      }
+    });
+    palette?.addItem({ command: CHECK_COMMAND, category: trans.__('Snapshots') });
     app.contextMenu.addItem({ command: MARK_COMMAND, selector: '.jp-Notebook .jp-Cell', rank: 20 });
   }
 };

@@ -1,6 +1,12 @@
 import { Dialog, ISessionContextDialogs, Notification, showDialog } from '@jupyterlab/apputils';
 import { TranslationBundle } from '@jupyterlab/translation';
-import { ReactWidget, ToolbarButtonComponent } from '@jupyterlab/ui-components';
+import {
+  MenuSvg,
+  ReactWidget,
+  ToolbarButtonComponent,
+  caretDownIcon
+} from '@jupyterlab/ui-components';
+import { Menu } from '@lumino/widgets';
 import * as React from 'react';
 
 import { serverInfo } from './api';
@@ -109,30 +115,61 @@ function describeKnown(snapshot: NotebookSnapshot, trans: TranslationBundle): st
   }
 }
 
-/** The toolbar item: shows the notebook's snapshot state and acts on it when clicked. */
+/** The toolbar item: shows the notebook's snapshot state and acts on it when clicked; its caret opens a menu. */
 export class SnapshotToolbarItem extends ReactWidget {
+  private readonly menu: MenuSvg;
+
   constructor(
     private readonly snapshot: NotebookSnapshot,
     private readonly dialogs: ISessionContextDialogs,
-    private readonly trans: TranslationBundle
+    private readonly trans: TranslationBundle,
+    commands: Menu.IOptions['commands'],
+    menuCommands: string[]
   ) {
     super();
     this.addClass('jp-SnapKernel-status');
+    this.menu = new MenuSvg({ commands });
+    this.menu.addClass('jp-SnapKernel-menu');
+    for (const command of menuCommands) {
+      this.menu.addItem({ command });
+    }
     this.sync();
     snapshot.changed.connect(this.sync, this);
+  }
+
+  dispose(): void {
+    this.menu.dispose();
+    super.dispose();
   }
 
   protected render(): JSX.Element {
     const { label, tooltip } = describe(this.snapshot, this.trans);
     return (
-      <ToolbarButtonComponent
-        className="jp-SnapKernel-button"
-        dataset={{ 'snapkernel-state': this.snapshot.state }}
-        label={label}
-        tooltip={tooltip}
-        onClick={() => void this.act()}
-      />
+      <>
+        <ToolbarButtonComponent
+          className="jp-SnapKernel-button"
+          dataset={{ 'snapkernel-state': this.snapshot.state }}
+          label={label}
+          tooltip={tooltip}
+          onClick={() => void this.act()}
+        />
+        <ToolbarButtonComponent
+          className="jp-SnapKernel-menuButton"
+          icon={caretDownIcon}
+          tooltip={this.trans.__('More snapshot actions')}
+          onClick={() => this.openMenu()}
+        />
+      </>
     );
+  }
+
+  /** Open the item's menu under its caret, where a toolbar dropdown opens. */
+  private openMenu(): void {
+    const caret = this.node.querySelector('.jp-SnapKernel-menuButton') ?? this.node;
+    const { left, bottom } = caret.getBoundingClientRect();
+    // Commands are enabled for the current notebook: the one whose toolbar was clicked.
+    this.snapshot.panel.activate();
+    this.menu.open(left, bottom, { forceX: false, forceY: true });
   }
 
   /** Show the current state on the node (for styles; the button has it once rendered) and render again. */

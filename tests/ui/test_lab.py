@@ -569,3 +569,100 @@ def test_setup_slider_moved_after_restart_and_run_all_changes_the_kernel_value(
         time.sleep(0.1)
     shots.take_page(page, "restored-widget")
     assert last.locator(".jp-OutputArea-output").inner_text().strip() == "value 7"
+
+
+CORPUS = REPO / "tests" / "notebooks" / "corpus"
+CHECK_DIALOG = ".jp-Dialog [data-snapkernel-check]"
+# A hook that changes a value only in restored kernels: a restore difference made on purpose.
+HOOKED_SETUP = [
+    "from jupyter_snapkernel import after_restore\nthreshold = 10\n"
+    "@after_restore\ndef loosen():\n    global threshold\n    threshold = 11"
+]
+HOOKED_AFTER = ["print('rows kept:', 3)", "print('threshold', threshold)", "print('after it')"]
+
+
+def check_result(page: Page, timeout_s: float = 600) -> Locator:
+    """Wait for the check's result dialog (a check builds, then runs the notebook cold and restored twice)."""
+    dialog = page.locator(CHECK_DIALOG)
+    dialog.wait_for(timeout=timeout_s * 1000)
+    return dialog
+
+
+def around(*targets: Locator, margin: float = 6) -> FloatRect:
+    """The smallest region of the page that shows every target, with a margin."""
+    boxes = [target.bounding_box() for target in targets]
+    assert all(box is not None for box in boxes), "an element to screenshot is not visible"
+    left = min(box["x"] for box in boxes if box) - margin
+    top = min(box["y"] for box in boxes if box) - margin
+    right = max(box["x"] + box["width"] for box in boxes if box) + margin
+    bottom = max(box["y"] + box["height"] for box in boxes if box) + margin
+    return FloatRect(x=max(left, 0), y=max(top, 0), width=right - max(left, 0), height=bottom - max(top, 0))
+
+
+def run_from_palette(page: Page, label: str, timeout_s: float = 60) -> None:
+    """Run a command by its label from the command palette, as a person does.
+
+    The palette closes when the focus moves (as it does while a notebook and its kernel load): open it again.
+    """
+    search = page.locator(".lm-CommandPalette-input")
+    active = page.locator(".lm-CommandPalette-item.lm-mod-active", has_text=label)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            page.evaluate("window.jupyterapp.commands.execute('apputils:activate-command-palette')")
+            search.fill(label, timeout=2000)
+            active.wait_for(timeout=2000)
+            search.press("Enter")  # the palette re-renders its items as commands change: no click on one
+            return
+        except PlaywrightTimeoutError:
+            assert time.monotonic() < deadline, f"the command palette did not run {label!r} in {timeout_s} s"
+
+
+def test_check_from_the_toolbar_menu_and_the_palette_shows_equal_or_the_differing_cell(
+    tmp_path: Path, browser_page: Page, shots: Screenshots
+) -> None:
+    page = browser_page
+    (tmp_path / "notebooks").mkdir()
+    shutil.copytree(CORPUS / "data", tmp_path / "notebooks" / "data")
+    shutil.copyfile(CORPUS / "sales_by_region.ipynb", tmp_path / "notebooks" / "sales_by_region.ipynb")
+    with start_lab(tmp_path) as lab:
+        tiny_notebook(lab.root, "hooked.ipynb", HOOKED_SETUP, 0, HOOKED_AFTER)
+
+        # A corpus notebook, checked from the toolbar item's menu: restored runs equal cold runs.
+        open_notebook(page, lab, "sales_by_region.ipynb")
+        wait_for_state(page, "none", timeout_s=120)
+        item(page).locator(".jp-SnapKernel-menuButton").click()
+        entry = page.locator(".jp-SnapKernel-menu .lm-Menu-item", has_text="Check Restored Against Cold")
+        entry.wait_for(timeout=10_000)
+        shots.clip(page, "check-menu", around(item(page), page.locator(".jp-SnapKernel-menu")), doc=True)
+        entry.click()
+        page.wait_for_selector("text=Checking sales_by_region.ipynb", timeout=30_000)
+        equal = check_result(page)
+        assert equal.get_attribute("data-snapkernel-check") == "equal", equal.inner_text()
+        assert equal.inner_text().startswith("equal: 2 restored runs showed what 2 cold runs showed")
+        assert (
+            page.locator(".jp-Dialog .jp-Dialog-header").inner_text() == "sales_by_region.ipynb: restored equals cold"
+        )
+        shots.take(page.locator(".jp-Dialog .jp-Dialog-content"), "check-equal", doc=True)
+        page.locator(".jp-Dialog button", has_text="Close").click()
+        wait_for_state(page, "ready", timeout_s=60)  # the check built the snapshot the toolbar now offers
+
+        # The notebook with a hook that changes a value only after restores, checked from the palette.
+        open_notebook(page, lab, "hooked.ipynb")  # the workspace reopens the corpus notebook too
+        page.wait_for_function(f"() => {CURRENT}?.context?.path === 'hooked.ipynb'", timeout=60_000)
+        wait_for_idle_kernel(page)
+        panel(page).locator(".jp-Notebook .jp-Cell .jp-InputPrompt").first.click()  # focus it: commands act on it
+        run_from_palette(page, "Check Restored Against Cold")
+        different = check_result(page)
+        header = page.locator(".jp-Dialog .jp-Dialog-header").inner_text()
+        assert header == "hooked.ipynb: restored differs from cold", different.inner_text()
+        assert different.get_attribute("data-snapkernel-check") == "different", different.inner_text()
+        cell = different.locator(".jp-SnapKernel-checkDifference")
+        assert cell.get_attribute("data-snapkernel-cell") == "3"  # after the title
+        assert "First differing cell: cell 4 print('threshold', threshold)" in cell.inner_text()
+        assert cell.locator(".jp-SnapKernel-checkCold").inner_text().strip() == "threshold 10"
+        assert cell.locator(".jp-SnapKernel-checkRestored").inner_text().strip() == "threshold 11"
+        assert "@after_restore" in cell.locator(".jp-SnapKernel-checkHint").inner_text()
+        shots.take(page.locator(".jp-Dialog .jp-Dialog-content"), "check-different", doc=True)
+        page.locator(".jp-Dialog button", has_text="Go to Cell").click()
+        page.wait_for_function(f"() => {CURRENT}.content.activeCellIndex === 3", timeout=10_000)
