@@ -72,7 +72,7 @@ def test_figure_made_after_a_setup_without_pyplot_is_shown_inline(tmp_path: Path
     first, _, _ = restored_twice_and_cold(book, tmp_path / "store")
     inline = "module://matplotlib_inline.backend_inline"
     assert first.cells[1][0] == f"{inline} {inline}\n", first.cells[1]
-    assert "<image/png>" in first.cells[1][1], "the figure is shown inline, as in the cold run"
+    assert "<image/png sha256:" in first.cells[1][1], "the figure is shown inline, as in the cold run"
 
 
 def test_figure_made_after_a_setup_that_imported_pyplot_is_shown_inline(tmp_path: Path) -> None:
@@ -83,7 +83,7 @@ def test_figure_made_after_a_setup_that_imported_pyplot_is_shown_inline(tmp_path
         [PLOT_AFTER_SETUP],
     )
     first, _, _ = restored_twice_and_cold(book, tmp_path / "store")
-    assert "<image/png>" in first.cells[1][1], first.cells[1]
+    assert "<image/png sha256:" in first.cells[1][1], first.cells[1]
 
 
 def test_launch_that_chooses_a_backend_keeps_it_when_the_setup_did_not_plot(tmp_path: Path) -> None:
