@@ -120,7 +120,7 @@ def remove(args: argparse.Namespace) -> int:
     return 0
 
 
-def collect(args: argparse.Namespace) -> int:
+def clean_up(args: argparse.Namespace) -> int:
     """Remove corrupt entries, replaced snapshots and leftovers, then old snapshots, then keep under the quota."""
     store = open_store(args.store)
     # As in the server's settings, a limit of 0 means no limit.
@@ -449,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="keep the store at most this large (0: no limit, as SnapKernelSettings.quota_bytes)",
     )
-    gc_parser.set_defaults(handler=collect)
+    gc_parser.set_defaults(handler=clean_up)
     return parser
 
 

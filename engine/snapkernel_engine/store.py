@@ -309,7 +309,9 @@ class SnapshotStore(SnapshotLookup):
                 criu_binary=criu_binary, gpu_state=gpu_state, cuda_driver=cuda_driver,
             )  # fmt: skip
             files = seal(staging, staging / IMAGES, self.dir_mode, self.file_mode)
-            manifest = self._describe(snapshot_id, key, pid, dumped, files, labels or {}, inputs or {})
+            manifest = _manifest_of(
+                self.environment_extra, snapshot_id, key, pid, dumped, files, labels or {}, inputs or {}
+            )
             self._publish(staging, manifest)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -322,36 +324,6 @@ class SnapshotStore(SnapshotLookup):
                 if older.key == key:
                     retention.try_delete(self, older.id)  # one being restored now is left to a later clean-up
         return manifest
-
-    def _describe(
-        self,
-        snapshot_id: str,
-        key: str,
-        pid: int,
-        dumped: DumpResult,
-        files: dict[str, FileRecord],
-        labels: Mapping[str, str],
-        inputs: Mapping[str, Any],
-    ) -> Manifest:
-        """The manifest of a tree just dumped: its files, what it ran on, and what CRIU found in it."""
-        return Manifest(
-            id=snapshot_id,
-            key=key,
-            created=utcnow(),
-            size_bytes=sum(record.size for record in files.values()),
-            rss_bytes=dumped.rss_bytes,
-            dump_duration_s=round(dumped.duration_s, 3),
-            pid=pid,
-            versions={"criu": dumped.criu_version, "python": platform.python_version(), "engine": __version__},
-            environment=environment_fingerprint(self.environment_extra),
-            hardware=hardware_fingerprint(),
-            files=files,
-            pipes=dumped.pipes,
-            labels=dict(labels),
-            cuda_pids=dumped.cuda_pids,
-            inputs=dict(inputs),
-            held_files=dumped.held_files,
-        )
 
     def _publish(self, staging: Path, manifest: Manifest) -> None:
         """Write the manifest and the lock into the sealed staging folder, then move it into place at once."""
@@ -399,7 +371,7 @@ class SnapshotStore(SnapshotLookup):
 
         try:
             manifest = self.verify(snapshot_id, key=key, mode=verify)
-            inherit = self._inherited_fds(manifest, pipes or {})
+            inherit = _inherited_fds(manifest, pipes or {})
             held.append(self._new_work_folder(work))
             tree = restore_tree(
                 directory / IMAGES, work, inherit_fds=inherit, criu_binary=criu_binary,
@@ -413,17 +385,6 @@ class SnapshotStore(SnapshotLookup):
             os.utime(directory / LOCK)  # when it was last used, for the clean-up
         _release_once_loaded(tree, release)
         return tree
-
-    @staticmethod
-    def _inherited_fds(manifest: Manifest, pipes: Mapping[str, int]) -> dict[str, int]:
-        """The fds a restore hands over, by the pipe each replaces; refuse names the snapshot has no pipe for."""
-        unknown = sorted(set(pipes) - manifest.pipes.keys())
-        if unknown:
-            raise VerificationError(
-                f"snapshot {manifest.id} has no pipe named {', '.join(unknown)} "
-                f"(it has: {', '.join(sorted(manifest.pipes)) or 'none'})"
-            )
-        return {manifest.pipes[name]: fd for name, fd in pipes.items()}
 
     def _new_work_folder(self, work: Path) -> int:
         """Create a restore's work folder, locked while the restore needs it (a killed server's is a leftover)."""
@@ -482,3 +443,45 @@ def _release_once_loaded(tree: RestoredTree, release: Callable[[], None]) -> Non
         release()
 
     threading.Thread(target=release_when_loaded, daemon=True).start()
+
+
+def _manifest_of(
+    environment_extra: Mapping[str, str],
+    snapshot_id: str,
+    key: str,
+    pid: int,
+    dumped: DumpResult,
+    files: dict[str, FileRecord],
+    labels: Mapping[str, str],
+    inputs: Mapping[str, Any],
+) -> Manifest:
+    """The manifest of a tree just dumped: its files, what it ran on, and what CRIU found in it."""
+    return Manifest(
+        id=snapshot_id,
+        key=key,
+        created=utcnow(),
+        size_bytes=sum(record.size for record in files.values()),
+        rss_bytes=dumped.rss_bytes,
+        dump_duration_s=round(dumped.duration_s, 3),
+        pid=pid,
+        versions={"criu": dumped.criu_version, "python": platform.python_version(), "engine": __version__},
+        environment=environment_fingerprint(environment_extra),
+        hardware=hardware_fingerprint(),
+        files=files,
+        pipes=dumped.pipes,
+        labels=dict(labels),
+        cuda_pids=dumped.cuda_pids,
+        inputs=dict(inputs),
+        held_files=dumped.held_files,
+    )
+
+
+def _inherited_fds(manifest: Manifest, pipes: Mapping[str, int]) -> dict[str, int]:
+    """The fds a restore hands over, by the pipe each replaces; refuse names the snapshot has no pipe for."""
+    unknown = sorted(set(pipes) - manifest.pipes.keys())
+    if unknown:
+        raise VerificationError(
+            f"snapshot {manifest.id} has no pipe named {', '.join(unknown)} "
+            f"(it has: {', '.join(sorted(manifest.pipes)) or 'none'})"
+        )
+    return {manifest.pipes[name]: fd for name, fd in pipes.items()}
