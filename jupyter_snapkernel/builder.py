@@ -232,7 +232,7 @@ def keep_within_limits(store: SnapshotStore, manifest: Manifest, quota_bytes: in
     """
     problem = quota_problem(manifest.size_bytes, quota_bytes)
     if problem is None:
-        store.enforce_limits(quota_bytes=quota_bytes, max_snapshots=max_snapshots)
+        store.clean_up(quota_bytes=quota_bytes or None, max_snapshots=max_snapshots or None)
         return
     with contextlib.suppress(SnapshotBusy, SnapshotNotFound):  # a busy one goes at the next gc
         store.delete(manifest.id)

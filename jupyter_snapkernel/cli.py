@@ -21,7 +21,7 @@ from . import env_names
 from .config import SnapKernelSettings
 from .paths import default_store_root, open_store, reading_store
 from .setup_section import NotebookError, read_notebook, read_setup_section
-from .status import refusal, snapshot_state, snapshot_summary
+from .status import refusal, snapshot_summary
 
 if TYPE_CHECKING:
     from .check import CheckResult
@@ -85,7 +85,7 @@ def list_snapshots(args: argparse.Namespace) -> int:
     """List the store's snapshots, and the entries that are not usable snapshots (`gc` removes those)."""
     store = open_store(args.store)
     manifests, corrupt = store.listing()
-    states = {manifest.id: snapshot_state(store, manifest) for manifest in manifests}
+    states = {manifest.id: store.condition(manifest) for manifest in manifests}
     if args.json:
         rows = [snapshot_summary(store, manifest) for manifest in manifests]
         rows += [{"id": entry.id, "state": "corrupt", "reason": entry.reason} for entry in corrupt]
@@ -96,8 +96,8 @@ def list_snapshots(args: argparse.Namespace) -> int:
         return 0
     print(f"{'ID':<14}{'CREATED':<34}{'SIZE':>10}  {'KEY':<18}STATE")
     for manifest in manifests:
-        state, reasons = states[manifest.id]
-        shown = state if state == "ready" else f"{state}: {'; '.join(reasons)}"
+        condition = states[manifest.id]
+        shown = condition.state if condition.state == "ready" else f"{condition.state}: {'; '.join(condition.reasons)}"
         print(
             f"{manifest.id:<14}{manifest.created:<34}{_human_size(manifest.size_bytes):>10}  "
             f"{manifest.key[:16]:<18}{shown}"
@@ -120,7 +120,7 @@ def remove(args: argparse.Namespace) -> int:
     return 0
 
 
-def collect(args: argparse.Namespace) -> int:
+def clean_up(args: argparse.Namespace) -> int:
     """Remove corrupt entries, replaced snapshots and leftovers, then old snapshots, then keep under the quota."""
     store = open_store(args.store)
     # As in the server's settings, a limit of 0 means no limit.
@@ -449,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="keep the store at most this large (0: no limit, as SnapKernelSettings.quota_bytes)",
     )
-    gc_parser.set_defaults(handler=collect)
+    gc_parser.set_defaults(handler=clean_up)
     return parser
 
 

@@ -174,22 +174,13 @@ def _megabytes(size_bytes: int) -> str:
     return f"{size_bytes / 1e6:.1f} MB" if size_bytes < 10e6 else f"{size_bytes / 1e6:.0f} MB"
 
 
-def snapshot_state(store: SnapshotStore, manifest: Manifest) -> tuple[str, list[str]]:
-    """One snapshot's state here (ready, stale, or unusable once a restore of it failed for good) and why."""
-    failure = store.unusable_reason(manifest.id)
-    if failure is not None:
-        return "unusable", [failure]
-    reasons = store.mismatches(manifest)
-    return ("stale" if reasons else "ready"), reasons
-
-
 def snapshot_summary(store: SnapshotStore, manifest: Manifest) -> dict[str, Any]:
     """What `list --json` and the REST API say of one snapshot."""
-    state, reasons = snapshot_state(store, manifest)
+    condition = store.condition(manifest)
     return {
         "id": manifest.id,
-        "state": state,
-        "reasons": reasons,
+        "state": condition.state,
+        "reasons": condition.reasons,
         "setup_hash": manifest.key,
         "notebook": manifest.labels.get("notebook"),
         "created": manifest.created,
@@ -199,7 +190,7 @@ def snapshot_summary(store: SnapshotStore, manifest: Manifest) -> dict[str, Any]
         "environment": manifest.environment,
         "versions": manifest.versions,
         "labels": manifest.labels,
-        "stale": reasons if state == "stale" else [],
+        "stale": condition.reasons if condition.state == "stale" else [],
     }
 
 

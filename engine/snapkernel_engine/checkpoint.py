@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,42 +176,17 @@ def dump_tree(
     privileges = privileges or current()
     binary = find_criu(criu_binary)
     version = require_supported(binary)
-    if privileges.mode == "unavailable":
-        raise CheckpointError(f"snapshots are unavailable here: {privileges.detail} (fix: {privileges.fix})")
-    if not process.is_alive(pid):
-        raise CheckpointError(f"process {pid} does not exist")
-    if os.getsid(pid) != pid:
-        raise CheckpointError(
-            f"process {pid} is not a session leader: CRIU can only dump a tree whose root "
-            "started its own session (start it with setsid / start_new_session=True)"
-        )
+    _refuse_undumpable_root(pid, privileges)
     keys = pipe_keys(pid, pipes or {})
     members = process.tree(pid)
     _refuse_what_restores_cannot_recreate(members)
     if privileges.mode == "user-namespace":
         _refuse_user_namespace_limits(pid, members)
-    driver = cuda_driver if cuda_driver is not None else system_driver()
-    if driver is None:
-        on_gpu = [member for member in members if uses_nvidia_devices(member)]
-        if on_gpu:
-            raise CheckpointError(
-                f"process {on_gpu[0]} uses the GPU, but this machine's NVIDIA driver has no CUDA checkpoint "
-                "API (driver >= 570 needed)"
-            )
-        cuda_pids: list[int] = []
-    else:
-        cuda_pids = cuda_processes(driver, members)
-    if cuda_pids and not gpu_state:
-        raise CheckpointError(
-            f"process {cuda_pids[0]} has initialised CUDA, but GPU state is excluded from this snapshot: "
-            "do not use the GPU before the snapshot (e.g. no torch.cuda or .to('cuda') in the setup cells), "
-            "or include GPU state"
-        )
+    driver, cuda_pids = _gpu_state_to_move(members, cuda_driver, gpu_state)
     rss = process.tree_rss_bytes(pid)
     held_files = fingerprint_held_files(members)
     images_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-
     if privileges.mode == "capability" and privileges.dump_criu:
         binary = privileges.dump_criu
     elif privileges.mode == "user-namespace":
@@ -220,31 +196,9 @@ def dump_tree(
     client.opts.images_dir = str(images_dir)
     client.opts.leave_running = leave_running
     client.opts.log_file = DUMP_LOG
-    # A CRIU inside the kernel's user namespace cannot open our fds through /proc (no CAP_SYS_PTRACE
-    # in our namespace): it logs into the images dir, and the log is moved to the work dir after.
     in_user_namespace = privileges.mode == "user-namespace"
-    work_fd = os.open(work_dir, os.O_DIRECTORY)
-    try:
-        if not in_user_namespace:
-            client.opts.work_dir_fd = work_fd
-        started = time.perf_counter()
-        try:
-            with gpu_state_in_host_memory(driver, cuda_pids, lock_timeout_ms=lock_timeout_ms, resume=leave_running):
-                try:
-                    client.dump()
-                except Exception as error:
-                    raise CheckpointError(
-                        f"CRIU refused to dump process {pid}: {error}", log_excerpt(work_dir / DUMP_LOG)
-                    ) from error
-        except CudaError as error:
-            raise CheckpointError(
-                f"could not move the GPU state of process {error.pid} to host memory: {error}"
-            ) from error
-        duration = time.perf_counter() - started
-    finally:
-        os.close(work_fd)
-        if in_user_namespace and (images_dir / DUMP_LOG).exists():
-            os.replace(images_dir / DUMP_LOG, work_dir / DUMP_LOG)
+    with _gpu_state_in_host_memory(driver, cuda_pids, lock_timeout_ms, leave_running):
+        duration = _run_dump(client, pid, images_dir, work_dir, in_user_namespace)
     return DumpResult(
         pid=pid,
         rss_bytes=rss,
@@ -254,3 +208,74 @@ def dump_tree(
         cuda_pids=cuda_pids,
         held_files=held_files,
     )
+
+
+def _refuse_undumpable_root(pid: int, privileges: Privileges) -> None:
+    """Refuse, before anything is written, a dump this mode cannot make or a root CRIU cannot dump."""
+    if privileges.mode == "unavailable":
+        raise CheckpointError(f"snapshots are unavailable here: {privileges.detail} (fix: {privileges.fix})")
+    if not process.is_alive(pid):
+        raise CheckpointError(f"process {pid} does not exist")
+    if os.getsid(pid) != pid:
+        raise CheckpointError(
+            f"process {pid} is not a session leader: CRIU can only dump a tree whose root "
+            "started its own session (start it with setsid / start_new_session=True)"
+        )
+
+
+def _gpu_state_to_move(
+    members: list[int], cuda_driver: CudaDriver | None, gpu_state: bool
+) -> tuple[CudaDriver | None, list[int]]:
+    """The CUDA driver and the members whose GPU state the dump moves to host memory; refuse a tree on the GPU
+    that this machine's driver cannot checkpoint, or whose GPU state this snapshot excludes."""
+    driver = cuda_driver if cuda_driver is not None else system_driver()
+    if driver is None:
+        on_gpu = [member for member in members if uses_nvidia_devices(member)]
+        if on_gpu:
+            raise CheckpointError(
+                f"process {on_gpu[0]} uses the GPU, but this machine's NVIDIA driver has no CUDA checkpoint "
+                "API (driver >= 570 needed)"
+            )
+        return None, []
+    cuda_pids = cuda_processes(driver, members)
+    if cuda_pids and not gpu_state:
+        raise CheckpointError(
+            f"process {cuda_pids[0]} has initialised CUDA, but GPU state is excluded from this snapshot: "
+            "do not use the GPU before the snapshot (e.g. no torch.cuda or .to('cuda') in the setup cells), "
+            "or include GPU state"
+        )
+    return driver, cuda_pids
+
+
+@contextmanager
+def _gpu_state_in_host_memory(
+    driver: CudaDriver | None, cuda_pids: list[int], lock_timeout_ms: int, resume: bool
+) -> Iterator[None]:
+    """Hold the tree's GPU state in host memory during the dump; one CheckpointError if it cannot move."""
+    try:
+        with gpu_state_in_host_memory(driver, cuda_pids, lock_timeout_ms=lock_timeout_ms, resume=resume):
+            yield
+    except CudaError as error:
+        raise CheckpointError(f"could not move the GPU state of process {error.pid} to host memory: {error}") from error
+
+
+def _run_dump(client: Any, pid: int, images_dir: Path, work_dir: Path, in_user_namespace: bool) -> float:
+    """Run CRIU's dump through its RPC client; return how long it took, or raise with its log's excerpt."""
+    # A CRIU inside the kernel's user namespace cannot open our fds through /proc (no CAP_SYS_PTRACE
+    # in our namespace): it logs into the images dir, and the log is moved to the work dir after.
+    work_fd = os.open(work_dir, os.O_DIRECTORY)
+    try:
+        if not in_user_namespace:
+            client.opts.work_dir_fd = work_fd
+        started = time.perf_counter()
+        try:
+            client.dump()
+        except Exception as error:
+            raise CheckpointError(
+                f"CRIU refused to dump process {pid}: {error}", log_excerpt(work_dir / DUMP_LOG)
+            ) from error
+        return time.perf_counter() - started
+    finally:
+        os.close(work_fd)
+        if in_user_namespace and (images_dir / DUMP_LOG).exists():
+            os.replace(images_dir / DUMP_LOG, work_dir / DUMP_LOG)

@@ -222,59 +222,82 @@ def restore_tree(
     unprivileged = restores_in_user_namespace()
     if lazy and unprivileged:
         raise RestoreError(LAZY_NEEDS_ROOT)
-    driver = cuda_driver if cuda_driver is not None else (system_driver() if cuda_pids else None)
-    if cuda_pids and driver is None:
-        raise RestoreError("the snapshot holds GPU state, but this machine has no CUDA driver with the checkpoint API")
+    driver = _cuda_driver_for(cuda_pids, cuda_driver)
     binary = find_criu(criu_binary)
     require_supported(binary)
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        raise CriuUnavailable("`unshare` (util-linux) is required to restore into new namespaces")
+    command = _launcher_command(binary, images_dir, work_dir, unprivileged, own_network)
     inherit_fds = dict(inherit_fds or {})
     work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     status_read, status_write = os.pipe()
-    if unprivileged:
-        prefix = in_user_namespace_command(net=own_network)
-    else:
-        namespaces = ["--pid", "--mount", *(["--net"] if own_network else [])]
-        prefix = [unshare, *namespaces, "--fork", "--mount-proc", "--kill-child"]
-    command = [
-        *prefix, sys.executable, *INIT_PYTHON_FLAGS, "-m", "snapkernel_engine.restore_init",
-        "--criu", binary, "--images", str(images_dir), "--work", str(work_dir),
-        "--status-fd", str(status_write),
+    command += [
+        f"--status-fd={status_write}", *(f"--inherit={key}={fd}" for key, fd in inherit_fds.items()),
+        *(["--lazy"] if lazy else []), *(["--unprivileged"] if unprivileged else []),
+        *(["--loopback-up"] if own_network else []), *(["--leave-stopped"] if stopped else []),
     ]  # fmt: skip
-    command += [f"--inherit={key}={fd}" for key, fd in inherit_fds.items()]
     passed = [status_write, *inherit_fds.values()]
-    owner_fd = None
-    if lazy:
-        command.append("--lazy")
-    if unprivileged:
-        command.append("--unprivileged")
-    if own_network:
-        command.append("--loopback-up")
-    if stopped:
-        command.append("--leave-stopped")
-    if tie_to_caller:
-        owner_fd = os.pidfd_open(os.getpid())
+    owner_fd = os.pidfd_open(os.getpid()) if tie_to_caller else None
+    if owner_fd is not None:
         command.append(f"--watch-fd={owner_fd}")
         passed.append(owner_fd)
-    environment = package_environment()
     oom_kills_before = process.memory_oom_kills()
     try:
-        with open(work_dir / INIT_LOG, "wb") as init_log:
-            launcher = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=init_log,
-                stderr=init_log,
-                pass_fds=passed,
-                start_new_session=True,
-                env=environment,
-            )
+        launcher = _start_launcher(command, passed, work_dir)
     finally:
         os.close(status_write)
         if owner_fd is not None:
             os.close(owner_fd)
+    pages_loaded, status = _await_restore(status_read, launcher, timeout, work_dir, images_dir, oom_kills_before)
+    return _restored_tree(launcher, int(str(status["pid"])), pages_loaded, list(cuda_pids), driver)
+
+
+def _cuda_driver_for(cuda_pids: Sequence[int], cuda_driver: CudaDriver | None) -> CudaDriver | None:
+    """The driver that puts a snapshot's GPU state back (None: it holds none); refuse a machine without one."""
+    driver = cuda_driver if cuda_driver is not None else (system_driver() if cuda_pids else None)
+    if cuda_pids and driver is None:
+        raise RestoreError("the snapshot holds GPU state, but this machine has no CUDA driver with the checkpoint API")
+    return driver
+
+
+def _launcher_command(binary: str, images_dir: Path, work_dir: Path, unprivileged: bool, net: bool) -> list[str]:
+    """The command that starts the restore helper in new namespaces (user ones too, unless this is root)."""
+    if unprivileged:
+        prefix = in_user_namespace_command(net=net)
+    else:
+        unshare = shutil.which("unshare")
+        if unshare is None:
+            raise CriuUnavailable("`unshare` (util-linux) is required to restore into new namespaces")
+        namespaces = ["--pid", "--mount", *(["--net"] if net else [])]
+        prefix = [unshare, *namespaces, "--fork", "--mount-proc", "--kill-child"]
+    return [
+        *prefix, sys.executable, *INIT_PYTHON_FLAGS, "-m", "snapkernel_engine.restore_init",
+        "--criu", binary, "--images", str(images_dir), "--work", str(work_dir),
+    ]  # fmt: skip
+
+
+def _start_launcher(command: list[str], passed: list[int], work_dir: Path) -> subprocess.Popen[bytes]:
+    """Start the restore helper in a session of its own, its output into the work folder's log."""
+    with open(work_dir / INIT_LOG, "wb") as init_log:
+        return subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=init_log,
+            stderr=init_log,
+            pass_fds=passed,
+            start_new_session=True,
+            env=package_environment(),
+        )
+
+
+def _await_restore(
+    status_read: int,
+    launcher: subprocess.Popen[bytes],
+    timeout: float,
+    work_dir: Path,
+    images_dir: Path,
+    oom_kills_before: int | None,
+) -> tuple[threading.Event, dict[str, Any]]:
+    """Wait for the helper's report; return the event set once the memory is all in place, and the report.
+    Raise RestoreTimeout, or RestoreError saying why CRIU could not restore (the OOM killer, where it struck)."""
     try:
         status = _read_status(status_read, launcher, timeout, work_dir / RESTORE_LOG)
     except BaseException as error:
@@ -297,18 +320,26 @@ def restore_tree(
         if oom_kills_before is not None and oom_kills is not None and oom_kills > oom_kills_before:
             reason = f"{OUT_OF_MEMORY_MARK}: the memory cgroup's OOM killer ended the restore; {reason}"
         raise RestoreError(f"CRIU could not restore {images_dir}: {reason}", str(status.get("log", "")))
-    ns_pid = int(str(status["pid"]))
+    return pages_loaded, status
+
+
+def _restored_tree(
+    launcher: subprocess.Popen[bytes],
+    ns_pid: int,
+    pages_loaded: threading.Event,
+    cuda_pids: list[int],
+    driver: CudaDriver | None,
+) -> RestoredTree:
+    """The restored tree below the launcher's namespace init, its GPU state back on the GPU; killed on failure."""
     init_pids = process.children(launcher.pid)
     if len(init_pids) != 1:
         launcher.kill()
         launcher.wait()
         raise RestoreError(f"cannot find the namespace init below {launcher.pid}")
-    tree = None
     try:
-        host_pid = _host_pid_of(init_pids[0], ns_pid)
-        tree = RestoredTree(launcher, init_pids[0], host_pid, ns_pid, pages_loaded)
+        tree = RestoredTree(launcher, init_pids[0], _host_pid_of(init_pids[0], ns_pid), ns_pid, pages_loaded)
         if cuda_pids and driver is not None:
-            _put_gpu_state_back(tree, list(cuda_pids), driver)
+            _put_gpu_state_back(tree, cuda_pids, driver)
     except BaseException:
         os.kill(init_pids[0], signal.SIGKILL)
         launcher.wait()

@@ -6,12 +6,14 @@ import json
 import os
 import stat
 import time
+from pathlib import Path
 
 import pytest
 
 from snapkernel_engine import SnapshotBusy, SnapshotNotFound, SnapshotStore, StoreError
 from snapkernel_engine.fingerprint import environment_fingerprint, hardware_fingerprint
-from snapkernel_engine.store import MARKER, MARKER_FORMAT
+from snapkernel_engine.manifest import Manifest
+from snapkernel_engine.store import MARKER, MARKER_FORMAT, SnapshotCondition
 from tests.helpers import tree_digest
 
 from .conftest import Workload
@@ -134,3 +136,38 @@ def test_gc_removes_only_leftovers_named_as_snapkernel_names_them(store: Snapsho
     stranger.write_text("kept\n")
     store.clean_up()
     assert not leftover.exists() and stranger.read_text() == "kept\n"
+
+
+class CountingStore(SnapshotStore):
+    """A real store that counts how often it reads a snapshot folder (one read per snapshot per listing)."""
+
+    reads = 0
+
+    def _load(self, directory: Path) -> Manifest:
+        self.reads += 1
+        return super()._load(directory)
+
+
+def test_a_clean_up_lists_the_store_once_and_evicts_the_least_recently_used(tmp_path: Path, workload: Workload) -> None:
+    """Quota, count and replacement all work from one listing; the count goes by last use, not by age."""
+    store = CountingStore(tmp_path / "store")
+    first, second, third = (store.take_snapshot(workload.pid, f"{KEY}-{index}") for index in range(3))
+    now = time.time()
+    for manifest, used_ago in ((first, 10), (second, 300), (third, 200)):  # the oldest was restored last
+        os.utime(store.snapshots_dir / manifest.id / ".lock", (now - used_ago, now - used_ago))
+    store.reads = 0
+    total = first.size_bytes + second.size_bytes + third.size_bytes
+    assert store.clean_up(quota_bytes=total, max_snapshots=1) == [second.id, third.id]
+    assert store.reads == 3, "each snapshot read once: one listing"
+    assert [manifest.id for manifest in store.list()] == [first.id]
+
+
+def test_one_condition_says_ready_stale_or_unusable(store: SnapshotStore, workload: Workload) -> None:
+    """The lookup and the listing share one answer: an unusable snapshot is never offered, a stale one says why."""
+    manifest = store.take_snapshot(workload.pid, KEY)
+    assert store.condition(manifest) == SnapshotCondition("ready", [])
+    assert store.condition(manifest, lambda _: ["data.csv changed"]) == SnapshotCondition("stale", ["data.csv changed"])
+    store.mark_unusable(manifest.id, "CRIU cannot restore its sockets")
+    assert store.condition(manifest) == SnapshotCondition("unusable", ["CRIU cannot restore its sockets"])
+    usable, mismatched = store.usable_and_stale(KEY)
+    assert usable is None and [(found.manifest.id, found.unusable) for found in mismatched] == [(manifest.id, True)]

@@ -76,7 +76,7 @@ def test_trim_keeps_the_most_recently_used(tmp_path: Path) -> None:
     for index in range(3):
         notebook = write_notebook(tmp_path / f"nb{index}.ipynb", [f"value = {index}"], marked=0)
         ids.append(build_snapshot(notebook, store).id)
-    assert store.enforce_limits(max_snapshots=1) == ids[:2]
+    assert store.clean_up(max_snapshots=1) == ids[:2]
     assert [manifest.id for manifest in store.list()] == ids[2:]
 
 
