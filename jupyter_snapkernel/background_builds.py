@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from snapkernel_engine import Manifest, SnapshotError, SnapshotStore
+from snapkernel_engine.messages import CellDone, CellStarted
 
-from .builder import BuildError, build_snapshot, progress_line, write_queue_record
+from .builder import BuildError, BuildNote, BuildProgress, build_snapshot, progress_line, write_queue_record
 from .setup_section import SetupSection
 
 T = TypeVar("T")
@@ -42,15 +43,15 @@ class BackgroundBuild:
     work: Callable[[], Manifest] | None = None  # what runs in the build's thread once a place is free
     store: SnapshotStore | None = None  # where it publishes (and where its place in the queue is recorded)
 
-    def progress(self, event: dict[str, Any]) -> None:
+    def progress(self, event: BuildProgress) -> None:
         """Record a progress event of the build kernel."""
-        if event["event"] == "cell":
-            self.current_cell = int(event["index"]) + 1
+        if isinstance(event, CellStarted):
+            self.current_cell = event.index + 1
         line = progress_line(event, self.cells)
         if line:
             self.log.append(line)
-        if event["event"] == "cell_done":
-            for output in event.get("outputs", []):
+        if isinstance(event, CellDone):
+            for output in event.outputs:
                 if output["output_type"] == "stream":
                     self.log.extend(output["text"].splitlines())
         del self.log[:-LOG_LINES]
@@ -138,7 +139,7 @@ class BackgroundBuilds:
         build = BackgroundBuild(secrets.token_hex(6), notebook, section.setup_hash, len(section.cells))
         loop = asyncio.get_running_loop()
 
-        def progress(event: dict[str, Any]) -> None:
+        def progress(event: BuildProgress) -> None:
             loop.call_soon_threadsafe(build.progress, event)
 
         def build_then_tidy() -> Manifest:
@@ -152,7 +153,7 @@ class BackgroundBuilds:
                 except BuildError:
                     raise
                 except (SnapshotError, OSError) as error:  # the snapshot is there all the same
-                    progress({"event": "note", "text": f"store housekeeping failed: {error}"})
+                    progress(BuildNote(f"store housekeeping failed: {error}"))
             return manifest
 
         build.work, build.store = build_then_tidy, store

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
@@ -20,6 +21,17 @@ from typing import IO, Any
 from snapkernel_engine import CheckpointError, Manifest, SnapshotBusy, SnapshotError, SnapshotNotFound, SnapshotStore
 from snapkernel_engine.control_pipe import take_message, write_message
 from snapkernel_engine.inputs import fingerprint_inputs, inputs_folder
+from snapkernel_engine.messages import (
+    CellDone,
+    CellStarted,
+    KernelEvent,
+    KernelPipes,
+    Ready,
+    SetupFailed,
+    SetupRequest,
+    event_from_wire,
+    to_wire,
+)
 from snapkernel_engine.privileges import current, own_user_namespace_command
 from snapkernel_engine.process import linked_semaphores_mapped, tree, tree_rss_bytes
 from snapkernel_engine.store import store_write_error
@@ -38,7 +50,18 @@ from .status import (
     write_private_json,
 )
 
-Progress = Callable[[dict[str, Any]], None]
+
+@dataclass(frozen=True)
+class BuildNote:
+    """A step of a build that the builder itself reports (not the build kernel): its line of progress."""
+
+    text: str
+
+
+CHECKPOINTING = BuildNote("checkpointing the kernel")
+WAITING = BuildNote("waiting for the build already running (another server or terminal)")
+BuildProgress = KernelEvent | BuildNote
+Progress = Callable[[BuildProgress], None]
 
 
 class BuildError(SnapshotError):
@@ -58,17 +81,12 @@ NO_SPACE = "No space left on device"
 FILES_A_SNAPSHOT_NEEDS = 200  # image files of a kernel with some threads and children, and the store's own
 
 
-def progress_line(event: dict[str, Any], cells: int) -> str | None:
+def progress_line(event: BuildProgress, cells: int) -> str | None:
     """What a progress event of a build says to whoever watches it (None: nothing worth a line)."""
-    kind = event["event"]
-    if kind == "cell":
-        return f"running setup cell {int(event['index']) + 1}/{cells}"
-    if kind == "checkpoint":
-        return "checkpointing the kernel"
-    if kind == "waiting":
-        return "waiting for the build already running (another server or terminal)"
-    if kind == "note":
-        return str(event["text"])
+    if isinstance(event, CellStarted):
+        return f"running setup cell {event.index + 1}/{cells}"
+    if isinstance(event, BuildNote):
+        return event.text
     return None
 
 
@@ -86,7 +104,8 @@ def _drain(stream: IO[bytes], sink: list[str]) -> None:
         sink.append(line.decode(errors="replace"))
 
 
-def _read_event(fd: int, deadline: float, buffer: bytearray, cancel: threading.Event | None = None) -> dict[str, Any]:
+def _read_event(fd: int, deadline: float, buffer: bytearray, cancel: threading.Event | None = None) -> KernelEvent:
+    """Wait for the build kernel's next event (BuildTimeout, BuildCancelled, EOFError when it closed the pipe)."""
     while (message := take_message(buffer)) is None:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -99,7 +118,7 @@ def _read_event(fd: int, deadline: float, buffer: bytearray, cancel: threading.E
             if not chunk:
                 raise EOFError
             buffer += chunk
-    return message
+    return event_from_wire(message)
 
 
 def write_queue_record(store: SnapshotStore, setup_hashes: list[str]) -> None:
@@ -198,7 +217,7 @@ def _other_build_result(
             if waiting_since is None:  # another process builds these cells: wait for it
                 waiting_since = time.time()
                 if progress is not None:
-                    progress({"event": "waiting"})
+                    progress(WAITING)
             if cancel is not None and cancel.is_set():
                 raise BuildCancelled("the build was cancelled while it waited for another build") from None
             if time.monotonic() > deadline:
@@ -273,25 +292,11 @@ def _run_build(
     gpu_state: bool,
     cancel: threading.Event | None = None,
 ) -> Manifest:
+    """Run the setup cells in a new build kernel, then checkpoint it into the store."""
     control_read, control_write = os.pipe()
     report_read, report_write = os.pipe()
-    # Without a grant CRIU can only dump a kernel that runs in a user namespace of its own.
-    prefix = own_user_namespace_command() if current().mode == "user-namespace" else []
     environment = build_environment(notebook, store)
-    command = [
-        *prefix, sys.executable, "-m", "jupyter_snapkernel.kernelapp", "--snapshot-build",
-        f"--control-fd={control_read}", f"--report-fd={report_write}",
-    ]  # fmt: skip
-    kernel = subprocess.Popen(
-        command,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        pass_fds=(control_read, report_write),
-        cwd=notebook.parent,
-        env=environment,
-        start_new_session=True,  # CRIU dumps only a tree whose root leads its own session
-    )
+    kernel = _start_build_kernel(notebook, environment, control_read, report_write)
     # The kernel must not outlive this process, even when it is SIGKILLed (the kernel cannot carry a
     # parent-death signal: its snapshot would restore it too).
     watchdog = watch_for_owner(kernel.pid)
@@ -300,45 +305,19 @@ def _run_build(
     log: list[str] = []
     for stream in (kernel.stdout, kernel.stderr):
         threading.Thread(target=_drain, args=(stream, log), daemon=True).start()
-    deadline = time.monotonic() + timeout
-    buffer = bytearray()
     started = time.perf_counter()
-    running = "the kernel's start"
-    running_cell: int | None = None
-    cells_done = 0
     try:
-        write_message(control_write, {"cells": list(section.cells)})
-        while True:
-            try:
-                event = _read_event(report_read, deadline, buffer, cancel)
-            except BuildTimeout:
-                raise BuildTimeout(
-                    f"{running} of {notebook.name} was still running when the build's limit of {timeout:.0f} s "
-                    "ran out: raise the limit (SnapKernelSettings.build_timeout, or build --timeout) or make it faster"
-                ) from None
-            except EOFError:
-                kernel.wait(timeout=10)
-                raise _ended_early(kernel.returncode, notebook, section, running_cell, cells_done, log) from None
-            progress(event)
-            if event["event"] == "cell":
-                running = f"setup cell {int(event['index']) + 1}"
-                running_cell = int(event["index"])
-            if event["event"] == "cell_done":
-                running_cell, cells_done = None, int(event["index"]) + 1
-            if event["event"] == "failed":
-                where = f"setup cell {event['index'] + 1}" if event.get("index") is not None else "a hook"
-                raise BuildError(f"{where} of {notebook.name} failed:\n{event['error']}")
-            if event["event"] == "ready":
-                inputs = event.get("inputs") or {}
-                break
+        write_message(control_write, to_wire(SetupRequest(list(section.cells))))
+        ready = _await_ready(kernel, report_read, notebook, section, progress, timeout, cancel, log)
         setup_s = time.perf_counter() - started
-        progress({"event": "checkpoint"})
+        progress(CHECKPOINTING)
+        inputs = ready.inputs or {}
         return _publish(
             store,
             kernel.pid,
             section.setup_hash,
             labels={"notebook": str(notebook), "cells": str(len(section.cells)), "setup_s": f"{setup_s:.3f}"},
-            pipes={"stdin": 0, "stdout": 1, "stderr": 2, "control": control_read, "report": report_write},
+            pipes=KernelPipes(stdin=0, stdout=1, stderr=2, control=control_read, report=report_write).by_name(),
             leave_running=False,
             gpu_state=gpu_state,
             inputs=fingerprint_inputs(
@@ -354,6 +333,67 @@ def _run_build(
         watchdog.wait()
         for fd in (control_write, report_read):
             os.close(fd)
+
+
+def _start_build_kernel(
+    notebook: Path, environment: dict[str, str], control_fd: int, report_fd: int
+) -> subprocess.Popen[bytes]:
+    """Start the build kernel in the notebook's folder, holding the two control pipe ends it uses."""
+    # Without a grant CRIU can only dump a kernel that runs in a user namespace of its own.
+    prefix = own_user_namespace_command() if current().mode == "user-namespace" else []
+    command = [
+        *prefix, sys.executable, "-m", "jupyter_snapkernel.kernelapp", "--snapshot-build",
+        f"--control-fd={control_fd}", f"--report-fd={report_fd}",
+    ]  # fmt: skip
+    return subprocess.Popen(
+        command,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        pass_fds=(control_fd, report_fd),
+        cwd=notebook.parent,
+        env=environment,
+        start_new_session=True,  # CRIU dumps only a tree whose root leads its own session
+    )
+
+
+def _await_ready(
+    kernel: subprocess.Popen[bytes],
+    report_fd: int,
+    notebook: Path,
+    section: SetupSection,
+    progress: Progress,
+    timeout: float,
+    cancel: threading.Event | None,
+    log: list[str],
+) -> Ready:
+    """Follow the build kernel's events until it is ready for its checkpoint; raise BuildError saying what failed."""
+    deadline = time.monotonic() + timeout
+    buffer = bytearray()
+    running = "the kernel's start"
+    running_cell: int | None = None
+    cells_done = 0
+    while True:
+        try:
+            event = _read_event(report_fd, deadline, buffer, cancel)
+        except BuildTimeout:
+            raise BuildTimeout(
+                f"{running} of {notebook.name} was still running when the build's limit of {timeout:.0f} s "
+                "ran out: raise the limit (SnapKernelSettings.build_timeout, or build --timeout) or make it faster"
+            ) from None
+        except EOFError:
+            kernel.wait(timeout=10)
+            raise _ended_early(kernel.returncode, notebook, section, running_cell, cells_done, log) from None
+        progress(event)
+        if isinstance(event, CellStarted):
+            running, running_cell = f"setup cell {event.index + 1}", event.index
+        elif isinstance(event, CellDone):
+            running_cell, cells_done = None, event.index + 1
+        elif isinstance(event, SetupFailed):
+            where = f"setup cell {event.index + 1}" if event.index is not None else "a hook"
+            raise BuildError(f"{where} of {notebook.name} failed:\n{event.error}")
+        elif isinstance(event, Ready):
+            return event
 
 
 def _kill_build_kernel(kernel: subprocess.Popen[bytes]) -> None:

@@ -11,7 +11,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from snapkernel_engine import SnapshotError
 from snapkernel_engine.diagnostics import Check, cpu_snapshots_work, run_checks
@@ -24,6 +24,7 @@ from .setup_section import NotebookError, read_notebook, read_setup_section
 from .status import refusal, snapshot_state, snapshot_summary
 
 if TYPE_CHECKING:
+    from .builder import BuildProgress
     from .check import CheckResult
     from .headless import RunSummary
 
@@ -139,7 +140,7 @@ def build_notebook(args: argparse.Namespace) -> int:
     total = len(section.cells) if section else 0
     started = time.perf_counter()
 
-    def progress(event: dict[str, Any]) -> None:
+    def progress(event: BuildProgress) -> None:
         line = progress_line(event, total)
         if line and not args.quiet:
             print(f"[{time.perf_counter() - started:6.1f}s] {line}", file=sys.stderr)

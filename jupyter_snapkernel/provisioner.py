@@ -16,6 +16,7 @@ from jupyter_client.provisioning import LocalProvisioner
 from snapkernel_engine import Manifest, RestoredTree, SnapshotStore
 from snapkernel_engine.diagnostics import snapshot_blocker
 from snapkernel_engine.failures import RestoreFailure, classify_restore_failure
+from snapkernel_engine.messages import ResumeRequest
 from snapkernel_engine.restore import LAZY_NEEDS_ROOT, lazy_restore_supported
 
 from . import env_names
@@ -23,7 +24,7 @@ from .background_builds import background_builds
 from .builder import BuildCancelled, keep_within_limits, notebook_gpu_state
 from .config import SnapKernelSettings
 from .setup_section import NotebookError, SetupSection
-from .spares import SpareLimits, restore_awaiting_connection, spare_pool
+from .spares import SpareLimits, restore_off_the_loop, spare_pool
 from .status import forget_stale_restores, note_stale_restore, notebook_file_state, user_stores
 
 
@@ -254,27 +255,18 @@ class SnapKernelProvisioner(LocalProvisioner):
         waiting = spare_pool.take(manifest.id) if settings.spare_kernels else None
         from_spare = waiting is not None
         if waiting is None:
-            waiting = await asyncio.to_thread(
-                restore_awaiting_connection, store, manifest, lazy=lazy, timeout=settings.restore_timeout
-            )
+            waiting = await restore_off_the_loop(store, manifest, lazy=lazy, timeout=settings.restore_timeout)
         cwd = str(kwargs.get("cwd") or os.getcwd())
         assert self.parent is not None, "a provisioner launches for its kernel manager"
-        try:
-            waiting.channel.send(
-                connection_file=self.parent.connection_file,
-                env=kwargs.get("env") or dict(os.environ),
-                cwd=cwd,
-                snapshot=manifest.id,
-                restore_started=started,
-                from_spare=from_spare,
-            )
-            reply = await asyncio.wait_for(asyncio.to_thread(waiting.channel.receive), settings.restore_timeout)
-            if reply.get("event") != "resumed":
-                raise RuntimeError(reply.get("error") or f"unexpected reply {reply}")
-        except BaseException:
-            waiting.discard()
-            raise
-        waiting.close_pipes()
+        launch = ResumeRequest(
+            connection_file=self.parent.connection_file,
+            env=kwargs.get("env") or dict(os.environ),
+            cwd=cwd,
+            snapshot=manifest.id,
+            restore_started=started,
+            from_spare=from_spare,
+        )
+        await waiting.resume(launch, settings.restore_timeout)
         self.log.info(
             "snapkernel: restored %s from snapshot %s in %.2f s%s", kwargs.get("kernel_id", "kernel"), manifest.id,
             time.time() - started, " (a spare restored ahead)" if from_spare else "",
