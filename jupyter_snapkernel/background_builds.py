@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import secrets
 import threading
 import time
@@ -16,11 +17,15 @@ from typing import Any, TypeVar
 from snapkernel_engine import Manifest, SnapshotError, SnapshotStore
 from snapkernel_engine.messages import CellDone, CellStarted
 
-from .builder import BuildError, BuildNote, BuildProgress, build_snapshot, progress_line, write_queue_record
+from .answers import BuildAnswer
+from .builder import BuildProgress, build_within_limits, progress_line, write_queue_record
+from .config import SnapKernelSettings
 from .setup_section import SetupSection
+from .status import RunningBuild
 
 T = TypeVar("T")
 LOG_LINES = 200
+KEPT_BUILDS = 50  # finished builds a server remembers for GET builds and builds/ID
 
 
 @dataclass
@@ -56,22 +61,22 @@ class BackgroundBuild:
                     self.log.extend(output["text"].splitlines())
         del self.log[:-LOG_LINES]
 
-    def to_dict(self, queue_ahead: int | None = None) -> dict[str, Any]:
-        """The build as JSON-ready data; `queue_ahead` is how many queued builds run before this queued one."""
+    def to_dict(self, queue_ahead: int | None = None) -> BuildAnswer:
+        """The build as the REST API answers it; `queue_ahead` is how many queued builds run before this queued one."""
         end = self.finished or time.time()
-        return {
-            "id": self.id,
-            "path": str(self.notebook),
-            "setup_hash": self.setup_hash,
-            "state": self.state,
-            "queue_ahead": queue_ahead if self.state == "queued" else None,
-            "cells": self.cells,
-            "current_cell": self.current_cell,
-            "elapsed_s": round(end - self.started, 3),
-            "log": self.log,
-            "snapshot": self.snapshot.id if self.snapshot else None,
-            "error": self.error,
-        }
+        return BuildAnswer(
+            id=self.id,
+            path=str(self.notebook),
+            setup_hash=self.setup_hash,
+            state=self.state,
+            queue_ahead=queue_ahead if self.state == "queued" else None,
+            cells=self.cells,
+            current_cell=self.current_cell,
+            elapsed_s=round(end - self.started, 3),
+            log=self.log,
+            snapshot=self.snapshot.id if self.snapshot else None,
+            error=self.error,
+        )
 
 
 class BuildQueueFull(SnapshotError):
@@ -99,34 +104,33 @@ class BackgroundBuilds:
 
     def running(self, setup_hash: str) -> BackgroundBuild | None:
         """Return the queued or running build of a setup section."""
-        for build in self.builds.values():
+        for build in list(self.builds.values()):  # a copy: status questions ask from worker threads
             if build.setup_hash == setup_hash and build.state in ACTIVE_STATES and _loop_alive(build):
                 return build
         return None
 
+    def running_build(self, setup_hash: str) -> RunningBuild | None:
+        """This server's queued or running build of a setup section, as `status.notebook_state` reads it."""
+        build = self.running(setup_hash)
+        return None if build is None else RunningBuild(build.state, self.queue_ahead(build), build.id)
+
     def queue_ahead(self, build: BackgroundBuild) -> int | None:
         """How many queued builds run before this one (None: it is not queued)."""
-        return self.queue.index(build) if build in self.queue else None
+        queue = list(self.queue)  # a copy: asked from worker threads too
+        return queue.index(build) if build in queue else None
 
-    def describe(self, build: BackgroundBuild) -> dict[str, Any]:
+    def describe(self, build: BackgroundBuild) -> BuildAnswer:
         """A build as JSON-ready data, with its place in the queue."""
         return build.to_dict(self.queue_ahead(build))
 
     def start(
-        self,
-        notebook: Path,
-        section: SetupSection,
-        store: SnapshotStore,
-        timeout: float,
-        after_publish: Callable[[Manifest], object] | None = None,
-        gpu_state: bool | None = None,
+        self, notebook: Path, section: SetupSection, store: SnapshotStore, settings: SnapKernelSettings
     ) -> BackgroundBuild:
         """Queue a build (it starts at once when a place is free), or return the one queued or running
         for the same setup section; raise BuildQueueFull when the queue is full.
 
-        `after_publish` runs in the build's thread once the snapshot is published (store housekeeping:
-        it may take a while, and must not hold up the server's event loop). A BuildError from it fails
-        the build; other errors are noted in its log.
+        The build runs `build_within_limits` in its thread: the administrator's settings, then the
+        store's housekeeping, which may take a while and must not hold up the server's event loop.
         """
         running = self.running(section.setup_hash)
         if running is not None:
@@ -142,28 +146,24 @@ class BackgroundBuilds:
         def progress(event: BuildProgress) -> None:
             loop.call_soon_threadsafe(build.progress, event)
 
-        def build_then_tidy() -> Manifest:
-            manifest = build_snapshot(
-                notebook, store, section=section, progress=progress, timeout=timeout, gpu_state=gpu_state,
-                cancel=build.cancel,
-            )  # fmt: skip
-            if after_publish is not None:
-                try:
-                    after_publish(manifest)
-                except BuildError:
-                    raise
-                except (SnapshotError, OSError) as error:  # the snapshot is there all the same
-                    progress(BuildNote(f"store housekeeping failed: {error}"))
-            return manifest
-
-        build.work, build.store = build_then_tidy, store
+        build.work = functools.partial(
+            build_within_limits, notebook, store, section, settings, progress=progress, cancel=build.cancel
+        )
+        build.store = store
         build.task = loop.create_future()
+        self._forget_finished()
         self.builds[build.id] = build
         self.queue.append(build)
         self._start_queued()
         if build.state == "queued":
             self._record_queue()
         return build
+
+    def _forget_finished(self) -> None:
+        """Keep only the last KEPT_BUILDS finished builds (GET builds lists them; older ones are gone)."""
+        finished = [key for key, build in self.builds.items() if build.state not in ACTIVE_STATES]
+        for key in finished[:-KEPT_BUILDS]:
+            del self.builds[key]
 
     def _building(self) -> int:
         """How many builds run now."""
@@ -291,3 +291,16 @@ def in_daemon_thread(function: Callable[..., T], *args: Any, **kwargs: Any) -> a
 
 # One per server process: the REST API and the provisioner's automatic builds share it.
 background_builds = BackgroundBuilds()
+
+
+def start_build(
+    builds: BackgroundBuilds, notebook: Path, section: SetupSection, store: SnapshotStore, settings: SnapKernelSettings
+) -> BackgroundBuild:
+    """Queue (or join) the build of a notebook's snapshot in this server: the one way its automatic builds and
+    `POST builds` start one. Once it publishes, the notebook's spares of older snapshots are retired."""
+    from .spares import spare_pool  # imported here: spares runs its restores through this module
+
+    build = builds.start(notebook, section, store, settings)
+    assert build.task is not None
+    spare_pool.replace_after(build.task, notebook)
+    return build

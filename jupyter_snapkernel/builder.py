@@ -38,8 +38,8 @@ from snapkernel_engine.store import store_write_error
 from snapkernel_engine.watchdog import watch_for_owner
 
 from . import env_names
-from .config import env_flag
-from .setup_section import NotebookError, SetupSection, read_notebook, read_setup_section
+from .config import DEFAULT_BUILD_TIMEOUT_S, SnapKernelSettings
+from .setup_section import SetupSection, read_setup_section
 from .status import (
     build_record,
     builds_dir,
@@ -138,23 +138,26 @@ def build_snapshot(
     *,
     section: SetupSection | None = None,
     progress: Progress | None = None,
-    timeout: float = env_names.DEFAULT_BUILD_TIMEOUT_S,
+    timeout: float = DEFAULT_BUILD_TIMEOUT_S,
     gpu_state: bool | None = None,
     cancel: threading.Event | None = None,
 ) -> Manifest:
     """Build and publish the snapshot of a notebook's setup section; raise BuildError on failure.
 
-    `gpu_state` None takes the notebook's own choice (metadata ``snapkernel.gpu_state``), else
-    $SNAPKERNEL_GPU_STATE, else includes GPU state. When another process is building the same
-    setup section, this waits for that build and returns its snapshot (or fails with its error).
-    Setting `cancel` stops the build kernel within 0.2 s while it runs the setup cells (BuildCancelled).
+    Whether the snapshot keeps GPU state: the notebook's own choice (metadata ``snapkernel.gpu_state``),
+    else `gpu_state`, else the administrator's setting (SnapKernelSettings.gpu_state). When another
+    process is building the same setup section, this waits for that build and returns its snapshot (or
+    fails with its error). Setting `cancel` stops the build kernel within 0.2 s while it runs the setup
+    cells (BuildCancelled).
     """
     notebook = Path(notebook).resolve()
-    if gpu_state is None:
-        gpu_state = notebook_gpu_state(notebook)
     section = section or read_setup_section(notebook)
     if section is None:
         raise BuildError(f"{notebook.name} has no setup cell: tag one `snapshot` or start it with %%snapshot")
+    if section.gpu_state is not None:
+        gpu_state = section.gpu_state
+    elif gpu_state is None:
+        gpu_state = SnapKernelSettings().gpu_state
     try:
         store.ensure_layout()
         builds_dir(store).mkdir(mode=0o700, exist_ok=True)
@@ -262,25 +265,33 @@ def keep_within_limits(store: SnapshotStore, manifest: Manifest, quota_bytes: in
     raise BuildError(problem)
 
 
-def notebook_gpu_state(notebook: Path, configured: bool | None = None) -> bool:
-    """Whether a notebook file's snapshot includes GPU state (see `gpu_state_of`)."""
+def build_within_limits(
+    notebook: Path,
+    store: SnapshotStore,
+    section: SetupSection,
+    settings: SnapKernelSettings,
+    *,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+) -> Manifest:
+    """Build with the administrator's settings (time limit, GPU state), then keep the store within its quota
+    and count (`keep_within_limits`): the one build of a server (automatic, or asked for) and of a check.
+
+    A BuildError of the housekeeping fails the build; other housekeeping errors only add a note to its
+    progress: the snapshot is there all the same.
+    """
+    manifest = build_snapshot(
+        notebook, store, section=section, progress=progress, timeout=settings.build_timeout,
+        gpu_state=settings.gpu_state, cancel=cancel,
+    )  # fmt: skip
     try:
-        book = read_notebook(notebook)
-    except NotebookError:
-        book = {}  # the build says what is wrong with the notebook
-    return gpu_state_of(book, configured)
-
-
-def gpu_state_of(book: dict[str, Any], configured: bool | None = None) -> bool:
-    """Whether a notebook's snapshot includes GPU state: its metadata, else `configured`, else
-    $SNAPKERNEL_GPU_STATE, else yes."""
-    settings = book.get("metadata", {}).get("snapkernel")
-    chosen = settings.get("gpu_state") if isinstance(settings, dict) else None
-    if isinstance(chosen, bool):
-        return chosen
-    if configured is not None:
-        return configured
-    return env_flag(env_names.GPU_STATE, True)
+        keep_within_limits(store, manifest, settings.quota_bytes, settings.max_snapshots)
+    except BuildError:
+        raise
+    except (SnapshotError, OSError) as error:
+        if progress is not None:
+            progress(BuildNote(f"store housekeeping failed: {error}"))
+    return manifest
 
 
 def _run_build(

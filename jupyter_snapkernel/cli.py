@@ -18,7 +18,7 @@ from snapkernel_engine.diagnostics import Check, cpu_snapshots_work, run_checks
 from snapkernel_engine.privileges import detect
 
 from . import env_names
-from .config import SnapKernelSettings
+from .config import DEFAULT_BUILD_TIMEOUT_S, SnapKernelSettings
 from .paths import default_store_root, open_store, reading_store
 from .setup_section import NotebookError, read_notebook, read_setup_section
 from .status import refusal, snapshot_state, snapshot_summary
@@ -345,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     build_parser_ = commands.add_parser("build", help="build the snapshot of a notebook's setup cells")
     build_parser_.add_argument("notebook", type=Path)
     build_parser_.add_argument(
-        "--timeout", type=float, default=env_names.DEFAULT_BUILD_TIMEOUT_S, help="seconds the build may take"
+        "--timeout", type=float, default=DEFAULT_BUILD_TIMEOUT_S, help="seconds the build may take"
     )
     build_parser_.add_argument("--quiet", action="store_true", help="no progress lines")
     build_parser_.add_argument(

@@ -75,7 +75,7 @@ def describe_start(manager: AsyncKernelManager) -> tuple[str, str | None, str | 
     provisioner = manager.provisioner
     if not isinstance(provisioner, SnapKernelProvisioner):
         raise RuntimeError(f"the kernel was not started by {PROVISIONER_NAME}, which reports how kernels start")
-    report: dict[str, Any] = provisioner.start_report  # start, snapshot, reason (str or None), timings
+    report = provisioner.start_report
     reason = None if report["start"] == "restored" else report["reason"] or "no setup section"
     return report["start"], report["snapshot"], reason
 

@@ -9,7 +9,7 @@ from traitlets import TraitError
 from traitlets.config import Config
 
 from jupyter_snapkernel import env_names
-from jupyter_snapkernel.config import SnapKernelSettings, env_flag
+from jupyter_snapkernel.config import DEFAULT_BUILD_TIMEOUT_S, SnapKernelSettings, env_flag
 
 
 def test_without_environment_every_setting_has_its_default(
@@ -24,7 +24,7 @@ def test_without_environment_every_setting_has_its_default(
     assert settings.spare_kernels is True
     assert settings.lazy_restore is False
     assert settings.verify == "sha256"
-    assert settings.build_timeout == env_names.DEFAULT_BUILD_TIMEOUT_S
+    assert settings.build_timeout == DEFAULT_BUILD_TIMEOUT_S
     assert settings.restore_timeout == 60.0
     assert (settings.quota_bytes, settings.max_snapshots) == (0, 0)
     assert (settings.max_concurrent_builds, settings.max_queued_builds) == (1, 8)
