@@ -41,10 +41,12 @@ from . import env_names
 from .config import DEFAULT_BUILD_TIMEOUT_S, SnapKernelSettings
 from .setup_section import SetupSection, read_setup_section
 from .status import (
+    build_file,
     build_record,
     builds_dir,
     queue_path,
     quota_problem,
+    remove_build_record,
     restore_failures_of,
     write_build_record,
     write_private_json,
@@ -128,7 +130,6 @@ def write_queue_record(store: SnapshotStore, setup_hashes: list[str]) -> None:
         path.unlink(missing_ok=True)
         return
     store.ensure_layout()
-    builds_dir(store).mkdir(mode=0o700, exist_ok=True)
     write_private_json(path, {"pid": os.getpid(), "queue": setup_hashes})
 
 
@@ -161,7 +162,7 @@ def build_snapshot(
     try:
         store.ensure_layout()
         builds_dir(store).mkdir(mode=0o700, exist_ok=True)
-        lock_fd = os.open(builds_dir(store) / f"{section.setup_hash}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        lock_fd = os.open(build_file(store, section.setup_hash, "lock"), os.O_CREAT | os.O_RDWR, 0o600)
     except OSError as error:
         raise BuildError(store_write_error(error, "a build cannot start")) from None
     try:
@@ -178,7 +179,7 @@ def build_snapshot(
             )
         except (BuildCancelled, KeyboardInterrupt):
             # Not a failure of the setup cells: automatic builds may try them again.
-            (builds_dir(store) / f"{section.setup_hash}.json").unlink(missing_ok=True)
+            remove_build_record(store, section.setup_hash)
             raise
         except BaseException as error:
             write_build_record(
@@ -194,7 +195,7 @@ def build_snapshot(
         if record:  # kept until a restore of the new snapshot succeeds
             write_build_record(store, section.setup_hash, state="rebuilt", finished=time.time(), **record)
         else:
-            (builds_dir(store) / f"{section.setup_hash}.json").unlink(missing_ok=True)
+            remove_build_record(store, section.setup_hash)
         return manifest
     finally:
         os.close(lock_fd)

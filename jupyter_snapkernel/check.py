@@ -26,7 +26,7 @@ from snapkernel_engine import SnapshotError
 
 from .answers import CheckAnswer, CheckDifference
 from .config import SnapKernelSettings
-from .headless import RunError, RunSummary, read_notebook, run, run_notebook
+from .headless import RunError, RunSummary, notebook_to_run, run, run_notebook
 from .setup_section import NotebookError, setup_section_of
 from .status import notebook_file_state, user_stores
 
@@ -305,7 +305,7 @@ def check_notebook(
     try:
         if runs < 1:
             raise CheckError(f"runs must be 1 or more, not {runs}")
-        read_notebook(notebook)  # RunError: one line saying what is wrong with it
+        notebook_to_run(notebook)  # RunError: one line saying what is wrong with it
         result.built, built_for = ensure_snapshot(notebook, settings)
         cold, restored = run(_all_runs(notebook, runs, timeout, settings.config))
         compare(result, notebook, cold, restored, built_for, volatile)

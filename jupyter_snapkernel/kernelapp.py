@@ -40,7 +40,7 @@ from snapkernel_engine.messages import (
 )
 
 from . import env_names, hooks, revive, widgets
-from .inputs import recording_inputs
+from .input_recording import recording_inputs
 from .kernel import RecordedCell, SnapKernel, StartInfo
 from .magics import SnapshotMagics
 from .recording import rebind_to_kernel_streams, recording

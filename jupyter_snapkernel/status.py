@@ -59,10 +59,20 @@ def builds_dir(store: SnapshotStore) -> Path:
     return store.root / BUILDS
 
 
+def build_file(store: SnapshotStore, setup_hash: str, kind: str = "json") -> Path:
+    """The one path of a setup hash's build record (`json`) or build lock (`lock`)."""
+    return builds_dir(store) / f"{setup_hash}.{kind}"
+
+
+def remove_build_record(store: SnapshotStore, setup_hash: str) -> None:
+    """Remove a setup hash's build record, if there is one."""
+    build_file(store, setup_hash).unlink(missing_ok=True)
+
+
 def build_record(store: SnapshotStore, setup_hash: str) -> dict[str, object] | None:
     """Return the build record of a setup hash: a running or failed build, or restores that failed since one."""
     try:
-        record = json.loads((builds_dir(store) / f"{setup_hash}.json").read_text())
+        record = json.loads(build_file(store, setup_hash).read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(record, dict):
@@ -95,7 +105,9 @@ def queued_ahead(store: SnapshotStore, setup_hash: str) -> int | None:
 
 
 def write_private_json(path: Path, record: dict[str, Any]) -> None:
-    """Replace a file of the builds folder at once, readable by its owner only."""
+    """Replace a file of the builds folder at once, readable by its owner only (the folder is made if need be):
+    the one writer of build and queue records."""
+    path.parent.mkdir(mode=0o700, exist_ok=True)
     temporary = path.with_suffix(".tmp")
     temporary.write_text(json.dumps(record))
     os.chmod(temporary, 0o600)
@@ -104,7 +116,7 @@ def write_private_json(path: Path, record: dict[str, Any]) -> None:
 
 def write_build_record(store: SnapshotStore, setup_hash: str, **record: Any) -> None:
     """Replace the build record of a setup hash (private to the store's owner)."""
-    write_private_json(builds_dir(store) / f"{setup_hash}.json", record)
+    write_private_json(build_file(store, setup_hash), record)
 
 
 # After the first rebuild for a stale restore, each rebuilt snapshot that fails the same way doubles the wait.
@@ -135,7 +147,6 @@ def note_stale_restore(store: SnapshotStore, setup_hash: str, reason: str) -> bo
     failures = restore_failures_of(record) + 1
     wait = stale_rebuild_wait(failures)
     try:
-        builds_dir(store).mkdir(mode=0o700, exist_ok=True)
         write_build_record(
             store, setup_hash, state="stale", error=reason, restore_failures=failures, retry_after=time.time() + wait
         )
@@ -149,7 +160,7 @@ def forget_stale_restores(store: SnapshotStore, setup_hash: str) -> None:
     record = build_record(store, setup_hash)
     if record and record.get("state") in {"stale", "rebuilt"}:
         with contextlib.suppress(OSError):  # counted again at the next failure: no reason to fail a start
-            (builds_dir(store) / f"{setup_hash}.json").unlink(missing_ok=True)
+            remove_build_record(store, setup_hash)
 
 
 def _stale_rebuild_held(record: Mapping[str, Any] | None) -> str | None:
