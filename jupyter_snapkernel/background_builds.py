@@ -9,7 +9,7 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -61,6 +61,19 @@ class BackgroundBuild:
                     self.log.extend(output["text"].splitlines())
         del self.log[:-LOG_LINES]
 
+    def finish(self, done: asyncio.Future[Manifest]) -> None:
+        """Record how the build's thread ended: its snapshot, or why it failed."""
+        self.finished = time.time()
+        error = None if done.cancelled() else done.exception()
+        if done.cancelled() or error is not None:
+            self.state = "failed"
+            self.error = "cancelled" if done.cancelled() else str(error)
+            self.log.append(f"failed: {self.error}")
+        else:
+            self.state = "ready"
+            self.snapshot = done.result()
+            self.log.append(f"snapshot {self.snapshot.id} ready")
+
     def to_dict(self, queue_ahead: int | None = None) -> BuildAnswer:
         """The build as the REST API answers it; `queue_ahead` is how many queued builds run before this queued one."""
         end = self.finished or time.time()
@@ -86,6 +99,40 @@ class BuildQueueFull(SnapshotError):
 ACTIVE_STATES = ("queued", "building")
 
 
+class QueueRecords:
+    """A server's queue, written into each store it builds for, for kernels and other processes to read."""
+
+    def __init__(self) -> None:
+        self.stores: dict[Path, SnapshotStore] = {}  # every store a build was queued for
+        self._records: dict[Path, list[str]] = {}  # what each store's queue record should say now
+        self._lock = threading.Lock()
+
+    def record(self, queue: Iterable[BackgroundBuild]) -> None:
+        """Write each store's part of `queue`, in order, off the event loop."""
+        queue = list(queue)
+        for build in queue:
+            assert build.store is not None
+            self.stores.setdefault(build.store.root, build.store)
+        self._records = {
+            root: [build.setup_hash for build in queue if build.store is not None and build.store.root == root]
+            for root in self.stores
+        }
+        threading.Thread(target=self._write, daemon=True, name="snapkernel-queue").start()
+
+    def _write(self) -> None:
+        """Write the queue records as they are now (a later call may have changed them: the latest wins)."""
+        with self._lock:
+            for root, setup_hashes in self._records.items():
+                # On failure only `%snapshot status` and other processes miss the queue: this server knows it.
+                with contextlib.suppress(SnapshotError, OSError):
+                    write_queue_record(self.stores[root], setup_hashes)
+
+    def forget(self) -> None:
+        """Remove this server's queue records now (its queue is empty): a stopping server leaves none."""
+        self._records = {root: [] for root in self.stores}
+        self._write()
+
+
 class BackgroundBuilds:
     """Runs builds in threads, at most `max_concurrent` at once, the others queued in order of request.
 
@@ -98,9 +145,7 @@ class BackgroundBuilds:
         self.max_concurrent = max_concurrent
         self.max_queued = max_queued
         self.queue: deque[BackgroundBuild] = deque()
-        self._queue_stores: dict[Path, SnapshotStore] = {}  # every store a build was queued for
-        self._queue_records: dict[Path, list[str]] = {}  # what each store's queue record should say now
-        self._queue_lock = threading.Lock()
+        self._queue_records = QueueRecords()
 
     def running(self, setup_hash: str) -> BackgroundBuild | None:
         """Return the queued or running build of a setup section."""
@@ -156,7 +201,7 @@ class BackgroundBuilds:
         self.queue.append(build)
         self._start_queued()
         if build.state == "queued":
-            self._record_queue()
+            self._queue_records.record(self.queue)
         return build
 
     def _forget_finished(self) -> None:
@@ -180,31 +225,12 @@ class BackgroundBuilds:
             build.state, started = "building", True
             thread = in_daemon_thread(build.work)
             thread.add_done_callback(lambda done, build=build: self._settle(build, done))  # type: ignore[misc]
-        if started and self._queue_stores:
-            self._record_queue()
-
-    def _record_queue(self) -> None:
-        """Write each store's queue for kernels and other processes to read, off the event loop."""
-        for build in self.queue:
-            assert build.store is not None
-            self._queue_stores.setdefault(build.store.root, build.store)
-        self._queue_records = {
-            root: [build.setup_hash for build in self.queue if build.store is not None and build.store.root == root]
-            for root in self._queue_stores
-        }
-        threading.Thread(target=self._write_queue_records, daemon=True, name="snapkernel-queue").start()
-
-    def _write_queue_records(self) -> None:
-        """Write the queue records as they are now (a later call may have changed them: the latest wins)."""
-        with self._queue_lock:
-            for root, setup_hashes in self._queue_records.items():
-                # On failure only `%snapshot status` and other processes miss the queue: this server knows it.
-                with contextlib.suppress(SnapshotError, OSError):
-                    write_queue_record(self._queue_stores[root], setup_hashes)
+        if started and self._queue_records.stores:
+            self._queue_records.record(self.queue)
 
     def _settle(self, build: BackgroundBuild, done: asyncio.Future[Manifest]) -> None:
         """Record how a build's thread ended, tell whoever waits on the build, and start the next queued one."""
-        self._finish(build, done)
+        build.finish(done)
         if build.task is not None and not build.task.done():
             if done.cancelled():
                 build.task.cancel()
@@ -225,8 +251,8 @@ class BackgroundBuilds:
             if _loop_alive(dropped):  # the loop of an ended server could not run the task's callbacks
                 assert dropped.task is not None
                 dropped.task.cancel()
-        if self._queue_stores:
-            await asyncio.to_thread(self._forget_queue)
+        if self._queue_records.stores:
+            await asyncio.to_thread(self._queue_records.forget)
         running = [build for build in self.builds.values() if build.state == "building"]
         for build in running:
             build.cancel.set()
@@ -234,24 +260,6 @@ class BackgroundBuilds:
         tasks = [build.task for build in running if build.task is not None and build.task.get_loop() is loop]
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
-
-    def _forget_queue(self) -> None:
-        """Remove this server's queue records now (the queue is empty): a stopping server leaves none."""
-        self._queue_records = {root: [] for root in self._queue_stores}
-        self._write_queue_records()
-
-    @staticmethod
-    def _finish(build: BackgroundBuild, done: asyncio.Future[Manifest]) -> None:
-        build.finished = time.time()
-        error = None if done.cancelled() else done.exception()
-        if done.cancelled() or error is not None:
-            build.state = "failed"
-            build.error = "cancelled" if done.cancelled() else str(error)
-            build.log.append(f"failed: {build.error}")
-        else:
-            build.state = "ready"
-            build.snapshot = done.result()
-            build.log.append(f"snapshot {build.snapshot.id} ready")
 
 
 def _loop_alive(build: BackgroundBuild) -> bool:

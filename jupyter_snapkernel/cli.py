@@ -341,7 +341,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="snapshot store root (default: $SNAPKERNEL_STORE or $JUPYTER_DATA_DIR/snapkernel)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    for add_commands in (_add_build_commands, _add_run_commands, _add_machine_commands, _add_store_commands):
+        add_commands(commands)
+    return parser
 
+
+def _add_build_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`build` and `check`: make a notebook's snapshot, compare its restored runs with cold ones."""
     build_parser_ = commands.add_parser("build", help="build the snapshot of a notebook's setup cells")
     build_parser_.add_argument("notebook", type=Path)
     build_parser_.add_argument(
@@ -372,6 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
     check_parser.add_argument("--json", action="store_true", help="print the result as JSON")
     check_parser.set_defaults(handler=check)
 
+
+def _add_run_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`run` and `bench`: execute a notebook headless, time its cold and restored starts."""
     run_parser = commands.add_parser("run", help="execute a notebook headless with a restored kernel")
     run_parser.add_argument("notebook", type=Path)
     run_parser.add_argument("--cold", action="store_true", help="start the kernel cold even if a snapshot matches")
@@ -399,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser.add_argument("--json", action="store_true", help="print the result as JSON")
     bench_parser.set_defaults(handler=bench)
 
+
+def _add_machine_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`doctor` and `install-criu`: check this machine, install CRIU."""
     doctor_parser = commands.add_parser("doctor", help="check CRIU, privileges, namespaces, store and GPU")
     doctor_parser.add_argument("--json", action="store_true", help="print the checks as JSON")
     doctor_parser.add_argument("--criu", default=None, help="CRIU binary to check")
@@ -429,6 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     install_criu_parser.set_defaults(handler=install_criu)
 
+
+def _add_store_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`list`, `rm` and `gc`: the snapshots in the store."""
     list_parser = commands.add_parser("list", help="list snapshots")
     list_parser.add_argument("--json", action="store_true", help="print JSON")
     list_parser.set_defaults(handler=list_snapshots)
@@ -451,7 +466,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the store at most this large (0: no limit, as SnapKernelSettings.quota_bytes)",
     )
     gc_parser.set_defaults(handler=collect)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

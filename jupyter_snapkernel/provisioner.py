@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -90,6 +91,33 @@ def _refusal(settings: SnapKernelSettings, kernel_name: str, env: dict[str, str]
     return None
 
 
+def settle_failed_restore(plan: StartPlan, snapshot: Manifest, store: SnapshotStore, failure: RestoreFailure) -> None:
+    """Keep, rebuild or give up the snapshot whose restore failed, according to the cause (reads the disk)."""
+    assert plan.state is not None, "only a planned snapshot is restored"
+    if failure.kind == "transient":
+        plan.state.rebuild = False  # the next start tries this snapshot again: a rebuild would make the same one
+    elif failure.kind == "stale":
+        store.mark_stale(snapshot.id, failure.cause)
+        # One rebuild now; rebuilt snapshots that fail the same way wait longer each time.
+        own = plan.own_store
+        plan.state.rebuild = own is not None and note_stale_restore(own, snapshot.key, failure.cause)
+    else:
+        # The same snapshot would fail the same way: never offer it again, and do not rebuild it in a loop
+        # (a rebuild of the same cells would carry the same cause).
+        store.mark_unusable(snapshot.id, failure.cause)
+        plan.state.rebuild = False
+
+
+def lazy_restores(settings: SnapKernelSettings, log: logging.Logger | logging.LoggerAdapter[logging.Logger]) -> bool:
+    """Whether restores load memory lazily: asked for, and possible here (root mode only)."""
+    if not settings.lazy_restore:
+        return False
+    if lazy_restore_supported():
+        return True
+    log.warning("snapkernel: lazy_restore is on, but %s: restoring eagerly", LAZY_NEEDS_ROOT)
+    return False
+
+
 class RestoredKernelProcess:
     """The Popen-like view of a restored tree that LocalProvisioner expects."""
 
@@ -166,7 +194,7 @@ class SnapKernelProvisioner(LocalProvisioner):
             plan.why_cold = failure.reason(snapshot.id, error)
             self.log.warning("snapkernel: %s; starting cold", plan.why_cold)
             try:
-                await asyncio.to_thread(self._after_failed_restore, plan, snapshot, state.store, failure)
+                await asyncio.to_thread(settle_failed_restore, plan, snapshot, state.store, failure)
             except Exception as bookkeeping:  # the kernel starts cold all the same
                 self.log.warning("snapkernel: could not record the failed restore: %s", bookkeeping)
             return None
@@ -189,28 +217,10 @@ class SnapKernelProvisioner(LocalProvisioner):
         # A requested cold start plans no state, so it builds nothing either.
         if plan.builds and plan.notebook and plan.own_store and state and state.section and self.settings.auto_build:
             try:
-                await self._background_build(plan.notebook, state.section, plan.own_store)
+                self._background_build(plan.notebook, state.section, plan.own_store)
             except Exception as error:  # the kernel runs: a build that cannot start must not fail its launch
                 self.log.warning("snapkernel: could not start the snapshot build of %s: %s", plan.notebook, error)
         return info
-
-    def _after_failed_restore(
-        self, plan: StartPlan, snapshot: Manifest, store: SnapshotStore, failure: RestoreFailure
-    ) -> None:
-        """Keep, rebuild or give up the snapshot whose restore failed, according to the cause."""
-        assert plan.state is not None, "only a planned snapshot is restored"
-        if failure.kind == "transient":
-            plan.state.rebuild = False  # the next start tries this snapshot again: a rebuild would make the same one
-        elif failure.kind == "stale":
-            store.mark_stale(snapshot.id, failure.cause)
-            # One rebuild now; rebuilt snapshots that fail the same way wait longer each time.
-            own = plan.own_store
-            plan.state.rebuild = own is not None and note_stale_restore(own, snapshot.key, failure.cause)
-        else:
-            # The same snapshot would fail the same way: never offer it again, and do not rebuild it in a loop
-            # (a rebuild of the same cells would carry the same cause).
-            store.mark_unusable(snapshot.id, failure.cause)
-            plan.state.rebuild = False
 
     def _track_spares(self, plan: StartPlan) -> None:
         """Apply this server's spare limits, and retire the notebook's spares this start shows to be obsolete."""
@@ -233,7 +243,7 @@ class SnapKernelProvisioner(LocalProvisioner):
         if plan.notebook is not None:
             spare_pool.session_opened(self.kernel_id, plan.notebook, self._kernel_is_running)
 
-    async def _background_build(self, notebook: Path, section: SetupSection, store: SnapshotStore) -> None:
+    def _background_build(self, notebook: Path, section: SetupSection, store: SnapshotStore) -> None:
         """Start (or join) the build of this section's snapshot, and refill the spares once it is published."""
         # The server's one build manager: a build the REST API started for this section is joined.
         build = start_build(background_builds, notebook, section, store, self.settings)
@@ -245,7 +255,7 @@ class SnapKernelProvisioner(LocalProvisioner):
             if error is None:
                 self.log.info("snapkernel: snapshot %s of %s is ready", done.result().id, notebook)
                 if self.settings.spare_kernels:
-                    lazy = self._lazy()
+                    lazy = lazy_restores(self.settings, self.log)
                     timeout = self.settings.restore_timeout
                     spare_pool.refill(store, done.result(), notebook, lazy=lazy, timeout=timeout)
             else:
@@ -254,22 +264,13 @@ class SnapKernelProvisioner(LocalProvisioner):
         assert build.task is not None
         build.task.add_done_callback(report)
 
-    def _lazy(self) -> bool:
-        """Whether restores load memory lazily: asked for, and possible here (root mode only)."""
-        if not self.settings.lazy_restore:
-            return False
-        if lazy_restore_supported():
-            return True
-        self.log.warning("snapkernel: lazy_restore is on, but %s: restoring eagerly", LAZY_NEEDS_ROOT)
-        return False
-
     async def _restore(
         self, manifest: Manifest, store: SnapshotStore, notebook: Path | None, kwargs: dict[str, Any]
     ) -> KernelConnectionInfo:
         """Restore the snapshot (or take its spare) and hand it this launch's connection, env and cwd."""
         started = time.time()
         settings = self.settings
-        lazy = self._lazy()
+        lazy = lazy_restores(self.settings, self.log)
         waiting = spare_pool.take(manifest.id) if settings.spare_kernels else None
         from_spare = waiting is not None
         if waiting is None:
