@@ -196,7 +196,7 @@ class BackgroundBuilds:
         )
         build.store = store
         build.task = loop.create_future()
-        self._forget_finished()
+        self.forget_old_builds()
         self.builds[build.id] = build
         self.queue.append(build)
         self._start_queued()
@@ -204,7 +204,7 @@ class BackgroundBuilds:
             self._queue_records.record(self.queue)
         return build
 
-    def _forget_finished(self) -> None:
+    def forget_old_builds(self) -> None:
         """Keep only the last KEPT_BUILDS finished builds (GET builds lists them; older ones are gone)."""
         finished = [key for key, build in self.builds.items() if build.state not in ACTIVE_STATES]
         for key in finished[:-KEPT_BUILDS]:

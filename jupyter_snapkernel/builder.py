@@ -169,36 +169,47 @@ def build_snapshot(
         other_build = _other_build_result(lock_fd, notebook, store, section, progress, timeout, cancel)
         if other_build is not None:
             return other_build
-        # Rebuilds for restores that failed on a changed input keep their count (the backoff of the next one).
-        restore_failures = restore_failures_of(build_record(store, section.setup_hash))
-        record = {"restore_failures": restore_failures} if restore_failures else {}
-        write_build_record(store, section.setup_hash, state="building", pid=os.getpid(), started=time.time(), **record)
-        try:
-            manifest = _run_build(
-                notebook, store, section, progress or (lambda event: None), timeout, gpu_state, cancel
-            )
-        except (BuildCancelled, KeyboardInterrupt):
-            # Not a failure of the setup cells: automatic builds may try them again.
-            remove_build_record(store, section.setup_hash)
-            raise
-        except BaseException as error:
-            write_build_record(
-                store,
-                section.setup_hash,
-                state="failed",
-                error=str(error),
-                finished=time.time(),
-                fingerprint=store.fingerprint_digest(),  # automatic builds retry once this changes
-                **record,
-            )
-            raise
-        if record:  # kept until a restore of the new snapshot succeeds
-            write_build_record(store, section.setup_hash, state="rebuilt", finished=time.time(), **record)
-        else:
-            remove_build_record(store, section.setup_hash)
-        return manifest
+        return _recorded_build(notebook, store, section, progress, timeout, gpu_state, cancel)
     finally:
         os.close(lock_fd)
+
+
+def _recorded_build(
+    notebook: Path,
+    store: SnapshotStore,
+    section: SetupSection,
+    progress: Progress | None,
+    timeout: float,
+    gpu_state: bool,
+    cancel: threading.Event | None,
+) -> Manifest:
+    """Run the build (its lock held), with its build record saying building, then failed or done."""
+    # Rebuilds for restores that failed on a changed input keep their count (the backoff of the next one).
+    restore_failures = restore_failures_of(build_record(store, section.setup_hash))
+    record = {"restore_failures": restore_failures} if restore_failures else {}
+    write_build_record(store, section.setup_hash, state="building", pid=os.getpid(), started=time.time(), **record)
+    try:
+        manifest = _run_build(notebook, store, section, progress or (lambda event: None), timeout, gpu_state, cancel)
+    except (BuildCancelled, KeyboardInterrupt):
+        # Not a failure of the setup cells: automatic builds may try them again.
+        remove_build_record(store, section.setup_hash)
+        raise
+    except BaseException as error:
+        write_build_record(
+            store,
+            section.setup_hash,
+            state="failed",
+            error=str(error),
+            finished=time.time(),
+            fingerprint=store.fingerprint_digest(),  # automatic builds retry once this changes
+            **record,
+        )
+        raise
+    if record:  # kept until a restore of the new snapshot succeeds
+        write_build_record(store, section.setup_hash, state="rebuilt", finished=time.time(), **record)
+    else:
+        remove_build_record(store, section.setup_hash)
+    return manifest
 
 
 def _other_build_result(
