@@ -29,7 +29,7 @@ from typing import Any
 
 from engine_bench import measure
 
-from jupyter_snapkernel.headless import read_notebook
+from jupyter_snapkernel.headless import notebook_to_run
 from jupyter_snapkernel.setup_section import normalise, setup_section_of
 from snapkernel_engine import SnapshotError, SnapshotStore
 from snapkernel_engine.criu import criu_version, find_criu
@@ -145,7 +145,7 @@ def stop(server: LocalServer, sessions: list[str]) -> None:
 
 def run_all_sources(notebook: Path) -> list[str]:
     """What Run All sends until the first reply after the setup cells: the setup cells, then the next cell."""
-    book = read_notebook(notebook)
+    book = notebook_to_run(notebook)
     section = setup_section_of(book)
     sources = [normalise(cell.source) for cell in book.cells if cell.cell_type == "code"]
     count = len(section.cells) if section else 0

@@ -22,17 +22,17 @@ from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
-from snapkernel_engine import Manifest, SnapshotError, SnapshotNotFound, SnapshotStore, StoreError
+from snapkernel_engine import SnapshotError, SnapshotNotFound, SnapshotStore, StoreError
 from snapkernel_engine.version import __version__
 
-from .background_builds import BackgroundBuilds, BuildQueueFull
-from .builder import gpu_state_of, keep_within_limits
+from .answers import CheckAnswer, NotebookStatus, ServerInfo
+from .background_builds import BackgroundBuilds, BuildQueueFull, start_build
 from .check import MAX_RUNS, BackgroundCheck, BackgroundChecks, ChecksBusy
 from .config import PROVISIONER_NAME, SnapKernelSettings
 from .paths import open_store
-from .setup_section import NotebookError, SetupSection, cells_problem, read_notebook, setup_section_of
+from .setup_section import NotebookError, cells_problem, read_setup_section, setup_section_of
 from .spares import measured, spare_pool
-from .status import NotebookState, notebook_file_state, notebook_state, snapshot_summary, user_stores
+from .status import NotebookState, notebook_state, snapshot_summary, user_stores
 
 AUTH_RESOURCE = "snapkernel"
 MAX_BODY_BYTES = 64 * 1024  # a POST builds body is {"path": ...}: anything larger is refused with 413
@@ -68,7 +68,7 @@ class SnapKernelHandler(APIHandler):
         """The server's one check manager."""
         return self.settings["snapkernel_checks"]
 
-    def describe_check(self, check: BackgroundCheck) -> dict[str, Any]:
+    def describe_check(self, check: BackgroundCheck) -> CheckAnswer:
         """A check as JSON, its error naming no server path."""
         answer = check.to_dict()
         if answer["error"]:
@@ -283,37 +283,35 @@ class StatusHandler(JSONBodyHandler):
         """Write the state of `notebook`, as saved or with the `edited` cells, from all of the user's stores."""
         settings = self.settings_
 
+        builds = self.builds
+
         def decide() -> NotebookState:
             stores = user_stores(settings)
-            if edited is None:
-                return notebook_file_state(stores, notebook, quota_bytes=settings.quota_bytes)
-            return notebook_state(stores, setup_section_of(edited), notebook, quota_bytes=settings.quota_bytes)
+            section = read_setup_section(notebook) if edited is None else setup_section_of(edited)
+            return notebook_state(stores, section, notebook, quota_bytes=settings.quota_bytes, builds=builds)
 
         try:
             state = await asyncio.to_thread(decide)
         except NotebookError as error:
             raise self.notebook_error(api_path, error) from None
-        running = self.builds.running(state.setup_hash) if state.setup_hash else None
-        if running is not None:
-            state.state = running.state  # queued or building: this server's queue knows first
         snapshot = state.snapshot
         positions = state.section.positions if state.section else ()
         self.write_json(
-            {
-                "path": api_path,
-                "state": state.state,
-                "setup_hash": state.setup_hash,
-                "snapshot": snapshot.id if snapshot else None,
-                "size_bytes": snapshot.size_bytes if snapshot else None,
-                "age_s": round(time.time() - _timestamp(snapshot.created), 1) if snapshot else None,
-                "reasons": state.reasons,
-                "reason": state.reasons[0] if state.state in {"failed", "stale"} and state.reasons else None,
-                "build": running.id if running else None,
-                "queue_ahead": self.builds.queue_ahead(running) if running else state.queue_ahead,
-                "setup_cells": list(positions),
-                "setup_end": positions[-1] if positions else None,
-                "source": None if snapshot is None else "shared" if state.in_shared_root else "own",
-            }
+            NotebookStatus(
+                path=api_path,
+                state=state.state,
+                setup_hash=state.setup_hash,
+                snapshot=snapshot.id if snapshot else None,
+                size_bytes=snapshot.size_bytes if snapshot else None,
+                age_s=round(time.time() - _timestamp(snapshot.created), 1) if snapshot else None,
+                reasons=state.reasons,
+                reason=state.reasons[0] if state.state in {"failed", "stale"} and state.reasons else None,
+                build=state.build,
+                queue_ahead=state.queue_ahead,
+                setup_cells=list(positions),
+                setup_end=positions[-1] if positions else None,
+                source=None if snapshot is None else "shared" if state.in_shared_root else "own",
+            )
         )
 
 
@@ -334,38 +332,18 @@ class BuildsHandler(JSONBodyHandler):
             return  # answered 413 while the body arrived
         api_path = self.request_json().get("path")
         notebook = await self.notebook_path(api_path)
-        settings = self.settings_
         try:
-            section, gpu_state = await asyncio.to_thread(self.inspect, notebook, settings.gpu_state)
+            section = await asyncio.to_thread(read_setup_section, notebook)
         except NotebookError as error:
             raise self.notebook_error(str(api_path), error) from None
         if section is None:
             raise refusal(422, "the notebook has no setup cell: tag one `snapshot` or start it with %%snapshot")
         store = await asyncio.to_thread(lambda: self.store)
-
-        def trim(manifest: Manifest) -> None:
-            keep_within_limits(store, manifest, settings.quota_bytes, settings.max_snapshots)
-
         try:
-            build = self.builds.start(
-                notebook,
-                section,
-                store,
-                settings.build_timeout,
-                after_publish=trim,
-                gpu_state=gpu_state,
-            )
+            build = start_build(self.builds, notebook, section, store, self.settings_)
         except BuildQueueFull as error:
             raise refusal(429, str(error)) from None
-        if build.task is not None:
-            spare_pool.replace_after(build.task, notebook)
         self.write_json(self.builds.describe(build), status=202)
-
-    @staticmethod
-    def inspect(notebook: Path, configured_gpu_state: bool | None) -> tuple[SetupSection | None, bool]:
-        """Read and validate the notebook: its setup section and whether its snapshot keeps GPU state."""
-        book = read_notebook(notebook)
-        return setup_section_of(book), gpu_state_of(book, configured_gpu_state)
 
 
 class BuildHandler(SnapKernelHandler):
@@ -399,7 +377,7 @@ class ChecksHandler(JSONBodyHandler):
         api_path = body.get("path")
         notebook = await self.notebook_path(api_path)
         try:
-            section, _ = await asyncio.to_thread(BuildsHandler.inspect, notebook, None)
+            section = await asyncio.to_thread(read_setup_section, notebook)
         except NotebookError as error:
             raise self.notebook_error(str(api_path), error) from None
         if section is None:
@@ -448,7 +426,7 @@ class InfoHandler(SnapKernelHandler):
     @authorized
     async def get(self) -> None:
         """Answer the version and the snapkernel kernelspecs, read off the event loop."""
-        self.write_json({"version": __version__, "kernels": await asyncio.to_thread(self.snapkernel_kernels)})
+        self.write_json(ServerInfo(version=__version__, kernels=await asyncio.to_thread(self.snapkernel_kernels)))
 
     def snapkernel_kernels(self) -> list[str]:
         """Names of the allowed kernelspecs that start through snapkernel's provisioner."""

@@ -4,22 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from snapkernel_engine import Manifest, SnapshotError, SnapshotStore
+from snapkernel_engine.messages import CellDone, CellStarted
 
-from .builder import BuildError, build_snapshot, progress_line, write_queue_record
+from .answers import BuildAnswer
+from .builder import BuildProgress, build_within_limits, progress_line, write_queue_record
+from .config import SnapKernelSettings
 from .setup_section import SetupSection
+from .status import RunningBuild
 
 T = TypeVar("T")
 LOG_LINES = 200
+KEPT_BUILDS = 50  # finished builds a server remembers for GET builds and builds/ID
 
 
 @dataclass
@@ -42,35 +48,48 @@ class BackgroundBuild:
     work: Callable[[], Manifest] | None = None  # what runs in the build's thread once a place is free
     store: SnapshotStore | None = None  # where it publishes (and where its place in the queue is recorded)
 
-    def progress(self, event: dict[str, Any]) -> None:
+    def progress(self, event: BuildProgress) -> None:
         """Record a progress event of the build kernel."""
-        if event["event"] == "cell":
-            self.current_cell = int(event["index"]) + 1
+        if isinstance(event, CellStarted):
+            self.current_cell = event.index + 1
         line = progress_line(event, self.cells)
         if line:
             self.log.append(line)
-        if event["event"] == "cell_done":
-            for output in event.get("outputs", []):
+        if isinstance(event, CellDone):
+            for output in event.outputs:
                 if output["output_type"] == "stream":
                     self.log.extend(output["text"].splitlines())
         del self.log[:-LOG_LINES]
 
-    def to_dict(self, queue_ahead: int | None = None) -> dict[str, Any]:
-        """The build as JSON-ready data; `queue_ahead` is how many queued builds run before this queued one."""
+    def finish(self, done: asyncio.Future[Manifest]) -> None:
+        """Record how the build's thread ended: its snapshot, or why it failed."""
+        self.finished = time.time()
+        error = None if done.cancelled() else done.exception()
+        if done.cancelled() or error is not None:
+            self.state = "failed"
+            self.error = "cancelled" if done.cancelled() else str(error)
+            self.log.append(f"failed: {self.error}")
+        else:
+            self.state = "ready"
+            self.snapshot = done.result()
+            self.log.append(f"snapshot {self.snapshot.id} ready")
+
+    def to_dict(self, queue_ahead: int | None = None) -> BuildAnswer:
+        """The build as the REST API answers it; `queue_ahead` is how many queued builds run before this queued one."""
         end = self.finished or time.time()
-        return {
-            "id": self.id,
-            "path": str(self.notebook),
-            "setup_hash": self.setup_hash,
-            "state": self.state,
-            "queue_ahead": queue_ahead if self.state == "queued" else None,
-            "cells": self.cells,
-            "current_cell": self.current_cell,
-            "elapsed_s": round(end - self.started, 3),
-            "log": self.log,
-            "snapshot": self.snapshot.id if self.snapshot else None,
-            "error": self.error,
-        }
+        return BuildAnswer(
+            id=self.id,
+            path=str(self.notebook),
+            setup_hash=self.setup_hash,
+            state=self.state,
+            queue_ahead=queue_ahead if self.state == "queued" else None,
+            cells=self.cells,
+            current_cell=self.current_cell,
+            elapsed_s=round(end - self.started, 3),
+            log=self.log,
+            snapshot=self.snapshot.id if self.snapshot else None,
+            error=self.error,
+        )
 
 
 class BuildQueueFull(SnapshotError):
@@ -78,6 +97,40 @@ class BuildQueueFull(SnapshotError):
 
 
 ACTIVE_STATES = ("queued", "building")
+
+
+class QueueRecords:
+    """A server's queue, written into each store it builds for, for kernels and other processes to read."""
+
+    def __init__(self) -> None:
+        self.stores: dict[Path, SnapshotStore] = {}  # every store a build was queued for
+        self._records: dict[Path, list[str]] = {}  # what each store's queue record should say now
+        self._lock = threading.Lock()
+
+    def record(self, queue: Iterable[BackgroundBuild]) -> None:
+        """Write each store's part of `queue`, in order, off the event loop."""
+        queue = list(queue)
+        for build in queue:
+            assert build.store is not None
+            self.stores.setdefault(build.store.root, build.store)
+        self._records = {
+            root: [build.setup_hash for build in queue if build.store is not None and build.store.root == root]
+            for root in self.stores
+        }
+        threading.Thread(target=self._write, daemon=True, name="snapkernel-queue").start()
+
+    def _write(self) -> None:
+        """Write the queue records as they are now (a later call may have changed them: the latest wins)."""
+        with self._lock:
+            for root, setup_hashes in self._records.items():
+                # On failure only `%snapshot status` and other processes miss the queue: this server knows it.
+                with contextlib.suppress(SnapshotError, OSError):
+                    write_queue_record(self.stores[root], setup_hashes)
+
+    def forget(self) -> None:
+        """Remove this server's queue records now (its queue is empty): a stopping server leaves none."""
+        self._records = {root: [] for root in self.stores}
+        self._write()
 
 
 class BackgroundBuilds:
@@ -92,40 +145,37 @@ class BackgroundBuilds:
         self.max_concurrent = max_concurrent
         self.max_queued = max_queued
         self.queue: deque[BackgroundBuild] = deque()
-        self._queue_stores: dict[Path, SnapshotStore] = {}  # every store a build was queued for
-        self._queue_records: dict[Path, list[str]] = {}  # what each store's queue record should say now
-        self._queue_lock = threading.Lock()
+        self._queue_records = QueueRecords()
 
     def running(self, setup_hash: str) -> BackgroundBuild | None:
         """Return the queued or running build of a setup section."""
-        for build in self.builds.values():
+        for build in list(self.builds.values()):  # a copy: status questions ask from worker threads
             if build.setup_hash == setup_hash and build.state in ACTIVE_STATES and _loop_alive(build):
                 return build
         return None
 
+    def running_build(self, setup_hash: str) -> RunningBuild | None:
+        """This server's queued or running build of a setup section, as `status.notebook_state` reads it."""
+        build = self.running(setup_hash)
+        return None if build is None else RunningBuild(build.state, self.queue_ahead(build), build.id)
+
     def queue_ahead(self, build: BackgroundBuild) -> int | None:
         """How many queued builds run before this one (None: it is not queued)."""
-        return self.queue.index(build) if build in self.queue else None
+        queue = list(self.queue)  # a copy: asked from worker threads too
+        return queue.index(build) if build in queue else None
 
-    def describe(self, build: BackgroundBuild) -> dict[str, Any]:
+    def describe(self, build: BackgroundBuild) -> BuildAnswer:
         """A build as JSON-ready data, with its place in the queue."""
         return build.to_dict(self.queue_ahead(build))
 
     def start(
-        self,
-        notebook: Path,
-        section: SetupSection,
-        store: SnapshotStore,
-        timeout: float,
-        after_publish: Callable[[Manifest], object] | None = None,
-        gpu_state: bool | None = None,
+        self, notebook: Path, section: SetupSection, store: SnapshotStore, settings: SnapKernelSettings
     ) -> BackgroundBuild:
         """Queue a build (it starts at once when a place is free), or return the one queued or running
         for the same setup section; raise BuildQueueFull when the queue is full.
 
-        `after_publish` runs in the build's thread once the snapshot is published (store housekeeping:
-        it may take a while, and must not hold up the server's event loop). A BuildError from it fails
-        the build; other errors are noted in its log.
+        The build runs `build_within_limits` in its thread: the administrator's settings, then the
+        store's housekeeping, which may take a while and must not hold up the server's event loop.
         """
         running = self.running(section.setup_hash)
         if running is not None:
@@ -138,31 +188,27 @@ class BackgroundBuilds:
         build = BackgroundBuild(secrets.token_hex(6), notebook, section.setup_hash, len(section.cells))
         loop = asyncio.get_running_loop()
 
-        def progress(event: dict[str, Any]) -> None:
+        def progress(event: BuildProgress) -> None:
             loop.call_soon_threadsafe(build.progress, event)
 
-        def build_then_tidy() -> Manifest:
-            manifest = build_snapshot(
-                notebook, store, section=section, progress=progress, timeout=timeout, gpu_state=gpu_state,
-                cancel=build.cancel,
-            )  # fmt: skip
-            if after_publish is not None:
-                try:
-                    after_publish(manifest)
-                except BuildError:
-                    raise
-                except (SnapshotError, OSError) as error:  # the snapshot is there all the same
-                    progress({"event": "note", "text": f"store housekeeping failed: {error}"})
-            return manifest
-
-        build.work, build.store = build_then_tidy, store
+        build.work = functools.partial(
+            build_within_limits, notebook, store, section, settings, progress=progress, cancel=build.cancel
+        )
+        build.store = store
         build.task = loop.create_future()
+        self.forget_old_builds()
         self.builds[build.id] = build
         self.queue.append(build)
         self._start_queued()
         if build.state == "queued":
-            self._record_queue()
+            self._queue_records.record(self.queue)
         return build
+
+    def forget_old_builds(self) -> None:
+        """Keep only the last KEPT_BUILDS finished builds (GET builds lists them; older ones are gone)."""
+        finished = [key for key, build in self.builds.items() if build.state not in ACTIVE_STATES]
+        for key in finished[:-KEPT_BUILDS]:
+            del self.builds[key]
 
     def _building(self) -> int:
         """How many builds run now."""
@@ -179,31 +225,12 @@ class BackgroundBuilds:
             build.state, started = "building", True
             thread = in_daemon_thread(build.work)
             thread.add_done_callback(lambda done, build=build: self._settle(build, done))  # type: ignore[misc]
-        if started and self._queue_stores:
-            self._record_queue()
-
-    def _record_queue(self) -> None:
-        """Write each store's queue for kernels and other processes to read, off the event loop."""
-        for build in self.queue:
-            assert build.store is not None
-            self._queue_stores.setdefault(build.store.root, build.store)
-        self._queue_records = {
-            root: [build.setup_hash for build in self.queue if build.store is not None and build.store.root == root]
-            for root in self._queue_stores
-        }
-        threading.Thread(target=self._write_queue_records, daemon=True, name="snapkernel-queue").start()
-
-    def _write_queue_records(self) -> None:
-        """Write the queue records as they are now (a later call may have changed them: the latest wins)."""
-        with self._queue_lock:
-            for root, setup_hashes in self._queue_records.items():
-                # On failure only `%snapshot status` and other processes miss the queue: this server knows it.
-                with contextlib.suppress(SnapshotError, OSError):
-                    write_queue_record(self._queue_stores[root], setup_hashes)
+        if started and self._queue_records.stores:
+            self._queue_records.record(self.queue)
 
     def _settle(self, build: BackgroundBuild, done: asyncio.Future[Manifest]) -> None:
         """Record how a build's thread ended, tell whoever waits on the build, and start the next queued one."""
-        self._finish(build, done)
+        build.finish(done)
         if build.task is not None and not build.task.done():
             if done.cancelled():
                 build.task.cancel()
@@ -224,8 +251,8 @@ class BackgroundBuilds:
             if _loop_alive(dropped):  # the loop of an ended server could not run the task's callbacks
                 assert dropped.task is not None
                 dropped.task.cancel()
-        if self._queue_stores:
-            await asyncio.to_thread(self._forget_queue)
+        if self._queue_records.stores:
+            await asyncio.to_thread(self._queue_records.forget)
         running = [build for build in self.builds.values() if build.state == "building"]
         for build in running:
             build.cancel.set()
@@ -233,24 +260,6 @@ class BackgroundBuilds:
         tasks = [build.task for build in running if build.task is not None and build.task.get_loop() is loop]
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
-
-    def _forget_queue(self) -> None:
-        """Remove this server's queue records now (the queue is empty): a stopping server leaves none."""
-        self._queue_records = {root: [] for root in self._queue_stores}
-        self._write_queue_records()
-
-    @staticmethod
-    def _finish(build: BackgroundBuild, done: asyncio.Future[Manifest]) -> None:
-        build.finished = time.time()
-        error = None if done.cancelled() else done.exception()
-        if done.cancelled() or error is not None:
-            build.state = "failed"
-            build.error = "cancelled" if done.cancelled() else str(error)
-            build.log.append(f"failed: {build.error}")
-        else:
-            build.state = "ready"
-            build.snapshot = done.result()
-            build.log.append(f"snapshot {build.snapshot.id} ready")
 
 
 def _loop_alive(build: BackgroundBuild) -> bool:
@@ -290,3 +299,16 @@ def in_daemon_thread(function: Callable[..., T], *args: Any, **kwargs: Any) -> a
 
 # One per server process: the REST API and the provisioner's automatic builds share it.
 background_builds = BackgroundBuilds()
+
+
+def start_build(
+    builds: BackgroundBuilds, notebook: Path, section: SetupSection, store: SnapshotStore, settings: SnapKernelSettings
+) -> BackgroundBuild:
+    """Queue (or join) the build of a notebook's snapshot in this server: the one way its automatic builds and
+    `POST builds` start one. Once it publishes, the notebook's spares of older snapshots are retired."""
+    from .spares import spare_pool  # imported here: spares runs its restores through this module
+
+    build = builds.start(notebook, section, store, settings)
+    assert build.task is not None
+    spare_pool.replace_after(build.task, notebook)
+    return build

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
@@ -20,25 +21,49 @@ from typing import IO, Any
 from snapkernel_engine import CheckpointError, Manifest, SnapshotBusy, SnapshotError, SnapshotNotFound, SnapshotStore
 from snapkernel_engine.control_pipe import take_message, write_message
 from snapkernel_engine.inputs import fingerprint_inputs, inputs_folder
+from snapkernel_engine.messages import (
+    CellDone,
+    CellStarted,
+    KernelEvent,
+    KernelPipes,
+    Ready,
+    SetupFailed,
+    SetupRequest,
+    event_from_wire,
+    to_wire,
+)
 from snapkernel_engine.privileges import current, own_user_namespace_command
 from snapkernel_engine.process import linked_semaphores_mapped, tree, tree_rss_bytes
 from snapkernel_engine.store import store_write_error
 from snapkernel_engine.watchdog import watch_for_owner
 
 from . import env_names
-from .config import env_flag
-from .setup_section import NotebookError, SetupSection, read_notebook, read_setup_section
+from .config import DEFAULT_BUILD_TIMEOUT_S, SnapKernelSettings
+from .setup_section import SetupSection, read_setup_section
 from .status import (
+    build_file,
     build_record,
     builds_dir,
     queue_path,
     quota_problem,
+    remove_build_record,
     restore_failures_of,
     write_build_record,
     write_private_json,
 )
 
-Progress = Callable[[dict[str, Any]], None]
+
+@dataclass(frozen=True)
+class BuildNote:
+    """A step of a build that the builder itself reports (not the build kernel): its line of progress."""
+
+    text: str
+
+
+CHECKPOINTING = BuildNote("checkpointing the kernel")
+WAITING = BuildNote("waiting for the build already running (another server or terminal)")
+BuildProgress = KernelEvent | BuildNote
+Progress = Callable[[BuildProgress], None]
 
 
 class BuildError(SnapshotError):
@@ -58,17 +83,12 @@ NO_SPACE = "No space left on device"
 FILES_A_SNAPSHOT_NEEDS = 200  # image files of a kernel with some threads and children, and the store's own
 
 
-def progress_line(event: dict[str, Any], cells: int) -> str | None:
+def progress_line(event: BuildProgress, cells: int) -> str | None:
     """What a progress event of a build says to whoever watches it (None: nothing worth a line)."""
-    kind = event["event"]
-    if kind == "cell":
-        return f"running setup cell {int(event['index']) + 1}/{cells}"
-    if kind == "checkpoint":
-        return "checkpointing the kernel"
-    if kind == "waiting":
-        return "waiting for the build already running (another server or terminal)"
-    if kind == "note":
-        return str(event["text"])
+    if isinstance(event, CellStarted):
+        return f"running setup cell {event.index + 1}/{cells}"
+    if isinstance(event, BuildNote):
+        return event.text
     return None
 
 
@@ -86,7 +106,8 @@ def _drain(stream: IO[bytes], sink: list[str]) -> None:
         sink.append(line.decode(errors="replace"))
 
 
-def _read_event(fd: int, deadline: float, buffer: bytearray, cancel: threading.Event | None = None) -> dict[str, Any]:
+def _read_event(fd: int, deadline: float, buffer: bytearray, cancel: threading.Event | None = None) -> KernelEvent:
+    """Wait for the build kernel's next event (BuildTimeout, BuildCancelled, EOFError when it closed the pipe)."""
     while (message := take_message(buffer)) is None:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -99,7 +120,7 @@ def _read_event(fd: int, deadline: float, buffer: bytearray, cancel: threading.E
             if not chunk:
                 raise EOFError
             buffer += chunk
-    return message
+    return event_from_wire(message)
 
 
 def write_queue_record(store: SnapshotStore, setup_hashes: list[str]) -> None:
@@ -109,7 +130,6 @@ def write_queue_record(store: SnapshotStore, setup_hashes: list[str]) -> None:
         path.unlink(missing_ok=True)
         return
     store.ensure_layout()
-    builds_dir(store).mkdir(mode=0o700, exist_ok=True)
     write_private_json(path, {"pid": os.getpid(), "queue": setup_hashes})
 
 
@@ -119,63 +139,77 @@ def build_snapshot(
     *,
     section: SetupSection | None = None,
     progress: Progress | None = None,
-    timeout: float = env_names.DEFAULT_BUILD_TIMEOUT_S,
+    timeout: float = DEFAULT_BUILD_TIMEOUT_S,
     gpu_state: bool | None = None,
     cancel: threading.Event | None = None,
 ) -> Manifest:
     """Build and publish the snapshot of a notebook's setup section; raise BuildError on failure.
 
-    `gpu_state` None takes the notebook's own choice (metadata ``snapkernel.gpu_state``), else
-    $SNAPKERNEL_GPU_STATE, else includes GPU state. When another process is building the same
-    setup section, this waits for that build and returns its snapshot (or fails with its error).
-    Setting `cancel` stops the build kernel within 0.2 s while it runs the setup cells (BuildCancelled).
+    Whether the snapshot keeps GPU state: the notebook's own choice (metadata ``snapkernel.gpu_state``),
+    else `gpu_state`, else the administrator's setting (SnapKernelSettings.gpu_state). When another
+    process is building the same setup section, this waits for that build and returns its snapshot (or
+    fails with its error). Setting `cancel` stops the build kernel within 0.2 s while it runs the setup
+    cells (BuildCancelled).
     """
     notebook = Path(notebook).resolve()
-    if gpu_state is None:
-        gpu_state = notebook_gpu_state(notebook)
     section = section or read_setup_section(notebook)
     if section is None:
         raise BuildError(f"{notebook.name} has no setup cell: tag one `snapshot` or start it with %%snapshot")
+    if section.gpu_state is not None:
+        gpu_state = section.gpu_state
+    elif gpu_state is None:
+        gpu_state = SnapKernelSettings().gpu_state
     try:
         store.ensure_layout()
         builds_dir(store).mkdir(mode=0o700, exist_ok=True)
-        lock_fd = os.open(builds_dir(store) / f"{section.setup_hash}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        lock_fd = os.open(build_file(store, section.setup_hash, "lock"), os.O_CREAT | os.O_RDWR, 0o600)
     except OSError as error:
         raise BuildError(store_write_error(error, "a build cannot start")) from None
     try:
         other_build = _other_build_result(lock_fd, notebook, store, section, progress, timeout, cancel)
         if other_build is not None:
             return other_build
-        # Rebuilds for restores that failed on a changed input keep their count (the backoff of the next one).
-        restore_failures = restore_failures_of(build_record(store, section.setup_hash))
-        record = {"restore_failures": restore_failures} if restore_failures else {}
-        write_build_record(store, section.setup_hash, state="building", pid=os.getpid(), started=time.time(), **record)
-        try:
-            manifest = _run_build(
-                notebook, store, section, progress or (lambda event: None), timeout, gpu_state, cancel
-            )
-        except (BuildCancelled, KeyboardInterrupt):
-            # Not a failure of the setup cells: automatic builds may try them again.
-            (builds_dir(store) / f"{section.setup_hash}.json").unlink(missing_ok=True)
-            raise
-        except BaseException as error:
-            write_build_record(
-                store,
-                section.setup_hash,
-                state="failed",
-                error=str(error),
-                finished=time.time(),
-                fingerprint=store.fingerprint_digest(),  # automatic builds retry once this changes
-                **record,
-            )
-            raise
-        if record:  # kept until a restore of the new snapshot succeeds
-            write_build_record(store, section.setup_hash, state="rebuilt", finished=time.time(), **record)
-        else:
-            (builds_dir(store) / f"{section.setup_hash}.json").unlink(missing_ok=True)
-        return manifest
+        return _recorded_build(notebook, store, section, progress, timeout, gpu_state, cancel)
     finally:
         os.close(lock_fd)
+
+
+def _recorded_build(
+    notebook: Path,
+    store: SnapshotStore,
+    section: SetupSection,
+    progress: Progress | None,
+    timeout: float,
+    gpu_state: bool,
+    cancel: threading.Event | None,
+) -> Manifest:
+    """Run the build (its lock held), with its build record saying building, then failed or done."""
+    # Rebuilds for restores that failed on a changed input keep their count (the backoff of the next one).
+    restore_failures = restore_failures_of(build_record(store, section.setup_hash))
+    record = {"restore_failures": restore_failures} if restore_failures else {}
+    write_build_record(store, section.setup_hash, state="building", pid=os.getpid(), started=time.time(), **record)
+    try:
+        manifest = _run_build(notebook, store, section, progress or (lambda event: None), timeout, gpu_state, cancel)
+    except (BuildCancelled, KeyboardInterrupt):
+        # Not a failure of the setup cells: automatic builds may try them again.
+        remove_build_record(store, section.setup_hash)
+        raise
+    except BaseException as error:
+        write_build_record(
+            store,
+            section.setup_hash,
+            state="failed",
+            error=str(error),
+            finished=time.time(),
+            fingerprint=store.fingerprint_digest(),  # automatic builds retry once this changes
+            **record,
+        )
+        raise
+    if record:  # kept until a restore of the new snapshot succeeds
+        write_build_record(store, section.setup_hash, state="rebuilt", finished=time.time(), **record)
+    else:
+        remove_build_record(store, section.setup_hash)
+    return manifest
 
 
 def _other_build_result(
@@ -198,7 +232,7 @@ def _other_build_result(
             if waiting_since is None:  # another process builds these cells: wait for it
                 waiting_since = time.time()
                 if progress is not None:
-                    progress({"event": "waiting"})
+                    progress(WAITING)
             if cancel is not None and cancel.is_set():
                 raise BuildCancelled("the build was cancelled while it waited for another build") from None
             if time.monotonic() > deadline:
@@ -243,25 +277,33 @@ def keep_within_limits(store: SnapshotStore, manifest: Manifest, quota_bytes: in
     raise BuildError(problem)
 
 
-def notebook_gpu_state(notebook: Path, configured: bool | None = None) -> bool:
-    """Whether a notebook file's snapshot includes GPU state (see `gpu_state_of`)."""
+def build_within_limits(
+    notebook: Path,
+    store: SnapshotStore,
+    section: SetupSection,
+    settings: SnapKernelSettings,
+    *,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+) -> Manifest:
+    """Build with the administrator's settings (time limit, GPU state), then keep the store within its quota
+    and count (`keep_within_limits`): the one build of a server (automatic, or asked for) and of a check.
+
+    A BuildError of the housekeeping fails the build; other housekeeping errors only add a note to its
+    progress: the snapshot is there all the same.
+    """
+    manifest = build_snapshot(
+        notebook, store, section=section, progress=progress, timeout=settings.build_timeout,
+        gpu_state=settings.gpu_state, cancel=cancel,
+    )  # fmt: skip
     try:
-        book = read_notebook(notebook)
-    except NotebookError:
-        book = {}  # the build says what is wrong with the notebook
-    return gpu_state_of(book, configured)
-
-
-def gpu_state_of(book: dict[str, Any], configured: bool | None = None) -> bool:
-    """Whether a notebook's snapshot includes GPU state: its metadata, else `configured`, else
-    $SNAPKERNEL_GPU_STATE, else yes."""
-    settings = book.get("metadata", {}).get("snapkernel")
-    chosen = settings.get("gpu_state") if isinstance(settings, dict) else None
-    if isinstance(chosen, bool):
-        return chosen
-    if configured is not None:
-        return configured
-    return env_flag(env_names.GPU_STATE, True)
+        keep_within_limits(store, manifest, settings.quota_bytes, settings.max_snapshots)
+    except BuildError:
+        raise
+    except (SnapshotError, OSError) as error:
+        if progress is not None:
+            progress(BuildNote(f"store housekeeping failed: {error}"))
+    return manifest
 
 
 def _run_build(
@@ -273,25 +315,11 @@ def _run_build(
     gpu_state: bool,
     cancel: threading.Event | None = None,
 ) -> Manifest:
+    """Run the setup cells in a new build kernel, then checkpoint it into the store."""
     control_read, control_write = os.pipe()
     report_read, report_write = os.pipe()
-    # Without a grant CRIU can only dump a kernel that runs in a user namespace of its own.
-    prefix = own_user_namespace_command() if current().mode == "user-namespace" else []
     environment = build_environment(notebook, store)
-    command = [
-        *prefix, sys.executable, "-m", "jupyter_snapkernel.kernelapp", "--snapshot-build",
-        f"--control-fd={control_read}", f"--report-fd={report_write}",
-    ]  # fmt: skip
-    kernel = subprocess.Popen(
-        command,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        pass_fds=(control_read, report_write),
-        cwd=notebook.parent,
-        env=environment,
-        start_new_session=True,  # CRIU dumps only a tree whose root leads its own session
-    )
+    kernel = _start_build_kernel(notebook, environment, control_read, report_write)
     # The kernel must not outlive this process, even when it is SIGKILLed (the kernel cannot carry a
     # parent-death signal: its snapshot would restore it too).
     watchdog = watch_for_owner(kernel.pid)
@@ -300,45 +328,19 @@ def _run_build(
     log: list[str] = []
     for stream in (kernel.stdout, kernel.stderr):
         threading.Thread(target=_drain, args=(stream, log), daemon=True).start()
-    deadline = time.monotonic() + timeout
-    buffer = bytearray()
     started = time.perf_counter()
-    running = "the kernel's start"
-    running_cell: int | None = None
-    cells_done = 0
     try:
-        write_message(control_write, {"cells": list(section.cells)})
-        while True:
-            try:
-                event = _read_event(report_read, deadline, buffer, cancel)
-            except BuildTimeout:
-                raise BuildTimeout(
-                    f"{running} of {notebook.name} was still running when the build's limit of {timeout:.0f} s "
-                    "ran out: raise the limit (SnapKernelSettings.build_timeout, or build --timeout) or make it faster"
-                ) from None
-            except EOFError:
-                kernel.wait(timeout=10)
-                raise _ended_early(kernel.returncode, notebook, section, running_cell, cells_done, log) from None
-            progress(event)
-            if event["event"] == "cell":
-                running = f"setup cell {int(event['index']) + 1}"
-                running_cell = int(event["index"])
-            if event["event"] == "cell_done":
-                running_cell, cells_done = None, int(event["index"]) + 1
-            if event["event"] == "failed":
-                where = f"setup cell {event['index'] + 1}" if event.get("index") is not None else "a hook"
-                raise BuildError(f"{where} of {notebook.name} failed:\n{event['error']}")
-            if event["event"] == "ready":
-                inputs = event.get("inputs") or {}
-                break
+        write_message(control_write, to_wire(SetupRequest(list(section.cells))))
+        ready = _await_ready(kernel, report_read, notebook, section, progress, timeout, cancel, log)
         setup_s = time.perf_counter() - started
-        progress({"event": "checkpoint"})
+        progress(CHECKPOINTING)
+        inputs = ready.inputs or {}
         return _publish(
             store,
             kernel.pid,
             section.setup_hash,
             labels={"notebook": str(notebook), "cells": str(len(section.cells)), "setup_s": f"{setup_s:.3f}"},
-            pipes={"stdin": 0, "stdout": 1, "stderr": 2, "control": control_read, "report": report_write},
+            pipes=KernelPipes(stdin=0, stdout=1, stderr=2, control=control_read, report=report_write).by_name(),
             leave_running=False,
             gpu_state=gpu_state,
             inputs=fingerprint_inputs(
@@ -354,6 +356,67 @@ def _run_build(
         watchdog.wait()
         for fd in (control_write, report_read):
             os.close(fd)
+
+
+def _start_build_kernel(
+    notebook: Path, environment: dict[str, str], control_fd: int, report_fd: int
+) -> subprocess.Popen[bytes]:
+    """Start the build kernel in the notebook's folder, holding the two control pipe ends it uses."""
+    # Without a grant CRIU can only dump a kernel that runs in a user namespace of its own.
+    prefix = own_user_namespace_command() if current().mode == "user-namespace" else []
+    command = [
+        *prefix, sys.executable, "-m", "jupyter_snapkernel.kernelapp", "--snapshot-build",
+        f"--control-fd={control_fd}", f"--report-fd={report_fd}",
+    ]  # fmt: skip
+    return subprocess.Popen(
+        command,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        pass_fds=(control_fd, report_fd),
+        cwd=notebook.parent,
+        env=environment,
+        start_new_session=True,  # CRIU dumps only a tree whose root leads its own session
+    )
+
+
+def _await_ready(
+    kernel: subprocess.Popen[bytes],
+    report_fd: int,
+    notebook: Path,
+    section: SetupSection,
+    progress: Progress,
+    timeout: float,
+    cancel: threading.Event | None,
+    log: list[str],
+) -> Ready:
+    """Follow the build kernel's events until it is ready for its checkpoint; raise BuildError saying what failed."""
+    deadline = time.monotonic() + timeout
+    buffer = bytearray()
+    running = "the kernel's start"
+    running_cell: int | None = None
+    cells_done = 0
+    while True:
+        try:
+            event = _read_event(report_fd, deadline, buffer, cancel)
+        except BuildTimeout:
+            raise BuildTimeout(
+                f"{running} of {notebook.name} was still running when the build's limit of {timeout:.0f} s "
+                "ran out: raise the limit (SnapKernelSettings.build_timeout, or build --timeout) or make it faster"
+            ) from None
+        except EOFError:
+            kernel.wait(timeout=10)
+            raise _ended_early(kernel.returncode, notebook, section, running_cell, cells_done, log) from None
+        progress(event)
+        if isinstance(event, CellStarted):
+            running, running_cell = f"setup cell {event.index + 1}", event.index
+        elif isinstance(event, CellDone):
+            running_cell, cells_done = None, event.index + 1
+        elif isinstance(event, SetupFailed):
+            where = f"setup cell {event.index + 1}" if event.index is not None else "a hook"
+            raise BuildError(f"{where} of {notebook.name} failed:\n{event.error}")
+        elif isinstance(event, Ready):
+            return event
 
 
 def _kill_build_kernel(kernel: subprocess.Popen[bytes]) -> None:

@@ -24,8 +24,9 @@ from traitlets.config import Config
 
 from snapkernel_engine import SnapshotError
 
+from .answers import CheckAnswer, CheckDifference
 from .config import SnapKernelSettings
-from .headless import RunError, RunSummary, read_notebook, run, run_notebook
+from .headless import RunError, RunSummary, notebook_to_run, run, run_notebook
 from .setup_section import NotebookError, setup_section_of
 from .status import notebook_file_state, user_stores
 
@@ -58,6 +59,12 @@ class Difference:
     cold: str
     restored: str  # of a restored run; of another cold run when cold runs differ among themselves
     hint: str | None = None  # a known cause the difference matches
+
+    def to_dict(self) -> CheckDifference:
+        """The difference as the REST API answers it."""
+        return CheckDifference(
+            cell=self.cell, source=self.source, cold=self.cold, restored=self.restored, hint=self.hint
+        )
 
 
 @dataclass
@@ -230,7 +237,7 @@ def ensure_snapshot(notebook: Path, settings: SnapKernelSettings) -> tuple[bool,
 
     Return whether it built, and the notebook the snapshot a start restores was built for.
     """
-    from .builder import build_snapshot, keep_within_limits
+    from .builder import build_within_limits
 
     stores = user_stores(settings)
     state = notebook_file_state(stores, notebook, quota_bytes=settings.quota_bytes)
@@ -238,8 +245,7 @@ def ensure_snapshot(notebook: Path, settings: SnapKernelSettings) -> tuple[bool,
         raise CheckError(f"{notebook.name} has no setup cell: tag one `snapshot` or start it with %%snapshot")
     built = not state.restorable
     if built:
-        manifest = build_snapshot(notebook, stores[0], section=state.section, timeout=settings.build_timeout)
-        keep_within_limits(stores[0], manifest, settings.quota_bytes, settings.max_snapshots)  # as a server's build
+        build_within_limits(notebook, stores[0], state.section, settings)  # as a server's build
         state = notebook_file_state(stores, notebook, quota_bytes=settings.quota_bytes)
     if not state.restorable or state.snapshot is None:
         raise CheckError(f"{notebook.name} would not restore after its build: {state.cold_reason}")
@@ -299,7 +305,7 @@ def check_notebook(
     try:
         if runs < 1:
             raise CheckError(f"runs must be 1 or more, not {runs}")
-        read_notebook(notebook)  # RunError: one line saying what is wrong with it
+        notebook_to_run(notebook)  # RunError: one line saying what is wrong with it
         result.built, built_for = ensure_snapshot(notebook, settings)
         cold, restored = run(_all_runs(notebook, runs, timeout, settings.config))
         compare(result, notebook, cold, restored, built_for, volatile)
@@ -330,20 +336,20 @@ class BackgroundCheck:
     started: float = field(default_factory=time.time)
     result: CheckResult | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> CheckAnswer:
         """The check as the REST API answers it: state running until the result is in."""
         result = self.result
         elapsed = result.elapsed_s if result else round(time.time() - self.started, 3)
-        return {
-            "id": self.id,
-            "path": self.path,
-            "state": result.state if result else "running",
-            "runs": self.runs,
-            "differences": [asdict(difference) for difference in result.differences] if result else [],
-            "error": result.error if result else None,
-            "built": result.built if result else False,
-            "elapsed_s": elapsed,
-        }
+        return CheckAnswer(
+            id=self.id,
+            path=self.path,
+            state=result.state if result else "running",
+            runs=self.runs,
+            differences=[difference.to_dict() for difference in result.differences] if result else [],
+            error=result.error if result else None,
+            built=result.built if result else False,
+            elapsed_s=elapsed,
+        )
 
 
 class BackgroundChecks:

@@ -11,19 +11,20 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from snapkernel_engine import SnapshotError
 from snapkernel_engine.diagnostics import Check, cpu_snapshots_work, run_checks
 from snapkernel_engine.privileges import detect
 
 from . import env_names
-from .config import SnapKernelSettings
+from .config import DEFAULT_BUILD_TIMEOUT_S, SnapKernelSettings
 from .paths import default_store_root, open_store, reading_store
 from .setup_section import NotebookError, read_notebook, read_setup_section
 from .status import refusal, snapshot_summary
 
 if TYPE_CHECKING:
+    from .builder import BuildProgress
     from .check import CheckResult
     from .headless import RunSummary
 
@@ -139,7 +140,7 @@ def build_notebook(args: argparse.Namespace) -> int:
     total = len(section.cells) if section else 0
     started = time.perf_counter()
 
-    def progress(event: dict[str, Any]) -> None:
+    def progress(event: BuildProgress) -> None:
         line = progress_line(event, total)
         if line and not args.quiet:
             print(f"[{time.perf_counter() - started:6.1f}s] {line}", file=sys.stderr)
@@ -340,11 +341,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="snapshot store root (default: $SNAPKERNEL_STORE or $JUPYTER_DATA_DIR/snapkernel)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    for add_commands in (_add_build_commands, _add_run_commands, _add_machine_commands, _add_store_commands):
+        add_commands(commands)
+    return parser
 
+
+def _add_build_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`build` and `check`: make a notebook's snapshot, compare its restored runs with cold ones."""
     build_parser_ = commands.add_parser("build", help="build the snapshot of a notebook's setup cells")
     build_parser_.add_argument("notebook", type=Path)
     build_parser_.add_argument(
-        "--timeout", type=float, default=env_names.DEFAULT_BUILD_TIMEOUT_S, help="seconds the build may take"
+        "--timeout", type=float, default=DEFAULT_BUILD_TIMEOUT_S, help="seconds the build may take"
     )
     build_parser_.add_argument("--quiet", action="store_true", help="no progress lines")
     build_parser_.add_argument(
@@ -371,6 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
     check_parser.add_argument("--json", action="store_true", help="print the result as JSON")
     check_parser.set_defaults(handler=check)
 
+
+def _add_run_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`run` and `bench`: execute a notebook headless, time its cold and restored starts."""
     run_parser = commands.add_parser("run", help="execute a notebook headless with a restored kernel")
     run_parser.add_argument("notebook", type=Path)
     run_parser.add_argument("--cold", action="store_true", help="start the kernel cold even if a snapshot matches")
@@ -398,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser.add_argument("--json", action="store_true", help="print the result as JSON")
     bench_parser.set_defaults(handler=bench)
 
+
+def _add_machine_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`doctor` and `install-criu`: check this machine, install CRIU."""
     doctor_parser = commands.add_parser("doctor", help="check CRIU, privileges, namespaces, store and GPU")
     doctor_parser.add_argument("--json", action="store_true", help="print the checks as JSON")
     doctor_parser.add_argument("--criu", default=None, help="CRIU binary to check")
@@ -428,6 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     install_criu_parser.set_defaults(handler=install_criu)
 
+
+def _add_store_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`list`, `rm` and `gc`: the snapshots in the store."""
     list_parser = commands.add_parser("list", help="list snapshots")
     list_parser.add_argument("--json", action="store_true", help="print JSON")
     list_parser.set_defaults(handler=list_snapshots)
@@ -450,7 +466,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the store at most this large (0: no limit, as SnapKernelSettings.quota_bytes)",
     )
     gc_parser.set_defaults(handler=clean_up)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,6 +4,7 @@ or through SNAPKERNEL_* environment variables (e.g. from ``c.Spawner.environment
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from traitlets import Bool, Enum, Float, Int, List, Unicode, default
@@ -17,12 +18,14 @@ from .paths import default_store_root, for_user
 FALSE_WORDS = {"0", "false", "no", "off"}
 PROVISIONER_NAME = "snapkernel-provisioner"  # its entry point in pyproject.toml
 VERIFY_MODES: list[VerifyMode] = ["sha256", "size"]  # typed, so that `SnapKernelSettings.verify` is a VerifyMode
+DEFAULT_BUILD_TIMEOUT_S = 600.0  # how long a snapshot build may take, unless configured
 
 
-def env_flag(name: str, fallback: bool) -> bool:
-    """Read an on/off environment variable; anything but 0/false/no/off is on."""
-    value = os.environ.get(name)
-    return fallback if value is None else value.strip().lower() not in FALSE_WORDS
+def env_flag(name: str, fallback: bool, environ: Mapping[str, str] = os.environ) -> bool:
+    """Read an on/off environment variable (of `environ`: a launch's own, say); anything but 0/false/no/off
+    is on, and unset or empty leaves `fallback`: the one reading of every SNAPKERNEL_* switch."""
+    value = environ.get(name, "").strip().lower()
+    return fallback if not value else value not in FALSE_WORDS
 
 
 def _env_list(name: str) -> list[str] | None:
@@ -135,7 +138,7 @@ class SnapKernelSettings(LoggingConfigurable):
 
     @default("build_timeout")
     def _build_timeout_default(self) -> float:
-        return float(os.environ.get(env_names.BUILD_TIMEOUT, env_names.DEFAULT_BUILD_TIMEOUT_S))
+        return float(os.environ.get(env_names.BUILD_TIMEOUT, DEFAULT_BUILD_TIMEOUT_S))
 
     @default("gpu_state")
     def _gpu_state_default(self) -> bool:

@@ -75,12 +75,12 @@ def describe_start(manager: AsyncKernelManager) -> tuple[str, str | None, str | 
     provisioner = manager.provisioner
     if not isinstance(provisioner, SnapKernelProvisioner):
         raise RuntimeError(f"the kernel was not started by {PROVISIONER_NAME}, which reports how kernels start")
-    report: dict[str, Any] = provisioner.start_report  # start, snapshot, reason (str or None), timings
+    report = provisioner.start_report
     reason = None if report["start"] == "restored" else report["reason"] or "no setup section"
     return report["start"], report["snapshot"], reason
 
 
-def read_notebook(notebook: Path) -> nbformat.NotebookNode:
+def notebook_to_run(notebook: Path) -> nbformat.NotebookNode:
     """Read a notebook to run (through the one reader that validates notebooks), or raise RunError saying why."""
     try:
         # As nbformat.read gives it: multi-line sources and outputs as strings, transient fields dropped.
@@ -128,7 +128,7 @@ async def run_notebook(
     and `output` gets the notebook as far as it ran, failing cells' errors included. `config` is the
     settings to start the kernel with (a server's, so that it restores from that server's stores).
     """
-    book = read_notebook(notebook)
+    book = notebook_to_run(notebook)
     failures: list[CellFailure] = []
 
     def record_failure(cell: nbformat.NotebookNode, cell_index: int, execute_reply: dict[str, Any]) -> None:
@@ -189,7 +189,7 @@ async def run_notebook(
 
 async def time_to_first_reply(notebook: Path, cold: bool) -> tuple[float, str]:
     """Seconds from launch to the reply of the first cell after the setup section (Run All)."""
-    book = read_notebook(notebook)
+    book = notebook_to_run(notebook)
     section = setup_section_of(book)
     sources = [normalise(cell.source) for cell in book.cells if cell.cell_type == "code"]
     setup_count = len(section.cells) if section else 0

@@ -25,9 +25,22 @@ from IPython.core.application import BaseIPythonApplication
 from traitlets import Type
 
 from snapkernel_engine.control_pipe import PipeChannel
+from snapkernel_engine.messages import (
+    CellDone,
+    CellStarted,
+    Ready,
+    Resumed,
+    ResumeFailed,
+    ResumeRequest,
+    SetupFailed,
+    SetupRequest,
+    receive_request,
+    request_from_wire,
+    send,
+)
 
 from . import env_names, hooks, revive, widgets
-from .inputs import recording_inputs
+from .input_recording import recording_inputs
 from .kernel import RecordedCell, SnapKernel, StartInfo
 from .magics import SnapshotMagics
 from .recording import rebind_to_kernel_streams, recording
@@ -56,7 +69,7 @@ class SnapKernelApp(IPKernelApp):
         if self.shell is not None:
             self.shell.register_magics(SnapshotMagics)
 
-    def start_cold(self) -> None:
+    def note_cold_start(self) -> None:
         """Note why this kernel started cold: in its banner, and with the first executed cell when asked."""
         info = json.loads(os.environ.get(env_names.START) or "{}")
         kernel: SnapKernel = self.kernel
@@ -94,7 +107,7 @@ class SnapKernelApp(IPKernelApp):
         recorded = []
         shell.execution_count = 1  # setup cells are In [1] … In [n], as in a fresh kernel
         for index, source in enumerate(cells):
-            channel.send(event="cell", index=index)
+            send(channel, CellStarted(index))
             outputs: list[dict[str, Any]] = []
             started = time.perf_counter()
             with recording(shell, outputs):
@@ -103,20 +116,26 @@ class SnapKernelApp(IPKernelApp):
             if not result.success:
                 errors = [output for output in outputs if output["output_type"] == "error"]
                 text = "\n".join(errors[-1]["traceback"]) if errors else repr(result.error_in_exec)
-                channel.send(event="failed", index=index, error=ANSI_ESCAPE.sub("", text), outputs=outputs)
+                send(channel, SetupFailed(index, ANSI_ESCAPE.sub("", text), outputs))
                 return None
             recorded.append(RecordedCell(source, result.execution_count, outputs, seconds))
-            channel.send(event="cell_done", index=index, seconds=seconds, outputs=outputs)
+            send(channel, CellDone(index, seconds, outputs))
         return recorded
 
-    def resume(self, request: dict[str, Any], channel: PipeChannel) -> None:
+    def resume(
+        self,
+        request: ResumeRequest,
+        setup_record: list[RecordedCell],
+        build_environment: revive.BuildEnvironment,
+        channel: PipeChannel,
+    ) -> None:
         """Finish initialisation after a restore: new environment, connection and sockets."""
-        revive.apply_environment(request["env"], request["build_environment"])
-        os.chdir(request["cwd"])
-        revive.apply_launch(request["connection_file"])
+        revive.apply_environment(request.env, build_environment)
+        os.chdir(request.cwd)
+        revive.apply_launch(request.connection_file)
         failures = hooks.run_after_restore()
         self.parent_handle = 0  # our parent is the namespace init; the engine ties it to the server
-        self.connection_file = request["connection_file"]
+        self.connection_file = request.connection_file
         self.init_connection_file()
         self.init_sockets()
         self.init_heartbeat()
@@ -134,29 +153,28 @@ class SnapKernelApp(IPKernelApp):
         revive.history_to_disk(shell)
         kernel: SnapKernel = self.kernel
         kernel.setup_record = [
-            dataclasses.replace(cell, outputs=widgets.renamed_views(cell.outputs, renamed))
-            for cell in request["setup_record"]
+            dataclasses.replace(cell, outputs=widgets.renamed_views(cell.outputs, renamed)) for cell in setup_record
         ]
         kernel.start_info = StartInfo(
             mode="restored",
-            snapshot=request["snapshot"],
-            notebook=request["env"].get("JPY_SESSION_NAME"),
-            restore_s=time.time() - request["restore_started"],
-            from_spare=bool(request.get("from_spare")),
-            setup_s=sum(cell.seconds for cell in request["setup_record"]),
+            snapshot=request.snapshot,
+            notebook=request.env.get("JPY_SESSION_NAME"),
+            restore_s=time.time() - request.restore_started,
+            from_spare=request.from_spare,
+            setup_s=sum(cell.seconds for cell in setup_record),
             hook_failures=failures,
         )
         if failures:
             kernel.announce("snapkernel: after_restore hooks failed:\n" + "\n".join(failures))
         sys.stdout.flush()
         sys.stderr.flush()
-        channel.send(event="resumed", pid=os.getpid())
+        send(channel, Resumed(os.getpid()))
 
 
 def build(control_fd: int, report_fd: int) -> int:
     """Run a snapshot build: setup cells, hooks, then wait to be checkpointed and resumed."""
     channel = PipeChannel(control_fd, report_fd)
-    request = channel.receive()
+    request = receive_request(channel, SetupRequest)
     launch_environment = dict(os.environ)
     app = SnapKernelApp.instance()
     # An on-disk history database would be an open file that grows: CRIU refuses to restore it.
@@ -166,7 +184,7 @@ def build(control_fd: int, report_fd: int) -> int:
     # After the kernel's own start, before the setup: the setup's changes win over each restore's launch.
     before_setup = dict(os.environ)
     with recording_inputs() as recorder, hooks.recording_seeds():
-        recorded = app.run_setup(shell, request["cells"], channel)
+        recorded = app.run_setup(shell, request.cells, channel)
     if recorded is None:
         return 1
     setup_changes = revive.EnvironmentChanges.between(before_setup, os.environ)
@@ -175,23 +193,22 @@ def build(control_fd: int, report_fd: int) -> int:
             importlib.import_module(module)
     failures = hooks.run_before_snapshot()
     if failures:
-        channel.send(event="failed", index=None, error="\n".join(failures), outputs=[])
+        send(channel, SetupFailed(None, "\n".join(failures)))
         return 1
     revive.quiesce_libraries()
     kernel_changes = revive.EnvironmentChanges.between(launch_environment, os.environ).without(setup_changes)
     sys.stdout.flush()
     sys.stderr.flush()
-    channel.send(event="ready", pid=os.getpid(), inputs=recorder.report())
+    send(channel, Ready(os.getpid(), recorder.report()))
     try:
-        resume_request = channel.receive()  # the checkpoint is taken while we wait here
+        resume_wire = channel.receive()  # the checkpoint is taken while we wait here
     except EOFError:
         return 0  # a spare kernel whose server went away before handing it a launch: nothing to report
-    resume_request["setup_record"] = recorded
-    resume_request["build_environment"] = revive.BuildEnvironment(kernel_changes, setup_changes)
     try:
-        app.resume(resume_request, channel)
+        resume_request = request_from_wire(ResumeRequest, resume_wire)
+        app.resume(resume_request, recorded, revive.BuildEnvironment(kernel_changes, setup_changes), channel)
     except Exception as error:
-        channel.send(event="resume_failed", error=f"{type(error).__name__}: {error}")
+        send(channel, ResumeFailed(f"{type(error).__name__}: {error}"))
         return 1
     app.start()
     return 0
@@ -204,7 +221,7 @@ def main() -> None:
         raise SystemExit(build(int(fds["control-fd"]), int(fds["report-fd"])))
     app = SnapKernelApp.instance()
     app.initialize()
-    app.start_cold()
+    app.note_cold_start()
     app.start()
 
 

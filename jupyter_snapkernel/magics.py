@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
@@ -14,6 +14,9 @@ from .config import SnapKernelSettings
 from .paths import open_store
 from .setup_section import CELL_MAGIC, NotebookError, read_setup_section
 from .status import notebook_file_state, user_stores
+
+if TYPE_CHECKING:
+    from .builder import BuildProgress
 
 USAGE = "usage: %snapshot status | build | list | rm ID   (%%snapshot marks the setup cell)"
 
@@ -117,7 +120,7 @@ class SnapshotMagics(Magics):
         section = read_setup_section(self.notebook)
         cells = len(section.cells) if section else 0
 
-        def progress(event: dict[str, Any]) -> None:
+        def progress(event: BuildProgress) -> None:
             """Print a build event."""
             line = progress_line(event, cells)
             if line:

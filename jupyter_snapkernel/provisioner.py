@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -16,15 +17,17 @@ from jupyter_client.provisioning import LocalProvisioner
 from snapkernel_engine import Manifest, RestoredTree, SnapshotStore
 from snapkernel_engine.diagnostics import snapshot_blocker
 from snapkernel_engine.failures import RestoreFailure, classify_restore_failure
+from snapkernel_engine.messages import ResumeRequest
 from snapkernel_engine.restore import LAZY_NEEDS_ROOT, lazy_restore_supported
 
 from . import env_names
-from .background_builds import background_builds
-from .builder import BuildCancelled, keep_within_limits, notebook_gpu_state
-from .config import SnapKernelSettings
+from .answers import KernelStart, kernel_start
+from .background_builds import background_builds, start_build
+from .builder import BuildCancelled
+from .config import SnapKernelSettings, env_flag
 from .setup_section import NotebookError, SetupSection
-from .spares import SpareLimits, restore_awaiting_connection, spare_pool
-from .status import forget_stale_restores, note_stale_restore, notebook_file_state, user_stores
+from .spares import SpareLimits, restore_off_the_loop, spare_pool
+from .status import NotebookState, forget_stale_restores, note_stale_restore, notebook_file_state, user_stores
 
 
 @dataclass
@@ -32,12 +35,87 @@ class StartPlan:
     """What the provisioner decided for one launch."""
 
     notebook: Path | None = None
-    section: SetupSection | None = None
-    snapshot: Manifest | None = None
-    reason: str | None = None
-    store: SnapshotStore | None = None  # the store that holds `snapshot`
-    build: bool = True  # whether a cold start of this plan may build the snapshot in the background
+    state: NotebookState | None = None  # what the stores hold for the notebook (None: no snapshot was looked for)
+    why_cold: str | None = None  # why no snapshot was looked for, or why its restore failed (else: the state's)
     own_store: SnapshotStore | None = None  # the user's store, where builds publish
+
+    @property
+    def snapshot(self) -> Manifest | None:
+        """The snapshot this launch restores (None: it starts cold)."""
+        return self.state.snapshot if self.state is not None and self.state.restorable else None
+
+    @property
+    def reason(self) -> str | None:
+        """Why the kernel starts cold (None: it restores, or there is nothing to restore from)."""
+        return self.why_cold or (self.state.cold_reason if self.state is not None else None)
+
+    @property
+    def builds(self) -> bool:
+        """Whether a cold start of this plan builds the snapshot in the background (if auto_build is on)."""
+        return self.state is not None and self.state.section is not None and self.state.rebuild
+
+
+def plan_start(settings: SnapKernelSettings, kernel_name: str, env: dict[str, str], cwd: str | None) -> StartPlan:
+    """Decide between restoring and a cold start, with the reason for a cold one (reads the disk)."""
+    session_name = env.get("JPY_SESSION_NAME")
+    if not session_name:
+        return StartPlan()
+    refused = _refusal(settings, kernel_name, env)
+    if refused is not None:
+        return StartPlan(notebook=Path(session_name), why_cold=refused)
+    notebook = Path(session_name)
+    if not notebook.is_absolute():
+        notebook = Path(cwd or ".") / notebook.name
+    if notebook.suffix != ".ipynb" or not os.path.lexists(notebook):  # a session of no notebook file
+        return StartPlan(notebook=notebook)
+    stores = user_stores(settings)
+    try:
+        state = notebook_file_state(stores, notebook, env, quota_bytes=settings.quota_bytes, builds=background_builds)
+    except NotebookError as error:  # unreadable, not JSON, or not a valid notebook: the kernel starts cold
+        why = error.problem if error.unreadable else str(error)
+        return StartPlan(notebook=notebook, why_cold=f"cannot read the notebook: {why}")
+    return StartPlan(notebook, state, own_store=stores[0])
+
+
+def _refusal(settings: SnapKernelSettings, kernel_name: str, env: dict[str, str]) -> str | None:
+    """Why this launch looks for no snapshot at all (None: it looks)."""
+    if not settings.enabled:
+        return "snapshots are disabled (SnapKernelSettings.enabled)"
+    blocker = snapshot_blocker()
+    if blocker:
+        return f"snapshots are unavailable on this server: {blocker}"
+    if kernel_name not in settings.allowed_kernelspecs:
+        return f"kernelspec {kernel_name!r} is not allowed snapshots"
+    if env_flag(env_names.COLD, False, env):
+        return "cold start requested"
+    return None
+
+
+def settle_failed_restore(plan: StartPlan, snapshot: Manifest, store: SnapshotStore, failure: RestoreFailure) -> None:
+    """Keep, rebuild or give up the snapshot whose restore failed, according to the cause (reads the disk)."""
+    assert plan.state is not None, "only a planned snapshot is restored"
+    if failure.kind == "transient":
+        plan.state.rebuild = False  # the next start tries this snapshot again: a rebuild would make the same one
+    elif failure.kind == "stale":
+        store.mark_stale(snapshot.id, failure.cause)
+        # One rebuild now; rebuilt snapshots that fail the same way wait longer each time.
+        own = plan.own_store
+        plan.state.rebuild = own is not None and note_stale_restore(own, snapshot.key, failure.cause)
+    else:
+        # The same snapshot would fail the same way: never offer it again, and do not rebuild it in a loop
+        # (a rebuild of the same cells would carry the same cause).
+        store.mark_unusable(snapshot.id, failure.cause)
+        plan.state.rebuild = False
+
+
+def lazy_restores(settings: SnapKernelSettings, log: logging.Logger | logging.LoggerAdapter[logging.Logger]) -> bool:
+    """Whether restores load memory lazily: asked for, and possible here (root mode only)."""
+    if not settings.lazy_restore:
+        return False
+    if lazy_restore_supported():
+        return True
+    log.warning("snapkernel: lazy_restore is on, but %s: restoring eagerly", LAZY_NEEDS_ROOT)
+    return False
 
 
 class RestoredKernelProcess:
@@ -68,6 +146,9 @@ class RestoredKernelProcess:
 class SnapKernelProvisioner(LocalProvisioner):
     """Restores `snapkernel` kernels from snapshots of their notebook's setup cells."""
 
+    start_plan: StartPlan
+    start_report: KernelStart  # how the kernel started: GET kernels/ID answers it, headless runs read it
+
     @property
     def settings(self) -> SnapKernelSettings:
         """The administrator's settings (``c.SnapKernelSettings``), read through this server's config."""
@@ -75,42 +156,11 @@ class SnapKernelProvisioner(LocalProvisioner):
             self._settings = SnapKernelSettings(parent=self)
         return self._settings
 
-    def plan(self, env: dict[str, str], cwd: str | None) -> StartPlan:
-        """Decide between restoring and a cold start, with the reason for a cold one."""
-        session_name = env.get("JPY_SESSION_NAME")
-        if not session_name:
-            return StartPlan(reason=None)
-        if not self.settings.enabled:
-            return StartPlan(notebook=Path(session_name), reason="snapshots are disabled (SnapKernelSettings.enabled)")
-        blocker = snapshot_blocker()
-        if blocker:
-            return StartPlan(notebook=Path(session_name), reason=f"snapshots are unavailable on this server: {blocker}")
-        kernel_name = getattr(self.parent, "kernel_name", "snapkernel")
-        if kernel_name not in self.settings.allowed_kernelspecs:
-            return StartPlan(notebook=Path(session_name), reason=f"kernelspec {kernel_name!r} is not allowed snapshots")
-        if env.get(env_names.COLD, "").lower() in {"1", "true", "yes"}:
-            return StartPlan(notebook=Path(session_name), reason="cold start requested")
-        notebook = Path(session_name)
-        if not notebook.is_absolute():
-            notebook = Path(cwd or ".") / notebook.name
-        if notebook.suffix != ".ipynb" or not os.path.lexists(notebook):  # a session of no notebook file
-            return StartPlan(notebook=notebook, reason=None)
-        stores = user_stores(self.settings)
-        try:
-            state = notebook_file_state(stores, notebook, env, quota_bytes=self.settings.quota_bytes)
-        except NotebookError as error:  # unreadable, not JSON, or not a valid notebook: the kernel starts cold
-            why = error.problem if error.unreadable else str(error)
-            return StartPlan(notebook=notebook, reason=f"cannot read the notebook: {why}")
-        if state.section is None:
-            return StartPlan(notebook=notebook)
-        if state.restorable:
-            return StartPlan(notebook, state.section, state.snapshot, store=state.store, own_store=stores[0])
-        return StartPlan(notebook, state.section, reason=state.cold_reason, build=state.rebuild, own_store=stores[0])
-
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         kwargs = await super().pre_launch(**kwargs)
         env = kwargs.setdefault("env", dict(os.environ))
-        self.start_plan = await asyncio.to_thread(self.plan, env, kwargs.get("cwd"))
+        kernel_name = getattr(self.parent, "kernel_name", "snapkernel")
+        self.start_plan = await asyncio.to_thread(plan_start, self.settings, kernel_name, env, kwargs.get("cwd"))
         env[env_names.STORE] = str(self.settings.user_store_root)
         # The kernel's `%snapshot status` then looks where this plan looked.
         env[env_names.SHARED_ROOTS] = ",".join(self.settings.shared_roots)
@@ -120,69 +170,57 @@ class SnapKernelProvisioner(LocalProvisioner):
         return kwargs
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
+        """Restore the plan's snapshot; start cold when there is none or its restore fails (saying why)."""
         plan: StartPlan = getattr(self, "start_plan", StartPlan())
         started = time.time()
         self._track_spares(plan)
-        if plan.snapshot is not None and plan.store is not None:
+        info = await self._launch_restored(plan, started, kwargs) if plan.snapshot is not None else None
+        if info is None:
+            info = await self._launch_cold(plan, started, cmd, kwargs)
+        self._session_opened(plan)
+        return info
+
+    async def _launch_restored(
+        self, plan: StartPlan, started: float, kwargs: dict[str, Any]
+    ) -> KernelConnectionInfo | None:
+        """Restore the plan's snapshot; None when the restore failed (the plan then says why, and the failure is
+        recorded)."""
+        snapshot, state = plan.snapshot, plan.state
+        assert snapshot is not None and state is not None and state.store is not None
+        try:
+            info = await self._restore(snapshot, state.store, plan.notebook, kwargs)
+        except Exception as error:
+            failure = classify_restore_failure(error)
+            plan.why_cold = failure.reason(snapshot.id, error)
+            self.log.warning("snapkernel: %s; starting cold", plan.why_cold)
             try:
-                info = await self._restore(plan.snapshot, plan.store, plan.notebook, kwargs)
-                self.start_report = {
-                    "start": "restored",
-                    "snapshot": plan.snapshot.id,
-                    "reason": None,
-                    "restore_s": round(time.time() - started, 3),
-                    "setup_s": float(plan.snapshot.labels.get("setup_s", 0)),
-                    "started": started,
-                }
-                if plan.own_store is not None:
-                    await asyncio.to_thread(forget_stale_restores, plan.own_store, plan.snapshot.key)
-                self._session_opened(plan)
-                return info
-            except Exception as error:
-                failure = classify_restore_failure(error)
-                plan.reason = failure.reason(plan.snapshot.id, error)
-                self.log.warning("snapkernel: %s; starting cold", plan.reason)
-                try:
-                    await asyncio.to_thread(self._after_failed_restore, plan, plan.snapshot, plan.store, failure)
-                except Exception as bookkeeping:  # the kernel starts cold all the same
-                    self.log.warning("snapkernel: could not record the failed restore: %s", bookkeeping)
+                await asyncio.to_thread(settle_failed_restore, plan, snapshot, state.store, failure)
+            except Exception as bookkeeping:  # the kernel starts cold all the same
+                self.log.warning("snapkernel: could not record the failed restore: %s", bookkeeping)
+            return None
+        self.start_report = kernel_start(started, snapshot)
+        if plan.own_store is not None:
+            await asyncio.to_thread(forget_stale_restores, plan.own_store, snapshot.key)
+        return info
+
+    async def _launch_cold(
+        self, plan: StartPlan, started: float, cmd: list[str], kwargs: dict[str, Any]
+    ) -> KernelConnectionInfo:
+        """Start the kernel as ipykernel would, telling it why; then build its snapshot in the background."""
         if plan.reason:
             self.log.info("snapkernel: cold start for %s (%s)", plan.notebook, plan.reason)
         env = kwargs.setdefault("env", dict(os.environ))
         env[env_names.START] = json.dumps({"reason": plan.reason, "notebook": str(plan.notebook or "")})
-        self.start_report = {
-            "start": "cold",
-            "snapshot": None,
-            "reason": plan.reason,
-            "restore_s": None,
-            "setup_s": None,
-            "started": started,
-        }
+        self.start_report = kernel_start(started, reason=plan.reason)
         info = await super().launch_kernel(cmd, **kwargs)
-        # A requested cold start plans no section, so it builds nothing either.
-        if plan.section and plan.notebook and plan.own_store and plan.build and self.settings.auto_build:
+        state = plan.state
+        # A requested cold start plans no state, so it builds nothing either.
+        if plan.builds and plan.notebook and plan.own_store and state and state.section and self.settings.auto_build:
             try:
-                await self._background_build(plan.notebook, plan.section, plan.own_store)
+                self._background_build(plan.notebook, state.section, plan.own_store)
             except Exception as error:  # the kernel runs: a build that cannot start must not fail its launch
                 self.log.warning("snapkernel: could not start the snapshot build of %s: %s", plan.notebook, error)
-        self._session_opened(plan)
         return info
-
-    def _after_failed_restore(
-        self, plan: StartPlan, snapshot: Manifest, store: SnapshotStore, failure: RestoreFailure
-    ) -> None:
-        """Keep, rebuild or give up the snapshot whose restore failed, according to the cause."""
-        if failure.kind == "transient":
-            plan.build = False  # the next start tries this snapshot again: a rebuild would make the same one
-        elif failure.kind == "stale":
-            store.mark_stale(snapshot.id, failure.cause)
-            # One rebuild now; rebuilt snapshots that fail the same way wait longer each time.
-            plan.build = plan.own_store is not None and note_stale_restore(plan.own_store, snapshot.key, failure.cause)
-        else:
-            # The same snapshot would fail the same way: never offer it again, and do not rebuild it in a loop
-            # (a rebuild of the same cells would carry the same cause).
-            store.mark_unusable(snapshot.id, failure.cause)
-            plan.build = False
 
     def _track_spares(self, plan: StartPlan) -> None:
         """Apply this server's spare limits, and retire the notebook's spares this start shows to be obsolete."""
@@ -205,18 +243,10 @@ class SnapKernelProvisioner(LocalProvisioner):
         if plan.notebook is not None:
             spare_pool.session_opened(self.kernel_id, plan.notebook, self._kernel_is_running)
 
-    async def _background_build(self, notebook: Path, section: SetupSection, store: SnapshotStore) -> None:
-        """Start (or join) the build of this section's snapshot; reading the notebook happens off the loop."""
-        gpu_state = await asyncio.to_thread(notebook_gpu_state, notebook, self.settings.gpu_state)
+    def _background_build(self, notebook: Path, section: SetupSection, store: SnapshotStore) -> None:
+        """Start (or join) the build of this section's snapshot, and refill the spares once it is published."""
         # The server's one build manager: a build the REST API started for this section is joined.
-        settings = self.settings
-
-        def trim(manifest: Manifest) -> None:
-            keep_within_limits(store, manifest, settings.quota_bytes, settings.max_snapshots)
-
-        build = background_builds.start(
-            notebook, section, store, settings.build_timeout, after_publish=trim, gpu_state=gpu_state
-        )
+        build = start_build(background_builds, notebook, section, store, self.settings)
 
         def report(done: asyncio.Future[Manifest]) -> None:
             if done.cancelled() or isinstance(done.exception(), BuildCancelled):
@@ -225,24 +255,14 @@ class SnapKernelProvisioner(LocalProvisioner):
             if error is None:
                 self.log.info("snapkernel: snapshot %s of %s is ready", done.result().id, notebook)
                 if self.settings.spare_kernels:
-                    lazy = self._lazy()
+                    lazy = lazy_restores(self.settings, self.log)
                     timeout = self.settings.restore_timeout
                     spare_pool.refill(store, done.result(), notebook, lazy=lazy, timeout=timeout)
             else:
                 self.log.warning("snapkernel: snapshot build of %s failed: %s", notebook, error)
 
         assert build.task is not None
-        spare_pool.replace_after(build.task, notebook)
         build.task.add_done_callback(report)
-
-    def _lazy(self) -> bool:
-        """Whether restores load memory lazily: asked for, and possible here (root mode only)."""
-        if not self.settings.lazy_restore:
-            return False
-        if lazy_restore_supported():
-            return True
-        self.log.warning("snapkernel: lazy_restore is on, but %s: restoring eagerly", LAZY_NEEDS_ROOT)
-        return False
 
     async def _restore(
         self, manifest: Manifest, store: SnapshotStore, notebook: Path | None, kwargs: dict[str, Any]
@@ -250,31 +270,22 @@ class SnapKernelProvisioner(LocalProvisioner):
         """Restore the snapshot (or take its spare) and hand it this launch's connection, env and cwd."""
         started = time.time()
         settings = self.settings
-        lazy = self._lazy()
+        lazy = lazy_restores(self.settings, self.log)
         waiting = spare_pool.take(manifest.id) if settings.spare_kernels else None
         from_spare = waiting is not None
         if waiting is None:
-            waiting = await asyncio.to_thread(
-                restore_awaiting_connection, store, manifest, lazy=lazy, timeout=settings.restore_timeout
-            )
+            waiting = await restore_off_the_loop(store, manifest, lazy=lazy, timeout=settings.restore_timeout)
         cwd = str(kwargs.get("cwd") or os.getcwd())
         assert self.parent is not None, "a provisioner launches for its kernel manager"
-        try:
-            waiting.channel.send(
-                connection_file=self.parent.connection_file,
-                env=kwargs.get("env") or dict(os.environ),
-                cwd=cwd,
-                snapshot=manifest.id,
-                restore_started=started,
-                from_spare=from_spare,
-            )
-            reply = await asyncio.wait_for(asyncio.to_thread(waiting.channel.receive), settings.restore_timeout)
-            if reply.get("event") != "resumed":
-                raise RuntimeError(reply.get("error") or f"unexpected reply {reply}")
-        except BaseException:
-            waiting.discard()
-            raise
-        waiting.close_pipes()
+        launch = ResumeRequest(
+            connection_file=self.parent.connection_file,
+            env=kwargs.get("env") or dict(os.environ),
+            cwd=cwd,
+            snapshot=manifest.id,
+            restore_started=started,
+            from_spare=from_spare,
+        )
+        await waiting.resume(launch, settings.restore_timeout)
         self.log.info(
             "snapkernel: restored %s from snapshot %s in %.2f s%s", kwargs.get("kernel_id", "kernel"), manifest.id,
             time.time() - started, " (a spare restored ahead)" if from_spare else "",

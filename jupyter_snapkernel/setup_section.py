@@ -38,6 +38,9 @@ class SetupSection:
     ignore_inputs: tuple[str, ...] = ()
     # Where the setup cells are in the notebook's list of cells (the marked last one is positions[-1]).
     positions: tuple[int, ...] = field(default=(), compare=False)
+    # The notebook's own choice whether its snapshot keeps GPU state: metadata {"snapkernel": {"gpu_state": …}}
+    # (None: the administrator's setting decides, SnapKernelSettings.gpu_state).
+    gpu_state: bool | None = field(default=None, compare=False)
 
     @property
     def setup_hash(self) -> str:
@@ -60,11 +63,15 @@ def setup_section_of(notebook: dict[str, Any]) -> SetupSection | None:
         return None
     setup = code_cells[: marked[-1] + 1]
     settings = notebook.get("metadata", {}).get("snapkernel", {})
-    ignore = settings.get("ignore_inputs", []) if isinstance(settings, dict) else []
+    if not isinstance(settings, dict):
+        settings = {}
+    ignore = settings.get("ignore_inputs", [])
+    gpu_state = settings.get("gpu_state")
     return SetupSection(
         tuple(normalise(cell.get("source", "")) for _, cell in setup),
         tuple(str(pattern) for pattern in ignore) if isinstance(ignore, list) else (),
         positions=tuple(index for index, _ in setup),
+        gpu_state=gpu_state if isinstance(gpu_state, bool) else None,
     )
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from snapkernel_engine import Manifest, RestoredTree, SnapshotError, SnapshotStore
 from snapkernel_engine.control_pipe import PipeChannel
+from snapkernel_engine.messages import KernelPipes, Resumed, ResumeFailed, ResumeRequest, receive_event, send
 from snapkernel_engine.process import is_stopped, tree, tree_rss_bytes
 
 from .background_builds import in_daemon_thread
@@ -37,12 +38,26 @@ class KernelAwaitingConnection:
     snapshot: str
 
     def close_pipes(self) -> None:
+        """Close the launcher's ends of the kernel's control pipe."""
         for fd in (self.channel.read_fd, self.channel.write_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)
 
     def discard(self) -> None:
+        """Kill the kernel and close its pipes."""
         self.tree.kill()
+        self.close_pipes()
+
+    async def resume(self, request: ResumeRequest, timeout: float) -> None:
+        """Hand the kernel its launch and wait (at most `timeout` s) until it listens; on failure, discard it."""
+        try:
+            send(self.channel, request)
+            reply = await asyncio.wait_for(in_daemon_thread(receive_event, self.channel), timeout)
+            if not isinstance(reply, Resumed):
+                raise RuntimeError(reply.error if isinstance(reply, ResumeFailed) else f"unexpected reply {reply}")
+        except BaseException:
+            self.discard()
+            raise
         self.close_pipes()
 
 
@@ -73,13 +88,13 @@ def restore_awaiting_connection(
     """Restore a snapshot's kernel with fresh pipes; it waits for its resume request (`stopped`: frozen, too)."""
     control_read, control_write = os.pipe()
     report_read, report_write = os.pipe()
-    handed = {
-        "stdin": os.open(os.devnull, os.O_RDONLY),
-        "stdout": forwarded_output(1),  # restored kernels write where a cold kernel of this server would
-        "stderr": forwarded_output(2),
-        "control": control_read,
-        "report": report_write,
-    }
+    handed = KernelPipes(
+        stdin=os.open(os.devnull, os.O_RDONLY),
+        stdout=forwarded_output(1),  # restored kernels write where a cold kernel of this server would
+        stderr=forwarded_output(2),
+        control=control_read,
+        report=report_write,
+    ).by_name()
     try:
         tree = store.restore_snapshot(
             manifest.id, key=manifest.key, pipes=handed, timeout=timeout, lazy=lazy, stopped=stopped
@@ -92,6 +107,19 @@ def restore_awaiting_connection(
         for fd in handed.values():
             os.close(fd)
     return KernelAwaitingConnection(tree, PipeChannel(report_read, control_write), manifest.id)
+
+
+async def restore_off_the_loop(
+    store: SnapshotStore, manifest: Manifest, *, lazy: bool, timeout: float, stopped: bool = False
+) -> KernelAwaitingConnection:
+    """`restore_awaiting_connection` in a daemon thread: the one way the server restores, for launches and spares.
+
+    A daemon thread, not asyncio.to_thread: a restore CRIU is stuck in must not hold up the server's exit
+    (see `in_daemon_thread`).
+    """
+    return await in_daemon_thread(
+        restore_awaiting_connection, store, manifest, lazy=lazy, timeout=timeout, stopped=stopped
+    )
 
 
 REFILL_DELAY_S = 1.0
@@ -324,9 +352,7 @@ class SparePool:
             await asyncio.sleep(REFILL_DELAY_S)
             if generation != self._generation or not filling.wanted:
                 return None  # discarded while it waited
-            return await in_daemon_thread(
-                restore_awaiting_connection, store, manifest, lazy=lazy, timeout=timeout, stopped=True
-            )
+            return await restore_off_the_loop(store, manifest, lazy=lazy, timeout=timeout, stopped=True)
 
         filling = Filling(asyncio.ensure_future(restore_after_the_start_settles()), manifest, notebooks)
         self._filling[manifest.id] = filling

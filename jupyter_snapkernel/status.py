@@ -9,7 +9,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from snapkernel_engine import Manifest, SnapshotStore
 from snapkernel_engine.inputs import changed_inputs
@@ -35,6 +35,23 @@ class NotebookState:
     section: SetupSection | None = None
     in_shared_root: bool = False  # `store` is an administrator's shared root, not the user's own store
     queue_ahead: int | None = None  # queued: how many queued builds of its server run first
+    build: str | None = None  # queued or building in the asking server: the id of its build there
+
+
+@dataclass(frozen=True)
+class RunningBuild:
+    """A build of a setup section that runs or waits in a queue, as far as a notebook's state tells it."""
+
+    state: str  # queued | building
+    queue_ahead: int | None = None  # queued: how many queued builds of its server run first
+    id: str | None = None  # the build's id in the asking server (None: another process's build)
+
+
+class ServerBuilds(Protocol):
+    """A server's builds in memory (background_builds.BackgroundBuilds): they know a build before its records do."""
+
+    def running_build(self, setup_hash: str) -> RunningBuild | None:
+        """The server's queued or running build of a setup section (None: it has none); callable from any thread."""
 
 
 def builds_dir(store: SnapshotStore) -> Path:
@@ -42,10 +59,20 @@ def builds_dir(store: SnapshotStore) -> Path:
     return store.root / BUILDS
 
 
+def build_file(store: SnapshotStore, setup_hash: str, kind: str = "json") -> Path:
+    """The one path of a setup hash's build record (`json`) or build lock (`lock`)."""
+    return builds_dir(store) / f"{setup_hash}.{kind}"
+
+
+def remove_build_record(store: SnapshotStore, setup_hash: str) -> None:
+    """Remove a setup hash's build record, if there is one."""
+    build_file(store, setup_hash).unlink(missing_ok=True)
+
+
 def build_record(store: SnapshotStore, setup_hash: str) -> dict[str, object] | None:
     """Return the build record of a setup hash: a running or failed build, or restores that failed since one."""
     try:
-        record = json.loads((builds_dir(store) / f"{setup_hash}.json").read_text())
+        record = json.loads(build_file(store, setup_hash).read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(record, dict):
@@ -78,7 +105,9 @@ def queued_ahead(store: SnapshotStore, setup_hash: str) -> int | None:
 
 
 def write_private_json(path: Path, record: dict[str, Any]) -> None:
-    """Replace a file of the builds folder at once, readable by its owner only."""
+    """Replace a file of the builds folder at once, readable by its owner only (the folder is made if need be):
+    the one writer of build and queue records."""
+    path.parent.mkdir(mode=0o700, exist_ok=True)
     temporary = path.with_suffix(".tmp")
     temporary.write_text(json.dumps(record))
     os.chmod(temporary, 0o600)
@@ -87,7 +116,7 @@ def write_private_json(path: Path, record: dict[str, Any]) -> None:
 
 def write_build_record(store: SnapshotStore, setup_hash: str, **record: Any) -> None:
     """Replace the build record of a setup hash (private to the store's owner)."""
-    write_private_json(builds_dir(store) / f"{setup_hash}.json", record)
+    write_private_json(build_file(store, setup_hash), record)
 
 
 # After the first rebuild for a stale restore, each rebuilt snapshot that fails the same way doubles the wait.
@@ -118,7 +147,6 @@ def note_stale_restore(store: SnapshotStore, setup_hash: str, reason: str) -> bo
     failures = restore_failures_of(record) + 1
     wait = stale_rebuild_wait(failures)
     try:
-        builds_dir(store).mkdir(mode=0o700, exist_ok=True)
         write_build_record(
             store, setup_hash, state="stale", error=reason, restore_failures=failures, retry_after=time.time() + wait
         )
@@ -132,7 +160,7 @@ def forget_stale_restores(store: SnapshotStore, setup_hash: str) -> None:
     record = build_record(store, setup_hash)
     if record and record.get("state") in {"stale", "rebuilt"}:
         with contextlib.suppress(OSError):  # counted again at the next failure: no reason to fail a start
-            (builds_dir(store) / f"{setup_hash}.json").unlink(missing_ok=True)
+            remove_build_record(store, setup_hash)
 
 
 def _stale_rebuild_held(record: Mapping[str, Any] | None) -> str | None:
@@ -269,12 +297,13 @@ def notebook_state(
     notebook: str | Path,
     environ: Mapping[str, str] = os.environ,
     quota_bytes: int | None = None,
+    builds: ServerBuilds | None = None,
 ) -> NotebookState:
     """Decide a notebook's snapshot state and what a kernel start does: the one answer every caller uses.
 
     `stores` is the user's own store first (builds and their records live there), then the shared roots.
     `quota_bytes` is the quota in force (None: not known here), so that a snapshot found too large for
-    another quota is built again.
+    another quota is built again. `builds` are the asking server's own (None: not in a server).
     """
     if section is None:
         return NotebookState("none", reasons=["no setup cell is marked"], rebuild=False)
@@ -288,10 +317,9 @@ def notebook_state(
             "failed", setup_hash, reasons=[own_refusal], cold_reason=own_refusal, rebuild=False, section=section
         )
     record = build_record(own, setup_hash) if own_refusal is None else None
-    building = bool(record and record.get("state") == "building")
-    ahead = queued_ahead(own, setup_hash) if own_refusal is None else None
-    if building or ahead is not None:  # a build runs, or waits in a server's queue
-        found.state, found.queue_ahead = ("building", None) if building else ("queued", ahead)
+    running = running_build(own, setup_hash, record, builds) if own_refusal is None else None
+    if running is not None:  # a build runs, or waits in a server's queue
+        found.state, found.queue_ahead, found.build = running.state, running.queue_ahead, running.id
         found.cold_reason = None if found.restorable else "no snapshot yet"
         return found
     if found.restorable:
@@ -322,6 +350,23 @@ def notebook_state(
     return found
 
 
+def running_build(
+    own: SnapshotStore, setup_hash: str, record: Mapping[str, Any] | None, builds: ServerBuilds | None
+) -> RunningBuild | None:
+    """Whether a build of the setup section runs or waits (None: neither): the one answer, for notebook_state.
+
+    The asking server's own builds first (its queue is written to disk after the fact), then the build
+    record (`record`, read from `own`) and the queue records of every process building into `own`.
+    """
+    mine = builds.running_build(setup_hash) if builds is not None else None
+    if mine is not None:
+        return mine
+    if record and record.get("state") == "building":
+        return RunningBuild("building")
+    ahead = queued_ahead(own, setup_hash)
+    return None if ahead is None else RunningBuild("queued", ahead)
+
+
 def _recurring_failure(record: dict[str, object] | None, own: SnapshotStore, quota_bytes: int | None) -> str | None:
     """The error of a failed build that would fail again: same environment and, for a quota failure, same quota."""
     if not record or record.get("state") != "failed" or record.get("fingerprint") != own.fingerprint_digest():
@@ -336,6 +381,7 @@ def notebook_file_state(
     notebook: str | Path,
     environ: Mapping[str, str] = os.environ,
     quota_bytes: int | None = None,
+    builds: ServerBuilds | None = None,
 ) -> NotebookState:
     """The state of a notebook as saved on disk; raise NotebookError when it is not a valid notebook."""
-    return notebook_state(stores, read_setup_section(notebook), notebook, environ, quota_bytes)
+    return notebook_state(stores, read_setup_section(notebook), notebook, environ, quota_bytes, builds)

@@ -25,6 +25,9 @@ export interface INotebookStatus {
 /** A build's progress, as GET /snapkernel/api/builds/ID reports it. */
 export interface IBuild {
   id: string;
+  /** The notebook's path on the server. */
+  path: string;
+  setup_hash: string;
   state: 'queued' | 'building' | 'ready' | 'failed';
   /** While queued: how many queued builds of the server run first. */
   queue_ahead: number | null;

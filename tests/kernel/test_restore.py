@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from jupyter_snapkernel import env_names
 from jupyter_snapkernel.builder import build_snapshot
 from jupyter_snapkernel.setup_section import read_setup_section
 from snapkernel_engine import SnapshotStore, process
@@ -293,3 +297,21 @@ async def test_snapshot_magics_build_list_and_remove(
     assert manifest.id in (await session.execute("%snapshot list")).stdout
     assert f"deleted {manifest.id}" in (await session.execute(f"%snapshot rm {manifest.id}")).stdout
     assert kernel_store.list() == []
+
+
+@pytest.mark.parametrize("value", ["on", "1", "True"])
+async def test_snapkernel_cold_set_on_starts_a_cold_kernel_despite_a_snapshot(
+    jp_serverapp: Any, jp_root_dir: Path, snapkernel_spec: Path, connect: Any, notebook: Path,
+    kernel_store: SnapshotStore, value: str,
+) -> None:  # fmt: skip
+    """SNAPKERNEL_COLD takes every on word config.env_flag takes: the launch starts cold and says why."""
+    build_snapshot(notebook, kernel_store)
+    kernel_id = await jp_serverapp.kernel_manager.start_kernel(
+        kernel_name="snapkernel",
+        path=str(notebook.parent.relative_to(jp_root_dir)),
+        env={**os.environ, "JPY_SESSION_NAME": str(notebook), env_names.COLD: value},
+    )
+    session: KernelSession = await connect(kernel_id)
+    assert not session.restored
+    assert session.manager.provisioner.start_report["reason"] == "cold start requested"
+    assert await session.value("get_ipython().kernel.start_info.reason") == "cold start requested"

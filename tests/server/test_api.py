@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from traitlets.config import Config
 
 from jupyter_snapkernel.builder import build_snapshot
 from jupyter_snapkernel.paths import open_store
+from jupyter_snapkernel.provisioner import plan_start
 from snapkernel_engine import SnapshotStore
 from tests.kernel.conftest import SETUP_CELLS, write_notebook
 
@@ -234,3 +236,21 @@ async def test_malformed_cells_get_400_saying_what_is_wrong(
 async def test_info_names_the_kernelspecs_snapkernel_starts(jp_fetch: Any, snapkernel_spec: Path) -> None:
     info = await api(jp_fetch, "info")
     assert info["kernels"] == ["snapkernel"] and info["version"]
+
+
+async def test_a_build_the_api_started_is_one_answer_for_the_status_and_the_kernel_start_plan(
+    jp_fetch: Any, jp_serverapp: Any, notebook: Path, store: SnapshotStore
+) -> None:
+    """While a POST builds build runs, GET status and the provisioner's start plan both say so, with its id."""
+    body = json.dumps({"path": "analysis.ipynb"})
+    build = await api(jp_fetch, "builds", method="POST", body=body)
+    status = await api(jp_fetch, "status", params={"path": "analysis.ipynb"})
+    settings = jp_serverapp.web_app.settings["snapkernel_settings"]
+    plan = await asyncio.to_thread(
+        plan_start, settings, "snapkernel", {**os.environ, "JPY_SESSION_NAME": str(notebook)}, None
+    )
+    done = await wait_for_build(jp_fetch, build["id"])
+    assert done["state"] == "ready"
+    assert status["state"] in {"queued", "building"} and status["build"] == build["id"]
+    assert plan.state is not None and (plan.state.state, plan.state.build) == (status["state"], build["id"])
+    assert plan.snapshot is None and plan.reason == "no snapshot yet"

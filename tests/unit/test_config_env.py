@@ -9,7 +9,7 @@ from traitlets import TraitError
 from traitlets.config import Config
 
 from jupyter_snapkernel import env_names
-from jupyter_snapkernel.config import SnapKernelSettings, env_flag
+from jupyter_snapkernel.config import DEFAULT_BUILD_TIMEOUT_S, SnapKernelSettings, env_flag
 
 
 def test_without_environment_every_setting_has_its_default(
@@ -24,7 +24,7 @@ def test_without_environment_every_setting_has_its_default(
     assert settings.spare_kernels is True
     assert settings.lazy_restore is False
     assert settings.verify == "sha256"
-    assert settings.build_timeout == env_names.DEFAULT_BUILD_TIMEOUT_S
+    assert settings.build_timeout == DEFAULT_BUILD_TIMEOUT_S
     assert settings.restore_timeout == 60.0
     assert (settings.quota_bytes, settings.max_snapshots) == (0, 0)
     assert (settings.max_concurrent_builds, settings.max_queued_builds) == (1, 8)
@@ -141,3 +141,17 @@ def test_env_flag_without_the_variable_gives_the_fallback(
 ) -> None:
     """An unset variable leaves the caller's default."""
     assert env_flag("SNAPKERNEL_PROBE", fallback) is fallback
+
+
+@pytest.mark.parametrize("fallback", [True, False])
+def test_env_flag_reads_an_empty_value_as_unset(clean_environment: pytest.MonkeyPatch, fallback: bool) -> None:
+    """`SNAPKERNEL_X=` (or only spaces) leaves the caller's default, as if it were not set."""
+    clean_environment.setenv("SNAPKERNEL_PROBE", "  ")
+    assert env_flag("SNAPKERNEL_PROBE", fallback) is fallback
+
+
+def test_env_flag_reads_a_launch_environment_of_its_own(clean_environment: pytest.MonkeyPatch) -> None:
+    """A kernel launch's environment is read instead of the process's (SNAPKERNEL_COLD=on in it is on)."""
+    clean_environment.setenv(env_names.COLD, "off")
+    assert env_flag(env_names.COLD, False, {env_names.COLD: "on"}) is True
+    assert env_flag(env_names.COLD, False) is False

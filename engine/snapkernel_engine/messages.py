@@ -1,0 +1,158 @@
+"""The messages that cross a kernel's control pipe, one dataclass each, and the names of a kernel's pipes.
+
+A build: the launcher sends a SetupRequest; the build kernel answers CellStarted and CellDone for each
+setup cell, then Ready (or SetupFailed), and is checkpointed while it waits. A restore: the launcher
+sends a ResumeRequest; the restored kernel answers Resumed (or ResumeFailed). On the wire each is one
+JSON object (control_pipe); the kernel's events carry their kind under "event".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, TypeVar
+
+from .control_pipe import PipeChannel
+
+EVENT_KEY = "event"
+
+
+@dataclass(frozen=True)
+class KernelPipes:
+    """The fds a snapshot's kernel holds, under the names its snapshot records them by (the store checks that
+    a restore hands it every one of these names, and no other)."""
+
+    stdin: int
+    stdout: int
+    stderr: int
+    control: int  # the launcher writes requests here
+    report: int  # the kernel writes its events here
+
+    def by_name(self) -> dict[str, int]:
+        """The fds by pipe name, as the store's dump and restore take them."""
+        return {item.name: getattr(self, item.name) for item in fields(self)}
+
+
+@dataclass(frozen=True)
+class SetupRequest:
+    """Launcher to build kernel: the setup cells to run before the checkpoint."""
+
+    cells: list[str]
+
+
+@dataclass(frozen=True)
+class ResumeRequest:
+    """Launcher to restored kernel: this launch's connection file, environment and working folder."""
+
+    connection_file: str
+    env: dict[str, str]
+    cwd: str
+    snapshot: str
+    restore_started: float  # time.time() when the launch asked for the restore
+    from_spare: bool = False
+
+
+@dataclass(frozen=True)
+class CellStarted:
+    """Build kernel: setup cell `index` (from 0) started."""
+
+    EVENT: ClassVar[str] = "cell"
+    index: int
+
+
+@dataclass(frozen=True)
+class CellDone:
+    """Build kernel: setup cell `index` ran without error, taking `seconds`, with these nbformat outputs."""
+
+    EVENT: ClassVar[str] = "cell_done"
+    index: int
+    seconds: float
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SetupFailed:
+    """Build kernel: setup cell `index` failed (None: a before_snapshot hook did), with the error's text."""
+
+    EVENT: ClassVar[str] = "failed"
+    index: int | None
+    error: str
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Ready:
+    """Build kernel: the setup ran; checkpoint me now. `inputs` is what the setup read (files, variables)."""
+
+    EVENT: ClassVar[str] = "ready"
+    pid: int
+    inputs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """Restored kernel: it took the launch's connection and listens on its sockets."""
+
+    EVENT: ClassVar[str] = "resumed"
+    pid: int
+
+
+@dataclass(frozen=True)
+class ResumeFailed:
+    """Restored kernel: finishing its start after the restore failed, for this reason."""
+
+    EVENT: ClassVar[str] = "resume_failed"
+    error: str
+
+
+KernelEvent = CellStarted | CellDone | SetupFailed | Ready | Resumed | ResumeFailed
+Request = SetupRequest | ResumeRequest
+EVENTS: dict[str, type[KernelEvent]] = {
+    kind.EVENT: kind for kind in (CellStarted, CellDone, SetupFailed, Ready, Resumed, ResumeFailed)
+}
+RequestType = TypeVar("RequestType", SetupRequest, ResumeRequest)
+
+
+def to_wire(message: KernelEvent | Request) -> dict[str, Any]:
+    """A message as the JSON object the pipe carries (no deep copy: outputs can be large)."""
+    wire = {item.name: getattr(message, item.name) for item in fields(message)}
+    kind = getattr(message, "EVENT", None)
+    return wire if kind is None else {EVENT_KEY: kind, **wire}
+
+
+def _build(kind: type[Any], wire: Mapping[str, Any]) -> Any:
+    """An instance of dataclass `kind` from the fields of `wire` (others are ignored); ValueError if one lacks."""
+    try:
+        return kind(**{item.name: wire[item.name] for item in fields(kind) if item.name in wire})
+    except TypeError as error:
+        raise ValueError(f"malformed control pipe message {kind.__name__}: {error}") from None
+
+
+def event_from_wire(wire: Mapping[str, Any]) -> KernelEvent:
+    """The kernel event a JSON object carries; ValueError for an unknown kind or missing fields."""
+    kind = EVENTS.get(str(wire.get(EVENT_KEY)))
+    if kind is None:
+        raise ValueError(f"unknown control pipe event {str(wire.get(EVENT_KEY))[:40]!r}")
+    event: KernelEvent = _build(kind, wire)
+    return event
+
+
+def request_from_wire(kind: type[RequestType], wire: Mapping[str, Any]) -> RequestType:
+    """The request of type `kind` a JSON object carries; ValueError when a field is missing."""
+    request: RequestType = _build(kind, wire)
+    return request
+
+
+def send(channel: PipeChannel, message: KernelEvent | Request) -> None:
+    """Send one typed message over a channel."""
+    channel.send(**to_wire(message))
+
+
+def receive_event(channel: PipeChannel) -> KernelEvent:
+    """Wait for the kernel's next event on a channel (EOFError when the pipe closes)."""
+    return event_from_wire(channel.receive())
+
+
+def receive_request(channel: PipeChannel, kind: type[RequestType]) -> RequestType:
+    """Wait for the launcher's next request, of type `kind` (EOFError when the pipe closes)."""
+    return request_from_wire(kind, channel.receive())

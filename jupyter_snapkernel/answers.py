@@ -1,0 +1,98 @@
+"""What the REST API answers, one TypedDict per answer: labextension/src/api.ts declares the same shapes
+(tests/unit/test_api_shapes.py checks that both name the same fields)."""
+
+from __future__ import annotations
+
+import time
+from typing import Literal, TypedDict
+
+from snapkernel_engine import Manifest
+
+StartKind = Literal["restored", "cold"]
+
+
+class NotebookStatus(TypedDict):
+    """GET or POST status: a notebook's snapshot state (INotebookStatus)."""
+
+    path: str
+    state: str  # none | queued | building | ready | stale | failed
+    setup_hash: str | None
+    snapshot: str | None
+    size_bytes: int | None
+    age_s: float | None
+    reasons: list[str]
+    reason: str | None
+    build: str | None
+    queue_ahead: int | None
+    setup_cells: list[int]
+    setup_end: int | None
+    source: Literal["own", "shared"] | None
+
+
+class BuildAnswer(TypedDict):
+    """GET builds/ID, POST builds: a build's progress (IBuild)."""
+
+    id: str
+    path: str
+    setup_hash: str
+    state: str  # queued | building | ready | failed
+    queue_ahead: int | None
+    cells: int
+    current_cell: int | None
+    elapsed_s: float
+    log: list[str]
+    snapshot: str | None
+    error: str | None
+
+
+class KernelStart(TypedDict):
+    """GET kernels/ID, and what headless runs read: how a kernel started (IKernelStart)."""
+
+    start: StartKind
+    snapshot: str | None
+    reason: str | None
+    restore_s: float | None
+    setup_s: float | None
+    started: float
+
+
+class CheckDifference(TypedDict):
+    """One differing cell of a check (ICheckDifference)."""
+
+    cell: int
+    source: str
+    cold: str
+    restored: str
+    hint: str | None
+
+
+class CheckAnswer(TypedDict):
+    """POST checks, GET checks/ID: a check of restored runs against cold runs (ICheck)."""
+
+    id: str
+    path: str
+    state: str  # running | equal | different | cold_differs | error
+    runs: int
+    differences: list[CheckDifference]
+    error: str | None
+    built: bool
+    elapsed_s: float
+
+
+class ServerInfo(TypedDict):
+    """GET info: the extension's version and the kernelspecs it starts (IServerInfo)."""
+
+    version: str
+    kernels: list[str]
+
+
+def kernel_start(started: float, snapshot: Manifest | None = None, reason: str | None = None) -> KernelStart:
+    """The start report of a kernel launched at `started` (time.time()): restored from `snapshot`, else cold."""
+    return KernelStart(
+        start="cold" if snapshot is None else "restored",
+        snapshot=None if snapshot is None else snapshot.id,
+        reason=reason,
+        restore_s=None if snapshot is None else round(time.time() - started, 3),
+        setup_s=None if snapshot is None else float(snapshot.labels.get("setup_s", 0)),
+        started=started,
+    )

@@ -1,0 +1,104 @@
+"""The typed messages of the control pipe: each kind survives the wire, and malformed ones are refused."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from snapkernel_engine.control_pipe import PipeChannel
+from snapkernel_engine.messages import (
+    EVENTS,
+    CellDone,
+    CellStarted,
+    KernelEvent,
+    KernelPipes,
+    Ready,
+    Resumed,
+    ResumeFailed,
+    ResumeRequest,
+    SetupFailed,
+    SetupRequest,
+    event_from_wire,
+    receive_event,
+    receive_request,
+    send,
+    to_wire,
+)
+
+from .conftest import REPO
+
+EVERY_EVENT: list[KernelEvent] = [
+    CellStarted(0),
+    CellDone(1, 0.25, [{"output_type": "stream", "name": "stdout", "text": "café\n"}]),
+    SetupFailed(None, "a hook failed"),
+    SetupFailed(2, "ZeroDivisionError", [{"output_type": "error", "ename": "E", "evalue": "", "traceback": []}]),
+    Ready(42, {"files": ["/data/x.csv"], "relative": [], "variables": ["HOME"]}),
+    Resumed(43),
+    ResumeFailed("OSError: no such file"),
+]
+
+
+@pytest.fixture
+def channels() -> Iterator[tuple[PipeChannel, PipeChannel]]:
+    """Two channels joined by a pair of pipes: what one sends the other receives."""
+    a_read, b_write = os.pipe()
+    b_read, a_write = os.pipe()
+    yield PipeChannel(a_read, a_write), PipeChannel(b_read, b_write)
+    for fd in (a_read, a_write, b_read, b_write):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+@pytest.mark.parametrize("event", EVERY_EVENT, ids=lambda event: type(event).__name__)
+def test_every_event_arrives_as_it_was_sent(channels: tuple[PipeChannel, PipeChannel], event: KernelEvent) -> None:
+    """A kernel event sent over a pipe is received equal, of the same type."""
+    kernel, launcher = channels
+    send(kernel, event)
+    assert receive_event(launcher) == event
+
+
+def test_requests_arrive_as_they_were_sent(channels: tuple[PipeChannel, PipeChannel]) -> None:
+    """The setup and resume requests survive the pipe, defaults included."""
+    launcher, kernel = channels
+    setup = SetupRequest(["import os", "x = 1"])
+    resume = ResumeRequest("/run/kernel-1.json", {"LANG": "C.UTF-8"}, "/home/u", "abc123", 1.5)
+    send(launcher, setup)
+    send(launcher, resume)
+    assert receive_request(kernel, SetupRequest) == setup
+    received = receive_request(kernel, ResumeRequest)
+    assert received == resume and received.from_spare is False
+
+
+def test_each_event_kind_has_its_own_name_on_the_wire() -> None:
+    """Six kinds, six names; the wire object names its kind under "event"."""
+    assert len(EVENTS) == 6
+    assert {to_wire(event)["event"] for event in EVERY_EVENT} == set(EVENTS)
+
+
+@pytest.mark.parametrize(
+    ("wire", "problem"),
+    [({"event": "exploded"}, "unknown control pipe event"), ({"event": "cell"}, "malformed"), ({}, "unknown")],
+)
+def test_malformed_events_are_refused_with_valueerror(wire: dict[str, object], problem: str) -> None:
+    """An unknown kind, or a kind without its fields, is a ValueError that says so."""
+    with pytest.raises(ValueError, match=problem):
+        event_from_wire(wire)
+
+
+def test_kernel_pipes_are_named_as_the_snapshot_records_them() -> None:
+    """The five pipe names that a build dumps with and a restore hands over."""
+    assert KernelPipes(0, 1, 2, 7, 8).by_name() == {"stdin": 0, "stdout": 1, "stderr": 2, "control": 7, "report": 8}
+
+
+def test_no_module_spells_an_event_name_outside_the_messages_module() -> None:
+    """The event names are string literals only in snapkernel_engine/messages.py (issue 19's acceptance grep)."""
+    names = "|".join(f"\"{name}\"|'{name}'" for name in ("cell_done", "resume_failed", "resumed"))
+    found = subprocess.run(
+        ["grep", "-rnE", names, "jupyter_snapkernel", "engine", "--include=*.py"],
+        cwd=REPO, capture_output=True, text=True, check=False,
+    ).stdout.splitlines()  # fmt: skip
+    assert [line for line in found if not line.startswith("engine/snapkernel_engine/messages.py")] == []
