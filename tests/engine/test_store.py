@@ -12,9 +12,7 @@ import pytest
 from snapkernel_engine import SnapshotBusy, SnapshotNotFound, SnapshotStore, StoreError
 from snapkernel_engine.fingerprint import environment_fingerprint, hardware_fingerprint
 from snapkernel_engine.store import MARKER, MARKER_FORMAT
-from tests.helpers import tree_digest
-
-from .conftest import Workload
+from tests.helpers import Workload, tree_digest
 
 KEY = "store-key"
 

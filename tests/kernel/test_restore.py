@@ -9,8 +9,7 @@ from typing import Any
 from jupyter_snapkernel.builder import build_snapshot
 from jupyter_snapkernel.setup_section import read_setup_section
 from snapkernel_engine import SnapshotStore, process
-
-from .conftest import AFTER_SETUP, SETUP_CELLS, KernelSession, write_notebook
+from tests.helpers import AFTER_SETUP, SETUP_CELLS, KernelSession, write_notebook
 
 
 async def test_session_gets_a_restored_kernel_with_the_setup_state(

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from snapkernel_engine import process
-from tests.kernel.conftest import AFTER_SETUP, SETUP_CELLS, write_notebook
+from tests.helpers import AFTER_SETUP, SETUP_CELLS, write_notebook
 from tests.users import execute, value
 
 SESSIONS = 4

@@ -18,8 +18,7 @@ import pytest
 from jupyter_snapkernel.paths import open_store
 from snapkernel_engine import SnapshotNotFound
 from snapkernel_engine.store import MARKER
-from tests.cli.test_run import JUPYTER, build, run_json, snapkernel
-from tests.kernel.conftest import write_notebook
+from tests.helpers import JUPYTER, build, run_json, snapkernel, write_notebook
 from tests.servers import LocalServer
 
 SLOW_SETUP = ["import time\ntime.sleep(60)"]

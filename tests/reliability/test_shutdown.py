@@ -16,8 +16,7 @@ import pytest
 from jupyter_snapkernel.paths import open_store
 from jupyter_snapkernel.setup_section import read_setup_section
 from jupyter_snapkernel.status import build_record
-from tests.cli.test_run import SETUP, build
-from tests.kernel.conftest import write_notebook
+from tests.helpers import PRINTING_SETUP, build, write_notebook
 from tests.servers import JUPYTER, LocalServer
 
 EXIT_LIMIT_S = 10.0
@@ -70,7 +69,7 @@ def test_restored_kernel_and_its_spare_are_stopped_with_the_server(
     tmp_path: Path, notebooks: Path, start_server: Callable[..., LocalServer]
 ) -> None:
     """A restored kernel and the spare restored after it both end with the server, which exits promptly."""
-    write_notebook(notebooks / "restored.ipynb", SETUP, marked=0)
+    write_notebook(notebooks / "restored.ipynb", PRINTING_SETUP, marked=0)
     build(notebooks / "restored.ipynb", tmp_path / "store")
     server = start_server(SNAPKERNEL_SPARE_KERNELS="1")
     assert server.ready_kernel("restored.ipynb")["start"] == "restored"
@@ -80,7 +79,7 @@ def test_restored_kernel_and_its_spare_are_stopped_with_the_server(
 
 def test_cold_kernel_is_stopped_with_the_server(notebooks: Path, start_server: Callable[..., LocalServer]) -> None:
     """A kernel that started cold (no snapshot yet) ends with the server, which exits promptly."""
-    write_notebook(notebooks / "cold.ipynb", SETUP, marked=0)
+    write_notebook(notebooks / "cold.ipynb", PRINTING_SETUP, marked=0)
     server = start_server()
     assert server.ready_kernel("cold.ipynb")["start"] == "cold"
     assert_stops_cleanly(server, server.processes("jupyter_snapkernel.kernelapp"))
@@ -130,7 +129,7 @@ def test_server_exits_promptly_after_a_failed_kernel_start(
         "metadata": {"kernel_provisioner": {"provisioner_name": "snapkernel-provisioner"}},
     }
     (broken / "kernel.json").write_text(json.dumps(spec))
-    write_notebook(notebooks / "restored.ipynb", SETUP, marked=0)
+    write_notebook(notebooks / "restored.ipynb", PRINTING_SETUP, marked=0)
     build(notebooks / "restored.ipynb", tmp_path / "store")
     server = start_server(SNAPKERNEL_SPARE_KERNELS="1", JUPYTER_PATH=str(tmp_path / "jupyter"))
     assert server.ready_kernel("restored.ipynb")["start"] == "restored"

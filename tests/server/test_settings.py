@@ -12,7 +12,7 @@ from jupyter_snapkernel.builder import build_snapshot
 from jupyter_snapkernel.config import SnapKernelSettings
 from jupyter_snapkernel.paths import open_store
 from snapkernel_engine import SnapshotStore
-from tests.kernel.conftest import KernelSession
+from tests.helpers import KernelSession
 
 
 def test_every_setting_is_a_configurable_trait_with_help() -> None:
@@ -69,7 +69,7 @@ async def test_disabled_snapshots_start_cold_and_say_so(
 
 
 def test_trim_keeps_the_most_recently_used(tmp_path: Path) -> None:
-    from tests.kernel.conftest import write_notebook
+    from tests.helpers import write_notebook
 
     store = open_store(tmp_path / "store")
     ids = []
@@ -138,7 +138,7 @@ async def test_quota_applies_to_builds_through_the_api(
     import asyncio
     import json
 
-    from tests.kernel.conftest import write_notebook
+    from tests.helpers import write_notebook
 
     jp_serverapp.config.SnapKernelSettings.max_snapshots = 1
     jp_serverapp.web_app.settings["snapkernel_settings"].max_snapshots = 1

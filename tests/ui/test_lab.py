@@ -538,7 +538,7 @@ def test_setup_slider_moved_after_restart_and_run_all_changes_the_kernel_value(
 ) -> None:
     from jupyter_snapkernel.builder import build_snapshot
     from jupyter_snapkernel.paths import open_store
-    from tests.kernel.conftest import write_notebook
+    from tests.helpers import write_notebook
 
     setup = "import ipywidgets as widgets\nslider = widgets.IntSlider(value=3, min=0, max=10)\ndisplay(slider)"
     notebook = write_notebook(lab.root / "widgets.ipynb", [setup], marked=0, after=["print('value', slider.value)"])
