@@ -271,7 +271,14 @@ async def test_restored_kernel_behaves_as_a_normal_kernel(
 
     output = await session.value("subprocess.run(['echo', 'child'], capture_output=True, text=True).stdout")
     assert output == "child\n"
-    await asyncio.sleep(2.5)  # longer than ipykernel's parent poller interval
+    # ipykernel's parent poller ends a kernel whose parent is not its launcher, as a restored kernel's is: its
+    # verdict now, asked of the kernel itself (the poller looks once a second, for as long as the kernel runs).
+    poller = await session.value(
+        "(lambda p: p and [type(p).__name__, p.parent_pid, os.getppid()])(get_ipython().kernel.parent.poller)"
+    )
+    if poller:
+        _, parent_pid, ppid = poller
+        assert (ppid != 1) if parent_pid == 0 else (ppid == parent_pid), f"the parent poller would end it: {poller}"
     assert session.manager.provisioner.process.poll() is None
 
 

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -161,7 +160,14 @@ def test_build_waiting_for_another_process_build_does_not_hold_the_server(
         )
         response = server.api("POST", "snapkernel/api/builds", json={"path": "slow.ipynb"})
         assert response.status_code == 202, response.text
-        time.sleep(1)
+        build_url = f"snapkernel/api/builds/{response.json()['id']}"
+        server.wait_until(
+            lambda: any(
+                "waiting for the build already running" in line for line in server.api("GET", build_url).json()["log"]
+            ),
+            60,
+            "the server's build did not start waiting for the terminal's build",
+        )
         assert server.processes("--snapshot-build") == []  # it waits for the terminal's build
         assert_stops_cleanly(server, [])
         assert terminal.poll() is None  # the terminal's build is not the server's to stop
