@@ -7,7 +7,7 @@ PROXY := build/node/node_modules/.bin/configurable-http-proxy
 
 PREFIX ?= /opt/snapkernel
 
-.PHONY: setup run demo test lint format bench clean system-install
+.PHONY: setup run demo test test-quick lint format bench clean system-install
 
 setup: $(INSTALLED) $(PROXY)
 	@$(VENV)/bin/jupyter snapkernel install-criu --prefix $(VENV) --build-dir build/criu
@@ -39,6 +39,11 @@ demo: setup
 
 test: setup lint
 	$(PY) -m pytest -ra
+
+# The unit tier (tests/unit): pure logic, as any user, without CRIU, root or kernels; well under 2 minutes.
+# PYTEST_ARGS adds options (e.g. `-p no:cacheprovider` in a checkout this user cannot write to).
+test-quick: $(INSTALLED)
+	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .

@@ -1,17 +1,3 @@
-"""Shared fixtures: a private snapshot store per test."""
+"""The plugins every test can use: pytest_jupyter's server, real Unix users, built stores, and tests/plugin.py."""
 
-from __future__ import annotations
-
-from pathlib import Path
-
-import pytest
-
-from snapkernel_engine import SnapshotStore
-
-pytest_plugins = ("pytest_jupyter.jupyter_server", "tests.users", "tests.reliability.stores")
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> SnapshotStore:
-    """An empty snapshot store in the test's temporary directory."""
-    return SnapshotStore(tmp_path / "store")
+pytest_plugins = ("pytest_jupyter.jupyter_server", "tests.plugin", "tests.users", "tests.reliability.stores")

@@ -20,7 +20,7 @@ import pytest
 import requests
 from jupyter_client import BlockingKernelClient
 
-from tests.kernel.conftest import write_notebook
+from tests.helpers import write_notebook
 from tests.servers import free_port
 
 REPO = Path(__file__).resolve().parents[1]

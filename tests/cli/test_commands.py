@@ -11,7 +11,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tests.kernel.conftest import write_notebook
+from tests.helpers import write_notebook
 
 JUPYTER = Path(sys.executable).with_name("jupyter")
 SETUP = ["import numpy as np\nweights = np.ones((500, 500))\nprint('weights ready')"]

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,45 +16,18 @@ from jupyter_client.manager import AsyncKernelManager
 from jupyter_snapkernel import env_names
 from jupyter_snapkernel.headless import KERNEL_NAME, run_notebook
 from jupyter_snapkernel.spares import REFILL_DELAY_S, spare_pool
-from tests.kernel.conftest import write_notebook
+from tests.helpers import (
+    PRINTING_SETUP,
+    build,
+    helper_processes,
+    outputs,
+    run_json,
+    snapkernel,
+    write_notebook,
+)
 
-JUPYTER = Path(sys.executable).with_name("jupyter")
-SETUP = ["value = 21\nprint('setup done')"]
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 COLD_NOTE = "snapkernel: cold start"
-
-
-def snapkernel(*args: str, store: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run `jupyter snapkernel --store STORE ARGS…` and return what it did."""
-    return subprocess.run(
-        [str(JUPYTER), "snapkernel", "--store", str(store), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **(env or {})},
-        check=False,
-    )
-
-
-def build(notebook: Path, store: Path) -> str:
-    """Build a notebook's snapshot; return its id."""
-    built = snapkernel("build", "--quiet", str(notebook), store=store)
-    assert built.returncode == 0, built.stdout + built.stderr
-    return built.stdout.split()[1].rstrip(":")
-
-
-def run_json(
-    notebook: Path, store: Path, *args: str, env: dict[str, str] | None = None
-) -> tuple[int, dict[str, Any], str]:
-    """`run NB --json ARGS…`: the exit code, the JSON summary and stderr (which must hold no traceback)."""
-    result = snapkernel("run", str(notebook), "--json", *args, store=store, env=env)
-    assert "Traceback" not in result.stderr, result.stderr
-    return result.returncode, json.loads(result.stdout), result.stderr
-
-
-def outputs(cell: dict[str, Any], kind: str) -> list[dict[str, Any]]:
-    """A cell's outputs of one type."""
-    return [output for output in cell["outputs"] if output["output_type"] == kind]
 
 
 def stream_text(cell: dict[str, Any]) -> str:
@@ -69,27 +40,14 @@ def failure_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if "failed" in line]
 
 
-def helper_processes(store: Path) -> list[str]:
-    """Command lines of live processes that restore from `store` (a restored tree's namespace helpers)."""
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if str(store) in text:
-            found.append(text)
-    return found
-
-
-# -- failing cells ---------------------------------------------------------------------------------
-
-
 def test_failing_cell_stops_the_run_writes_the_notebook_so_far_and_exits_1(tmp_path: Path) -> None:
     """Without --allow-errors: exit 1 at the failing cell, its error in the notebook written so far."""
     store = tmp_path / "store"
     notebook = write_notebook(
-        tmp_path / "fails.ipynb", SETUP, marked=0, after=["print(value * 2)", "raise ValueError('boom')", "print('x')"]
+        tmp_path / "fails.ipynb",
+        PRINTING_SETUP,
+        marked=0,
+        after=["print(value * 2)", "raise ValueError('boom')", "print('x')"],
     )
     snapshot = build(notebook, store)
     output = tmp_path / "out.ipynb"
@@ -113,7 +71,7 @@ def test_allow_errors_runs_every_cell_reports_each_failure_and_exits_1(tmp_path:
     """--allow-errors runs past failures like nbconvert's; each one is in the JSON and on one stderr line."""
     notebook = write_notebook(
         tmp_path / "errors.ipynb",
-        SETUP,
+        PRINTING_SETUP,
         marked=0,
         after=["raise ValueError('first\\nsecond line')", "{}['missing']", "print('still ran')"],
     )
@@ -137,7 +95,7 @@ def test_allow_errors_runs_every_cell_reports_each_failure_and_exits_1(tmp_path:
 
 def test_failure_without_output_says_so_and_the_plain_summary_still_prints(tmp_path: Path) -> None:
     """Without --json and --output: the usual summary line, then the failure line saying no notebook was kept."""
-    notebook = write_notebook(tmp_path / "plain.ipynb", SETUP, marked=0, after=["1 / 0"])
+    notebook = write_notebook(tmp_path / "plain.ipynb", PRINTING_SETUP, marked=0, after=["1 / 0"])
     result = snapkernel("run", str(notebook), "--cold", store=tmp_path / "store")
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
@@ -161,7 +119,7 @@ def test_cell_that_kills_the_kernel_or_outlives_the_timeout_is_a_failed_cell(
 ) -> None:
     """A kernel death or a cell timeout fails the cell, with an error output that says so, and ends the run."""
     store = tmp_path / "store"
-    notebook = write_notebook(tmp_path / "stops.ipynb", SETUP, marked=0, after=[source, "print('never')"])
+    notebook = write_notebook(tmp_path / "stops.ipynb", PRINTING_SETUP, marked=0, after=[source, "print('never')"])
     build(notebook, store)
     output = tmp_path / "out.ipynb"
     code, summary, stderr = run_json(notebook, store, "--allow-errors", "--timeout", "3", "--output", str(output))
@@ -184,7 +142,9 @@ def test_cell_that_kills_the_kernel_or_outlives_the_timeout_is_a_failed_cell(
 
 def test_cell_tagged_raises_exception_is_an_expected_error(tmp_path: Path) -> None:
     """A cell tagged raises-exception may raise (as nbclient allows): no failure, exit 0."""
-    notebook = write_notebook(tmp_path / "expected.ipynb", SETUP, marked=0, after=["raise KeyError('x')", "print(1)"])
+    notebook = write_notebook(
+        tmp_path / "expected.ipynb", PRINTING_SETUP, marked=0, after=["raise KeyError('x')", "print(1)"]
+    )
     book = nbformat.read(notebook, as_version=4)
     book.cells[1].metadata["tags"] = ["raises-exception"]
     nbformat.write(book, notebook)
@@ -218,7 +178,7 @@ def test_runs_with_spare_kernels_on_end_cleanly_and_leave_no_kernel_behind(tmp_p
     store = tmp_path / "store"
     # Longer than a spare's refill delay plus a restore: a spare would be restored before the run ends.
     notebook = write_notebook(
-        tmp_path / "spares.ipynb", SETUP, marked=0, after=[f"import time\ntime.sleep({REFILL_DELAY_S + 3})"]
+        tmp_path / "spares.ipynb", PRINTING_SETUP, marked=0, after=[f"import time\ntime.sleep({REFILL_DELAY_S + 3})"]
     )
     build(notebook, store)
     for _ in range(2):
@@ -238,7 +198,7 @@ async def test_a_headless_run_restores_no_spare_kernel(tmp_path: Path, monkeypat
     monkeypatch.setenv("SNAPKERNEL_STORE", str(store))
     monkeypatch.setenv(env_names.SPARE_KERNELS, "1")
     notebook = write_notebook(
-        tmp_path / "spares.ipynb", SETUP, marked=0, after=[f"import time\ntime.sleep({REFILL_DELAY_S + 3})"]
+        tmp_path / "spares.ipynb", PRINTING_SETUP, marked=0, after=[f"import time\ntime.sleep({REFILL_DELAY_S + 3})"]
     )
     snapshot = build(notebook, store)
     summary = await run_notebook(notebook)
@@ -252,7 +212,7 @@ async def test_a_headless_run_restores_no_spare_kernel(tmp_path: Path, monkeypat
 
 def test_cold_start_note_stays_out_of_the_output_notebook_and_is_in_the_summary(tmp_path: Path) -> None:
     """A cold headless run says why in its summary; the cells hold only what they printed."""
-    notebook = write_notebook(tmp_path / "cold.ipynb", SETUP, marked=0, after=["print(value)"])
+    notebook = write_notebook(tmp_path / "cold.ipynb", PRINTING_SETUP, marked=0, after=["print(value)"])
     output = tmp_path / "out.ipynb"
     code, summary, _ = run_json(notebook, tmp_path / "store", "--cold", "--output", str(output))
     assert code == 0
@@ -300,7 +260,7 @@ async def test_cold_kernel_outputs_equal_plain_ipykernels_and_its_banner_says_wh
 ) -> None:
     """A cold snapkernel kernel puts nothing of its own into cell outputs; frontends find the note in its banner."""
     monkeypatch.setenv("SNAPKERNEL_STORE", str(tmp_path / "store"))
-    notebook = write_notebook(tmp_path / "cold.ipynb", SETUP, marked=0)
+    notebook = write_notebook(tmp_path / "cold.ipynb", PRINTING_SETUP, marked=0)
     cold, banner = await outputs_and_banner(KERNEL_NAME, server_launch_env(notebook), tmp_path)
     plain, plain_banner = await outputs_and_banner("python3", server_launch_env(notebook), tmp_path)
     assert cold == plain
@@ -313,7 +273,7 @@ async def test_kernel_asked_for_start_notes_shows_why_it_started_cold(
 ) -> None:
     """With SNAPKERNEL_START_NOTES=1 the first cell also says on stderr why the kernel started cold."""
     monkeypatch.setenv("SNAPKERNEL_STORE", str(tmp_path / "store"))
-    notebook = write_notebook(tmp_path / "cold.ipynb", SETUP, marked=0)
+    notebook = write_notebook(tmp_path / "cold.ipynb", PRINTING_SETUP, marked=0)
     published, _ = await outputs_and_banner(
         KERNEL_NAME, server_launch_env(notebook, **{env_names.START_NOTES: "1"}), tmp_path
     )

@@ -19,8 +19,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tests.cli.test_run import helper_processes
-from tests.kernel.conftest import write_notebook
+from tests.helpers import helper_processes, write_notebook
 
 pytestmark = [pytest.mark.wheel, pytest.mark.timeout(2400)]
 

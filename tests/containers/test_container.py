@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.kernel.conftest import AFTER_SETUP, SETUP_CELLS, write_notebook
+from tests.helpers import AFTER_SETUP, SETUP_CELLS, write_notebook
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]

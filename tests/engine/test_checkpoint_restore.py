@@ -16,8 +16,7 @@ import pytest
 
 from snapkernel_engine import CheckpointError, RestoredTree, SnapshotStore, process
 from snapkernel_engine.restore import lazy_restore_supported
-
-from .conftest import Conversation, Workload, pipes_for_restore
+from tests.helpers import Conversation, Workload, pipes_for_restore
 
 KEY = "test-key"
 PIPES = {"stdin": 0, "stdout": 1}

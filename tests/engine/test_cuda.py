@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from snapkernel_engine import CheckpointError, RestoreError, SnapshotStore, process
+from tests.helpers import Conversation, Workload, pipes_for_restore
 
-from .conftest import Conversation, Workload, pipes_for_restore
 from .cuda_double import RUNNING, CudaDriverDouble
 
 KEY = "gpu-key"

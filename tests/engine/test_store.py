@@ -14,9 +14,7 @@ from snapkernel_engine import SnapshotBusy, SnapshotNotFound, SnapshotStore, Sto
 from snapkernel_engine.fingerprint import environment_fingerprint, hardware_fingerprint
 from snapkernel_engine.manifest import Manifest
 from snapkernel_engine.store import MARKER, MARKER_FORMAT, SnapshotCondition
-from tests.helpers import tree_digest
-
-from .conftest import Workload
+from tests.helpers import Workload, tree_digest
 
 KEY = "store-key"
 

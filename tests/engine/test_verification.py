@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from snapkernel_engine import Manifest, RestoreError, SnapshotStore, VerificationError
-
-from .conftest import Workload
+from tests.helpers import Workload
 
 KEY = "verified-key"
 

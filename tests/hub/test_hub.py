@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.kernel.conftest import SETUP_CELLS, write_notebook
+from tests.helpers import SETUP_CELLS, write_notebook
 from tests.users import UnixUser, free_port, kernel_client, value
 
 REPO = Path(__file__).resolve().parents[2]

@@ -13,8 +13,7 @@ from jupyter_snapkernel import env_names
 from jupyter_snapkernel.builder import build_snapshot
 from jupyter_snapkernel.setup_section import read_setup_section
 from snapkernel_engine import SnapshotStore, process
-
-from .conftest import AFTER_SETUP, SETUP_CELLS, KernelSession, write_notebook
+from tests.helpers import AFTER_SETUP, SETUP_CELLS, KernelSession, write_notebook
 
 
 async def test_session_gets_a_restored_kernel_with_the_setup_state(
@@ -276,7 +275,14 @@ async def test_restored_kernel_behaves_as_a_normal_kernel(
 
     output = await session.value("subprocess.run(['echo', 'child'], capture_output=True, text=True).stdout")
     assert output == "child\n"
-    await asyncio.sleep(2.5)  # longer than ipykernel's parent poller interval
+    # ipykernel's parent poller ends a kernel whose parent is not its launcher, as a restored kernel's is: its
+    # verdict now, asked of the kernel itself (the poller looks once a second, for as long as the kernel runs).
+    poller = await session.value(
+        "(lambda p: p and [type(p).__name__, p.parent_pid, os.getppid()])(get_ipython().kernel.parent.poller)"
+    )
+    if poller:
+        _, parent_pid, ppid = poller
+        assert (ppid != 1) if parent_pid == 0 else (ppid == parent_pid), f"the parent poller would end it: {poller}"
     assert session.manager.provisioner.process.poll() is None
 
 

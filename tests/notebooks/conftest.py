@@ -1,11 +1,14 @@
-"""The kernel tests' fixtures (a real jupyter_server with snapkernel kernels), for the notebook tests."""
+"""The notebook tests run a real jupyter_server whose builds start only when a test asks for one."""
 
-from tests.kernel.conftest import (  # noqa: F401  (fixtures: pytest hands them to tests by name)
-    connect,
-    jp_server_config,
-    kernel_store,
-    open_kernel,
-    open_session,
-    snapkernel_spec,
-    store_root,
-)
+from __future__ import annotations
+
+import pytest
+from traitlets.config import Config
+
+from tests.plugin import quiet_server_config
+
+
+@pytest.fixture
+def jp_server_config() -> Config:
+    """The server's configuration for these tests."""
+    return quiet_server_config()

@@ -14,7 +14,7 @@ from typing import Any
 import nbformat
 
 from jupyter_snapkernel.check import cell_outputs
-from tests.kernel.conftest import write_notebook
+from tests.helpers import write_notebook
 
 JUPYTER = Path(sys.executable).with_name("jupyter")
 

@@ -13,7 +13,7 @@ from jupyter_client.manager import start_new_kernel
 
 from jupyter_snapkernel.builder import build_snapshot
 from jupyter_snapkernel.paths import open_store
-from tests.kernel.conftest import write_notebook
+from tests.helpers import write_notebook
 
 # Background builds and spare kernels outlive a test class; these tests start their kernels themselves.
 QUIET = {"SNAPKERNEL_AUTO_BUILD": "0", "SNAPKERNEL_SPARE_KERNELS": "0"}

@@ -12,7 +12,7 @@ import pytest
 from jupyter_snapkernel import env_names
 from jupyter_snapkernel.builder import build_snapshot
 from snapkernel_engine import SnapshotStore
-from tests.kernel.conftest import KernelSession, write_notebook
+from tests.helpers import KernelSession, write_notebook
 
 Message = dict[str, Any]
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from snapkernel_engine import process
-from tests.kernel.conftest import AFTER_SETUP, SETUP_CELLS, write_notebook
+from tests.helpers import AFTER_SETUP, SETUP_CELLS, wait_until, write_notebook
 from tests.users import execute, value
 
 SESSIONS = 4
@@ -281,11 +281,7 @@ def test_automatic_build_replay_hooks_reseeding_and_spares_work_for_an_ordinary_
 
     cold = server.start_session("features.ipynb")
     assert (cold["start"], cold["reason"]) == ("cold", "no snapshot yet"), cold
-    for _ in range(600):
-        if user.manifests():
-            break
-        time.sleep(0.1)
-    [manifest] = user.manifests()
+    [manifest] = wait_until(user.manifests, 120, "the automatic build published no snapshot")
 
     restored = server.start_session("features.ipynb")
     assert (restored["start"], restored["snapshot"]) == ("restored", manifest["id"]), restored

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.test_run import build
-from tests.kernel.conftest import write_notebook
+from tests.helpers import build, write_notebook
 
 SETUP = ["value = 21"]
 

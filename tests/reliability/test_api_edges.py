@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from tornado.httpclient import HTTPClientError
 
-from tests.kernel.conftest import write_notebook
+from tests.helpers import write_notebook
 from tests.reliability.test_bad_requests import assert_clean, refused, server_errors  # noqa: F401
 from tests.server.test_api import jp_server_config  # noqa: F401  (the server with the extension)
 

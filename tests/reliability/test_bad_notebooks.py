@@ -15,8 +15,7 @@ import nbformat
 import pytest
 
 from jupyter_snapkernel.setup_section import NotebookError, read_notebook, read_setup_section
-from tests.cli.test_run import snapkernel
-from tests.kernel.conftest import write_notebook
+from tests.helpers import snapkernel, write_notebook
 from tests.server.test_api import api, jp_server_config  # noqa: F401  (the server with the extension)
 
 

@@ -17,7 +17,7 @@ from jupyter_snapkernel.api import MAX_BODY_BYTES
 from jupyter_snapkernel.builder import build_snapshot
 from jupyter_snapkernel.paths import open_store
 from snapkernel_engine import SnapshotStore
-from tests.kernel.conftest import write_notebook
+from tests.helpers import write_notebook
 from tests.reliability.test_bad_notebooks import BAD_NOTEBOOKS, symlink_loop, write_bad_notebook
 from tests.server.test_api import api, jp_server_config  # noqa: F401  (the server with the extension)
 

@@ -13,7 +13,7 @@ import requests
 
 from jupyter_snapkernel.paths import open_store
 from jupyter_snapkernel.status import notebook_file_state
-from tests.kernel.conftest import write_notebook
+from tests.helpers import write_notebook
 from tests.servers import LocalServer
 
 ACTIVE = ("queued", "building")

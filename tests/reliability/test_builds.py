@@ -18,12 +18,20 @@ import pytest
 from jupyter_snapkernel.paths import open_store
 from snapkernel_engine import SnapshotNotFound
 from snapkernel_engine.store import MARKER
-from tests.cli.test_run import JUPYTER, build, run_json, snapkernel
-from tests.kernel.conftest import write_notebook
+from tests.helpers import JUPYTER, build, run_json, snapkernel, wait_until, write_notebook
 from tests.servers import LocalServer
 
 SLOW_SETUP = ["import time\ntime.sleep(60)"]
 BIG_SETUP = ["import numpy as np\nbig = np.ones(60_000_000)  # 480 MB to dump"]
+
+
+def written_pages(staging: Path) -> int:
+    """How many bytes of memory pages a dump has written into the store's staging folder so far."""
+    written = 0
+    for path in staging.rglob("pages-*.img"):
+        with contextlib.suppress(FileNotFoundError):  # the dump may end and move its folder meanwhile
+            written += path.stat().st_size
+    return written
 
 
 def start_build(notebook: Path, store: Path, *args: str) -> subprocess.Popen[str]:
@@ -81,9 +89,7 @@ def test_sigkill_in_the_middle_of_a_dump_leaves_nothing_after_gc_or_a_server_sta
     builder = start_build(notebook, store)
     wait_for_line(builder.stderr, "checkpointing the kernel")
     staging = store / "staging"
-    while not any(staging.iterdir()):
-        time.sleep(0.01)
-    time.sleep(0.2)  # CRIU is writing pages now
+    wait_until(lambda: written_pages(staging), 60, "CRIU wrote no memory pages", interval_s=0.01)
     tree = descendants(builder.pid)
     builder.send_signal(signal.SIGKILL)
     builder.wait()

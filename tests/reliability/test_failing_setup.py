@@ -11,7 +11,7 @@ import pytest
 from traitlets.config import Config
 
 from jupyter_snapkernel.background_builds import background_builds
-from tests.kernel.conftest import write_notebook
+from tests.helpers import write_notebook
 
 FAILING = ["value = 1", "raise RuntimeError('the data is not there yet')"]
 

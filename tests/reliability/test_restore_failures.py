@@ -18,8 +18,7 @@ import pytest
 from traitlets.config import Config
 
 from jupyter_snapkernel.background_builds import background_builds
-from tests.cli.test_run import JUPYTER, build, snapkernel
-from tests.kernel.conftest import write_notebook
+from tests.helpers import JUPYTER, build, snapkernel, write_notebook
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 BIG_SETUP = ["big = bytearray(500 * 1024 * 1024)\nfor page in range(0, len(big), 4096):\n    big[page] = 1"]

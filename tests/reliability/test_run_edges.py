@@ -15,8 +15,7 @@ import psutil
 import pytest
 
 from jupyter_snapkernel import env_names
-from tests.cli.test_run import JUPYTER, SETUP, build, helper_processes, outputs, snapkernel
-from tests.kernel.conftest import write_notebook
+from tests.helpers import JUPYTER, PRINTING_SETUP, build, helper_processes, outputs, snapkernel, write_notebook
 from tests.reliability.test_shutdown import RESTORE_HELPER
 from tests.servers import LocalServer
 
@@ -45,7 +44,7 @@ def assert_one_failure_line(stderr: str, expected: str) -> None:
 def test_failing_cell_writes_the_notebook_with_its_error_and_prints_one_line(tmp_path: Path) -> None:
     """A cell that raises in a restored run: exit 1, one stderr line, the output notebook holds the error."""
     store = tmp_path / "store"
-    notebook = write_notebook(tmp_path / "fails.ipynb", SETUP, marked=0, after=["1 / 0", "print('never')"])
+    notebook = write_notebook(tmp_path / "fails.ipynb", PRINTING_SETUP, marked=0, after=["1 / 0", "print('never')"])
     build(notebook, store)
     output = tmp_path / "out.ipynb"
     result = snapkernel("run", str(notebook), "--output", str(output), store=store)
@@ -65,7 +64,10 @@ def test_cell_timeout_is_one_line_naming_the_cell_and_the_limit(tmp_path: Path) 
     """A cell that outlives --timeout ends the run at the limit: one line naming the cell and the limit, exit 1."""
     store = tmp_path / "store"
     notebook = write_notebook(
-        tmp_path / "slow.ipynb", SETUP, marked=0, after=["print(value)", "import time\ntime.sleep(120)", "print(1)"]
+        tmp_path / "slow.ipynb",
+        PRINTING_SETUP,
+        marked=0,
+        after=["print(value)", "import time\ntime.sleep(120)", "print(1)"],
     )
     build(notebook, store)
     output = tmp_path / "out.ipynb"
@@ -89,7 +91,7 @@ def test_restored_tree_killed_mid_run_is_one_line_and_the_notebook_is_written(tm
     store = tmp_path / "store"
     started = tmp_path / "cell-started"
     cell = f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\ntime.sleep(120)"
-    notebook = write_notebook(tmp_path / "killed.ipynb", SETUP, marked=0, after=[cell, "print('never')"])
+    notebook = write_notebook(tmp_path / "killed.ipynb", PRINTING_SETUP, marked=0, after=[cell, "print('never')"])
     build(notebook, store)
     output = tmp_path / "out.ipynb"
     command = [str(JUPYTER), "snapkernel", "--store", str(store), "run", str(notebook), "--output", str(output)]
@@ -130,7 +132,7 @@ def test_restored_tree_killed_mid_run_is_one_line_and_the_notebook_is_written(tm
 def test_bench_with_spare_kernels_ends_without_traceback_and_leaves_no_kernel(tmp_path: Path) -> None:
     """`bench` takes spare kernels and kills the last one at exit: no EOFError, no restored process left."""
     store = tmp_path / "store"
-    notebook = write_notebook(tmp_path / "bench.ipynb", SETUP, marked=0, after=["print(value)"])
+    notebook = write_notebook(tmp_path / "bench.ipynb", PRINTING_SETUP, marked=0, after=["print(value)"])
     build(notebook, store)
     result = snapkernel(
         "bench", str(notebook), "--runs", "1", "--json", store=store, env={env_names.SPARE_KERNELS: "1"}
@@ -147,7 +149,7 @@ def test_bench_with_spare_kernels_ends_without_traceback_and_leaves_no_kernel(tm
 def test_killed_spare_kernel_is_replaced_without_traceback(spare_server: LocalServer) -> None:
     """A spare kernel killed while it waits: the next start restores anew, and the server logs no traceback."""
     server = spare_server
-    build(write_notebook(server.root / "spare.ipynb", SETUP, marked=0), server.store)
+    build(write_notebook(server.root / "spare.ipynb", PRINTING_SETUP, marked=0), server.store)
     assert server.ready_kernel("spare.ipynb")["start"] == "restored"
     server.wait_until(lambda: len(server.processes(RESTORE_HELPER)) == 2, 60, "no spare kernel was restored")
     kernels = server.processes("jupyter_snapkernel.kernelapp")

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,8 +15,7 @@ import pytest
 from jupyter_snapkernel.paths import open_store
 from jupyter_snapkernel.setup_section import read_setup_section
 from jupyter_snapkernel.status import build_record
-from tests.cli.test_run import SETUP, build
-from tests.kernel.conftest import write_notebook
+from tests.helpers import PRINTING_SETUP, build, write_notebook
 from tests.servers import JUPYTER, LocalServer
 
 EXIT_LIMIT_S = 10.0
@@ -70,7 +68,7 @@ def test_restored_kernel_and_its_spare_are_stopped_with_the_server(
     tmp_path: Path, notebooks: Path, start_server: Callable[..., LocalServer]
 ) -> None:
     """A restored kernel and the spare restored after it both end with the server, which exits promptly."""
-    write_notebook(notebooks / "restored.ipynb", SETUP, marked=0)
+    write_notebook(notebooks / "restored.ipynb", PRINTING_SETUP, marked=0)
     build(notebooks / "restored.ipynb", tmp_path / "store")
     server = start_server(SNAPKERNEL_SPARE_KERNELS="1")
     assert server.ready_kernel("restored.ipynb")["start"] == "restored"
@@ -80,7 +78,7 @@ def test_restored_kernel_and_its_spare_are_stopped_with_the_server(
 
 def test_cold_kernel_is_stopped_with_the_server(notebooks: Path, start_server: Callable[..., LocalServer]) -> None:
     """A kernel that started cold (no snapshot yet) ends with the server, which exits promptly."""
-    write_notebook(notebooks / "cold.ipynb", SETUP, marked=0)
+    write_notebook(notebooks / "cold.ipynb", PRINTING_SETUP, marked=0)
     server = start_server()
     assert server.ready_kernel("cold.ipynb")["start"] == "cold"
     assert_stops_cleanly(server, server.processes("jupyter_snapkernel.kernelapp"))
@@ -130,7 +128,7 @@ def test_server_exits_promptly_after_a_failed_kernel_start(
         "metadata": {"kernel_provisioner": {"provisioner_name": "snapkernel-provisioner"}},
     }
     (broken / "kernel.json").write_text(json.dumps(spec))
-    write_notebook(notebooks / "restored.ipynb", SETUP, marked=0)
+    write_notebook(notebooks / "restored.ipynb", PRINTING_SETUP, marked=0)
     build(notebooks / "restored.ipynb", tmp_path / "store")
     server = start_server(SNAPKERNEL_SPARE_KERNELS="1", JUPYTER_PATH=str(tmp_path / "jupyter"))
     assert server.ready_kernel("restored.ipynb")["start"] == "restored"
@@ -162,7 +160,14 @@ def test_build_waiting_for_another_process_build_does_not_hold_the_server(
         )
         response = server.api("POST", "snapkernel/api/builds", json={"path": "slow.ipynb"})
         assert response.status_code == 202, response.text
-        time.sleep(1)
+        build_url = f"snapkernel/api/builds/{response.json()['id']}"
+        server.wait_until(
+            lambda: any(
+                "waiting for the build already running" in line for line in server.api("GET", build_url).json()["log"]
+            ),
+            60,
+            "the server's build did not start waiting for the terminal's build",
+        )
         assert server.processes("--snapshot-build") == []  # it waits for the terminal's build
         assert_stops_cleanly(server, [])
         assert terminal.poll() is None  # the terminal's build is not the server's to stop

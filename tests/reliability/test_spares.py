@@ -15,8 +15,7 @@ import pytest
 
 from jupyter_snapkernel import env_names
 from jupyter_snapkernel.paths import open_store
-from tests.cli.test_run import build, snapkernel
-from tests.kernel.conftest import write_notebook
+from tests.helpers import build, snapkernel, write_notebook
 from tests.reliability.test_shutdown import RESTORE_HELPER
 from tests.servers import LocalServer
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.test_run import run_json, snapkernel
+from tests.helpers import run_json, snapkernel
 
 from .stores import Built
 

@@ -13,8 +13,7 @@ import pytest
 
 from jupyter_snapkernel.paths import open_store
 from jupyter_snapkernel.status import notebook_file_state
-from tests.cli.test_run import build, run_json, snapkernel
-from tests.kernel.conftest import write_notebook
+from tests.helpers import build, run_json, snapkernel, write_notebook
 
 SETUP = ["value = 21"]
 BIG_SETUP = ["import numpy as np\nvalue = np.ones(10_000_000)"]  # 80 MB: more than the small disk holds

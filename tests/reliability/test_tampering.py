@@ -14,7 +14,7 @@ import pytest
 
 from jupyter_snapkernel.paths import open_store, reading_store
 from snapkernel_engine import VerificationError
-from tests.cli.test_run import build, run_json, snapkernel
+from tests.helpers import build, run_json, snapkernel
 
 from .stores import Built
 

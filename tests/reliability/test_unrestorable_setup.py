@@ -14,7 +14,7 @@ import pytest
 
 from jupyter_snapkernel.builder import BuildError, build_snapshot
 from snapkernel_engine import SnapshotError, SnapshotStore
-from tests.kernel.conftest import KernelSession, write_notebook
+from tests.helpers import KernelSession, write_notebook
 from tests.servers import free_port
 
 WHAT_TO_DO = "Close it before the snapshot (in a before_snapshot hook) and open it again in an after_restore hook"

@@ -16,7 +16,7 @@ from jupyter_snapkernel.builder import build_snapshot
 from jupyter_snapkernel.paths import open_store
 from jupyter_snapkernel.provisioner import plan_start
 from snapkernel_engine import SnapshotStore
-from tests.kernel.conftest import SETUP_CELLS, write_notebook
+from tests.helpers import SETUP_CELLS, write_notebook
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from tornado.httpclient import HTTPClientError
 from traitlets.config import Config
 
 from tests.cli.test_check import HOOKED_AFTER, HOOKED_SETUP
-from tests.kernel.conftest import write_notebook
+from tests.helpers import write_notebook
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from jupyter_snapkernel.builder import build_snapshot
 from jupyter_snapkernel.config import SnapKernelSettings
 from jupyter_snapkernel.paths import open_store
 from snapkernel_engine import SnapshotStore
-from tests.kernel.conftest import KernelSession
+from tests.helpers import KernelSession, run_json, write_notebook
 
 
 def test_every_setting_is_a_configurable_trait_with_help() -> None:
@@ -69,15 +69,14 @@ async def test_disabled_snapshots_start_cold_and_say_so(
 
 
 def test_trim_keeps_the_most_recently_used(tmp_path: Path) -> None:
-    from tests.kernel.conftest import write_notebook
-
+    """Over the count limit, the snapshot restored last survives although it was built first (FIFO would drop it)."""
     store = open_store(tmp_path / "store")
-    ids = []
-    for index in range(3):
-        notebook = write_notebook(tmp_path / f"nb{index}.ipynb", [f"value = {index}"], marked=0)
-        ids.append(build_snapshot(notebook, store).id)
-    assert store.clean_up(max_snapshots=1) == ids[:2]
-    assert [manifest.id for manifest in store.list()] == ids[2:]
+    notebooks = [write_notebook(tmp_path / f"nb{index}.ipynb", [f"value = {index}"], marked=0) for index in range(3)]
+    ids = [build_snapshot(notebook, store).id for notebook in notebooks]
+    code, summary, stderr = run_json(notebooks[0], store.root)  # a real restore: the oldest is now used last
+    assert (code, summary["start"], summary["snapshot"]) == (0, "restored", ids[0]), stderr
+    assert store.clean_up(max_snapshots=2) == [ids[1]], "the least recently used one goes, not the oldest"
+    assert sorted(manifest.id for manifest in store.list()) == sorted([ids[0], ids[2]])
 
 
 def test_missing_privileges_are_one_clear_reason(tmp_path: Path) -> None:
@@ -137,8 +136,6 @@ async def test_quota_applies_to_builds_through_the_api(
 ) -> None:
     import asyncio
     import json
-
-    from tests.kernel.conftest import write_notebook
 
     jp_serverapp.config.SnapKernelSettings.max_snapshots = 1
     jp_serverapp.web_app.settings["snapkernel_settings"].max_snapshots = 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -10,7 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -252,6 +253,14 @@ def wait_for_marks(page: Page, setup: list[int], end: int | None, timeout_s: flo
         time.sleep(0.1)
 
 
+def wait_in_page(page: Page, condition: Callable[[], object], timeout_s: float, what: str) -> None:
+    """Poll `condition` while the page's events flow (playwright delivers them only during its own calls)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, what
+        page.wait_for_timeout(100)
+
+
 def wait_for_idle_kernel(page: Page) -> None:
     page.wait_for_function(
         f"() => {{ const w = {CURRENT};"
@@ -402,19 +411,21 @@ def test_a_hidden_notebook_stops_polling_until_it_is_shown_again(lab: Lab, brows
     page.evaluate("window.jupyterapp.commands.execute('docmanager:open', {path: 'numpy_setup.ipynb'})")
     page.wait_for_function(f"{CURRENT}.context.path === 'numpy_setup.ipynb'", timeout=60_000)
     wait_for_state(page, "none", timeout_s=60)
-    page.wait_for_timeout(1000)  # a request of tiny.ipynb's already on its way (playwright sleeps, events flow)
+    # A poll of numpy_setup.ipynb asked after the switch: a request tiny.ipynb had on its way came before it.
+    before = len(asked)
+    wait_in_page(page, lambda: "numpy_setup.ipynb" in asked[before:], 30, "the shown notebook is not polled")
     asked.clear()
-    page.wait_for_timeout(7000)  # more than two poll intervals (3 s)
-    assert "numpy_setup.ipynb" in asked and "tiny.ipynb" not in asked, asked
+    # Three more polls of the shown notebook span two poll intervals: a still-polled tiny.ipynb would ask meanwhile.
+    wait_in_page(page, lambda: asked.count("numpy_setup.ipynb") >= 3, 60, "the shown notebook is polled no more")
+    assert "tiny.ipynb" not in asked, asked
     page.evaluate(f"window.jupyterapp.shell.activateById('{tiny}')")
-    deadline = time.monotonic() + 10
-    while "tiny.ipynb" not in asked:
-        assert time.monotonic() < deadline, f"tiny.ipynb is shown again but not polled: {asked}"
-        page.wait_for_timeout(200)
+    wait_in_page(page, lambda: "tiny.ipynb" in asked, 10, "tiny.ipynb is shown again but not polled")
 
 
 def test_failed_requests_show_an_error_and_the_state_recovers(lab: Lab, browser_page: Page, shots: Screenshots) -> None:
-    tiny_notebook(lab.root, "slow.ipynb", ["import time\ntime.sleep(8)\nslept = True"], 0, ["print(slept)"])
+    # The build runs its setup cell until the test lets it end (a file `go` beside the notebook).
+    gated = "import pathlib, time\nwhile not pathlib.Path('go').exists():\n    time.sleep(0.1)\nslept = True"
+    tiny_notebook(lab.root, "slow.ipynb", [gated], 0, ["print(slept)"])
     page = browser_page
     failing = {"builds/ID": False, "status": False}
     failures = {"builds/ID": 0, "status": 0}
@@ -443,6 +454,7 @@ def test_failed_requests_show_an_error_and_the_state_recovers(lab: Lab, browser_
     shots.take_notebook(page, "state-error", doc=True)
     failing["builds/ID"] = False
     wait_for_state(page, "building", timeout_s=30)
+    (lab.root / "go").touch()
     wait_for_state(page, "ready", timeout_s=120)
     assert failures["builds/ID"] >= 1
 
@@ -450,8 +462,10 @@ def test_failed_requests_show_an_error_and_the_state_recovers(lab: Lab, browser_
     failing["status"] = True
     wait_for_state(page, "error", timeout_s=30)
     assert "Last known: snapshot ready" in tooltip(page)
-    page.wait_for_timeout(4000)  # (playwright's own sleep: the route answers meanwhile)
-    assert item(page).get_attribute("data-snapkernel-state") == "error"
+    failed = failures["status"]
+    item(page).locator(BUTTON).click()  # in the error state a click asks again at once: it fails again
+    wait_in_page(page, lambda: failures["status"] > failed, 30, "the click did not ask for the status again")
+    wait_for_state(page, "error", timeout_s=5)
     failing["status"] = False
     item(page).locator(BUTTON).click()  # in the error state a click asks again at once
     wait_for_state(page, "ready", timeout_s=10)
@@ -493,8 +507,9 @@ def test_settings_hide_the_toolbar_item_and_set_the_poll_interval(tmp_path: Path
         assert panel(page).locator(".jp-NotebookPanel-toolbar .jp-Toolbar-item").count() > 3
         assert panel(page).locator(TOOLBAR_ITEM).count() == 0
         asked.clear()
-        page.wait_for_timeout(4000)
-        assert len(asked) >= 5, f"{len(asked)} status requests in 4 s with pollInterval 0.5 s"
+        wait_in_page(page, lambda: len(asked) >= 5, 30, "fewer than 5 status requests with pollInterval 0.5 s")
+        gaps = sorted(later - earlier for earlier, later in itertools.pairwise(asked))
+        assert gaps[len(gaps) // 2] < 1.5, f"status requests {gaps} s apart: not the 0.5 s set (the default is 3 s)"
 
 
 # When the notebook's kernel started, as the server extension reports it (restored or cold).
@@ -538,7 +553,7 @@ def test_setup_slider_moved_after_restart_and_run_all_changes_the_kernel_value(
 ) -> None:
     from jupyter_snapkernel.builder import build_snapshot
     from jupyter_snapkernel.paths import open_store
-    from tests.kernel.conftest import write_notebook
+    from tests.helpers import write_notebook
 
     setup = "import ipywidgets as widgets\nslider = widgets.IntSlider(value=3, min=0, max=10)\ndisplay(slider)"
     notebook = write_notebook(lab.root / "widgets.ipynb", [setup], marked=0, after=["print('value', slider.value)"])

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from .conftest import REPO
+from tests.helpers import REPO
 
 KERNEL_LIBRARIES = ("IPython", "ipykernel")
 ENGINE_FOLDER = REPO / "engine"  # the layer's folder in the repository
