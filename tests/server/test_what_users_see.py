@@ -1,0 +1,62 @@
+"""What users and admins see is true and one: states, savings, process titles and API answers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from traitlets.config import Config
+
+from jupyter_snapkernel.builder import build_snapshot
+from jupyter_snapkernel.paths import open_store
+from snapkernel_engine import SnapshotStore
+from tests.kernel.conftest import SETUP_CELLS, KernelSession, write_notebook
+
+
+@pytest.fixture
+def shared_root(tmp_path: Path) -> Path:
+    return tmp_path / "course-snapshots"
+
+
+@pytest.fixture
+def jp_server_config(store_root: Path, shared_root: Path) -> Config:
+    # store_root first: it points SNAPKERNEL_STORE at the test's store before the server reads it.
+    return Config(
+        {
+            "ServerApp": {"jpserver_extensions": {"jupyter_snapkernel": True}},
+            "SnapKernelSettings": {"auto_build": False, "spare_kernels": False, "shared_roots": [str(shared_root)]},
+        }
+    )
+
+
+async def api(jp_fetch: Any, *parts: str, **kwargs: Any) -> Any:
+    """Call the snapkernel API and parse its JSON answer."""
+    response = await jp_fetch("snapkernel", "api", *parts, **kwargs)
+    return json.loads(response.body)
+
+
+async def test_editing_a_setup_cell_of_a_notebook_a_course_snapshot_matched_makes_it_stale(
+    jp_fetch: Any, open_session: Any, notebook: Path, shared_root: Path, tmp_path: Path
+) -> None:
+    """The student's copy of a course notebook: ready from the shared root, then stale (not "none") once edited."""
+    (tmp_path / "course").mkdir()
+    course_copy = write_notebook(tmp_path / "course" / notebook.name, SETUP_CELLS, marked=1)
+    manifest = build_snapshot(course_copy, open_store(shared_root, shared=True))
+    ready = await api(jp_fetch, "status", params={"path": notebook.name})
+    assert (ready["state"], ready["snapshot"], ready["source"]) == ("ready", manifest.id, "shared"), ready
+
+    edited_cells = [SETUP_CELLS[0], SETUP_CELLS[1] + "\nedited = True"]
+    unsaved = {"path": notebook.name, "cells": [{"cell_type": "code", "source": source} for source in edited_cells]}
+    unsaved["cells"][1]["metadata"] = {"tags": ["snapshot"]}
+    while_editing = await api(jp_fetch, "status", method="POST", body=json.dumps(unsaved))
+    write_notebook(notebook, edited_cells, marked=1)
+    saved = await api(jp_fetch, "status", params={"path": notebook.name})
+    for status in (while_editing, saved):
+        assert (status["state"], status["snapshot"], status["source"]) == ("stale", manifest.id, "shared"), status
+        assert status["reason"] == "setup cells changed since the snapshot", status
+
+    session: KernelSession = await open_session(notebook)
+    report = await api(jp_fetch, "kernels", session.kernel_id)
+    assert (report["start"], report["reason"]) == ("cold", "stale: setup cells changed since the snapshot"), report
