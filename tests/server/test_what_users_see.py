@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -60,3 +64,32 @@ async def test_editing_a_setup_cell_of_a_notebook_a_course_snapshot_matched_make
     session: KernelSession = await open_session(notebook)
     report = await api(jp_fetch, "kernels", session.kernel_id)
     assert (report["start"], report["reason"]) == ("cold", "stale: setup cells changed since the snapshot"), report
+
+
+async def test_snapshots_and_builds_name_notebooks_relative_to_the_root_and_no_server_path(
+    jp_fetch: Any, notebook: Path, kernel_store: SnapshotStore, jp_root_dir: Path, tmp_path: Path
+) -> None:
+    """GET snapshots and GET builds name a notebook by its API path, one outside the root by null, and no answer
+    holds a server path (docs/rest-api.md)."""
+    (jp_root_dir / "week1").mkdir()
+    inside = write_notebook(jp_root_dir / "week1" / "intro.ipynb", ["value = 1"], marked=0)
+    outside = write_notebook(tmp_path / "elsewhere.ipynb", ["value = 2"], marked=0)
+    built = {
+        build_snapshot(inside, kernel_store).id: "week1/intro.ipynb",
+        build_snapshot(outside, kernel_store).id: None,
+    }
+    build = await api(jp_fetch, "builds", method="POST", body=json.dumps({"path": notebook.name}))
+    assert build["path"] == notebook.name, build
+    deadline = time.monotonic() + 300
+    while build["state"] in {"queued", "building"} and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        build = await api(jp_fetch, "builds", build["id"])
+    assert build["state"] == "ready", build
+    built[build["snapshot"]] = notebook.name
+
+    listing = await api(jp_fetch, "snapshots")
+    assert {entry["id"]: entry["notebook"] for entry in listing["snapshots"]} == built, listing
+    builds = await api(jp_fetch, "builds")
+    answers = json.dumps([listing, builds, build])
+    server_paths = {str(tmp_path), str(kernel_store.root), sys.prefix, os.path.realpath(sys.executable)}
+    assert [path for path in server_paths if path in answers] == [], answers
