@@ -43,6 +43,8 @@ export interface IKernelStart {
   reason: string | null;
   restore_s: number | null;
   setup_s: number | null;
+  /** The seconds of setup the restore saved, as `%snapshot status` prints them. */
+  saved_s: number | null;
   started: number;
 }
 

@@ -93,3 +93,24 @@ async def test_snapshots_and_builds_name_notebooks_relative_to_the_root_and_no_s
     answers = json.dumps([listing, builds, build])
     server_paths = {str(tmp_path), str(kernel_store.root), sys.prefix, os.path.realpath(sys.executable)}
     assert [path for path in server_paths if path in answers] == [], answers
+
+
+async def test_a_restore_reports_one_saving_to_the_toast_and_to_snapshot_status(
+    jp_fetch: Any, open_session: Any, notebook: Path, kernel_store: SnapshotStore
+) -> None:
+    """The start report (the toast's figures) and `%snapshot status` show the same restore, setup and saved times."""
+    manifest = build_snapshot(notebook, kernel_store)
+    session: KernelSession = await open_session(notebook)
+    assert session.restored
+    report = await api(jp_fetch, "kernels", session.kernel_id)
+    assert (report["start"], report["snapshot"]) == ("restored", manifest.id), report
+    kernel_figures = await session.value("[getattr(get_ipython().kernel.start_info, name) for name in "
+                                         "('restore_s', 'setup_s', 'saved_s')]")  # fmt: skip
+    assert [report["restore_s"], report["setup_s"], report["saved_s"]] == kernel_figures, report
+    assert report["setup_s"] == float(manifest.labels["setup_s"])
+    assert report["saved_s"] == round(max(report["setup_s"] - report["restore_s"], 0), 1)
+    printed = (await session.execute("%snapshot status")).stdout
+    assert (
+        f"in {report['restore_s']:.2f} s (the setup took {report['setup_s']:.1f} s when built: "
+        f"{report['saved_s']:.1f} s saved)"
+    ) in printed, printed
