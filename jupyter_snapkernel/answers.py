@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-import time
 from typing import Literal, TypedDict
 
 from snapkernel_engine import Manifest
+from snapkernel_engine.messages import Resumed
 
 StartKind = Literal["restored", "cold"]
 
@@ -33,7 +33,7 @@ class BuildAnswer(TypedDict):
     """GET builds/ID, POST builds: a build's progress (IBuild)."""
 
     id: str
-    path: str
+    path: str | None  # the notebook's API path (None outside the server's root)
     setup_hash: str
     state: str  # queued | building | ready | failed
     queue_ahead: int | None
@@ -53,6 +53,7 @@ class KernelStart(TypedDict):
     reason: str | None
     restore_s: float | None
     setup_s: float | None
+    saved_s: float | None  # the one figure of the savings, measured by the restored kernel (kernel.setup_saved_s)
     started: float
 
 
@@ -86,13 +87,17 @@ class ServerInfo(TypedDict):
     kernels: list[str]
 
 
-def kernel_start(started: float, snapshot: Manifest | None = None, reason: str | None = None) -> KernelStart:
-    """The start report of a kernel launched at `started` (time.time()): restored from `snapshot`, else cold."""
+def kernel_start(
+    started: float, snapshot: Manifest | None = None, resumed: Resumed | None = None, reason: str | None = None
+) -> KernelStart:
+    """The start report of a kernel launched at `started` (time.time()): restored from `snapshot`, with the
+    figures its `resumed` event measured, else cold."""
     return KernelStart(
         start="cold" if snapshot is None else "restored",
         snapshot=None if snapshot is None else snapshot.id,
         reason=reason,
-        restore_s=None if snapshot is None else round(time.time() - started, 3),
-        setup_s=None if snapshot is None else float(snapshot.labels.get("setup_s", 0)),
+        restore_s=None if resumed is None else resumed.restore_s,
+        setup_s=None if resumed is None else resumed.setup_s,
+        saved_s=None if resumed is None else resumed.saved_s,
         started=started,
     )

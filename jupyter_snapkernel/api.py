@@ -1,7 +1,8 @@
 """REST API under /snapkernel/api/: snapshots, a notebook's status, builds and checks.
 
-A bad request gets a 4xx with a one-line reason, never a 500; no answer names a server path in an
-error (messages are scrubbed); file work (notebooks, the store) runs off the server's event loop.
+A bad request gets a 4xx with a one-line reason, never a 500; no answer names a server path: notebooks
+are named relative to the server's root (None outside it), and messages are scrubbed; file work
+(notebooks, the store) runs off the server's event loop.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import re
 import time
 from datetime import datetime
+from functools import lru_cache
 from http.client import responses
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -25,8 +27,8 @@ from tornado import web
 from snapkernel_engine import SnapshotError, SnapshotNotFound, SnapshotStore, StoreError
 from snapkernel_engine.version import __version__
 
-from .answers import CheckAnswer, NotebookStatus, ServerInfo
-from .background_builds import BackgroundBuilds, BuildQueueFull, start_build
+from .answers import BuildAnswer, CheckAnswer, NotebookStatus, ServerInfo
+from .background_builds import BackgroundBuild, BackgroundBuilds, BuildQueueFull, start_build
 from .check import MAX_RUNS, BackgroundCheck, BackgroundChecks, ChecksBusy
 from .config import PROVISIONER_NAME, SnapKernelSettings
 from .paths import open_store
@@ -74,6 +76,42 @@ class SnapKernelHandler(APIHandler):
         if answer["error"]:
             answer["error"] = self.scrub(answer["error"])
         return answer
+
+    def describe_build(self, build: BackgroundBuild) -> BuildAnswer:
+        """A build as JSON, its notebook named by API path and its error naming no server path."""
+        answer = self.builds.describe(build)
+        answer["path"] = self.api_path(answer["path"])
+        if answer["error"]:
+            answer["error"] = self.scrub(answer["error"])
+        return answer
+
+    def describe_snapshot(self, store: SnapshotStore, manifest: Manifest) -> dict[str, Any]:
+        """A snapshot as JSON (`snapshot_summary`), its notebook named by API path, naming no server path."""
+        summary = snapshot_summary(store, manifest)
+        summary["notebook"] = self.api_path(summary["notebook"])
+        summary["labels"] = {name: self.scrub(value) for name, value in summary["labels"].items() if name != "notebook"}
+        summary["environment"] = {
+            name: self.scrub(value) if isinstance(value, str) else value
+            for name, value in summary["environment"].items()
+        }
+        summary["reasons"] = [self.scrub(reason) for reason in summary["reasons"]]
+        summary["stale"] = [self.scrub(reason) for reason in summary["stale"]]
+        return summary
+
+    @property
+    def root_dirs(self) -> tuple[Path, Path]:
+        """The server's root as configured and as resolved (notebooks are known by their resolved paths)."""
+        configured = Path(os.path.abspath(self.contents_manager.root_dir))  # no disk access
+        return configured, resolved_root(configured)
+
+    def api_path(self, path: str | os.PathLike[str] | None) -> str | None:
+        """A server path as the API names it: relative to the server's root; None for one outside it."""
+        if not path:
+            return None
+        for root in self.root_dirs:
+            if Path(path).is_relative_to(root):
+                return str(Path(path).relative_to(root))
+        return None
 
     @property
     def store(self) -> SnapshotStore:
@@ -127,13 +165,12 @@ class SnapKernelHandler(APIHandler):
 
     def scrub(self, message: str) -> str:
         """Replace the server's file-system paths in a message: the contents root's by API paths, others by `…/NAME`."""
-        root = Path(os.path.abspath(self.contents_manager.root_dir))  # no disk access: this runs on the event loop
 
         def shorten(match: re.Match[str]) -> str:
             path = Path(match.group(0))
-            if path.is_relative_to(root):
-                return str(path.relative_to(root)) if path != root else "."
-            return f"…/{path.name}" if path.name else "…"
+            if path in self.root_dirs:
+                return "."
+            return self.api_path(path) or (f"…/{path.name}" if path.name else "…")
 
         return ABSOLUTE_PATH.sub(shorten, message)
 
@@ -175,12 +212,11 @@ class SnapshotsHandler(SnapKernelHandler):
         """The store's snapshots and corrupt entries, read from disk, and the spares measured in /proc."""
         store = self.store
         manifests, corrupt = store.listing()
-        snapshots = [snapshot_summary(store, manifest) for manifest in manifests]
+        snapshots = [self.describe_snapshot(store, manifest) for manifest in manifests]
         entries = [{"id": entry.id, "reason": self.scrub(entry.reason)} for entry in corrupt]
-        root = self.contents_root
         for spare in spares:
-            paths = [Path(notebook) for notebook in spare["notebooks"]]
-            spare["notebooks"] = [str(path.relative_to(root)) for path in paths if path.is_relative_to(root)]
+            named = [self.api_path(notebook) for notebook in spare["notebooks"]]
+            spare["notebooks"] = [path for path in named if path is not None]
         return {"snapshots": snapshots, "corrupt": entries, "spares": [measured(spare) for spare in spares]}
 
 
@@ -296,6 +332,7 @@ class StatusHandler(JSONBodyHandler):
             raise self.notebook_error(api_path, error) from None
         snapshot = state.snapshot
         positions = state.section.positions if state.section else ()
+        reasons = [self.scrub(reason) for reason in state.reasons]
         self.write_json(
             NotebookStatus(
                 path=api_path,
@@ -304,8 +341,8 @@ class StatusHandler(JSONBodyHandler):
                 snapshot=snapshot.id if snapshot else None,
                 size_bytes=snapshot.size_bytes if snapshot else None,
                 age_s=round(time.time() - _timestamp(snapshot.created), 1) if snapshot else None,
-                reasons=state.reasons,
-                reason=state.reasons[0] if state.state in {"failed", "stale"} and state.reasons else None,
+                reasons=reasons,
+                reason=reasons[0] if state.state in {"failed", "stale"} and reasons else None,
                 build=state.build,
                 queue_ahead=state.queue_ahead,
                 setup_cells=list(positions),
@@ -322,7 +359,7 @@ class BuildsHandler(JSONBodyHandler):
     @authorized
     async def get(self) -> None:
         """List the builds this server ran, runs and has queued."""
-        self.write_json({"builds": [self.builds.describe(build) for build in self.builds.builds.values()]})
+        self.write_json({"builds": [self.describe_build(build) for build in self.builds.builds.values()]})
 
     @web.authenticated
     @authorized
@@ -343,7 +380,7 @@ class BuildsHandler(JSONBodyHandler):
             build = start_build(self.builds, notebook, section, store, self.settings_)
         except BuildQueueFull as error:
             raise refusal(429, str(error)) from None
-        self.write_json(self.builds.describe(build), status=202)
+        self.write_json(self.describe_build(build), status=202)
 
 
 class BuildHandler(SnapKernelHandler):
@@ -356,7 +393,7 @@ class BuildHandler(SnapKernelHandler):
         build = self.builds.builds.get(build_id)
         if build is None:
             raise refusal(404, f"no build {shortened(build_id)}")
-        self.write_json(self.builds.describe(build))
+        self.write_json(self.describe_build(build))
 
 
 class ChecksHandler(JSONBodyHandler):
@@ -416,7 +453,7 @@ class KernelStartHandler(SnapKernelHandler):
         report = getattr(manager.provisioner, "start_report", None)
         if report is None:
             raise refusal(404, f"kernel {kernel_id} is not a snapkernel kernel")
-        self.write_json(report)
+        self.write_json({**report, "reason": self.scrub(report["reason"]) if report.get("reason") else None})
 
 
 class InfoHandler(SnapKernelHandler):
@@ -444,6 +481,12 @@ class InfoHandler(SnapKernelHandler):
 def shortened(name: str, limit: int = 120) -> str:
     """A name the client sent, cut to `limit` characters for a message."""
     return name if len(name) <= limit else name[: limit - 1] + "…"
+
+
+@lru_cache(maxsize=4)
+def resolved_root(root: Path) -> Path:
+    """The server's root with its symbolic links resolved (once per root: it does not change while a server runs)."""
+    return Path(os.path.realpath(root))
 
 
 def _timestamp(created: str) -> float:

@@ -24,6 +24,12 @@ class RecordedCell:
     seconds: float
 
 
+def setup_saved_s(setup_s: float, restore_s: float) -> float:
+    """The seconds a restore saved (to 0.1 s): the build's time from the kernel's start to the end of its setup,
+    less the restore. The one figure of the savings, shown by the toast and by `%snapshot status`."""
+    return round(max(setup_s - restore_s, 0.0), 1)
+
+
 @dataclass
 class StartInfo:
     """How this kernel started, for `%snapshot status` and the first-use note."""
@@ -34,7 +40,8 @@ class StartInfo:
     notebook: str | None = None
     restore_s: float | None = None
     from_spare: bool = False
-    setup_s: float | None = None
+    setup_s: float | None = None  # what the build took from the kernel's start to the end of the setup
+    saved_s: float | None = None  # setup_saved_s: the one figure the toast and `%snapshot status` show
     hook_failures: list[str] = field(default_factory=list)
 
 

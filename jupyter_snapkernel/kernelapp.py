@@ -41,7 +41,7 @@ from snapkernel_engine.messages import (
 
 from . import env_names, hooks, revive, widgets
 from .input_recording import recording_inputs
-from .kernel import RecordedCell, SnapKernel, StartInfo
+from .kernel import RecordedCell, SnapKernel, StartInfo, setup_saved_s
 from .magics import SnapshotMagics
 from .recording import rebind_to_kernel_streams, recording
 
@@ -152,6 +152,7 @@ class SnapKernelApp(IPKernelApp):
         renamed = widgets.reattach_widgets(self.kernel)
         revive.history_to_disk(shell)
         kernel: SnapKernel = self.kernel
+        restore_s, setup_s = round(time.time() - request.restore_started, 3), request.setup_s
         kernel.setup_record = [
             dataclasses.replace(cell, outputs=widgets.renamed_views(cell.outputs, renamed)) for cell in setup_record
         ]
@@ -159,16 +160,17 @@ class SnapKernelApp(IPKernelApp):
             mode="restored",
             snapshot=request.snapshot,
             notebook=request.env.get("JPY_SESSION_NAME"),
-            restore_s=time.time() - request.restore_started,
+            restore_s=restore_s,
             from_spare=request.from_spare,
-            setup_s=sum(cell.seconds for cell in setup_record),
+            setup_s=setup_s,
+            saved_s=setup_saved_s(setup_s, restore_s),
             hook_failures=failures,
         )
         if failures:
             kernel.announce("snapkernel: after_restore hooks failed:\n" + "\n".join(failures))
         sys.stdout.flush()
         sys.stderr.flush()
-        send(channel, Resumed(os.getpid()))
+        send(channel, Resumed(os.getpid(), restore_s, setup_s, kernel.start_info.saved_s))
 
 
 def build(control_fd: int, report_fd: int) -> int:

@@ -84,11 +84,10 @@ class SnapshotMagics(Magics):
         kernel = getattr(self.shell, "kernel", None)
         info = getattr(kernel, "start_info", None)
         if kernel is not None and info is not None and info.mode == "restored":
-            saved = max((info.setup_s or 0) - (info.restore_s or 0), 0)
             ahead = ", restored ahead of time" if info.from_spare else ""
             print(
                 f"kernel: restored from snapshot {info.snapshot} in {info.restore_s:.2f} s{ahead} "
-                f"(the setup took {info.setup_s:.2f} s when built: {saved:.2f} s saved)"
+                f"(the setup took {info.setup_s:.1f} s when built: {info.saved_s:.1f} s saved)"
             )
             print(f"setup cells replayed: {kernel.replayed} of {len(kernel.setup_record)}")
         elif info is not None:

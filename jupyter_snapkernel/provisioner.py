@@ -17,7 +17,7 @@ from jupyter_client.provisioning import LocalProvisioner
 from snapkernel_engine import Manifest, RestoredTree, SnapshotStore
 from snapkernel_engine.diagnostics import snapshot_blocker
 from snapkernel_engine.failures import RestoreFailure, classify_restore_failure
-from snapkernel_engine.messages import ResumeRequest
+from snapkernel_engine.messages import Resumed, ResumeRequest
 from snapkernel_engine.restore import LAZY_NEEDS_ROOT, lazy_restore_supported
 
 from . import env_names
@@ -188,7 +188,7 @@ class SnapKernelProvisioner(LocalProvisioner):
         snapshot, state = plan.snapshot, plan.state
         assert snapshot is not None and state is not None and state.store is not None
         try:
-            info = await self._restore(snapshot, state.store, plan.notebook, kwargs)
+            info, resumed = await self._restore(snapshot, state.store, plan.notebook, kwargs)
         except Exception as error:
             failure = classify_restore_failure(error)
             plan.why_cold = failure.reason(snapshot.id, error)
@@ -198,7 +198,7 @@ class SnapKernelProvisioner(LocalProvisioner):
             except Exception as bookkeeping:  # the kernel starts cold all the same
                 self.log.warning("snapkernel: could not record the failed restore: %s", bookkeeping)
             return None
-        self.start_report = kernel_start(started, snapshot)
+        self.start_report = kernel_start(started, snapshot, resumed)  # the kernel's own figures, as it prints them
         if plan.own_store is not None:
             await asyncio.to_thread(forget_stale_restores, plan.own_store, snapshot.key)
         return info
@@ -266,8 +266,9 @@ class SnapKernelProvisioner(LocalProvisioner):
 
     async def _restore(
         self, manifest: Manifest, store: SnapshotStore, notebook: Path | None, kwargs: dict[str, Any]
-    ) -> KernelConnectionInfo:
-        """Restore the snapshot (or take its spare) and hand it this launch's connection, env and cwd."""
+    ) -> tuple[KernelConnectionInfo, Resumed]:
+        """Restore the snapshot (or take its spare), hand it this launch's connection, env and cwd; return the
+        connection and the kernel's `resumed` event."""
         started = time.time()
         settings = self.settings
         lazy = lazy_restores(self.settings, self.log)
@@ -284,8 +285,9 @@ class SnapKernelProvisioner(LocalProvisioner):
             snapshot=manifest.id,
             restore_started=started,
             from_spare=from_spare,
+            setup_s=float(manifest.labels.get("setup_s", 0)),
         )
-        await waiting.resume(launch, settings.restore_timeout)
+        resumed = await waiting.resume(launch, settings.restore_timeout)
         self.log.info(
             "snapkernel: restored %s from snapshot %s in %.2f s%s", kwargs.get("kernel_id", "kernel"), manifest.id,
             time.time() - started, " (a spare restored ahead)" if from_spare else "",
@@ -297,4 +299,4 @@ class SnapKernelProvisioner(LocalProvisioner):
         self.pid = tree.pid
         self.pgid = tree.pid
         self.cwd = cwd
-        return self.connection_info
+        return self.connection_info, resumed

@@ -48,8 +48,9 @@ class KernelAwaitingConnection:
         self.tree.kill()
         self.close_pipes()
 
-    async def resume(self, request: ResumeRequest, timeout: float) -> None:
-        """Hand the kernel its launch and wait (at most `timeout` s) until it listens; on failure, discard it."""
+    async def resume(self, request: ResumeRequest, timeout: float) -> Resumed:
+        """Hand the kernel its launch and wait (at most `timeout` s) until it listens; on failure, discard it.
+        Return the kernel's Resumed event."""
         try:
             send(self.channel, request)
             reply = await asyncio.wait_for(in_daemon_thread(receive_event, self.channel), timeout)
@@ -59,6 +60,7 @@ class KernelAwaitingConnection:
             self.discard()
             raise
         self.close_pipes()
+        return reply
 
 
 def _forward(read_fd: int, target_fd: int) -> None:

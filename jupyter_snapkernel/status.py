@@ -222,11 +222,31 @@ def snapshot_summary(store: SnapshotStore, manifest: Manifest) -> dict[str, Any]
     }
 
 
-def superseded_snapshot(store: SnapshotStore, notebook: str | Path, setup_hash: str) -> Manifest | None:
-    """The newest snapshot of this notebook taken with other setup cells than `setup_hash`."""
-    resolved = str(Path(notebook).resolve())
-    older = [m for m in store.list() if m.labels.get("notebook") == resolved and m.key != setup_hash]
-    return older[-1] if older else None
+def superseded_snapshot(
+    stores: Sequence[SnapshotStore], own: SnapshotStore, notebook: str | Path, setup_hash: str
+) -> tuple[Manifest, SnapshotStore] | None:
+    """The newest snapshot this notebook had before its setup cells became `setup_hash`, and its store.
+
+    In the user's own store that is a snapshot built for this very file; in a shared root, one built
+    for a notebook of the same name (the course's copy that the user's notebook was made from).
+    """
+    resolved = Path(notebook).resolve()
+    for store in stores:
+        older = [
+            manifest for manifest in store.list()
+            if manifest.key != setup_hash and _built_for(manifest, resolved, same_file=store is own)
+        ]  # fmt: skip
+        if older:
+            return older[-1], store
+    return None
+
+
+def _built_for(manifest: Manifest, notebook: Path, same_file: bool) -> bool:
+    """Whether a snapshot was built for `notebook` (`same_file`), or for a notebook of the same name."""
+    label = manifest.labels.get("notebook")
+    if not label:
+        return False
+    return label == str(notebook) if same_file else Path(label).name == notebook.name
 
 
 def input_changes(
@@ -340,11 +360,13 @@ def notebook_state(
             cold_reason=reasons[0] if unusable else "stale: " + "; ".join(reasons),
             rebuild=not unusable and held is None, section=section, in_shared_root=store is not own,
         )  # fmt: skip
-    older = superseded_snapshot(own, notebook, setup_hash)
-    if older is not None:
+    superseded = superseded_snapshot(trusted, own, notebook, setup_hash)
+    if superseded is not None:
+        older, store = superseded
         return NotebookState(
-            "stale", setup_hash, older, [SETUP_CHANGED], own, cold_reason=f"stale: {SETUP_CHANGED}", section=section
-        )
+            "stale", setup_hash, older, [SETUP_CHANGED], store, cold_reason=f"stale: {SETUP_CHANGED}",
+            section=section, in_shared_root=store is not own,
+        )  # fmt: skip
     found.reasons = [reason for reason in refused.values() if reason is not None]
     found.cold_reason = "; ".join(["no snapshot yet", *found.reasons])
     return found

@@ -25,8 +25,8 @@ export interface INotebookStatus {
 /** A build's progress, as GET /snapkernel/api/builds/ID reports it. */
 export interface IBuild {
   id: string;
-  /** The notebook's path on the server. */
-  path: string;
+  /** The notebook's path relative to the server's root; null outside it. */
+  path: string | null;
   setup_hash: string;
   state: 'queued' | 'building' | 'ready' | 'failed';
   /** While queued: how many queued builds of the server run first. */
@@ -46,6 +46,8 @@ export interface IKernelStart {
   reason: string | null;
   restore_s: number | null;
   setup_s: number | null;
+  /** The seconds of setup the restore saved, as `%snapshot status` prints them. */
+  saved_s: number | null;
   started: number;
 }
 

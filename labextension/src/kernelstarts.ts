@@ -29,7 +29,8 @@ export function watchKernelStarts(panel: NotebookPanel, trans: TranslationBundle
     announced.add(key);
     if (start.start === 'restored') {
       const restore = start.restore_s ?? 0;
-      const saved = Math.max((start.setup_s ?? 0) - restore, 0);
+      // The kernel's own figure (kernel.setup_saved_s), the one `%snapshot status` prints.
+      const saved = start.saved_s ?? 0;
       Notification.success(
         trans.__(
           'Kernel restored from snapshot %1 in %2 s (%3 s of setup saved)',

@@ -87,7 +87,7 @@ def test_40_build_requests_at_once_run_at_most_max_concurrent_builds_and_queue_o
             most_at_once = max(most_at_once, len(build_kernels(server)))
             waiting = [build for build in builds(server) if build["state"] == "queued"]
             if waiting:
-                last = Path(waiting[-1]["path"])
+                last = server.root / waiting[-1]["path"]
                 status = server.api("GET", "snapkernel/api/status", params={"path": last.name}).json()
                 seen_queued["REST status"] |= status["state"] == "queued" and status["queue_ahead"] >= 0
                 state = notebook_file_state([open_store(server.store)], last)  # as `%snapshot status` decides

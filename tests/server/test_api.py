@@ -79,7 +79,7 @@ async def test_status_build_list_and_delete(jp_fetch: Any, notebook: Path, store
 
     listed = (await api(jp_fetch, "snapshots"))["snapshots"]
     assert [entry["id"] for entry in listed] == [done["snapshot"]]
-    assert listed[0]["notebook"] == str(notebook)
+    assert listed[0]["notebook"] == "analysis.ipynb"
     assert {"setup_hash", "hardware", "size_bytes", "created", "stale"} <= listed[0].keys()
 
     response = await jp_fetch("snapkernel", "api", "snapshots", done["snapshot"], method="DELETE")

@@ -1,0 +1,116 @@
+"""What users and admins see is true and one: states, savings, process titles and API answers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from traitlets.config import Config
+
+from jupyter_snapkernel.builder import build_snapshot
+from jupyter_snapkernel.paths import open_store
+from snapkernel_engine import SnapshotStore
+from tests.kernel.conftest import SETUP_CELLS, KernelSession, write_notebook
+
+
+@pytest.fixture
+def shared_root(tmp_path: Path) -> Path:
+    return tmp_path / "course-snapshots"
+
+
+@pytest.fixture
+def jp_server_config(store_root: Path, shared_root: Path) -> Config:
+    # store_root first: it points SNAPKERNEL_STORE at the test's store before the server reads it.
+    return Config(
+        {
+            "ServerApp": {"jpserver_extensions": {"jupyter_snapkernel": True}},
+            "SnapKernelSettings": {"auto_build": False, "spare_kernels": False, "shared_roots": [str(shared_root)]},
+        }
+    )
+
+
+async def api(jp_fetch: Any, *parts: str, **kwargs: Any) -> Any:
+    """Call the snapkernel API and parse its JSON answer."""
+    response = await jp_fetch("snapkernel", "api", *parts, **kwargs)
+    return json.loads(response.body)
+
+
+async def test_editing_a_setup_cell_of_a_notebook_a_course_snapshot_matched_makes_it_stale(
+    jp_fetch: Any, open_session: Any, notebook: Path, shared_root: Path, tmp_path: Path
+) -> None:
+    """The student's copy of a course notebook: ready from the shared root, then stale (not "none") once edited."""
+    (tmp_path / "course").mkdir()
+    course_copy = write_notebook(tmp_path / "course" / notebook.name, SETUP_CELLS, marked=1)
+    manifest = build_snapshot(course_copy, open_store(shared_root, shared=True))
+    ready = await api(jp_fetch, "status", params={"path": notebook.name})
+    assert (ready["state"], ready["snapshot"], ready["source"]) == ("ready", manifest.id, "shared"), ready
+
+    edited_cells = [SETUP_CELLS[0], SETUP_CELLS[1] + "\nedited = True"]
+    unsaved = {"path": notebook.name, "cells": [{"cell_type": "code", "source": source} for source in edited_cells]}
+    unsaved["cells"][1]["metadata"] = {"tags": ["snapshot"]}
+    while_editing = await api(jp_fetch, "status", method="POST", body=json.dumps(unsaved))
+    write_notebook(notebook, edited_cells, marked=1)
+    saved = await api(jp_fetch, "status", params={"path": notebook.name})
+    for status in (while_editing, saved):
+        assert (status["state"], status["snapshot"], status["source"]) == ("stale", manifest.id, "shared"), status
+        assert status["reason"] == "setup cells changed since the snapshot", status
+
+    session: KernelSession = await open_session(notebook)
+    report = await api(jp_fetch, "kernels", session.kernel_id)
+    assert (report["start"], report["reason"]) == ("cold", "stale: setup cells changed since the snapshot"), report
+
+
+async def test_snapshots_and_builds_name_notebooks_relative_to_the_root_and_no_server_path(
+    jp_fetch: Any, notebook: Path, kernel_store: SnapshotStore, jp_root_dir: Path, tmp_path: Path
+) -> None:
+    """GET snapshots and GET builds name a notebook by its API path, one outside the root by null, and no answer
+    holds a server path (docs/rest-api.md)."""
+    (jp_root_dir / "week1").mkdir()
+    inside = write_notebook(jp_root_dir / "week1" / "intro.ipynb", ["value = 1"], marked=0)
+    outside = write_notebook(tmp_path / "elsewhere.ipynb", ["value = 2"], marked=0)
+    built = {
+        build_snapshot(inside, kernel_store).id: "week1/intro.ipynb",
+        build_snapshot(outside, kernel_store).id: None,
+    }
+    build = await api(jp_fetch, "builds", method="POST", body=json.dumps({"path": notebook.name}))
+    assert build["path"] == notebook.name, build
+    deadline = time.monotonic() + 300
+    while build["state"] in {"queued", "building"} and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        build = await api(jp_fetch, "builds", build["id"])
+    assert build["state"] == "ready", build
+    built[build["snapshot"]] = notebook.name
+
+    listing = await api(jp_fetch, "snapshots")
+    assert {entry["id"]: entry["notebook"] for entry in listing["snapshots"]} == built, listing
+    builds = await api(jp_fetch, "builds")
+    answers = json.dumps([listing, builds, build])
+    server_paths = {str(tmp_path), str(kernel_store.root), sys.prefix, os.path.realpath(sys.executable)}
+    assert [path for path in server_paths if path in answers] == [], answers
+
+
+async def test_a_restore_reports_one_saving_to_the_toast_and_to_snapshot_status(
+    jp_fetch: Any, open_session: Any, notebook: Path, kernel_store: SnapshotStore
+) -> None:
+    """The start report (the toast's figures) and `%snapshot status` show the same restore, setup and saved times."""
+    manifest = build_snapshot(notebook, kernel_store)
+    session: KernelSession = await open_session(notebook)
+    assert session.restored
+    report = await api(jp_fetch, "kernels", session.kernel_id)
+    assert (report["start"], report["snapshot"]) == ("restored", manifest.id), report
+    kernel_figures = await session.value("[getattr(get_ipython().kernel.start_info, name) for name in "
+                                         "('restore_s', 'setup_s', 'saved_s')]")  # fmt: skip
+    assert [report["restore_s"], report["setup_s"], report["saved_s"]] == kernel_figures, report
+    assert report["setup_s"] == float(manifest.labels["setup_s"])
+    assert report["saved_s"] == round(max(report["setup_s"] - report["restore_s"], 0), 1)
+    printed = (await session.execute("%snapshot status")).stdout
+    assert (
+        f"in {report['restore_s']:.2f} s (the setup took {report['setup_s']:.1f} s when built: "
+        f"{report['saved_s']:.1f} s saved)"
+    ) in printed, printed
