@@ -22,7 +22,7 @@ from snapkernel_engine.control_pipe import take_message, write_message
 from snapkernel_engine.inputs import fingerprint_inputs, inputs_folder
 from snapkernel_engine.privileges import current, own_user_namespace_command
 from snapkernel_engine.process import linked_semaphores_mapped, tree, tree_rss_bytes
-from snapkernel_engine.store import store_write_error
+from snapkernel_engine.store import new_snapshot_id, store_write_error
 from snapkernel_engine.watchdog import watch_for_owner
 
 from . import env_names
@@ -306,8 +306,9 @@ def _run_build(
     running = "the kernel's start"
     running_cell: int | None = None
     cells_done = 0
+    snapshot_id = new_snapshot_id()  # named now: the kernel shows it in its process title while it waits
     try:
-        write_message(control_write, {"cells": list(section.cells)})
+        write_message(control_write, {"cells": list(section.cells), "notebook": notebook.name, "snapshot": snapshot_id})
         while True:
             try:
                 event = _read_event(report_read, deadline, buffer, cancel)
@@ -341,6 +342,7 @@ def _run_build(
             pipes={"stdin": 0, "stdout": 1, "stderr": 2, "control": control_read, "report": report_write},
             leave_running=False,
             gpu_state=gpu_state,
+            snapshot_id=snapshot_id,
             inputs=fingerprint_inputs(
                 inputs.get("files", []),
                 inputs.get("variables", []),

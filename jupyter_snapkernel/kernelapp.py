@@ -30,6 +30,7 @@ from . import env_names, hooks, revive, widgets
 from .inputs import recording_inputs
 from .kernel import RecordedCell, SnapKernel, StartInfo, setup_saved_s
 from .magics import SnapshotMagics
+from .process_title import build_title, restored_title, set_process_title, spare_title
 from .recording import rebind_to_kernel_streams, recording
 
 BUILD_FLAG = "--snapshot-build"
@@ -111,6 +112,7 @@ class SnapKernelApp(IPKernelApp):
 
     def resume(self, request: dict[str, Any], channel: PipeChannel) -> None:
         """Finish initialisation after a restore: new environment, connection and sockets."""
+        set_process_title(restored_title(request["snapshot"], request["env"].get("JPY_SESSION_NAME")), "sk kernel")
         revive.apply_environment(request["env"], request["build_environment"])
         os.chdir(request["cwd"])
         revive.apply_launch(request["connection_file"])
@@ -160,6 +162,7 @@ def build(control_fd: int, report_fd: int) -> int:
     """Run a snapshot build: setup cells, hooks, then wait to be checkpointed and resumed."""
     channel = PipeChannel(control_fd, report_fd)
     request = channel.receive()
+    set_process_title(build_title(request["notebook"]), "sk build")
     launch_environment = dict(os.environ)
     app = SnapKernelApp.instance()
     # An on-disk history database would be an open file that grows: CRIU refuses to restore it.
@@ -184,6 +187,8 @@ def build(control_fd: int, report_fd: int) -> int:
     kernel_changes = revive.EnvironmentChanges.between(launch_environment, os.environ).without(setup_changes)
     sys.stdout.flush()
     sys.stderr.flush()
+    # Set before the checkpoint: every restored copy shows it until a launch resumes it.
+    set_process_title(spare_title(request["snapshot"], request["notebook"]), "sk spare")
     channel.send(event="ready", pid=os.getpid(), inputs=recorder.report())
     try:
         resume_request = channel.receive()  # the checkpoint is taken while we wait here
