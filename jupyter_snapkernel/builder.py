@@ -34,7 +34,7 @@ from snapkernel_engine.messages import (
 )
 from snapkernel_engine.privileges import current, own_user_namespace_command
 from snapkernel_engine.process import linked_semaphores_mapped, tree, tree_rss_bytes
-from snapkernel_engine.store import store_write_error
+from snapkernel_engine.store import new_snapshot_id, store_write_error
 from snapkernel_engine.watchdog import watch_for_owner
 
 from . import env_names
@@ -329,8 +329,9 @@ def _run_build(
     for stream in (kernel.stdout, kernel.stderr):
         threading.Thread(target=_drain, args=(stream, log), daemon=True).start()
     started = time.perf_counter()
+    snapshot_id = new_snapshot_id()  # named now: the kernel shows it in its process title while it waits
     try:
-        write_message(control_write, to_wire(SetupRequest(list(section.cells))))
+        write_message(control_write, to_wire(SetupRequest(list(section.cells), notebook.name, snapshot_id)))
         ready = _await_ready(kernel, report_read, notebook, section, progress, timeout, cancel, log)
         setup_s = time.perf_counter() - started
         progress(CHECKPOINTING)
@@ -343,6 +344,7 @@ def _run_build(
             pipes=KernelPipes(stdin=0, stdout=1, stderr=2, control=control_read, report=report_write).by_name(),
             leave_running=False,
             gpu_state=gpu_state,
+            snapshot_id=snapshot_id,
             inputs=fingerprint_inputs(
                 inputs.get("files", []),
                 inputs.get("variables", []),

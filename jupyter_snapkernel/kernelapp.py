@@ -43,6 +43,7 @@ from . import env_names, hooks, revive, widgets
 from .input_recording import recording_inputs
 from .kernel import RecordedCell, SnapKernel, StartInfo, setup_saved_s
 from .magics import SnapshotMagics
+from .process_title import build_title, restored_title, set_process_title, spare_title
 from .recording import rebind_to_kernel_streams, recording
 
 BUILD_FLAG = "--snapshot-build"
@@ -130,6 +131,7 @@ class SnapKernelApp(IPKernelApp):
         channel: PipeChannel,
     ) -> None:
         """Finish initialisation after a restore: new environment, connection and sockets."""
+        set_process_title(restored_title(request.snapshot, request.env.get("JPY_SESSION_NAME")), "sk kernel")
         revive.apply_environment(request.env, build_environment)
         os.chdir(request.cwd)
         revive.apply_launch(request.connection_file)
@@ -177,6 +179,7 @@ def build(control_fd: int, report_fd: int) -> int:
     """Run a snapshot build: setup cells, hooks, then wait to be checkpointed and resumed."""
     channel = PipeChannel(control_fd, report_fd)
     request = receive_request(channel, SetupRequest)
+    set_process_title(build_title(request.notebook), "sk build")
     launch_environment = dict(os.environ)
     app = SnapKernelApp.instance()
     # An on-disk history database would be an open file that grows: CRIU refuses to restore it.
@@ -201,6 +204,8 @@ def build(control_fd: int, report_fd: int) -> int:
     kernel_changes = revive.EnvironmentChanges.between(launch_environment, os.environ).without(setup_changes)
     sys.stdout.flush()
     sys.stderr.flush()
+    # Set before the checkpoint: every restored copy shows it until a launch resumes it.
+    set_process_title(spare_title(request.snapshot, request.notebook), "sk spare")
     send(channel, Ready(os.getpid(), recorder.report()))
     try:
         resume_wire = channel.receive()  # the checkpoint is taken while we wait here

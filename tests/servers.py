@@ -17,7 +17,11 @@ import psutil
 import requests
 from jupyter_client import BlockingKernelClient
 
+from jupyter_snapkernel.process_title import BUILD_TITLE
+
 JUPYTER = Path(sys.executable).with_name("jupyter")
+# A build kernel's command line before it names itself (`snapkernel build of NB`), and after.
+BUILD_KERNEL = ("--snapshot-build", BUILD_TITLE)
 
 
 def free_port() -> int:
@@ -121,12 +125,12 @@ class LocalServer:
             client.stop_channels()
         return self.api("GET", f"snapkernel/api/kernels/{kernel_id}").json()
 
-    def processes(self, marker: str) -> list[psutil.Process]:
-        """The server's descendants whose command line holds `marker`."""
+    def processes(self, *markers: str) -> list[psutil.Process]:
+        """The server's descendants whose command line holds one of `markers`."""
         found = []
         for child in psutil.Process(self.process.pid).children(recursive=True):
             try:
-                if marker in " ".join(child.cmdline()):
+                if any(marker in " ".join(child.cmdline()) for marker in markers):
                     found.append(child)
             except psutil.NoSuchProcess:
                 continue

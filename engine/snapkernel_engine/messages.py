@@ -35,9 +35,12 @@ class KernelPipes:
 
 @dataclass(frozen=True)
 class SetupRequest:
-    """Launcher to build kernel: the setup cells to run before the checkpoint."""
+    """Launcher to build kernel: the setup cells to run before the checkpoint, the notebook's file name and
+    the id its snapshot will have (the kernel shows both in its process title)."""
 
     cells: list[str]
+    notebook: str = ""
+    snapshot: str = ""
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,11 @@ class CorruptSnapshot:
     manifest: Manifest | None = None  # what its manifest says, where it could be read
 
 
+def new_snapshot_id() -> str:
+    """A new snapshot's id: 12 random hex digits (a build names it before the dump, so its kernel can show it)."""
+    return secrets.token_hex(6)
+
+
 def _manifest_if_readable(directory: Path) -> Manifest | None:
     """The manifest of a snapshot folder that failed its checks, if it can be read at all (to say which key it had)."""
     try:
@@ -291,15 +296,17 @@ class SnapshotStore(SnapshotLookup):
         cuda_driver: CudaDriver | None = None,
         inputs: Mapping[str, Any] | None = None,
         replace: bool = True,
+        snapshot_id: str | None = None,
     ) -> Manifest:
-        """Dump the tree rooted at `pid` and publish it atomically; nothing is left on failure.
+        """Dump the tree rooted at `pid` and publish it atomically as `snapshot_id` (default: a new id);
+        nothing is left on failure.
 
         `inputs` records what the process read from outside (snapkernel_engine.inputs.fingerprint_inputs).
         With `replace`, older snapshots of the same key on this hardware are deleted once this one
         is published (those being restored at that moment finish first and go at the next clean-up).
         """
         self.ensure_layout()
-        snapshot_id = secrets.token_hex(6)
+        snapshot_id = snapshot_id or new_snapshot_id()
         staging = self.staging_dir / f"{snapshot_id}.tmp"
         # Locked while this process lives: a build killed mid-dump leaves a folder the next clean-up removes.
         staging_lock = new_locked_dir(self.staging_dir, staging.name)

@@ -14,7 +14,7 @@ import requests
 from jupyter_snapkernel.paths import open_store
 from jupyter_snapkernel.status import notebook_file_state
 from tests.helpers import write_notebook
-from tests.servers import LocalServer
+from tests.servers import BUILD_KERNEL, LocalServer
 
 ACTIVE = ("queued", "building")
 
@@ -22,7 +22,7 @@ ACTIVE = ("queued", "building")
 def build_kernels(server: LocalServer) -> list[psutil.Process]:
     """The server's build kernels: one per build (a namespace wrapper and the kernel it runs count once)."""
     parents = {}
-    for process in server.processes("--snapshot-build"):
+    for process in server.processes(*BUILD_KERNEL):
         with contextlib.suppress(psutil.Error):  # it has just exited
             parents[process] = process.ppid()
     pids = {process.pid for process in parents}

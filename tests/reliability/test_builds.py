@@ -19,7 +19,7 @@ from jupyter_snapkernel.paths import open_store
 from snapkernel_engine import SnapshotNotFound
 from snapkernel_engine.store import MARKER
 from tests.helpers import JUPYTER, build, run_json, snapkernel, wait_until, write_notebook
-from tests.servers import LocalServer
+from tests.servers import BUILD_KERNEL, LocalServer
 
 SLOW_SETUP = ["import time\ntime.sleep(60)"]
 BIG_SETUP = ["import numpy as np\nbig = np.ones(60_000_000)  # 480 MB to dump"]
@@ -73,7 +73,7 @@ def test_sigkill_of_a_build_in_its_setup_cell_leaves_no_kernel(tmp_path: Path) -
     builder = start_build(notebook, tmp_path / "store")
     wait_for_line(builder.stderr, "running setup cell 1/1")
     tree = descendants(builder.pid)
-    assert any("--snapshot-build" in " ".join(process.cmdline()) for process in tree)
+    assert any(marker in " ".join(process.cmdline()) for process in tree for marker in BUILD_KERNEL)
     builder.send_signal(signal.SIGKILL)
     builder.wait()
     assert_all_gone(tree)
@@ -207,7 +207,7 @@ def build_kernels_in(folder: Path) -> list[psutil.Process]:
     """Build kernels running in `folder` (a build kernel's working directory is its notebook's folder)."""
     found = []
     for process in psutil.process_iter(["cmdline"]):
-        if "--snapshot-build" in " ".join(process.info["cmdline"] or []):
+        if any(marker in " ".join(process.info["cmdline"] or []) for marker in BUILD_KERNEL):
             with contextlib.suppress(psutil.Error):
                 if Path(process.cwd()) == folder:
                     found.append(process)
@@ -221,7 +221,7 @@ def test_sigkill_of_the_server_during_a_build_leaves_no_kernel(tmp_path: Path) -
         write_notebook(server.root / "slow.ipynb", SLOW_SETUP, marked=0)
         response = server.api("POST", "snapkernel/api/builds", json={"path": "slow.ipynb"})
         assert response.status_code == 202, response.text
-        server.wait_until(lambda: server.processes("--snapshot-build"), 60, "the build kernel did not start")
+        server.wait_until(lambda: server.processes(*BUILD_KERNEL), 60, "the build kernel did not start")
         tree = descendants(server.process.pid)
         server.process.send_signal(signal.SIGKILL)
         server.process.wait()
@@ -244,7 +244,7 @@ def test_two_servers_building_one_notebook_at_once_both_report_one_snapshot(tmp_
             response = server.api("POST", "snapkernel/api/builds", json={"path": "twice.ipynb"})
             assert response.status_code == 202, response.text
             builds.append(response.json()["id"])
-            first.wait_until(lambda: first.processes("--snapshot-build"), 60, "the first build did not start")
+            first.wait_until(lambda: first.processes(*BUILD_KERNEL), 60, "the first build did not start")
         finished = []
         for server, build_id in zip(servers, builds, strict=True):
             answer: dict[str, Any] = {}

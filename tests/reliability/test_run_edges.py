@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from jupyter_snapkernel import env_names
+from jupyter_snapkernel.process_title import SPARE_TITLE
 from tests.helpers import JUPYTER, PRINTING_SETUP, build, helper_processes, outputs, snapkernel, write_notebook
 from tests.reliability.test_shutdown import RESTORE_HELPER
 from tests.servers import LocalServer
@@ -152,8 +153,7 @@ def test_killed_spare_kernel_is_replaced_without_traceback(spare_server: LocalSe
     build(write_notebook(server.root / "spare.ipynb", PRINTING_SETUP, marked=0), server.store)
     assert server.ready_kernel("spare.ipynb")["start"] == "restored"
     server.wait_until(lambda: len(server.processes(RESTORE_HELPER)) == 2, 60, "no spare kernel was restored")
-    kernels = server.processes("jupyter_snapkernel.kernelapp")
-    spare = max(kernels, key=lambda process: process.create_time())
+    [spare] = server.processes(SPARE_TITLE)
     spare.kill()
     spare.wait(10)
     second = server.ready_kernel("spare.ipynb")

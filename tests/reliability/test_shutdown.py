@@ -16,7 +16,7 @@ from jupyter_snapkernel.paths import open_store
 from jupyter_snapkernel.setup_section import read_setup_section
 from jupyter_snapkernel.status import build_record
 from tests.helpers import PRINTING_SETUP, build, write_notebook
-from tests.servers import JUPYTER, LocalServer
+from tests.servers import BUILD_KERNEL, JUPYTER, LocalServer
 
 EXIT_LIMIT_S = 10.0
 SLEEPING_SETUP = ["import time\ntime.sleep(60)"]
@@ -105,7 +105,7 @@ def test_build_running_its_setup_cell_is_stopped_and_can_run_again(
         return server.api("GET", f"snapkernel/api/builds/{status['build']}").json()["current_cell"] == 1
 
     server.wait_until(in_setup_cell, 60, "the build did not reach its setup cell")
-    build_kernels = server.processes("--snapshot-build")
+    build_kernels = server.processes(*BUILD_KERNEL)
     assert len(build_kernels) == 1
     assert_stops_cleanly(server, build_kernels)
     section = read_setup_section(notebook)
@@ -154,7 +154,9 @@ def test_build_waiting_for_another_process_build_does_not_hold_the_server(
     try:
         terminal_build = psutil.Process(terminal.pid)
         server.wait_until(
-            lambda: any("--snapshot-build" in " ".join(child.cmdline()) for child in terminal_build.children()),
+            lambda: any(
+                marker in " ".join(child.cmdline()) for child in terminal_build.children() for marker in BUILD_KERNEL
+            ),
             60,
             "the terminal's build did not start its kernel",
         )
@@ -168,7 +170,7 @@ def test_build_waiting_for_another_process_build_does_not_hold_the_server(
             60,
             "the server's build did not start waiting for the terminal's build",
         )
-        assert server.processes("--snapshot-build") == []  # it waits for the terminal's build
+        assert server.processes(*BUILD_KERNEL) == []  # it waits for the terminal's build
         assert_stops_cleanly(server, [])
         assert terminal.poll() is None  # the terminal's build is not the server's to stop
     finally:

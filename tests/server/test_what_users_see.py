@@ -13,10 +13,13 @@ from typing import Any
 import pytest
 from traitlets.config import Config
 
+from jupyter_snapkernel import env_names
 from jupyter_snapkernel.builder import build_snapshot
 from jupyter_snapkernel.paths import open_store
+from jupyter_snapkernel.process_title import BUILD_TITLE, RESTORED_TITLE, SPARE_TITLE
 from snapkernel_engine import SnapshotStore
-from tests.kernel.conftest import SETUP_CELLS, KernelSession, write_notebook
+from tests.helpers import SETUP_CELLS, KernelSession, write_notebook
+from tests.servers import LocalServer
 
 
 @pytest.fixture
@@ -114,3 +117,39 @@ async def test_a_restore_reports_one_saving_to_the_toast_and_to_snapshot_status(
         f"in {report['restore_s']:.2f} s (the setup took {report['setup_s']:.1f} s when built: "
         f"{report['saved_s']:.1f} s saved)"
     ) in printed, printed
+
+
+def test_ps_names_a_build_a_spare_and_a_restored_kernel_in_use(tmp_path: Path) -> None:
+    """/proc/PID/cmdline says what each kernel process is, not `kernelapp --snapshot-build`, for all three."""
+    server = LocalServer(tmp_path, {env_names.SPARE_KERNELS: "1"})
+    try:
+        # The setup waits for a file, so the build kernel can be read while it runs its setup cell.
+        release = server.root / "release"
+        write_notebook(server.root / "week1.ipynb", [f"import os, time\nwhile not os.path.exists({str(release)!r}):\n"
+                                                    "    time.sleep(0.05)\nvalue = 1"], marked=0)  # fmt: skip
+        response = server.api("POST", "snapkernel/api/builds", json={"path": "week1.ipynb"})
+        assert response.status_code == 202, response.text
+        server.wait_until(lambda: server.processes(BUILD_TITLE), 60, "no build kernel named itself")
+        [build_kernel] = server.processes(BUILD_TITLE)
+        assert command_line(build_kernel.pid) == "snapkernel build of week1.ipynb"
+        release.touch()
+        build_id = response.json()["id"]
+        server.wait_until(lambda: server.api("GET", f"snapkernel/api/builds/{build_id}").json()["state"] == "ready",
+                          120, "the build did not finish")  # fmt: skip
+        snapshot = server.api("GET", f"snapkernel/api/builds/{build_id}").json()["snapshot"]
+
+        assert server.ready_kernel("week1.ipynb")["start"] == "restored"
+        server.wait_until(lambda: server.processes(SPARE_TITLE), 60, "no spare kernel was restored")
+        [in_use] = server.processes(RESTORED_TITLE)
+        assert command_line(in_use.pid) == f"snapkernel kernel restored from snapshot {snapshot} (week1.ipynb)"
+        [spare] = server.processes(SPARE_TITLE)
+        assert command_line(spare.pid) == f"snapkernel spare of snapshot {snapshot} (week1.ipynb)"
+        assert [entry["pid"] for entry in server.api("GET", "snapkernel/api/snapshots").json()["spares"]] == [spare.pid]
+        assert server.processes("--snapshot-build") == [], "no kernel looks like a build any more"
+    finally:
+        server.kill()
+
+
+def command_line(pid: int) -> str:
+    """A process's command line as `ps` shows it (its arguments joined by spaces)."""
+    return Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").replace(b"\0", b" ").decode()
