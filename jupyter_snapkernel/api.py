@@ -24,7 +24,7 @@ from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
-from snapkernel_engine import SnapshotError, SnapshotNotFound, SnapshotStore, StoreError
+from snapkernel_engine import Manifest, SnapshotError, SnapshotNotFound, SnapshotStore, StoreError
 from snapkernel_engine.version import __version__
 
 from .answers import BuildAnswer, CheckAnswer, NotebookStatus, ServerInfo

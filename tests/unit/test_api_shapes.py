@@ -8,8 +8,7 @@ import re
 import pytest
 
 from jupyter_snapkernel import answers
-
-from .conftest import REPO
+from tests.helpers import REPO
 
 API_TS = REPO / "labextension" / "src" / "api.ts"
 # Each TypeScript interface, and the TypedDict of the server's answer it declares.

@@ -28,8 +28,7 @@ from snapkernel_engine.messages import (
     send,
     to_wire,
 )
-
-from .conftest import REPO
+from tests.helpers import REPO
 
 EVERY_EVENT: list[KernelEvent] = [
     CellStarted(0),
