@@ -29,8 +29,8 @@ from typing import Any
 
 from engine_bench import measure
 
-from jupyter_snapkernel.headless import notebook_to_run
-from jupyter_snapkernel.setup_section import normalise, setup_section_of
+from jupyter_snapkernel.launch.headless import notebook_to_run
+from jupyter_snapkernel.notebook.setup_section import normalise, setup_section_of
 from snapkernel_engine import SnapshotError, SnapshotStore
 from snapkernel_engine.criu import criu_version, find_criu
 

@@ -8,4 +8,4 @@ __all__ = ["__version__", "after_restore", "before_snapshot"]
 
 
 def _jupyter_server_extension_points() -> list[dict[str, str]]:
-    return [{"module": "jupyter_snapkernel.server_extension"}]
+    return [{"module": "jupyter_snapkernel.server.extension"}]

@@ -204,7 +204,7 @@ class KernelSession:
     @property
     def restored(self) -> bool:
         """Whether the kernel was restored from a snapshot (not started cold)."""
-        from jupyter_snapkernel.provisioner import RestoredKernelProcess
+        from jupyter_snapkernel.launch.provisioner import RestoredKernelProcess
 
         return isinstance(self.manager.provisioner.process, RestoredKernelProcess)
 

@@ -17,7 +17,7 @@ import psutil
 import requests
 from jupyter_client import BlockingKernelClient
 
-from jupyter_snapkernel.process_title import BUILD_TITLE
+from jupyter_snapkernel.kernel.process_title import BUILD_TITLE
 
 JUPYTER = Path(sys.executable).with_name("jupyter")
 # A build kernel's command line before it names itself (`snapkernel build of NB`), and after.

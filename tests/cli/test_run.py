@@ -14,8 +14,8 @@ import pytest
 from jupyter_client.manager import AsyncKernelManager
 
 from jupyter_snapkernel import env_names
-from jupyter_snapkernel.headless import KERNEL_NAME, run_notebook
-from jupyter_snapkernel.spares import REFILL_DELAY_S, spare_pool
+from jupyter_snapkernel.launch.headless import KERNEL_NAME, run_notebook
+from jupyter_snapkernel.launch.spares import REFILL_DELAY_S, spare_pool
 from tests.helpers import (
     PRINTING_SETUP,
     build,

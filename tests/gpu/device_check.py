@@ -88,10 +88,10 @@ async def kernel_check() -> None:
     """(b) the gpu_setup notebook's kernel restored through jupyter_client; (c) cold vs restored."""
     from jupyter_client.manager import AsyncKernelManager
 
-    from jupyter_snapkernel.builder import build_snapshot
-    from jupyter_snapkernel.headless import time_to_first_reply
+    from jupyter_snapkernel.launch.headless import time_to_first_reply
+    from jupyter_snapkernel.launch.provisioner import RestoredKernelProcess
+    from jupyter_snapkernel.notebook.builder import build_snapshot
     from jupyter_snapkernel.paths import open_store
-    from jupyter_snapkernel.provisioner import RestoredKernelProcess
 
     notebook = REPO / "examples" / "gpu_setup.ipynb"
     print("== (b) kernel: examples/gpu_setup.ipynb restored through jupyter_client", flush=True)

@@ -12,7 +12,7 @@ cp -r .device/py/pycriu "$SITE/"
 # The provisioner is found through its entry point: give the source tree a dist-info of its own.
 mkdir -p "$SITE/jupyter_snapkernel_device-0.dist-info"
 printf 'Metadata-Version: 2.1\nName: jupyter-snapkernel-device\nVersion: 0\n' >"$SITE/jupyter_snapkernel_device-0.dist-info/METADATA"
-printf '[jupyter_client.kernel_provisioners]\nsnapkernel-provisioner = jupyter_snapkernel.provisioner:SnapKernelProvisioner\n' \
+printf '[jupyter_client.kernel_provisioners]\nsnapkernel-provisioner = jupyter_snapkernel.launch.provisioner:SnapKernelProvisioner\n' \
   >"$SITE/jupyter_snapkernel_device-0.dist-info/entry_points.txt"
 export PYTHONPATH="$REPO:$SITE${PYTHONPATH:+:$PYTHONPATH}"
 export PATH="$SITE/bin:$PATH"
@@ -23,5 +23,5 @@ export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$SNAPKERNEL_CRIU" --version | head -n1
 "$SNAPKERNEL_CRIU" check || true
-"$PYTHON" -m jupyter_snapkernel.cli doctor || true
+"$PYTHON" -m jupyter_snapkernel.cli.commands doctor || true
 "$PYTHON" tests/gpu/device_check.py "$@"

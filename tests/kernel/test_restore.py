@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from jupyter_snapkernel import env_names
-from jupyter_snapkernel.builder import build_snapshot
-from jupyter_snapkernel.setup_section import read_setup_section
+from jupyter_snapkernel.notebook.builder import build_snapshot
+from jupyter_snapkernel.notebook.setup_section import read_setup_section
 from snapkernel_engine import SnapshotStore, process
 from tests.helpers import AFTER_SETUP, SETUP_CELLS, KernelSession, write_notebook
 
@@ -165,7 +165,7 @@ async def test_a_changed_cell_ends_the_replay(open_session: Any, notebook: Path,
 def test_failing_setup_cell_fails_the_build_and_publishes_nothing(tmp_path: Path, kernel_store: SnapshotStore) -> None:
     import pytest
 
-    from jupyter_snapkernel.builder import BuildError
+    from jupyter_snapkernel.notebook.builder import BuildError
 
     broken = write_notebook(tmp_path / "broken.ipynb", ["x = 1", "raise ValueError('no data here')"], marked=1)
     with pytest.raises(BuildError, match=r"setup cell 2 of broken\.ipynb failed") as caught:
@@ -227,7 +227,7 @@ async def test_cold_kernel_builds_in_the_background_then_the_next_one_restores(
 async def test_restart_takes_the_kernel_restored_ahead_of_time(
     open_session: Any, notebook: Path, kernel_store: SnapshotStore, jp_serverapp: Any, jp_fetch: Any
 ) -> None:
-    from jupyter_snapkernel.spares import spare_pool
+    from jupyter_snapkernel.launch.spares import spare_pool
 
     jp_serverapp.config.SnapKernelSettings.spare_kernels = True
     build_snapshot(notebook, kernel_store)

@@ -13,7 +13,7 @@ from typing import Any
 
 import nbformat
 
-from jupyter_snapkernel.check import cell_outputs
+from jupyter_snapkernel.launch.check import cell_outputs
 from tests.helpers import write_notebook
 
 JUPYTER = Path(sys.executable).with_name("jupyter")

@@ -11,7 +11,7 @@ from typing import Any
 import jupyter_kernel_test as jkt
 from jupyter_client.manager import start_new_kernel
 
-from jupyter_snapkernel.builder import build_snapshot
+from jupyter_snapkernel.notebook.builder import build_snapshot
 from jupyter_snapkernel.paths import open_store
 from tests.helpers import write_notebook
 

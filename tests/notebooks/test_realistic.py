@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from jupyter_snapkernel.notebook.state import notebook_file_state
 from jupyter_snapkernel.paths import open_store
-from jupyter_snapkernel.status import notebook_file_state
 from tests.notebooks.harness import build, notebook, restored_twice_and_cold, run
 
 

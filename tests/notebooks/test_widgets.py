@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from jupyter_snapkernel import env_names
-from jupyter_snapkernel.builder import build_snapshot
+from jupyter_snapkernel.notebook.builder import build_snapshot
 from snapkernel_engine import SnapshotStore
 from tests.helpers import KernelSession, write_notebook
 

@@ -14,7 +14,7 @@ from typing import Any
 import nbformat
 import pytest
 
-from jupyter_snapkernel.setup_section import NotebookError, read_notebook, read_setup_section
+from jupyter_snapkernel.notebook.setup_section import NotebookError, read_notebook, read_setup_section
 from tests.helpers import snapkernel, write_notebook
 from tests.server.test_api import api, jp_server_config  # noqa: F401  (the server with the extension)
 

@@ -13,9 +13,9 @@ import pytest
 import requests
 from tornado.httpclient import HTTPClientError
 
-from jupyter_snapkernel.api import MAX_BODY_BYTES
-from jupyter_snapkernel.builder import build_snapshot
+from jupyter_snapkernel.notebook.builder import build_snapshot
 from jupyter_snapkernel.paths import open_store
+from jupyter_snapkernel.server.handlers import MAX_BODY_BYTES
 from snapkernel_engine import SnapshotStore
 from tests.helpers import write_notebook
 from tests.reliability.test_bad_notebooks import BAD_NOTEBOOKS, symlink_loop, write_bad_notebook

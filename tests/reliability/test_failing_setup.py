@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from traitlets.config import Config
 
-from jupyter_snapkernel.background_builds import background_builds
+from jupyter_snapkernel.launch.background_builds import background_builds
 from tests.helpers import write_notebook
 
 FAILING = ["value = 1", "raise RuntimeError('the data is not there yet')"]

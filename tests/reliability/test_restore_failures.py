@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from traitlets.config import Config
 
-from jupyter_snapkernel.background_builds import background_builds
+from jupyter_snapkernel.launch.background_builds import background_builds
 from tests.helpers import JUPYTER, build, snapkernel, write_notebook
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")

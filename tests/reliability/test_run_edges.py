@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from jupyter_snapkernel import env_names
-from jupyter_snapkernel.process_title import SPARE_TITLE
+from jupyter_snapkernel.kernel.process_title import SPARE_TITLE
 from tests.helpers import JUPYTER, PRINTING_SETUP, build, helper_processes, outputs, snapkernel, write_notebook
 from tests.reliability.test_shutdown import RESTORE_HELPER
 from tests.servers import LocalServer

@@ -12,9 +12,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from jupyter_snapkernel.notebook.setup_section import read_setup_section
+from jupyter_snapkernel.notebook.state import build_record
 from jupyter_snapkernel.paths import open_store
-from jupyter_snapkernel.setup_section import read_setup_section
-from jupyter_snapkernel.status import build_record
 from tests.helpers import PRINTING_SETUP, build, write_notebook
 from tests.servers import BUILD_KERNEL, JUPYTER, LocalServer
 
@@ -81,7 +81,7 @@ def test_cold_kernel_is_stopped_with_the_server(notebooks: Path, start_server: C
     write_notebook(notebooks / "cold.ipynb", PRINTING_SETUP, marked=0)
     server = start_server()
     assert server.ready_kernel("cold.ipynb")["start"] == "cold"
-    assert_stops_cleanly(server, server.processes("jupyter_snapkernel.kernelapp"))
+    assert_stops_cleanly(server, server.processes("jupyter_snapkernel.kernel.app"))
 
 
 @pytest.mark.parametrize("started_by", ["cold-start", "rest-api"])

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from jupyter_snapkernel.notebook.state import notebook_file_state
 from jupyter_snapkernel.paths import open_store
-from jupyter_snapkernel.status import notebook_file_state
 from tests.helpers import build, run_json, snapkernel, write_notebook
 
 SETUP = ["value = 21"]

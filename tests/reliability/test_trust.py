@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jupyter_snapkernel.setup_section import read_setup_section
+from jupyter_snapkernel.notebook.setup_section import read_setup_section
 from snapkernel_engine import SnapshotStore
 from tests.helpers import tree_digest
 from tests.users import UnixUser

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from jupyter_snapkernel.builder import BuildError, build_snapshot
+from jupyter_snapkernel.notebook.builder import BuildError, build_snapshot
 from snapkernel_engine import SnapshotError, SnapshotStore
 from tests.helpers import KernelSession, write_notebook
 from tests.servers import free_port

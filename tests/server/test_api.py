@@ -12,9 +12,9 @@ import pytest
 from tornado.httpclient import HTTPClientError
 from traitlets.config import Config
 
-from jupyter_snapkernel.builder import build_snapshot
+from jupyter_snapkernel.launch.provisioner import plan_start
+from jupyter_snapkernel.notebook.builder import build_snapshot
 from jupyter_snapkernel.paths import open_store
-from jupyter_snapkernel.provisioner import plan_start
 from snapkernel_engine import SnapshotStore
 from tests.helpers import SETUP_CELLS, write_notebook
 

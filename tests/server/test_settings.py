@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from traitlets.config import Config
 
-from jupyter_snapkernel.builder import build_snapshot
 from jupyter_snapkernel.config import SnapKernelSettings
+from jupyter_snapkernel.notebook.builder import build_snapshot
 from jupyter_snapkernel.paths import open_store
 from snapkernel_engine import SnapshotStore
 from tests.helpers import KernelSession, run_json, write_notebook

@@ -14,9 +14,9 @@ import pytest
 from traitlets.config import Config
 
 from jupyter_snapkernel import env_names
-from jupyter_snapkernel.builder import build_snapshot
+from jupyter_snapkernel.kernel.process_title import BUILD_TITLE, RESTORED_TITLE, SPARE_TITLE
+from jupyter_snapkernel.notebook.builder import build_snapshot
 from jupyter_snapkernel.paths import open_store
-from jupyter_snapkernel.process_title import BUILD_TITLE, RESTORED_TITLE, SPARE_TITLE
 from snapkernel_engine import SnapshotStore
 from tests.helpers import SETUP_CELLS, KernelSession, write_notebook
 from tests.servers import LocalServer

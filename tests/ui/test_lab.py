@@ -358,7 +358,7 @@ def test_mark_build_restore_run_and_edit_in_jupyterlab(lab: Lab, browser_page: P
 def test_setup_cells_follow_tags_and_moves_and_an_unsaved_edit_turns_stale(
     lab: Lab, browser_page: Page, shots: Screenshots
 ) -> None:
-    from jupyter_snapkernel.builder import build_snapshot
+    from jupyter_snapkernel.notebook.builder import build_snapshot
     from jupyter_snapkernel.paths import open_store
 
     # cells: 0 markdown, 1-2 setup (2 tagged), 3-4 after.
@@ -521,7 +521,7 @@ START_TIME_JS = (
 
 def test_a_snapshot_only_in_a_shared_root_shows_ready_and_restores(tmp_path: Path, browser_page: Page) -> None:
     """An administrator's shared snapshot: the toolbar says ready (shared), and the kernel is restored from it."""
-    from jupyter_snapkernel.builder import build_snapshot
+    from jupyter_snapkernel.notebook.builder import build_snapshot
     from jupyter_snapkernel.paths import open_store
 
     shared_root = tmp_path / "course-snapshots"
@@ -551,7 +551,7 @@ def start_time(page: Page) -> float:
 def test_setup_slider_moved_after_restart_and_run_all_changes_the_kernel_value(
     lab: Lab, browser_page: Page, shots: Screenshots
 ) -> None:
-    from jupyter_snapkernel.builder import build_snapshot
+    from jupyter_snapkernel.notebook.builder import build_snapshot
     from jupyter_snapkernel.paths import open_store
     from tests.helpers import write_notebook
 

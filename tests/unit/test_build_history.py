@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jupyter_snapkernel.background_builds import KEPT_BUILDS, BackgroundBuild, BackgroundBuilds
+from jupyter_snapkernel.launch.background_builds import KEPT_BUILDS, BackgroundBuild, BackgroundBuilds
 
 
 def test_finished_builds_past_the_last_kept_ones_are_forgotten_and_active_ones_never() -> None:

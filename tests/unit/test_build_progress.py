@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from jupyter_snapkernel.builder import CHECKPOINTING, WAITING, BuildNote, BuildProgress, progress_line
+from jupyter_snapkernel.notebook.builder import CHECKPOINTING, WAITING, BuildNote, BuildProgress, progress_line
 from snapkernel_engine.messages import CellDone, CellStarted, Ready, Resumed, ResumeFailed, SetupFailed
 
 

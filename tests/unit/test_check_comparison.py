@@ -7,7 +7,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from jupyter_snapkernel.check import COLD_DIFFERS_HINT, CheckResult, Difference, known_causes, normalise, shown
+from jupyter_snapkernel.launch.check import COLD_DIFFERS_HINT, CheckResult, Difference, known_causes, normalise, shown
 
 
 @pytest.mark.parametrize(

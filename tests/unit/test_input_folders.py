@@ -8,8 +8,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from jupyter_snapkernel.setup_section import SetupSection
-from jupyter_snapkernel.status import input_changes
+from jupyter_snapkernel.notebook.setup_section import SetupSection
+from jupyter_snapkernel.notebook.state import input_changes
 from snapkernel_engine import Manifest, SnapshotStore
 from snapkernel_engine.inputs import changed_inputs, fingerprint_inputs, inputs_folder
 from tests.unit.test_manifest import manifest

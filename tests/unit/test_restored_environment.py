@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from jupyter_snapkernel.revive import BuildEnvironment, EnvironmentChanges, restored_environment
+from jupyter_snapkernel.kernel.revive import BuildEnvironment, EnvironmentChanges, restored_environment
 
 INLINE = "module://matplotlib_inline.backend_inline"
 

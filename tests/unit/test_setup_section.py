@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from jupyter_snapkernel.setup_section import (
+from jupyter_snapkernel.notebook.setup_section import (
     NotebookError,
     SetupSection,
     cells_problem,

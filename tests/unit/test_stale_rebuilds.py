@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from jupyter_snapkernel.status import (
+from jupyter_snapkernel.notebook.state import (
     STALE_REBUILD_BACKOFF_MAX_S,
     STALE_REBUILD_BACKOFF_S,
     _stale_rebuild_held,

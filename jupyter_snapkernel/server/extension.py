@@ -9,12 +9,12 @@ from typing import Any
 
 from snapkernel_engine import SnapshotError
 
-from .api import handlers
-from .background_builds import background_builds
-from .check import BackgroundChecks
-from .config import SnapKernelSettings
-from .paths import open_store
-from .spares import spare_pool
+from ..config import SnapKernelSettings
+from ..launch.background_builds import background_builds
+from ..launch.check import BackgroundChecks
+from ..launch.spares import spare_pool
+from ..paths import open_store
+from .handlers import handlers
 
 # Seconds the server waits at its stop for builds to kill their kernels and for spares being restored.
 STOP_TIMEOUT_S = 3.0

@@ -20,14 +20,14 @@ from snapkernel_engine.failures import RestoreFailure, classify_restore_failure
 from snapkernel_engine.messages import Resumed, ResumeRequest
 from snapkernel_engine.restore import LAZY_NEEDS_ROOT, lazy_restore_supported
 
-from . import env_names
-from .answers import KernelStart, kernel_start
+from .. import env_names
+from ..answers import KernelStart, kernel_start
+from ..config import SnapKernelSettings, env_flag
+from ..notebook.builder import BuildCancelled
+from ..notebook.setup_section import NotebookError, SetupSection
+from ..notebook.state import NotebookState, forget_stale_restores, note_stale_restore, notebook_file_state, user_stores
 from .background_builds import background_builds, start_build
-from .builder import BuildCancelled
-from .config import SnapKernelSettings, env_flag
-from .setup_section import NotebookError, SetupSection
 from .spares import SpareLimits, restore_off_the_loop, spare_pool
-from .status import NotebookState, forget_stale_restores, note_stale_restore, notebook_file_state, user_stores
 
 
 @dataclass

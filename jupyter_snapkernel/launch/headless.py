@@ -18,10 +18,11 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 from traitlets.config import Config
 
-from . import env_names, setup_section
-from .config import PROVISIONER_NAME
+from .. import env_names
+from ..config import PROVISIONER_NAME
+from ..notebook import setup_section
+from ..notebook.setup_section import NotebookError, normalise, setup_section_of
 from .provisioner import SnapKernelProvisioner
-from .setup_section import NotebookError, normalise, setup_section_of
 from .spares import spare_pool
 
 KERNEL_NAME = "snapkernel"

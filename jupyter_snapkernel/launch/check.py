@@ -24,11 +24,11 @@ from traitlets.config import Config
 
 from snapkernel_engine import SnapshotError
 
-from .answers import CheckAnswer, CheckDifference
-from .config import SnapKernelSettings
+from ..answers import CheckAnswer, CheckDifference
+from ..config import SnapKernelSettings
+from ..notebook.setup_section import NotebookError, setup_section_of
+from ..notebook.state import notebook_file_state, user_stores
 from .headless import RunError, RunSummary, notebook_to_run, run, run_notebook
-from .setup_section import NotebookError, setup_section_of
-from .status import notebook_file_state, user_stores
 
 CheckState = Literal["running", "equal", "different", "cold_differs", "error"]
 # The exit codes of `jupyter snapkernel check` (2 is argparse's, for a wrong command line).
@@ -237,7 +237,7 @@ def ensure_snapshot(notebook: Path, settings: SnapKernelSettings) -> tuple[bool,
 
     Return whether it built, and the notebook the snapshot a start restores was built for.
     """
-    from .builder import build_within_limits
+    from ..notebook.builder import build_within_limits
 
     stores = user_stores(settings)
     state = notebook_file_state(stores, notebook, quota_bytes=settings.quota_bytes)

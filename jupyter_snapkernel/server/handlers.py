@@ -27,14 +27,14 @@ from tornado import web
 from snapkernel_engine import Manifest, SnapshotError, SnapshotNotFound, SnapshotStore, StoreError
 from snapkernel_engine.version import __version__
 
-from .answers import BuildAnswer, CheckAnswer, NotebookStatus, ServerInfo
-from .background_builds import BackgroundBuild, BackgroundBuilds, BuildQueueFull, start_build
-from .check import MAX_RUNS, BackgroundCheck, BackgroundChecks, ChecksBusy
-from .config import PROVISIONER_NAME, SnapKernelSettings
-from .paths import open_store
-from .setup_section import NotebookError, cells_problem, read_setup_section, setup_section_of
-from .spares import measured, spare_pool
-from .status import NotebookState, notebook_state, snapshot_summary, user_stores
+from ..answers import BuildAnswer, CheckAnswer, NotebookStatus, ServerInfo
+from ..config import PROVISIONER_NAME, SnapKernelSettings
+from ..launch.background_builds import BackgroundBuild, BackgroundBuilds, BuildQueueFull, start_build
+from ..launch.check import MAX_RUNS, BackgroundCheck, BackgroundChecks, ChecksBusy
+from ..launch.spares import measured, spare_pool
+from ..notebook.setup_section import NotebookError, cells_problem, read_setup_section, setup_section_of
+from ..notebook.state import NotebookState, notebook_state, snapshot_summary, user_stores
+from ..paths import open_store
 
 AUTH_RESOURCE = "snapkernel"
 MAX_BODY_BYTES = 64 * 1024  # a POST builds body is {"path": ...}: anything larger is refused with 413

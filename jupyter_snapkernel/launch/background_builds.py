@@ -17,11 +17,11 @@ from typing import Any, TypeVar
 from snapkernel_engine import Manifest, SnapshotError, SnapshotStore
 from snapkernel_engine.messages import CellDone, CellStarted
 
-from .answers import BuildAnswer
-from .builder import BuildProgress, build_within_limits, progress_line, write_queue_record
-from .config import SnapKernelSettings
-from .setup_section import SetupSection
-from .status import RunningBuild
+from ..answers import BuildAnswer
+from ..config import SnapKernelSettings
+from ..notebook.builder import BuildProgress, build_within_limits, progress_line, write_queue_record
+from ..notebook.setup_section import SetupSection
+from ..notebook.state import RunningBuild
 
 T = TypeVar("T")
 LOG_LINES = 200

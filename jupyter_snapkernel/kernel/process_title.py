@@ -1,6 +1,6 @@
 """What `ps` shows for a kernel process of snapkernel: a build, a spare, or a kernel restored from a snapshot.
 
-A build kernel starts as `python -m jupyter_snapkernel.kernelapp --snapshot-build …`, and every kernel
+A build kernel starts as `python -m jupyter_snapkernel.kernel.app --snapshot-build …`, and every kernel
 restored from its snapshot keeps that memory, so each rewrites its own command line (the memory that
 /proc/PID/cmdline reads) and its name (/proc/PID/comm) when it becomes something else.
 """

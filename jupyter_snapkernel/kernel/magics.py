@@ -10,13 +10,13 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 
 from snapkernel_engine import SnapshotError, SnapshotStore
 
-from .config import SnapKernelSettings
-from .paths import open_store
-from .setup_section import CELL_MAGIC, NotebookError, read_setup_section
-from .status import notebook_file_state, user_stores
+from ..config import SnapKernelSettings
+from ..notebook.setup_section import CELL_MAGIC, NotebookError, read_setup_section
+from ..notebook.state import notebook_file_state, user_stores
+from ..paths import open_store
 
 if TYPE_CHECKING:
-    from .builder import BuildProgress
+    from ..notebook.builder import BuildProgress
 
 USAGE = "usage: %snapshot status | build | list | rm ID   (%%snapshot marks the setup cell)"
 
@@ -110,7 +110,7 @@ class SnapshotMagics(Magics):
 
     def _build(self, _: str) -> None:
         """Build this notebook's snapshot now, printing progress."""
-        from .builder import build_snapshot, progress_line
+        from ..notebook.builder import build_snapshot, progress_line
 
         if not self.notebook:
             print("snapshot build: no notebook path (JPY_SESSION_NAME is unset)")

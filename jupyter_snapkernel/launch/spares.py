@@ -25,8 +25,8 @@ from snapkernel_engine.control_pipe import PipeChannel
 from snapkernel_engine.messages import KernelPipes, Resumed, ResumeFailed, ResumeRequest, receive_event, send
 from snapkernel_engine.process import is_stopped, tree, tree_rss_bytes
 
+from ..notebook.setup_section import NotebookError, read_setup_section
 from .background_builds import in_daemon_thread
-from .setup_section import NotebookError, read_setup_section
 
 
 @dataclass

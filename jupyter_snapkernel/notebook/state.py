@@ -15,8 +15,8 @@ from snapkernel_engine import Manifest, SnapshotStore
 from snapkernel_engine.inputs import changed_inputs
 from snapkernel_engine.store import BUILDS, Mismatch
 
-from .config import SnapKernelSettings
-from .paths import open_store, reading_store
+from ..config import SnapKernelSettings
+from ..paths import open_store, reading_store
 from .setup_section import SetupSection, read_setup_section
 
 

@@ -37,10 +37,10 @@ from snapkernel_engine.process import linked_semaphores_mapped, tree, tree_rss_b
 from snapkernel_engine.store import new_snapshot_id, store_write_error
 from snapkernel_engine.watchdog import watch_for_owner
 
-from . import env_names
-from .config import DEFAULT_BUILD_TIMEOUT_S, SnapKernelSettings
+from .. import env_names
+from ..config import DEFAULT_BUILD_TIMEOUT_S, SnapKernelSettings
 from .setup_section import SetupSection, read_setup_section
-from .status import (
+from .state import (
     build_file,
     build_record,
     builds_dir,
@@ -367,7 +367,7 @@ def _start_build_kernel(
     # Without a grant CRIU can only dump a kernel that runs in a user namespace of its own.
     prefix = own_user_namespace_command() if current().mode == "user-namespace" else []
     command = [
-        *prefix, sys.executable, "-m", "jupyter_snapkernel.kernelapp", "--snapshot-build",
+        *prefix, sys.executable, "-m", "jupyter_snapkernel.kernel.app", "--snapshot-build",
         f"--control-fd={control_fd}", f"--report-fd={report_fd}",
     ]  # fmt: skip
     return subprocess.Popen(

@@ -39,12 +39,13 @@ from snapkernel_engine.messages import (
     send,
 )
 
-from . import env_names, hooks, revive, widgets
+from .. import env_names, hooks
+from . import revive, widgets
 from .input_recording import recording_inputs
 from .kernel import RecordedCell, SnapKernel, StartInfo, setup_saved_s
 from .magics import SnapshotMagics
+from .output_recording import rebind_to_kernel_streams, recording
 from .process_title import build_title, restored_title, set_process_title, spare_title
-from .recording import rebind_to_kernel_streams, recording
 
 BUILD_FLAG = "--snapshot-build"
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")

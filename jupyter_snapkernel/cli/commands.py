@@ -17,16 +17,16 @@ from snapkernel_engine import SnapshotError
 from snapkernel_engine.diagnostics import Check, cpu_snapshots_work, run_checks
 from snapkernel_engine.privileges import detect
 
-from . import env_names
-from .config import DEFAULT_BUILD_TIMEOUT_S, SnapKernelSettings
-from .paths import default_store_root, open_store, reading_store
-from .setup_section import NotebookError, read_notebook, read_setup_section
-from .status import refusal, snapshot_summary
+from .. import env_names
+from ..config import DEFAULT_BUILD_TIMEOUT_S, SnapKernelSettings
+from ..notebook.setup_section import NotebookError, read_notebook, read_setup_section
+from ..notebook.state import refusal, snapshot_summary
+from ..paths import default_store_root, open_store, reading_store
 
 if TYPE_CHECKING:
-    from .builder import BuildProgress
-    from .check import CheckResult
-    from .headless import RunSummary
+    from ..launch.check import CheckResult
+    from ..launch.headless import RunSummary
+    from ..notebook.builder import BuildProgress
 
 STATUS_MARKS = {"ok": "✓", "warn": "!", "fail": "✗", "absent": "-"}
 
@@ -133,7 +133,7 @@ def clean_up(args: argparse.Namespace) -> int:
 
 def build_notebook(args: argparse.Namespace) -> int:
     """Build (or rebuild) the snapshot of a notebook's setup section, showing progress."""
-    from .builder import build_snapshot, progress_line
+    from ..notebook.builder import build_snapshot, progress_line
 
     section = read_setup_section(args.notebook)  # NotebookError: one line saying what is wrong with it
     notebook = args.notebook.resolve()
@@ -180,7 +180,7 @@ def print_check(result: CheckResult) -> None:
 
 def check(args: argparse.Namespace) -> int:
     """Run a notebook cold and restored and compare its cells' outputs; exit 0 when they are equal."""
-    from .check import check_notebook
+    from ..launch.check import check_notebook
 
     os.environ[env_names.STORE] = str(args.store)
     if not args.json:
@@ -199,7 +199,7 @@ def check_before_publishing(notebook: Path, build_timeout: float) -> int | None:
     Return None when they are equal (then publish), else the exit code after saying why nothing was published.
     The published snapshot is built again from the same cells: the scratch one never leaves its folder.
     """
-    from .check import check_notebook
+    from ..launch.check import check_notebook
 
     print(f"checking {notebook.name} before publishing: cold and restored runs…", file=sys.stderr)
     saved = os.environ.get(env_names.STORE)
@@ -238,7 +238,7 @@ def _failure_line(notebook: Path, summary: RunSummary) -> str:
 
 def run_headless(args: argparse.Namespace) -> int:
     """Execute a notebook headless, restored when a snapshot matches; exit 1 when a cell failed."""
-    from .headless import RunError, run, run_notebook
+    from ..launch.headless import RunError, run, run_notebook
 
     read_notebook(args.notebook)  # NotebookError: one line saying what is wrong with it
     os.environ[env_names.STORE] = str(args.store)
@@ -269,7 +269,7 @@ def run_headless(args: argparse.Namespace) -> int:
 
 def bench(args: argparse.Namespace) -> int:
     """Compare cold and restored starts of a notebook."""
-    from .headless import bench_notebook, run
+    from ..launch.headless import bench_notebook, run
 
     os.environ[env_names.STORE] = str(args.store)
     read_notebook(args.notebook)  # NotebookError: one line saying what is wrong with it

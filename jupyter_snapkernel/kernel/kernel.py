@@ -9,9 +9,9 @@ from typing import Any
 from ipykernel.ipkernel import IPythonKernel
 from traitlets import Bool, default
 
-from . import env_names
-from .config import env_flag
-from .setup_section import normalise
+from .. import env_names
+from ..config import env_flag
+from ..notebook.setup_section import normalise
 
 
 @dataclass

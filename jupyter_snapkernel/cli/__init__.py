@@ -1,0 +1,1 @@
+"""The `jupyter snapkernel` command line."""

@@ -1,0 +1,1 @@
+"""What runs in the Jupyter server only: the server extension and its REST handlers."""
