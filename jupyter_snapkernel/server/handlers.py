@@ -13,11 +13,12 @@ import json
 import os
 import re
 import time
+from collections.abc import Mapping
 from datetime import datetime
 from functools import lru_cache
 from http.client import responses
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, TypeVar
 
 from jupyter_core.paths import is_hidden
 from jupyter_server.auth.decorator import authorized
@@ -32,7 +33,7 @@ from ..config import PROVISIONER_NAME, SnapKernelSettings
 from ..launch.background_builds import BackgroundBuild, BackgroundBuilds, BuildQueueFull, start_build
 from ..launch.check import MAX_RUNS, BackgroundCheck, BackgroundChecks, ChecksBusy
 from ..launch.spares import measured, spare_pool
-from ..notebook.setup_section import NotebookError, cells_problem, read_setup_section, setup_section_of
+from ..notebook.setup_section import NotebookError, SetupSection, cells_problem, read_setup_section, setup_section_of
 from ..notebook.state import NotebookState, notebook_state, snapshot_summary, user_stores
 from ..paths import open_store
 
@@ -43,6 +44,7 @@ MAX_NAME_BYTES = 255  # of one file name in a notebook path (NAME_MAX)
 BODY_EXAMPLE = '{"path": "notebook.ipynb"}'
 # An absolute path in a message: a slash that does not continue a word, a relative path or a URL.
 ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/])/[^\s'\"`,;:()\[\]{}<>]*")
+Known = TypeVar("Known")  # what a server keeps by id: builds, checks
 
 
 def refusal(status: int, message: str) -> web.HTTPError:
@@ -275,7 +277,10 @@ class JSONBodyHandler(SnapKernelHandler):
         self.received_body += chunk
 
     def request_json(self) -> dict[str, Any]:
-        """The request's JSON body; 400 for a body that is not a JSON object."""
+        """The request's JSON body; 400 for a body that is not a JSON object. A body too large was answered 413
+        while it arrived: the handler then ends there (web.Finish)."""
+        if self.body_too_large:
+            raise web.Finish()
         try:
             body = json.loads(bytes(self.received_body) or b"{}")
         except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested too deeply
@@ -283,6 +288,17 @@ class JSONBodyHandler(SnapKernelHandler):
         if not isinstance(body, dict):
             raise refusal(400, f"the body must be a JSON object: {self.body_example}")
         return body
+
+    async def marked_notebook(self, api_path: object) -> tuple[Path, SetupSection]:
+        """The notebook at `api_path` and its setup section; 4xx when it is unreadable or marks no setup cell."""
+        notebook = await self.notebook_path(api_path)
+        try:
+            section = await asyncio.to_thread(read_setup_section, notebook)
+        except NotebookError as error:
+            raise self.notebook_error(str(api_path), error) from None
+        if section is None:
+            raise refusal(422, "the notebook has no setup cell: tag one `snapshot` or start it with %%snapshot")
+        return notebook, section
 
 
 class StatusHandler(JSONBodyHandler):
@@ -303,8 +319,6 @@ class StatusHandler(JSONBodyHandler):
     @authorized
     async def post(self) -> None:
         """Answer the state of the notebook with the cells in the body instead of the saved ones."""
-        if self.body_too_large:
-            return  # answered 413 while the body arrived
         body = self.request_json()
         notebook = await self.notebook_path(body.get("path"))
         problem = cells_problem(body.get("cells"))
@@ -353,28 +367,25 @@ class StatusHandler(JSONBodyHandler):
 
 
 class BuildsHandler(JSONBodyHandler):
-    """GET builds: this server's builds; POST builds {path}: queue (or join) the build of a notebook's snapshot."""
+    """GET builds: this server's builds; GET builds/ID: one of them; POST builds {path}: queue (or join) the build
+    of a notebook's snapshot."""
 
     @web.authenticated
     @authorized
-    async def get(self) -> None:
-        """List the builds this server ran, runs and has queued."""
+    async def get(self, build_id: str | None = None) -> None:
+        """One build's state, log and result (404 for an unknown id); without an id, every build this server ran,
+        runs and has queued."""
+        if build_id is not None:
+            self.write_json(self.describe_build(known(self.builds.builds, build_id, "build")))
+            return
         self.write_json({"builds": [self.describe_build(build) for build in self.builds.builds.values()]})
 
     @web.authenticated
     @authorized
     async def post(self) -> None:
         """Queue the build of the notebook named in the body (202), join the one queued or running, or 429."""
-        if self.body_too_large:
-            return  # answered 413 while the body arrived
         api_path = self.request_json().get("path")
-        notebook = await self.notebook_path(api_path)
-        try:
-            section = await asyncio.to_thread(read_setup_section, notebook)
-        except NotebookError as error:
-            raise self.notebook_error(str(api_path), error) from None
-        if section is None:
-            raise refusal(422, "the notebook has no setup cell: tag one `snapshot` or start it with %%snapshot")
+        notebook, section = await self.marked_notebook(api_path)
         store = await asyncio.to_thread(lambda: self.store)
         try:
             build = start_build(self.builds, notebook, section, store, self.settings_)
@@ -383,60 +394,33 @@ class BuildsHandler(JSONBodyHandler):
         self.write_json(self.describe_build(build), status=202)
 
 
-class BuildHandler(SnapKernelHandler):
-    """GET builds/ID: a build's progress and result."""
-
-    @web.authenticated
-    @authorized
-    async def get(self, build_id: str) -> None:
-        """Answer a build's state, log and result."""
-        build = self.builds.builds.get(build_id)
-        if build is None:
-            raise refusal(404, f"no build {shortened(build_id)}")
-        self.write_json(self.describe_build(build))
-
-
 class ChecksHandler(JSONBodyHandler):
-    """POST checks {path, runs?}: start comparing a notebook's restored runs with its cold runs (202)."""
+    """POST checks {path, runs?}: start comparing a notebook's restored runs with its cold runs (202);
+    GET checks/ID: a check's state and, once it ended, its differences."""
 
     body_example = '{"path": "notebook.ipynb", "runs": 2}'
 
     @web.authenticated
     @authorized
+    async def get(self, check_id: str | None = None) -> None:
+        """Answer a check's state: running, equal, different, cold_differs or error; without an id, 404."""
+        self.write_json(self.describe_check(known(self.checks.checks, check_id or "", "check")))
+
+    @web.authenticated
+    @authorized
     async def post(self) -> None:
         """Start the check of the notebook named in the body in a thread; 429 when too many run."""
-        if self.body_too_large:
-            return  # answered 413 while the body arrived
         body = self.request_json()
         runs = body.get("runs", 2)
         if not isinstance(runs, int) or isinstance(runs, bool) or not 1 <= runs <= MAX_RUNS:
             raise refusal(400, f"`runs` must be a whole number from 1 to {MAX_RUNS}: send {self.body_example}")
         api_path = body.get("path")
-        notebook = await self.notebook_path(api_path)
-        try:
-            section = await asyncio.to_thread(read_setup_section, notebook)
-        except NotebookError as error:
-            raise self.notebook_error(str(api_path), error) from None
-        if section is None:
-            raise refusal(422, "the notebook has no setup cell: tag one `snapshot` or start it with %%snapshot")
+        notebook, _ = await self.marked_notebook(api_path)  # a notebook that marks no setup cell has nothing to check
         try:
             check = self.checks.start(notebook, str(api_path), runs, self.settings_)
         except ChecksBusy as error:
             raise refusal(429, str(error)) from None
         self.write_json(self.describe_check(check), status=202)
-
-
-class CheckHandler(SnapKernelHandler):
-    """GET checks/ID: a check's state and, once it ended, its differences."""
-
-    @web.authenticated
-    @authorized
-    async def get(self, check_id: str) -> None:
-        """Answer a check's state: running, equal, different, cold_differs or error."""
-        check = self.checks.checks.get(check_id)
-        if check is None:
-            raise refusal(404, f"no check {shortened(check_id)}")
-        self.write_json(self.describe_check(check))
 
 
 class KernelStartHandler(SnapKernelHandler):
@@ -478,6 +462,14 @@ class InfoHandler(SnapKernelHandler):
         )
 
 
+def known(items: Mapping[str, Known], item_id: str, kind: str) -> Known:
+    """The item of this id (a build, a check); 404 naming the id, cut short, when there is none."""
+    item = items.get(item_id)
+    if item is None:
+        raise refusal(404, f"no {kind} {shortened(item_id)}")
+    return item
+
+
 def shortened(name: str, limit: int = 120) -> str:
     """A name the client sent, cut to `limit` characters for a message."""
     return name if len(name) <= limit else name[: limit - 1] + "…"
@@ -500,10 +492,8 @@ def handlers(base_url: str) -> list[tuple[str, type[APIHandler]]]:
         (f"{prefix}/snapshots", SnapshotsHandler),
         (f"{prefix}/snapshots/([A-Za-z0-9_-]+)", SnapshotHandler),
         (f"{prefix}/status", StatusHandler),
-        (f"{prefix}/builds", BuildsHandler),
-        (f"{prefix}/builds/([A-Za-z0-9_-]+)", BuildHandler),
-        (f"{prefix}/checks", ChecksHandler),
-        (f"{prefix}/checks/([A-Za-z0-9_-]+)", CheckHandler),
+        (f"{prefix}/builds(?:/([A-Za-z0-9_-]+))?", BuildsHandler),
+        (f"{prefix}/checks(?:/([A-Za-z0-9_-]+))?", ChecksHandler),
         (f"{prefix}/kernels/([A-Za-z0-9_-]+)", KernelStartHandler),
         (f"{prefix}/info", InfoHandler),
     ]
