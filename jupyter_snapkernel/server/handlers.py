@@ -367,17 +367,12 @@ class StatusHandler(JSONBodyHandler):
 
 
 class BuildsHandler(JSONBodyHandler):
-    """GET builds: this server's builds; GET builds/ID: one of them; POST builds {path}: queue (or join) the build
-    of a notebook's snapshot."""
+    """GET builds: this server's builds; POST builds {path}: queue (or join) the build of a notebook's snapshot."""
 
     @web.authenticated
     @authorized
-    async def get(self, build_id: str | None = None) -> None:
-        """One build's state, log and result (404 for an unknown id); without an id, every build this server ran,
-        runs and has queued."""
-        if build_id is not None:
-            self.write_json(self.describe_build(known(self.builds.builds, build_id, "build")))
-            return
+    async def get(self) -> None:
+        """List the builds this server ran, runs and has queued."""
         self.write_json({"builds": [self.describe_build(build) for build in self.builds.builds.values()]})
 
     @web.authenticated
@@ -394,17 +389,20 @@ class BuildsHandler(JSONBodyHandler):
         self.write_json(self.describe_build(build), status=202)
 
 
-class ChecksHandler(JSONBodyHandler):
-    """POST checks {path, runs?}: start comparing a notebook's restored runs with its cold runs (202);
-    GET checks/ID: a check's state and, once it ended, its differences."""
-
-    body_example = '{"path": "notebook.ipynb", "runs": 2}'
+class BuildHandler(SnapKernelHandler):
+    """GET builds/ID: a build's progress and result."""
 
     @web.authenticated
     @authorized
-    async def get(self, check_id: str | None = None) -> None:
-        """Answer a check's state: running, equal, different, cold_differs or error; without an id, 404."""
-        self.write_json(self.describe_check(known(self.checks.checks, check_id or "", "check")))
+    async def get(self, build_id: str) -> None:
+        """Answer a build's state, log and result."""
+        self.write_json(self.describe_build(known(self.builds.builds, build_id, "build")))
+
+
+class ChecksHandler(JSONBodyHandler):
+    """POST checks {path, runs?}: start comparing a notebook's restored runs with its cold runs (202)."""
+
+    body_example = '{"path": "notebook.ipynb", "runs": 2}'
 
     @web.authenticated
     @authorized
@@ -421,6 +419,16 @@ class ChecksHandler(JSONBodyHandler):
         except ChecksBusy as error:
             raise refusal(429, str(error)) from None
         self.write_json(self.describe_check(check), status=202)
+
+
+class CheckHandler(SnapKernelHandler):
+    """GET checks/ID: a check's state and, once it ended, its differences."""
+
+    @web.authenticated
+    @authorized
+    async def get(self, check_id: str) -> None:
+        """Answer a check's state: running, equal, different, cold_differs or error."""
+        self.write_json(self.describe_check(known(self.checks.checks, check_id, "check")))
 
 
 class KernelStartHandler(SnapKernelHandler):
@@ -492,8 +500,10 @@ def handlers(base_url: str) -> list[tuple[str, type[APIHandler]]]:
         (f"{prefix}/snapshots", SnapshotsHandler),
         (f"{prefix}/snapshots/([A-Za-z0-9_-]+)", SnapshotHandler),
         (f"{prefix}/status", StatusHandler),
-        (f"{prefix}/builds(?:/([A-Za-z0-9_-]+))?", BuildsHandler),
-        (f"{prefix}/checks(?:/([A-Za-z0-9_-]+))?", ChecksHandler),
+        (f"{prefix}/builds", BuildsHandler),
+        (f"{prefix}/builds/([A-Za-z0-9_-]+)", BuildHandler),
+        (f"{prefix}/checks", ChecksHandler),
+        (f"{prefix}/checks/([A-Za-z0-9_-]+)", CheckHandler),
         (f"{prefix}/kernels/([A-Za-z0-9_-]+)", KernelStartHandler),
         (f"{prefix}/info", InfoHandler),
     ]
