@@ -152,7 +152,7 @@ def test_killed_spare_kernel_is_replaced_without_traceback(spare_server: LocalSe
     server = spare_server
     build(write_notebook(server.root / "spare.ipynb", PRINTING_SETUP, marked=0), server.store)
     assert server.ready_kernel("spare.ipynb")["start"] == "restored"
-    server.wait_until(lambda: len(server.processes(RESTORE_HELPER)) == 2, 60, "no spare kernel was restored")
+    server.wait_until(lambda: server.processes(SPARE_TITLE), 60, "no spare kernel was restored")
     [spare] = server.processes(SPARE_TITLE)
     spare.kill()
     spare.wait(10)
