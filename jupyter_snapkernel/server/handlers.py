@@ -399,6 +399,16 @@ class BuildHandler(SnapKernelHandler):
         self.write_json(self.describe_build(known(self.builds.builds, build_id, "build")))
 
 
+class CheckHandler(SnapKernelHandler):
+    """GET checks/ID: a check's state and, once it ended, its differences."""
+
+    @web.authenticated
+    @authorized
+    async def get(self, check_id: str) -> None:
+        """Answer a check's state: running, equal, different, cold_differs or error."""
+        self.write_json(self.describe_check(known(self.checks.checks, check_id, "check")))
+
+
 class ChecksHandler(JSONBodyHandler):
     """POST checks {path, runs?}: start comparing a notebook's restored runs with its cold runs (202)."""
 
@@ -419,16 +429,6 @@ class ChecksHandler(JSONBodyHandler):
         except ChecksBusy as error:
             raise refusal(429, str(error)) from None
         self.write_json(self.describe_check(check), status=202)
-
-
-class CheckHandler(SnapKernelHandler):
-    """GET checks/ID: a check's state and, once it ended, its differences."""
-
-    @web.authenticated
-    @authorized
-    async def get(self, check_id: str) -> None:
-        """Answer a check's state: running, equal, different, cold_differs or error."""
-        self.write_json(self.describe_check(known(self.checks.checks, check_id, "check")))
 
 
 class KernelStartHandler(SnapKernelHandler):
