@@ -30,13 +30,12 @@ export const DEFAULT_POLL_MS = 3000;
 /** One notebook's snapshot state, kept current by a poll and by the cells being edited. */
 export class NotebookSnapshot implements IDisposable {
   private readonly poll: Poll;
-  private readonly debouncer: Debouncer;
+  private readonly edits: Debouncer;
   private readonly changedSignal = new Signal<this, void>(this);
   private interval: number;
   private seq = 0;
-  private buildId: string | null = null;
+  private readonly followed = new FollowedBuild();
   private statusValue: INotebookStatus | null = null;
-  private buildValue: IBuild | null = null;
   private errorValue: string | null = null;
   private missing = false;
   private sent: ICellsSnapshot | null = null;
@@ -47,18 +46,12 @@ export class NotebookSnapshot implements IDisposable {
     interval: number = DEFAULT_POLL_MS
   ) {
     this.interval = interval;
-    this.poll = new Poll({
-      auto: false,
-      factory: () => this.tick(),
-      frequency: frequency(interval),
-      name: `snapkernel:status:${panel.id}`,
-      standby: () => (panel.isVisible ? 'when-hidden' : true)
-    });
-    this.debouncer = new Debouncer(() => this.poll.refresh(), EDIT_DEBOUNCE_MS);
+    this.poll = statusPoll(panel, interval, () => this.tick());
+    this.edits = new Debouncer(() => this.poll.refresh(), EDIT_DEBOUNCE_MS);
     panel.context.ready
       .then(() => {
         if (!this.disposed) {
-          panel.context.model.contentChanged.connect(this.onContentChanged, this);
+          watchSetupEdits(panel, () => this.sent, this.edits, this);
           void this.poll.start();
         }
       })
@@ -84,8 +77,9 @@ export class NotebookSnapshot implements IDisposable {
 
   /** The last state the server told (a followed build counts as queued or building), despite errors since. */
   get knownState(): SnapshotState | null {
-    if (this.buildValue !== null) {
-      return this.buildValue.state === 'queued' ? 'queued' : 'building';
+    const build = this.followed.build;
+    if (build !== null) {
+      return build.state === 'queued' ? 'queued' : 'building';
     }
     return this.statusValue?.state ?? null;
   }
@@ -97,7 +91,7 @@ export class NotebookSnapshot implements IDisposable {
 
   /** The progress of the build being followed, while it runs. */
   get build(): IBuild | null {
-    return this.buildValue;
+    return this.followed.build;
   }
 
   /** Why the last request failed; null once one succeeded. */
@@ -125,12 +119,8 @@ export class NotebookSnapshot implements IDisposable {
   /** Save the notebook and start (or join) the build of its snapshot; throws with the server's reason. */
   async startBuild(): Promise<void> {
     await this.panel.context.save();
-    const build = await requestAPI<IBuild>('builds', {
-      method: 'POST',
-      body: JSON.stringify({ path: this.panel.context.path })
-    });
+    await this.followed.start(this.panel.context.path);
     this.seq++; // an answer in flight predates the build
-    this.follow(build);
     this.errorValue = null;
     this.changedSignal.emit();
     void this.poll.refresh();
@@ -148,17 +138,8 @@ export class NotebookSnapshot implements IDisposable {
     }
     this.disposed = true;
     this.poll.dispose();
-    this.debouncer.dispose();
+    this.edits.dispose();
     Signal.clearData(this);
-  }
-
-  /** Send the cells again once edits that change what the server reads settle (outputs do not count). */
-  private onContentChanged(): void {
-    const model = this.panel.context.model;
-    if (this.sent !== null && currentCells(model).key === this.sent.key) {
-      return;
-    }
-    this.debouncer.invoke().catch(() => undefined);
   }
 
   /** One poll: the followed build's progress, then the state of the notebook's current cells. */
@@ -166,12 +147,12 @@ export class NotebookSnapshot implements IDisposable {
     const seq = ++this.seq;
     try {
       await serverInfo();
-      if (this.buildId !== null) {
-        const build = await this.fetchBuild(this.buildId);
+      if (this.followed.id !== null) {
+        const build = await this.followed.fetch();
         if (seq !== this.seq) {
           return;
         }
-        this.follow(build);
+        this.followed.follow(build);
       }
       const cells = currentCells(this.panel.context.model);
       const status = await postStatus(this.panel.context.path, cells.cells, cells.metadata);
@@ -181,8 +162,8 @@ export class NotebookSnapshot implements IDisposable {
       this.statusValue = status;
       this.sent = cells;
       const active = status.state === 'queued' || status.state === 'building';
-      if (this.buildId === null && active && status.build) {
-        this.buildId = status.build; // a build started elsewhere: show its progress from the next poll
+      if (this.followed.id === null && active && status.build) {
+        this.followed.followId(status.build); // a build started elsewhere: its progress from the next poll
       }
       this.missing = false;
       this.errorValue = null;
@@ -201,10 +182,58 @@ export class NotebookSnapshot implements IDisposable {
     }
   }
 
-  /** A build's progress; null when the server no longer knows it (it restarted). */
-  private async fetchBuild(id: string): Promise<IBuild | null> {
+  /** Poll fast while a build runs, at the set interval otherwise. */
+  private updateFrequency(): void {
+    const interval =
+      this.followed.id !== null ? Math.min(BUILD_POLL_MS, this.interval) : this.interval;
+    const current = this.poll.frequency;
+    if (current.interval !== interval) {
+      this.poll.frequency = frequency(interval);
+    }
+  }
+}
+
+/** The build a notebook's toolbar follows while it is queued or running. */
+class FollowedBuild {
+  private idValue: string | null = null;
+  private buildValue: IBuild | null = null;
+
+  /** The followed build's id; null when none is followed. */
+  get id(): string | null {
+    return this.idValue;
+  }
+
+  /** The followed build's last known progress; null before the first answer about it. */
+  get build(): IBuild | null {
+    return this.buildValue;
+  }
+
+  /** Follow a build known only by its id (one started elsewhere). */
+  followId(id: string): void {
+    this.idValue = id;
+  }
+
+  /** Start (or join) the build of the notebook at `path` and follow it; throws with the server's reason. */
+  async start(path: string): Promise<void> {
+    this.follow(
+      await requestAPI<IBuild>('builds', { method: 'POST', body: JSON.stringify({ path }) })
+    );
+  }
+
+  /** Keep following a running build; forget a finished one (the status answer says what it left). */
+  follow(build: IBuild | null): void {
+    const running = build !== null && (build.state === 'queued' || build.state === 'building');
+    this.idValue = running ? build.id : null;
+    this.buildValue = running ? build : null;
+  }
+
+  /** The followed build's progress; null when the server no longer knows it (it restarted). */
+  async fetch(): Promise<IBuild | null> {
+    if (this.idValue === null) {
+      return null;
+    }
     try {
-      return await requestAPI<IBuild>(`builds/${encodeURIComponent(id)}`);
+      return await requestAPI<IBuild>(`builds/${encodeURIComponent(this.idValue)}`);
     } catch (error) {
       if (error instanceof APIError && error.status === 404) {
         return null;
@@ -212,22 +241,35 @@ export class NotebookSnapshot implements IDisposable {
       throw error;
     }
   }
+}
 
-  /** Keep following a running build; forget a finished one (the status answer says what it left). */
-  private follow(build: IBuild | null): void {
-    const running = build !== null && (build.state === 'queued' || build.state === 'building');
-    this.buildId = running ? build.id : null;
-    this.buildValue = running ? build : null;
-  }
-
-  /** Poll fast while a build runs, at the set interval otherwise. */
-  private updateFrequency(): void {
-    const interval = this.buildId !== null ? Math.min(BUILD_POLL_MS, this.interval) : this.interval;
-    const current = this.poll.frequency;
-    if (current.interval !== interval) {
-      this.poll.frequency = frequency(interval);
+/** Ask again (through `edits`, once they settle) when an edit changes what the server reads of the notebook: its
+ * cells' sources, types and tags, not their outputs. `sent` gives the cells of the last answer; `owner`'s
+ * Signal.clearData ends the watch. */
+function watchSetupEdits(
+  panel: NotebookPanel,
+  sent: () => ICellsSnapshot | null,
+  edits: Debouncer,
+  owner: object
+): void {
+  const model = panel.context.model;
+  model.contentChanged.connect(() => {
+    const last = sent();
+    if (last === null || currentCells(model).key !== last.key) {
+      edits.invoke().catch(() => undefined);
     }
-  }
+  }, owner);
+}
+
+/** The poll that keeps a notebook panel's snapshot state current: paused while the panel is hidden. */
+function statusPoll(panel: NotebookPanel, interval: number, factory: () => Promise<void>): Poll {
+  return new Poll({
+    auto: false,
+    factory,
+    frequency: frequency(interval),
+    name: `snapkernel:status:${panel.id}`,
+    standby: () => (panel.isVisible ? 'when-hidden' : true)
+  });
 }
 
 /** A poll's frequency: every `interval` ms, backing off after failures up to MAX_BACKOFF_MS (or the interval). */
