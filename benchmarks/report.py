@@ -280,6 +280,91 @@ def grid(header: list[str], rows: list[list[str]]) -> list[str]:
     ]
 
 
+def engine_lines(engine: dict[str, Any] | list[dict[str, Any]]) -> list[str]:
+    """The engine's dump and restore figures by process size."""
+    if isinstance(engine, dict):
+        return [f"engine: {engine['error']}"]
+    header = [f"engine, median of {engine[0]['runs']}", "image", "dump", "sha256", "restore", "restore GB/s"]
+    rows = [
+        [
+            f"process holding {row['size_mb']} MB",
+            f"{row['image_mb']:.0f} MB",
+            f"{row['dump_s']:.2f} s",
+            f"{row['verify_s']:.2f} s",
+            f"{row['restore_s']:.2f} s",
+            f"{row['restore_gbps']:.2f}",
+        ]
+        for row in engine
+    ]
+    return grid(header, rows)
+
+
+def notebook_lines(notebooks: dict[str, Any] | list[dict[str, Any]]) -> list[str]:
+    """Cold and restored starts of each notebook."""
+    if isinstance(notebooks, dict):
+        return [f"notebooks: {notebooks['error']}"]
+    header = [f"notebook, median of {notebooks[0]['runs']}", "cold", "spare", "ratio", "restore", "ratio", "build"]
+    rows = [
+        [
+            row["notebook"],
+            f"{row['cold_s']:.2f} s",
+            f"{row['spares']['restored_s']:.2f} s",
+            f"{row['spares']['ratio']:.1f}x",
+            f"{row['no_spares']['restored_s']:.2f} s",
+            f"{row['no_spares']['ratio']:.1f}x",
+            f"{row['build_s']:.1f} s",
+        ]
+        for row in notebooks
+    ]
+    return grid(header, rows)
+
+
+def concurrent_lines(concurrent: dict[str, Any]) -> list[str]:
+    """Sessions started at once, restored and cold."""
+    if "error" in concurrent:
+        return [f"concurrent: {concurrent['error']}"]
+    header = [
+        f"{concurrent['restored']['sessions']} sessions of {concurrent['notebook']} at once",
+        "all 201",
+        "median 201",
+        "all replied",
+        "median replied",
+        "starts",
+    ]
+    rows = [
+        [
+            kind,
+            f"{concurrent[kind]['all_created_s']:.2f} s",
+            f"{concurrent[kind]['median_created_s']:.2f} s",
+            f"{concurrent[kind]['all_replied_s']:.2f} s",
+            f"{concurrent[kind]['median_replied_s']:.2f} s",
+            ", ".join(f"{count} {start}" for start, count in concurrent[kind]["starts"].items()),
+        ]
+        for kind in ("restored", "cold")
+    ]
+    return [*grid(header, rows), f"cold / restored, all replied: {concurrent['ratio']:.1f}x"]
+
+
+def privilege_lines(privilege: dict[str, Any]) -> list[str]:
+    """The torch example's starts in each privilege mode."""
+    if "rows" not in privilege:
+        return [f"privilege modes: {privilege.get('skipped') or privilege.get('error')}"]
+    header = [f"torch_setup.ipynb by mode, median of {privilege['runs']}", "cold", "spare", "ratio"]
+    header += ["restore", "ratio"]
+    rows = [
+        [
+            row["mode"],
+            f"{row['cold_s']:.2f} s",
+            f"{row['spare_s']:.2f} s",
+            f"{row['spare_ratio']:.1f}x",
+            f"{row['restore_s']:.2f} s",
+            f"{row['restore_ratio']:.1f}x",
+        ]
+        for row in privilege["rows"]
+    ]
+    return grid(header, rows)
+
+
 def table(results: dict[str, Any]) -> str:
     """The figures as a compact text table."""
     machine = results["machine"]
@@ -289,99 +374,19 @@ def table(results: dict[str, Any]) -> str:
         f"GPU {machine['gpu']}",
         "",
     ]
-    engine = results["engine"]
-    if isinstance(engine, dict):
-        lines.append(f"engine: {engine['error']}")
-    else:
-        header = [f"engine, median of {engine[0]['runs']}", "image", "dump", "sha256", "restore", "restore GB/s"]
-        rows = [
-            [
-                f"process holding {row['size_mb']} MB",
-                f"{row['image_mb']:.0f} MB",
-                f"{row['dump_s']:.2f} s",
-                f"{row['verify_s']:.2f} s",
-                f"{row['restore_s']:.2f} s",
-                f"{row['restore_gbps']:.2f}",
-            ]
-            for row in engine
-        ]
-        lines += grid(header, rows)
-    lines.append("")
-    notebooks = results["notebooks"]
-    if isinstance(notebooks, dict):
-        lines.append(f"notebooks: {notebooks['error']}")
-    else:
-        header = [f"notebook, median of {notebooks[0]['runs']}", "cold", "spare", "ratio", "restore", "ratio", "build"]
-        rows = [
-            [
-                row["notebook"],
-                f"{row['cold_s']:.2f} s",
-                f"{row['spares']['restored_s']:.2f} s",
-                f"{row['spares']['ratio']:.1f}x",
-                f"{row['no_spares']['restored_s']:.2f} s",
-                f"{row['no_spares']['ratio']:.1f}x",
-                f"{row['build_s']:.1f} s",
-            ]
-            for row in notebooks
-        ]
-        lines += grid(header, rows)
-    lines.append("")
-    concurrent = results["concurrent"]
-    if "error" in concurrent:
-        lines.append(f"concurrent: {concurrent['error']}")
-    else:
-        header = [
-            f"{concurrent['restored']['sessions']} sessions of {concurrent['notebook']} at once",
-            "all 201",
-            "median 201",
-            "all replied",
-            "median replied",
-            "starts",
-        ]
-        rows = [
-            [
-                kind,
-                f"{concurrent[kind]['all_created_s']:.2f} s",
-                f"{concurrent[kind]['median_created_s']:.2f} s",
-                f"{concurrent[kind]['all_replied_s']:.2f} s",
-                f"{concurrent[kind]['median_replied_s']:.2f} s",
-                ", ".join(f"{count} {start}" for start, count in concurrent[kind]["starts"].items()),
-            ]
-            for kind in ("restored", "cold")
-        ]
-        lines += grid(header, rows)
-        lines.append(f"cold / restored, all replied: {concurrent['ratio']:.1f}x")
-    lines.append("")
-    privilege = results["privilege_modes"]
-    if "rows" not in privilege:
-        lines.append(f"privilege modes: {privilege.get('skipped') or privilege.get('error')}")
-    else:
-        header = [f"torch_setup.ipynb by mode, median of {privilege['runs']}", "cold", "spare", "ratio"]
-        header += ["restore", "ratio"]
-        rows = [
-            [
-                row["mode"],
-                f"{row['cold_s']:.2f} s",
-                f"{row['spare_s']:.2f} s",
-                f"{row['spare_ratio']:.1f}x",
-                f"{row['restore_s']:.2f} s",
-                f"{row['restore_ratio']:.1f}x",
-            ]
-            for row in privilege["rows"]
-        ]
-        lines += grid(header, rows)
-    return "\n".join(lines)
+    sections = [
+        engine_lines(results["engine"]),
+        notebook_lines(results["notebooks"]),
+        concurrent_lines(results["concurrent"]),
+        privilege_lines(results["privilege_modes"]),
+    ]
+    for section in sections:
+        lines += [*section, ""]
+    return "\n".join(lines[:-1])
 
 
-def plot(results: dict[str, Any], path: Path) -> None:
-    """Two panels: cold against restored starts of each notebook; restore time against image size."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), width_ratios=[1.2, 1])
-    notebooks = results["notebooks"]
+def plot_starts(axes: Any, notebooks: dict[str, Any] | list[dict[str, Any]]) -> None:
+    """Bars of cold against restored starts of each notebook, with the speed-ups."""
     if isinstance(notebooks, list):
         width = 0.26
         kinds = [
@@ -392,26 +397,29 @@ def plot(results: dict[str, Any], path: Path) -> None:
         for offset, (label, color, value, key) in enumerate(kinds):
             xs = [index + (offset - 1) * width for index in range(len(notebooks))]
             heights = [value(row) for row in notebooks]
-            bars = left.bar(xs, heights, width, label=label, color=color)
+            bars = axes.bar(xs, heights, width, label=label, color=color)
             texts = [
                 f"{height:.2f} s" if key is None else f"{row[key]['ratio']:.1f}×"
                 for row, height in zip(notebooks, heights, strict=True)
             ]
-            left.bar_label(bars, texts, padding=2, fontsize=9)
-        left.set_xticks(range(len(notebooks)), [row["notebook"] for row in notebooks])
-        left.set_ylabel("seconds to the first reply after the setup cells")
-        left.set_title(f"Cold against restored starts (median of {notebooks[0]['runs']})")
-        left.margins(y=0.15)
-        left.legend(frameon=False, fontsize=9)
+            axes.bar_label(bars, texts, padding=2, fontsize=9)
+        axes.set_xticks(range(len(notebooks)), [row["notebook"] for row in notebooks])
+        axes.set_ylabel("seconds to the first reply after the setup cells")
+        axes.set_title(f"Cold against restored starts (median of {notebooks[0]['runs']})")
+        axes.margins(y=0.15)
+        axes.legend(frameon=False, fontsize=9)
     else:
-        left.text(0.5, 0.5, "notebook bench failed", ha="center", transform=left.transAxes)
-    engine = results["engine"]
+        axes.text(0.5, 0.5, "notebook bench failed", ha="center", transform=axes.transAxes)
+
+
+def plot_restores(axes: Any, engine: dict[str, Any] | list[dict[str, Any]]) -> None:
+    """Engine restore time against image size, beside the target speed."""
     if isinstance(engine, list):
         sizes = [row["image_mb"] for row in engine]
         times = [row["restore_s"] for row in engine]
-        right.plot(sizes, times, "o-", color="#1f77b4", label="restore (median)")
+        axes.plot(sizes, times, "o-", color="#1f77b4", label="restore (median)")
         for size, seconds, row in zip(sizes, times, engine, strict=True):
-            right.annotate(
+            axes.annotate(
                 f"{seconds:.2f} s, {row['restore_gbps']:.1f} GB/s",
                 (size, seconds),
                 textcoords="offset points",
@@ -420,17 +428,29 @@ def plot(results: dict[str, Any], path: Path) -> None:
                 fontsize=9,
             )
         top = max(sizes) * 1.15
-        right.plot(
+        axes.plot(
             [0, top], [0, top / (TARGET_GBPS * 1000)], "--", color="#2ca02c", label=f"target: {TARGET_GBPS:g} GB/s"
         )
-        right.set_xlim(0, top)
-        right.set_ylim(0, max(*times, top / (TARGET_GBPS * 1000)) * 1.2)
-        right.set_xlabel("image size (MB)")
-        right.set_ylabel("restore time (s)")
-        right.set_title(f"Engine restore time against image size (median of {engine[0]['runs']})")
-        right.legend(frameon=False, fontsize=9, loc="upper left")
+        axes.set_xlim(0, top)
+        axes.set_ylim(0, max(*times, top / (TARGET_GBPS * 1000)) * 1.2)
+        axes.set_xlabel("image size (MB)")
+        axes.set_ylabel("restore time (s)")
+        axes.set_title(f"Engine restore time against image size (median of {engine[0]['runs']})")
+        axes.legend(frameon=False, fontsize=9, loc="upper left")
     else:
-        right.text(0.5, 0.5, "engine bench failed", ha="center", transform=right.transAxes)
+        axes.text(0.5, 0.5, "engine bench failed", ha="center", transform=axes.transAxes)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """Two panels: cold against restored starts of each notebook; restore time against image size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), width_ratios=[1.2, 1])
+    plot_starts(left, results["notebooks"])
+    plot_restores(right, results["engine"])
     for axes in (left, right):
         axes.spines[["top", "right"]].set_visible(False)
     machine = results["machine"]

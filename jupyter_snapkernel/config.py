@@ -4,11 +4,13 @@ or through SNAPKERNEL_* environment variables (e.g. from ``c.Spawner.environment
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
-from traitlets import Bool, Enum, Float, Int, List, Unicode, default
+from traitlets import Bool, Enum, Float, HasTraits, Int, List, Unicode, default
 from traitlets.config import LoggingConfigurable
+from traitlets.traitlets import DefaultHandler
 
 from snapkernel_engine.store import VerifyMode
 
@@ -19,18 +21,35 @@ FALSE_WORDS = {"0", "false", "no", "off"}
 PROVISIONER_NAME = "snapkernel-provisioner"  # its entry point in pyproject.toml
 VERIFY_MODES: list[VerifyMode] = ["sha256", "size"]  # typed, so that `SnapKernelSettings.verify` is a VerifyMode
 DEFAULT_BUILD_TIMEOUT_S = 600.0  # how long a snapshot build may take, unless configured
+DEFAULT_SPARE_MEMORY_BYTES = 2 * 2**30  # what a server's spare kernels may hold together, unless configured
+DEFAULT_SPARE_IDLE_S = 600.0  # how long a spare outlives its notebook's last session, unless configured
+
+
+def is_on(value: str) -> bool:
+    """An on/off word: anything but 0/false/no/off is on."""
+    return value.strip().lower() not in FALSE_WORDS
 
 
 def env_flag(name: str, fallback: bool, environ: Mapping[str, str] = os.environ) -> bool:
-    """Read an on/off environment variable (of `environ`: a launch's own, say); anything but 0/false/no/off
-    is on, and unset or empty leaves `fallback`: the one reading of every SNAPKERNEL_* switch."""
-    value = environ.get(name, "").strip().lower()
-    return fallback if not value else value not in FALSE_WORDS
+    """Read an on/off environment variable (of `environ`: a launch's own, say); unset or empty leaves
+    `fallback`: the one reading of every SNAPKERNEL_* switch."""
+    value = environ.get(name, "").strip()
+    return is_on(value) if value else fallback
 
 
-def _env_list(name: str) -> list[str] | None:
-    value = os.environ.get(name)
-    return None if value is None else [item for item in value.replace(":", ",").split(",") if item]
+def path_list(value: str) -> list[str]:
+    """A list of paths or names separated by commas or colons."""
+    return [item for item in value.replace(":", ",").split(",") if item]
+
+
+def env_default(trait: str, variable: str, parse: Callable[[str], Any], fallback: Any) -> DefaultHandler:
+    """A trait's default read from environment variable `variable` with `parse`; unset or empty: `fallback`."""
+
+    def read(_owner: HasTraits) -> Any:
+        value = os.environ.get(variable, "").strip()
+        return parse(value) if value else fallback
+
+    return default(trait)(read)
 
 
 class SnapKernelSettings(LoggingConfigurable):
@@ -112,65 +131,28 @@ class SnapKernelSettings(LoggingConfigurable):
         "(0: kept while the server runs).",
     ).tag(config=True)
 
-    @default("enabled")
-    def _enabled_default(self) -> bool:
-        return env_flag(env_names.ENABLED, True)
-
     @default("store_root")
     def _store_root_default(self) -> str:
         return str(default_store_root())
 
-    @default("shared_roots")
-    def _shared_roots_default(self) -> list[str]:
-        return _env_list(env_names.SHARED_ROOTS) or []
-
-    @default("shared_root_owners")
-    def _shared_root_owners_default(self) -> list[str]:
-        return _env_list(env_names.SHARED_ROOT_OWNERS) or []
-
-    @default("auto_build")
-    def _auto_build_default(self) -> bool:
-        return env_flag(env_names.AUTO_BUILD, True)
-
-    @default("verify")
-    def _verify_default(self) -> str:
-        return os.environ.get(env_names.VERIFY, "sha256")
-
-    @default("build_timeout")
-    def _build_timeout_default(self) -> float:
-        return float(os.environ.get(env_names.BUILD_TIMEOUT, DEFAULT_BUILD_TIMEOUT_S))
-
-    @default("gpu_state")
-    def _gpu_state_default(self) -> bool:
-        return env_flag(env_names.GPU_STATE, True)
-
-    @default("spare_kernels")
-    def _spare_kernels_default(self) -> bool:
-        return env_flag(env_names.SPARE_KERNELS, True)
-
-    @default("spare_memory_bytes")
-    def _spare_memory_bytes_default(self) -> int:
-        return int(os.environ.get(env_names.SPARE_MEMORY_BYTES, env_names.DEFAULT_SPARE_MEMORY_BYTES))
-
-    @default("spare_idle_seconds")
-    def _spare_idle_seconds_default(self) -> float:
-        return float(os.environ.get(env_names.SPARE_IDLE_SECONDS, env_names.DEFAULT_SPARE_IDLE_S))
-
-    @default("quota_bytes")
-    def _quota_bytes_default(self) -> int:
-        return int(os.environ.get(env_names.QUOTA_BYTES, "0"))
-
-    @default("max_snapshots")
-    def _max_snapshots_default(self) -> int:
-        return int(os.environ.get(env_names.MAX_SNAPSHOTS, "0"))
-
-    @default("max_concurrent_builds")
-    def _max_concurrent_builds_default(self) -> int:
-        return int(os.environ.get(env_names.MAX_CONCURRENT_BUILDS, "1"))
-
-    @default("max_queued_builds")
-    def _max_queued_builds_default(self) -> int:
-        return int(os.environ.get(env_names.MAX_QUEUED_BUILDS, "8"))
+    _enabled_default = env_default("enabled", env_names.ENABLED, is_on, True)
+    _shared_roots_default = env_default("shared_roots", env_names.SHARED_ROOTS, path_list, [])
+    _shared_root_owners_default = env_default("shared_root_owners", env_names.SHARED_ROOT_OWNERS, path_list, [])
+    _auto_build_default = env_default("auto_build", env_names.AUTO_BUILD, is_on, True)
+    _verify_default = env_default("verify", env_names.VERIFY, str, "sha256")
+    _build_timeout_default = env_default("build_timeout", env_names.BUILD_TIMEOUT, float, DEFAULT_BUILD_TIMEOUT_S)
+    _gpu_state_default = env_default("gpu_state", env_names.GPU_STATE, is_on, True)
+    _spare_kernels_default = env_default("spare_kernels", env_names.SPARE_KERNELS, is_on, True)
+    _spare_memory_bytes_default = env_default(
+        "spare_memory_bytes", env_names.SPARE_MEMORY_BYTES, int, DEFAULT_SPARE_MEMORY_BYTES
+    )
+    _spare_idle_seconds_default = env_default(
+        "spare_idle_seconds", env_names.SPARE_IDLE_SECONDS, float, DEFAULT_SPARE_IDLE_S
+    )
+    _quota_bytes_default = env_default("quota_bytes", env_names.QUOTA_BYTES, int, 0)
+    _max_snapshots_default = env_default("max_snapshots", env_names.MAX_SNAPSHOTS, int, 0)
+    _max_concurrent_builds_default = env_default("max_concurrent_builds", env_names.MAX_CONCURRENT_BUILDS, int, 1)
+    _max_queued_builds_default = env_default("max_queued_builds", env_names.MAX_QUEUED_BUILDS, int, 8)
 
     @property
     def user_store_root(self) -> Path:

@@ -24,6 +24,3 @@ COLD = "SNAPKERNEL_COLD"  # start this kernel cold, even with a snapshot
 START = "SNAPKERNEL_START"  # JSON: why a kernel started cold, and its notebook
 REPLAY_SETUP = "SNAPKERNEL_REPLAY_SETUP"  # a restored kernel replays the setup cells' outputs
 START_NOTES = "SNAPKERNEL_START_NOTES"  # a kernel announces how it started with its first cell
-
-DEFAULT_SPARE_MEMORY_BYTES = str(2 * 2**30)  # what a server's spare kernels may hold together, unless configured
-DEFAULT_SPARE_IDLE_S = "600"  # how long a spare outlives its notebook's last session, unless configured

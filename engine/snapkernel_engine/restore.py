@@ -77,6 +77,10 @@ class RestoredTree:
         self._launcher.wait(timeout)
         return self.returncode  # type: ignore[return-value]
 
+    def ended(self) -> bool:
+        """Whether the tree's root has ended, even where its launcher has not noticed yet (a kill from outside)."""
+        return self.poll() is not None or not process.is_alive(self.pid)
+
     def members(self) -> list[int]:
         """Return the host PIDs of every live process of the restored tree."""
         if self.poll() is not None:

@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ipykernel.ipkernel import IPythonKernel
-from traitlets import Bool, default
+from traitlets import Bool
 
 from .. import env_names
-from ..config import env_flag
+from ..config import env_default, is_on
 from ..notebook.setup_section import normalise
 
 
@@ -54,6 +54,7 @@ class SnapKernel(IPythonKernel):
         help="When a restored kernel is asked to run the next setup cell unchanged (as Run All "
         "does), send the outputs recorded at build time instead of running it again.",
     ).tag(config=True)
+    _replay_setup_default = env_default("replay_setup", env_names.REPLAY_SETUP, is_on, True)
 
     show_start_notes = Bool(
         help="Also say on stderr with the first executed cell why this kernel started cold. Off by default: that "
@@ -61,16 +62,7 @@ class SnapKernel(IPythonKernel):
         "always in the kernel's banner (kernel_info), in `%snapshot status`, in JupyterLab's toast and in the "
         "summary of headless runs.",
     ).tag(config=True)
-
-    @default("replay_setup")
-    def _replay_setup_default(self) -> bool:
-        """$SNAPKERNEL_REPLAY_SETUP, on unless set to 0/false/no/off."""
-        return env_flag(env_names.REPLAY_SETUP, True)
-
-    @default("show_start_notes")
-    def _show_start_notes_default(self) -> bool:
-        """$SNAPKERNEL_START_NOTES, off unless set to anything but 0/false/no/off."""
-        return env_flag(env_names.START_NOTES, False)
+    _show_start_notes_default = env_default("show_start_notes", env_names.START_NOTES, is_on, False)
 
     def __init__(self, **kwargs: Any) -> None:
         """A kernel that knows nothing yet of how it started (its app says so next)."""

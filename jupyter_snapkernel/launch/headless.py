@@ -7,6 +7,7 @@ import copy
 import os
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,30 @@ async def _execute(
     return False
 
 
+def failure_recorder(failures: list[CellFailure]) -> Callable[[nbformat.NotebookNode, int, dict[str, Any]], None]:
+    """An nbclient on_cell_error hook that appends each failing cell to `failures` (allowed errors too)."""
+
+    def record_failure(cell: nbformat.NotebookNode, cell_index: int, execute_reply: dict[str, Any]) -> None:
+        if "raises-exception" in cell.metadata.get("tags", []):
+            return  # an error the notebook expects, as nbclient treats it
+        content = execute_reply["content"]
+        count = content.get("execution_count", cell.get("execution_count"))
+        failures.append(CellFailure(cell_index, count, content.get("ename", ""), content.get("evalue", "")))
+
+    return record_failure
+
+
+def headless_kernel_manager(config: Config | None) -> AsyncKernelManager:
+    """A kernel manager for one headless start, with `config` (left as it is) and no spare kernels.
+
+    A headless run is a single start (`jupyter snapkernel run` exits after it): a spare kernel restored
+    for a next start would only take CPU from the notebook's cells and be killed unused at exit.
+    """
+    settings = copy.deepcopy(config) if config is not None else Config()
+    settings.merge(Config({"SnapKernelSettings": {"spare_kernels": False}}))
+    return AsyncKernelManager(kernel_name=KERNEL_NAME, config=settings)
+
+
 async def run_notebook(
     notebook: Path,
     *,
@@ -131,26 +156,13 @@ async def run_notebook(
     """
     book = notebook_to_run(notebook)
     failures: list[CellFailure] = []
-
-    def record_failure(cell: nbformat.NotebookNode, cell_index: int, execute_reply: dict[str, Any]) -> None:
-        """nbclient's on_cell_error hook: note the cell and its error, allowed or not."""
-        if "raises-exception" in cell.metadata.get("tags", []):
-            return  # an error the notebook expects, as nbclient treats it
-        content = execute_reply["content"]
-        count = content.get("execution_count", cell.get("execution_count"))
-        failures.append(CellFailure(cell_index, count, content.get("ename", ""), content.get("evalue", "")))
-
-    # A headless run is a single start (`jupyter snapkernel run` exits after it): a spare kernel restored
-    # for a next start would only take CPU from the notebook's cells and be killed unused at exit.
-    settings = copy.deepcopy(config) if config is not None else Config()  # the server's own stays as it is
-    settings.merge(Config({"SnapKernelSettings": {"spare_kernels": False}}))
-    manager = AsyncKernelManager(kernel_name=KERNEL_NAME, config=settings)
+    manager = headless_kernel_manager(config)
     client = NotebookClient(
         book,
         km=manager,
         timeout=timeout,
         allow_errors=allow_errors,
-        on_cell_error=record_failure,
+        on_cell_error=failure_recorder(failures),
         resources={"metadata": {"path": str(notebook.parent)}},
     )
     started = time.perf_counter()

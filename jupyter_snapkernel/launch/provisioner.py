@@ -235,13 +235,13 @@ class SnapKernelProvisioner(LocalProvisioner):
 
     async def cleanup(self, restart: bool = False) -> None:
         """Note the kernel's end for the spares, then clean up as a local kernel does."""
-        spare_pool.session_closed(self.kernel_id)
+        spare_pool.sessions.closed(self.kernel_id)
         await super().cleanup(restart)
 
     def _session_opened(self, plan: StartPlan) -> None:
         """Tell the spares that a kernel of the plan's notebook runs: its spares are in use while it does."""
         if plan.notebook is not None:
-            spare_pool.session_opened(self.kernel_id, plan.notebook, self._kernel_is_running)
+            spare_pool.sessions.opened(self.kernel_id, plan.notebook, self._kernel_is_running)
 
     def _background_build(self, notebook: Path, section: SetupSection, store: SnapshotStore) -> None:
         """Start (or join) the build of this section's snapshot, and refill the spares once it is published."""

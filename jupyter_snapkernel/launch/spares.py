@@ -176,6 +176,36 @@ class Session:
     is_open: Callable[[], bool]
 
 
+class NotebookSessions:
+    """The kernels the server started, by notebook: when a session of each notebook was last seen open."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, Session] = {}
+        self._last_open: dict[Path, float] = {}
+
+    def opened(self, kernel_id: str, notebook: Path, is_open: Callable[[], bool]) -> None:
+        """Note a kernel of `notebook` that the server started: its spares are in use while it is open."""
+        key = notebook_key(notebook)
+        self._sessions[kernel_id] = Session(key, is_open)
+        self._last_open[key] = time.time()
+
+    def closed(self, kernel_id: str) -> None:
+        """Note that a kernel ended: its notebook's spares count as idle from now on, unless another is open."""
+        session = self._sessions.pop(kernel_id, None)
+        if session is not None:
+            self._last_open[session.notebook] = time.time()
+
+    def last_open(self) -> dict[Path, float]:
+        """When a session of each notebook was last open (now, for those open now); forget those that ended
+        without a shutdown through the server."""
+        now = time.time()
+        for kernel_id, session in list(self._sessions.items()):
+            self._last_open[session.notebook] = now
+            if not session.is_open():
+                del self._sessions[kernel_id]
+        return self._last_open
+
+
 def notebook_key(notebook: str | os.PathLike[str]) -> Path:
     """The one spelling of a notebook's path that spares are kept under (absolute, no disk access)."""
     return Path(os.path.abspath(notebook))
@@ -227,16 +257,51 @@ def measured(entry: dict[str, Any]) -> dict[str, Any]:
     return {**entry, "rss_bytes": tree_rss_bytes(entry["pid"]), "frozen": frozen}
 
 
+def described(spares: Iterable[Spare]) -> list[dict[str, Any]]:
+    """The live spares for the API (without their measured memory: `measured` adds it off the loop)."""
+    now = time.time()
+    return [
+        {
+            "snapshot": spare.manifest.id,
+            "pid": spare.kernel.tree.pid,
+            "notebooks": sorted(str(notebook) for notebook in spare.notebooks),
+            "budget_bytes": spare.budget_bytes,
+            "idle_s": round(max(now - spare.last_used, 0.0), 1),
+        }
+        for spare in spares
+        if not spare.kernel.tree.ended()
+    ]
+
+
+def least_recently_used_over(budget: int, held: int, size: int, spares: Iterable[Spare], keep: str) -> list[Spare]:
+    """The spares (never `keep`'s), least recently used first, to retire so that `size` more bytes fit `budget`
+    beside the `held` ones; all but `keep`'s when even that is not enough."""
+    retired = []
+    for spare in sorted(spares, key=lambda spare: spare.last_used):
+        if held + size <= budget:
+            break
+        if spare.manifest.id != keep:
+            retired.append(spare)
+            held -= spare.budget_bytes
+    return retired
+
+
+def sweep_interval(idle_seconds: float) -> float:
+    """Seconds between sweeps: often enough to retire an idle spare within a quarter of its idle limit."""
+    if idle_seconds <= 0:
+        return SWEEP_INTERVAL_S
+    return max(MIN_SWEEP_INTERVAL_S, min(SWEEP_INTERVAL_S, idle_seconds / 4))
+
+
 class SparePool:
     """The server's spare kernels: at most one per CPU snapshot, frozen until claimed, retired when of no use."""
 
     def __init__(self) -> None:
-        self._spares: dict[str, Spare] = {}
+        self.spares: dict[str, Spare] = {}  # by snapshot id
         self._filling: dict[str, Filling] = {}
-        self._sessions: dict[str, Session] = {}
-        self._last_open: dict[Path, float] = {}  # when a session of each notebook was last seen open
         self._generation = 0  # discard_all() starts a new one: spares of an older one are killed on arrival
-        self._sweeper: asyncio.Task[None] | None = None
+        self.sweeper = SpareSweeper(self)
+        self.sessions = NotebookSessions()
         self.limits = SpareLimits()
         self.log: logging.Logger | logging.LoggerAdapter[logging.Logger] = logging.getLogger(__name__)
 
@@ -247,37 +312,20 @@ class SparePool:
 
     def take(self, snapshot_id: str) -> KernelAwaitingConnection | None:
         """Claim the live spare of a snapshot, if one is ready: it is continued and runs from here on."""
-        spare = self._spares.pop(snapshot_id, None)
+        spare = self.spares.pop(snapshot_id, None)
         if spare is None:
             return None
-        if spare.kernel.tree.poll() is not None:
-            spare.kernel.close_pipes()
+        if spare.kernel.tree.ended():
+            spare.kernel.discard()
             return None
         spare.kernel.tree.resume()
         return spare.kernel
 
-    def session_opened(self, kernel_id: str, notebook: Path, is_open: Callable[[], bool]) -> None:
-        """Note a kernel of `notebook` that the server started: its spares are in use while it is open."""
-        key = notebook_key(notebook)
-        self._sessions[kernel_id] = Session(key, is_open)
-        self._last_open[key] = time.time()
-
-    def session_closed(self, kernel_id: str) -> None:
-        """Note that a kernel ended: its notebook's spares count as idle from now on, unless another is open."""
-        session = self._sessions.pop(kernel_id, None)
-        if session is not None:
-            self._last_open[session.notebook] = time.time()
-            self._note_open_sessions()
-
-    def _note_open_sessions(self) -> None:
-        """Mark the spares of notebooks with an open session as used now; forget sessions that ended unseen."""
-        now = time.time()
-        for kernel_id, session in list(self._sessions.items()):
-            self._last_open[session.notebook] = now
-            if not session.is_open():  # the kernel died without a shutdown through the server
-                del self._sessions[kernel_id]
-        for spare in self._spares.values():
-            seen = [self._last_open[notebook] for notebook in spare.notebooks if notebook in self._last_open]
+    def note_open_sessions(self) -> None:
+        """Mark the spares of notebooks with an open session as used now."""
+        last_open = self.sessions.last_open()
+        for spare in self.spares.values():
+            seen = [last_open[notebook] for notebook in spare.notebooks if notebook in last_open]
             spare.last_used = max([spare.last_used, *seen])
 
     def retire(self, snapshot_id: str, why: str) -> None:
@@ -285,7 +333,7 @@ class SparePool:
         filling = self._filling.get(snapshot_id)
         if filling is not None:
             filling.wanted = False
-        spare = self._spares.pop(snapshot_id, None)
+        spare = self.spares.pop(snapshot_id, None)
         if spare is not None:
             self.log.info("snapkernel: retired the spare kernel of snapshot %s: %s", snapshot_id, why)
             spare.kernel.discard()
@@ -294,7 +342,7 @@ class SparePool:
         """`notebook` now uses snapshot `keep` (None: none): retire its spares of other snapshots that no
         other notebook uses."""
         key = notebook_key(notebook)
-        entries: list[tuple[str, Spare | Filling]] = [*self._spares.items(), *self._filling.items()]
+        entries: list[tuple[str, Spare | Filling]] = [*self.spares.items(), *self._filling.items()]
         for snapshot_id, entry in entries:
             if snapshot_id == keep or key not in entry.notebooks:
                 continue
@@ -318,15 +366,12 @@ class SparePool:
             return True
         if size > budget:
             return False
-        self._note_open_sessions()
-        held = sum(spare.budget_bytes for spare in self._spares.values())
+        self.note_open_sessions()
+        held = sum(spare.budget_bytes for spare in self.spares.values())
         held += sum(spare_size(filling.manifest) for filling in self._filling.values() if filling.wanted)
-        for spare in sorted(self._spares.values(), key=lambda spare: spare.last_used):
-            if held + size <= budget:
-                break
-            if spare.manifest.id != keep:
-                self.retire(spare.manifest.id, "the spare kernels' memory budget is full (least recently used)")
-                held -= spare.budget_bytes
+        for spare in least_recently_used_over(budget, held, size, self.spares.values(), keep):
+            self.retire(spare.manifest.id, "the spare kernels' memory budget is full (least recently used)")
+            held -= spare.budget_bytes
         return held + size <= budget
 
     def refill(
@@ -338,7 +383,7 @@ class SparePool:
             return  # a spare of a GPU snapshot would hold a second copy of its GPU memory
         notebooks = {notebook_key(notebook)} if notebook is not None else set()
         filling_now = self._filling.get(manifest.id)
-        known = self._spares.get(manifest.id) or (filling_now if filling_now and filling_now.wanted else None)
+        known = self.spares.get(manifest.id) or (filling_now if filling_now and filling_now.wanted else None)
         if known is not None:
             known.notebooks |= notebooks
             return
@@ -358,98 +403,104 @@ class SparePool:
 
         filling = Filling(asyncio.ensure_future(restore_after_the_start_settles()), manifest, notebooks)
         self._filling[manifest.id] = filling
+        filling.task.add_done_callback(lambda done: self._arrived(done, store, filling, generation))
+        self.sweeper.keep_running()
 
-        def settle(done: asyncio.Task[KernelAwaitingConnection | None]) -> None:
-            if self._filling.get(manifest.id) is filling:
-                del self._filling[manifest.id]
-            error = None if done.cancelled() else done.exception()
-            if error is not None:  # the next start restores as it would without spares, and tries again
-                self.log.warning("snapkernel: could not restore a spare kernel of snapshot %s: %s", manifest.id, error)
-            kernel = None if done.cancelled() or error is not None else done.result()
-            if kernel is None:
-                return
-            if generation != self._generation or not filling.wanted:
-                kernel.discard()  # retired while it was restored: nobody will take it
-            else:
-                self._spares[manifest.id] = Spare(kernel, store, manifest, filling.notebooks)
-
-        filling.task.add_done_callback(settle)
-        self._keep_sweeping()
-
-    def _keep_sweeping(self) -> None:
-        """Run the sweep while there are spares (it ends by itself when the last one goes)."""
-        sweeper = self._sweeper
-        if sweeper is None or sweeper.done() or sweeper.get_loop() is not asyncio.get_running_loop():
-            self._sweeper = asyncio.ensure_future(self._sweep_while_spares())
-
-    async def _sweep_while_spares(self) -> None:
-        """Sweep at intervals until no spare is left or on its way."""
-        while self._spares or self._filling:
-            idle = self.limits.idle_seconds
-            await asyncio.sleep(
-                SWEEP_INTERVAL_S if idle <= 0 else max(MIN_SWEEP_INTERVAL_S, min(SWEEP_INTERVAL_S, idle / 4))
-            )
-            try:
-                await self.sweep()
-            except Exception as error:  # a sweep that failed is tried again; it must not end the sweeping
-                self.log.warning("snapkernel: checking the spare kernels failed: %s", error)
-
-    async def sweep(self) -> None:
-        """Retire spares that died, are idle, whose snapshot is gone or replaced, or whose notebooks changed."""
-        self._note_open_sessions()
-        now, idle = time.time(), self.limits.idle_seconds
-        for snapshot_id, spare in list(self._spares.items()):
-            if spare.kernel.tree.poll() is not None:
-                del self._spares[snapshot_id]
-                spare.kernel.close_pipes()
-            elif idle > 0 and now - spare.last_used > idle:
-                self.retire(snapshot_id, f"no session of its notebook was open for {idle:g} s")
-        spares = list(self._spares.values())
-        verdicts = await asyncio.to_thread(check_spares, [(spare, list(spare.notebooks)) for spare in spares])
-        for spare, (why, changed) in zip(spares, verdicts, strict=True):
-            if self._spares.get(spare.manifest.id) is not spare:
-                continue  # taken or retired meanwhile
-            spare.notebooks -= changed
-            if why is None and changed and not spare.notebooks:
-                why = "the setup cells of its notebook changed"
-            if why is not None:
-                self.retire(spare.manifest.id, why)
+    def _arrived(
+        self,
+        done: asyncio.Task[KernelAwaitingConnection | None],
+        store: SnapshotStore,
+        filling: Filling,
+        generation: int,
+    ) -> None:
+        """Keep a spare whose restore ended, unless it was retired meanwhile; log a restore that failed."""
+        snapshot_id = filling.manifest.id
+        if self._filling.get(snapshot_id) is filling:
+            del self._filling[snapshot_id]
+        error = None if done.cancelled() else done.exception()
+        if error is not None:  # the next start restores as it would without spares, and tries again
+            self.log.warning("snapkernel: could not restore a spare kernel of snapshot %s: %s", snapshot_id, error)
+        kernel = None if done.cancelled() or error is not None else done.result()
+        if kernel is None:
+            return
+        if generation != self._generation or not filling.wanted:
+            kernel.discard()  # retired while it was restored: nobody will take it
+        else:
+            self.spares[snapshot_id] = Spare(kernel, store, filling.manifest, filling.notebooks)
 
     def describe(self) -> list[dict[str, Any]]:
         """The live spares for the API (without their measured memory: `measured` adds it off the loop)."""
-        self._note_open_sessions()
-        now = time.time()
-        return [
-            {
-                "snapshot": snapshot_id,
-                "pid": spare.kernel.tree.pid,
-                "notebooks": sorted(str(notebook) for notebook in spare.notebooks),
-                "budget_bytes": spare.budget_bytes,
-                "idle_s": round(max(now - spare.last_used, 0.0), 1),
-            }
-            for snapshot_id, spare in self._spares.items()
-            if spare.kernel.tree.poll() is None
-        ]
+        self.note_open_sessions()
+        return described(self.spares.values())
 
     def discard_all(self) -> None:
         """Kill every spare; those being restored now are killed as soon as their restore ends."""
         self._generation += 1
-        for spare in self._spares.values():
+        for spare in self.spares.values():
             spare.kernel.discard()
-        self._spares.clear()
+        self.spares.clear()
 
     async def close(self, timeout: float) -> None:
         """Kill every spare and wait (at most `timeout` s) until those being restored are killed too."""
         self.discard_all()
         loop = asyncio.get_running_loop()
-        if self._sweeper is not None and self._sweeper.get_loop() is loop:
-            self._sweeper.cancel()
-        self._sweeper = None
+        self.sweeper.stop(loop)
         filling = [entry.task for entry in self._filling.values() if entry.task.get_loop() is loop]
         # A task of an event loop that has ended never settles: forget it, or its snapshot gets no spare again.
         self._filling = {key: entry for key, entry in self._filling.items() if entry.task.get_loop() is loop}
         if filling:
             await asyncio.wait(filling, timeout=timeout)
+
+
+class SpareSweeper:
+    """Checks a pool's spares at intervals while it has any: retires those that died, idle out or are obsolete."""
+
+    def __init__(self, pool: SparePool) -> None:
+        self.pool = pool
+        self._task: asyncio.Task[None] | None = None
+
+    def keep_running(self) -> None:
+        """Sweep at intervals while there are spares (it ends by itself when the last one goes)."""
+        task = self._task
+        if task is None or task.done() or task.get_loop() is not asyncio.get_running_loop():
+            self._task = asyncio.ensure_future(self._sweep_while_spares())
+
+    def stop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Stop sweeping (a sweep of another, ended event loop is only forgotten)."""
+        if self._task is not None and self._task.get_loop() is loop:
+            self._task.cancel()
+        self._task = None
+
+    async def _sweep_while_spares(self) -> None:
+        """Sweep at intervals until no spare is left or on its way."""
+        while self.pool.spares or self.pool.filling:
+            await asyncio.sleep(sweep_interval(self.pool.limits.idle_seconds))
+            try:
+                await self.sweep()
+            except Exception as error:  # a sweep that failed is tried again; it must not end the sweeping
+                self.pool.log.warning("snapkernel: checking the spare kernels failed: %s", error)
+
+    async def sweep(self) -> None:
+        """Retire spares that died, are idle, whose snapshot is gone or replaced, or whose notebooks changed."""
+        pool = self.pool
+        pool.note_open_sessions()
+        now, idle = time.time(), pool.limits.idle_seconds
+        for snapshot_id, spare in list(pool.spares.items()):
+            if spare.kernel.tree.ended():
+                del pool.spares[snapshot_id]
+                spare.kernel.discard()
+            elif idle > 0 and now - spare.last_used > idle:
+                pool.retire(snapshot_id, f"no session of its notebook was open for {idle:g} s")
+        spares = list(pool.spares.values())
+        verdicts = await asyncio.to_thread(check_spares, [(spare, list(spare.notebooks)) for spare in spares])
+        for spare, (why, changed) in zip(spares, verdicts, strict=True):
+            if pool.spares.get(spare.manifest.id) is not spare:
+                continue  # taken or retired meanwhile
+            spare.notebooks -= changed
+            if why is None and changed and not spare.notebooks:
+                why = "the setup cells of its notebook changed"
+            if why is not None:
+                pool.retire(spare.manifest.id, why)
 
 
 spare_pool = SparePool()

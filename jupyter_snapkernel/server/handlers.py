@@ -18,7 +18,7 @@ from datetime import datetime
 from functools import lru_cache
 from http.client import responses
 from pathlib import Path, PurePosixPath
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from jupyter_core.paths import is_hidden
 from jupyter_server.auth.decorator import authorized
@@ -389,24 +389,22 @@ class BuildsHandler(JSONBodyHandler):
         self.write_json(self.describe_build(build), status=202)
 
 
-class BuildHandler(SnapKernelHandler):
-    """GET builds/ID: a build's progress and result."""
+class ProgressHandler(SnapKernelHandler):
+    """GET builds/ID or checks/ID: a build's or a check's progress and, once it ended, its result."""
+
+    def initialize(self, kind: Literal["build", "check"]) -> None:
+        """Serve builds or checks."""
+        self.kind = kind
 
     @web.authenticated
     @authorized
-    async def get(self, build_id: str) -> None:
-        """Answer a build's state, log and result."""
-        self.write_json(self.describe_build(known(self.builds.builds, build_id, "build")))
-
-
-class CheckHandler(SnapKernelHandler):
-    """GET checks/ID: a check's state and, once it ended, its differences."""
-
-    @web.authenticated
-    @authorized
-    async def get(self, check_id: str) -> None:
-        """Answer a check's state: running, equal, different, cold_differs or error."""
-        self.write_json(self.describe_check(known(self.checks.checks, check_id, "check")))
+    async def get(self, item_id: str) -> None:
+        """Answer a build's state, log and result, or a check's state (running, equal, different,
+        cold_differs or error) and differences."""
+        if self.kind == "build":
+            self.write_json(self.describe_build(known(self.builds.builds, item_id, "build")))
+        else:
+            self.write_json(self.describe_check(known(self.checks.checks, item_id, "check")))
 
 
 class ChecksHandler(JSONBodyHandler):
@@ -493,7 +491,7 @@ def _timestamp(created: str) -> float:
     return datetime.fromisoformat(created).timestamp()
 
 
-def handlers(base_url: str) -> list[tuple[str, type[APIHandler]]]:
+def handlers(base_url: str) -> list[tuple[str, type[APIHandler]] | tuple[str, type[APIHandler], dict[str, Any]]]:
     """The API's routes under the server's base URL."""
     prefix = base_url.rstrip("/") + "/snapkernel/api"
     return [
@@ -501,9 +499,9 @@ def handlers(base_url: str) -> list[tuple[str, type[APIHandler]]]:
         (f"{prefix}/snapshots/([A-Za-z0-9_-]+)", SnapshotHandler),
         (f"{prefix}/status", StatusHandler),
         (f"{prefix}/builds", BuildsHandler),
-        (f"{prefix}/builds/([A-Za-z0-9_-]+)", BuildHandler),
+        (f"{prefix}/builds/([A-Za-z0-9_-]+)", ProgressHandler, {"kind": "build"}),
         (f"{prefix}/checks", ChecksHandler),
-        (f"{prefix}/checks/([A-Za-z0-9_-]+)", CheckHandler),
+        (f"{prefix}/checks/([A-Za-z0-9_-]+)", ProgressHandler, {"kind": "check"}),
         (f"{prefix}/kernels/([A-Za-z0-9_-]+)", KernelStartHandler),
         (f"{prefix}/info", InfoHandler),
     ]

@@ -118,20 +118,18 @@ async function showCheckResult(
   }
 }
 
+/** Each check state's title for the dialog. */
+const CHECK_TITLES: Record<ICheck['state'], (trans: TranslationBundle) => string> = {
+  equal: trans => trans.__('restored equals cold'),
+  different: trans => trans.__('restored differs from cold'),
+  cold_differs: trans => trans.__('cold runs differ too'),
+  running: trans => trans.__('check still running'),
+  error: trans => trans.__('could not check')
+};
+
 /** The dialog's title: the verdict in a few words. */
 function checkTitle(check: ICheck, trans: TranslationBundle): string {
-  switch (check.state) {
-    case 'equal':
-      return trans.__('restored equals cold');
-    case 'different':
-      return trans.__('restored differs from cold');
-    case 'cold_differs':
-      return trans.__('cold runs differ too');
-    case 'running':
-      return trans.__('check still running');
-    default:
-      return trans.__('could not check');
-  }
+  return (CHECK_TITLES[check.state] ?? CHECK_TITLES.error)(trans);
 }
 
 /** The dialog's body: the verdict in a sentence, then the first differing cell with both outputs. */

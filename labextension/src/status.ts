@@ -195,22 +195,14 @@ export class NotebookSnapshot implements IDisposable {
 
 /** The build a notebook's toolbar follows while it is queued or running. */
 class FollowedBuild {
-  private idValue: string | null = null;
-  private buildValue: IBuild | null = null;
-
   /** The followed build's id; null when none is followed. */
-  get id(): string | null {
-    return this.idValue;
-  }
-
+  id: string | null = null;
   /** The followed build's last known progress; null before the first answer about it. */
-  get build(): IBuild | null {
-    return this.buildValue;
-  }
+  build: IBuild | null = null;
 
   /** Follow a build known only by its id (one started elsewhere). */
   followId(id: string): void {
-    this.idValue = id;
+    this.id = id;
   }
 
   /** Start (or join) the build of the notebook at `path` and follow it; throws with the server's reason. */
@@ -223,17 +215,17 @@ class FollowedBuild {
   /** Keep following a running build; forget a finished one (the status answer says what it left). */
   follow(build: IBuild | null): void {
     const running = build !== null && (build.state === 'queued' || build.state === 'building');
-    this.idValue = running ? build.id : null;
-    this.buildValue = running ? build : null;
+    this.id = running ? build.id : null;
+    this.build = running ? build : null;
   }
 
   /** The followed build's progress; null when the server no longer knows it (it restarted). */
   async fetch(): Promise<IBuild | null> {
-    if (this.idValue === null) {
+    if (this.id === null) {
       return null;
     }
     try {
-      return await requestAPI<IBuild>(`builds/${encodeURIComponent(this.idValue)}`);
+      return await requestAPI<IBuild>(`builds/${encodeURIComponent(this.id)}`);
     } catch (error) {
       if (error instanceof APIError && error.status === 404) {
         return null;

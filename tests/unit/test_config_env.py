@@ -9,7 +9,13 @@ from traitlets import TraitError
 from traitlets.config import Config
 
 from jupyter_snapkernel import env_names
-from jupyter_snapkernel.config import DEFAULT_BUILD_TIMEOUT_S, SnapKernelSettings, env_flag
+from jupyter_snapkernel.config import (
+    DEFAULT_BUILD_TIMEOUT_S,
+    DEFAULT_SPARE_IDLE_S,
+    DEFAULT_SPARE_MEMORY_BYTES,
+    SnapKernelSettings,
+    env_flag,
+)
 
 
 def test_without_environment_every_setting_has_its_default(
@@ -28,8 +34,8 @@ def test_without_environment_every_setting_has_its_default(
     assert settings.restore_timeout == 60.0
     assert (settings.quota_bytes, settings.max_snapshots) == (0, 0)
     assert (settings.max_concurrent_builds, settings.max_queued_builds) == (1, 8)
-    assert settings.spare_memory_bytes == int(env_names.DEFAULT_SPARE_MEMORY_BYTES)
-    assert settings.spare_idle_seconds == float(env_names.DEFAULT_SPARE_IDLE_S)
+    assert settings.spare_memory_bytes == DEFAULT_SPARE_MEMORY_BYTES
+    assert settings.spare_idle_seconds == DEFAULT_SPARE_IDLE_S
     assert settings.shared_roots == []
     assert settings.allowed_kernelspecs == ["snapkernel"]
     assert settings.user_store_root == tmp_path / "data" / "snapkernel"

@@ -9,35 +9,20 @@ from collections.abc import Iterator
 
 import pytest
 
+from snapkernel_engine import messages
 from snapkernel_engine.control_pipe import PipeChannel
-from snapkernel_engine.messages import (
-    EVENTS,
-    CellDone,
-    CellStarted,
-    KernelEvent,
-    KernelPipes,
-    Ready,
-    Resumed,
-    ResumeFailed,
-    ResumeRequest,
-    SetupFailed,
-    SetupRequest,
-    event_from_wire,
-    receive_event,
-    receive_request,
-    send,
-    to_wire,
-)
 from tests.helpers import REPO
 
-EVERY_EVENT: list[KernelEvent] = [
-    CellStarted(0),
-    CellDone(1, 0.25, [{"output_type": "stream", "name": "stdout", "text": "café\n"}]),
-    SetupFailed(None, "a hook failed"),
-    SetupFailed(2, "ZeroDivisionError", [{"output_type": "error", "ename": "E", "evalue": "", "traceback": []}]),
-    Ready(42, {"files": ["/data/x.csv"], "relative": [], "variables": ["HOME"]}),
-    Resumed(43),
-    ResumeFailed("OSError: no such file"),
+EVERY_EVENT: list[messages.KernelEvent] = [
+    messages.CellStarted(0),
+    messages.CellDone(1, 0.25, [{"output_type": "stream", "name": "stdout", "text": "café\n"}]),
+    messages.SetupFailed(None, "a hook failed"),
+    messages.SetupFailed(
+        2, "ZeroDivisionError", [{"output_type": "error", "ename": "E", "evalue": "", "traceback": []}]
+    ),
+    messages.Ready(42, {"files": ["/data/x.csv"], "relative": [], "variables": ["HOME"]}),
+    messages.Resumed(43),
+    messages.ResumeFailed("OSError: no such file"),
 ]
 
 
@@ -53,29 +38,31 @@ def channels() -> Iterator[tuple[PipeChannel, PipeChannel]]:
 
 
 @pytest.mark.parametrize("event", EVERY_EVENT, ids=lambda event: type(event).__name__)
-def test_every_event_arrives_as_it_was_sent(channels: tuple[PipeChannel, PipeChannel], event: KernelEvent) -> None:
+def test_every_event_arrives_as_it_was_sent(
+    channels: tuple[PipeChannel, PipeChannel], event: messages.KernelEvent
+) -> None:
     """A kernel event sent over a pipe is received equal, of the same type."""
     kernel, launcher = channels
-    send(kernel, event)
-    assert receive_event(launcher) == event
+    messages.send(kernel, event)
+    assert messages.receive_event(launcher) == event
 
 
 def test_requests_arrive_as_they_were_sent(channels: tuple[PipeChannel, PipeChannel]) -> None:
     """The setup and resume requests survive the pipe, defaults included."""
     launcher, kernel = channels
-    setup = SetupRequest(["import os", "x = 1"])
-    resume = ResumeRequest("/run/kernel-1.json", {"LANG": "C.UTF-8"}, "/home/u", "abc123", 1.5)
-    send(launcher, setup)
-    send(launcher, resume)
-    assert receive_request(kernel, SetupRequest) == setup
-    received = receive_request(kernel, ResumeRequest)
+    setup = messages.SetupRequest(["import os", "x = 1"])
+    resume = messages.ResumeRequest("/run/kernel-1.json", {"LANG": "C.UTF-8"}, "/home/u", "abc123", 1.5)
+    messages.send(launcher, setup)
+    messages.send(launcher, resume)
+    assert messages.receive_request(kernel, messages.SetupRequest) == setup
+    received = messages.receive_request(kernel, messages.ResumeRequest)
     assert received == resume and received.from_spare is False
 
 
 def test_each_event_kind_has_its_own_name_on_the_wire() -> None:
     """Six kinds, six names; the wire object names its kind under "event"."""
-    assert len(EVENTS) == 6
-    assert {to_wire(event)["event"] for event in EVERY_EVENT} == set(EVENTS)
+    assert len(messages.EVENTS) == 6
+    assert {messages.to_wire(event)["event"] for event in EVERY_EVENT} == set(messages.EVENTS)
 
 
 @pytest.mark.parametrize(
@@ -85,12 +72,18 @@ def test_each_event_kind_has_its_own_name_on_the_wire() -> None:
 def test_malformed_events_are_refused_with_valueerror(wire: dict[str, object], problem: str) -> None:
     """An unknown kind, or a kind without its fields, is a ValueError that says so."""
     with pytest.raises(ValueError, match=problem):
-        event_from_wire(wire)
+        messages.event_from_wire(wire)
 
 
 def test_kernel_pipes_are_named_as_the_snapshot_records_them() -> None:
     """The five pipe names that a build dumps with and a restore hands over."""
-    assert KernelPipes(0, 1, 2, 7, 8).by_name() == {"stdin": 0, "stdout": 1, "stderr": 2, "control": 7, "report": 8}
+    assert messages.KernelPipes(0, 1, 2, 7, 8).by_name() == {
+        "stdin": 0,
+        "stdout": 1,
+        "stderr": 2,
+        "control": 7,
+        "report": 8,
+    }
 
 
 def test_no_module_spells_an_event_name_outside_the_messages_module() -> None:
