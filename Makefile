@@ -6,6 +6,8 @@ INSTALLED := $(VENV)/.installed
 PROXY := build/node/node_modules/.bin/configurable-http-proxy
 
 PREFIX ?= /opt/snapkernel
+# Test worker processes (pytest-xdist): tests mostly wait on kernels and CRIU, so more workers than cores pay.
+TEST_WORKERS ?= 3
 
 .PHONY: setup run demo test test-quick lint format bench clean system-install
 
@@ -38,7 +40,7 @@ demo: setup
 	$(PY) examples/engine_demo.py
 
 test: setup lint
-	$(PY) -m pytest -ra
+	$(PY) -m pytest -ra -n $(TEST_WORKERS) --dist loadgroup
 
 # The unit tier (tests/unit): pure logic, as any user, without CRIU, root or kernels; well under 2 minutes.
 # PYTEST_ARGS adds options (e.g. `-p no:cacheprovider` in a checkout this user cannot write to).

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import requests
+from filelock import FileLock
 from jupyter_client import BlockingKernelClient
 
 from tests.helpers import write_notebook
@@ -30,14 +31,24 @@ GROUP = "snapkernel"
 
 
 @pytest.fixture(scope="session")
-def system_prefix() -> Path:
-    """Run `make system-install` into the test prefix (quick when it is up to date)."""
+def system_prefix(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Run `make system-install` into the test prefix once per test run, whichever test worker needs it first."""
     if os.geteuid() != 0:
         pytest.skip("needs root: the tests create Unix users and run `make system-install`")
-    result = subprocess.run(
-        ["make", "-s", "system-install", f"PREFIX={PREFIX}"], cwd=REPO, capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # Test workers (pytest-xdist) share the run's base temporary folder: one installs, the others wait for it.
+    shared = tmp_path_factory.getbasetemp().parent if os.environ.get("PYTEST_XDIST_WORKER") else None
+    done = (shared or tmp_path_factory.getbasetemp()) / "system-install.done"
+    with FileLock(str(done) + ".lock"):
+        if not done.exists():
+            result = subprocess.run(
+                ["make", "-s", "system-install", f"PREFIX={PREFIX}"],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+            done.touch()
     return PREFIX
 
 

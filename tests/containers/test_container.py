@@ -19,6 +19,8 @@ from tests.helpers import AFTER_SETUP, SETUP_CELLS, write_notebook
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
+# One test worker runs them all: the base image is built once, by the worker that holds them.
+pytestmark = pytest.mark.xdist_group("containers")
 IMAGE = "snapkernel-base:bookworm"
 UID = 1000
 HOME = "/home/user"  # the image's home of uid 1000; a host folder is mounted over it
