@@ -146,18 +146,12 @@ export class NotebookSnapshot implements IDisposable {
   private async tick(): Promise<void> {
     const seq = ++this.seq;
     try {
-      await serverInfo();
-      if (this.followed.id !== null) {
-        const build = await this.followed.fetch();
-        if (seq !== this.seq) {
-          return;
-        }
-        this.followed.follow(build);
-      }
-      const cells = currentCells(this.panel.context.model);
-      const status = await postStatus(this.panel.context.path, cells.cells, cells.metadata);
+      const { build, cells, status } = await askServer(this.panel, this.followed);
       if (seq !== this.seq) {
         return;
+      }
+      if (build !== undefined) {
+        this.followed.follow(build);
       }
       this.statusValue = status;
       this.sent = cells;
@@ -191,6 +185,19 @@ export class NotebookSnapshot implements IDisposable {
       this.poll.frequency = frequency(interval);
     }
   }
+}
+
+/** The followed build's progress (undefined: none is followed; null: the server forgot it), then the state
+ * of the notebook's current cells, with those cells. */
+async function askServer(
+  panel: NotebookPanel,
+  followed: FollowedBuild
+): Promise<{ build: IBuild | null | undefined; cells: ICellsSnapshot; status: INotebookStatus }> {
+  await serverInfo();
+  const build = followed.id !== null ? await followed.fetch() : undefined;
+  const cells = currentCells(panel.context.model);
+  const status = await postStatus(panel.context.path, cells.cells, cells.metadata);
+  return { build, cells, status };
 }
 
 /** The build a notebook's toolbar follows while it is queued or running. */
