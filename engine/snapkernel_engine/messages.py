@@ -107,10 +107,12 @@ class Resumed:
 
 @dataclass(frozen=True)
 class ResumeFailed:
-    """Restored kernel: finishing its start after the restore failed, for this reason."""
+    """Restored kernel: finishing its start after the restore failed, for this reason (and its errno, if any:
+    EADDRINUSE says a port of the launch's connection was taken)."""
 
     EVENT: ClassVar[str] = "resume_failed"
     error: str
+    errno: int | None = None
 
 
 KernelEvent = CellStarted | CellDone | SetupFailed | Ready | Resumed | ResumeFailed

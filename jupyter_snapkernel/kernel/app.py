@@ -216,7 +216,7 @@ def build(control_fd: int, report_fd: int) -> int:
         resume_request = request_from_wire(ResumeRequest, resume_wire)
         app.resume(resume_request, recorded, revive.BuildEnvironment(kernel_changes, setup_changes), channel)
     except Exception as error:
-        send(channel, ResumeFailed(f"{type(error).__name__}: {error}"))
+        send(channel, ResumeFailed(f"{type(error).__name__}: {error}", getattr(error, "errno", None)))
         return 1
     app.start()
     return 0

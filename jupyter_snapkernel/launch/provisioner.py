@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import json
 import logging
 import os
@@ -11,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jupyter_client.connect import KernelConnectionInfo
+from jupyter_client.connect import KernelConnectionInfo, LocalPortCache, port_names
+from jupyter_client.manager import KernelManager
 from jupyter_client.provisioning import LocalProvisioner
 
 from snapkernel_engine import Manifest, RestoredTree, SnapshotStore
@@ -27,7 +30,7 @@ from ..notebook.builder import BuildCancelled
 from ..notebook.setup_section import NotebookError, SetupSection
 from ..notebook.state import NotebookState, forget_stale_restores, note_stale_restore, notebook_file_state, user_stores
 from .background_builds import background_builds, start_build
-from .spares import SpareLimits, restore_off_the_loop, spare_pool
+from .spares import KernelAwaitingConnection, PortTaken, SpareLimits, restore_off_the_loop, spare_pool
 
 
 @dataclass
@@ -141,6 +144,46 @@ class RestoredKernelProcess:
 
     def kill(self) -> None:
         self.tree.kill()
+
+
+def resume_request(connection_file: str, manifest: Manifest, kwargs: dict[str, Any], started: float) -> ResumeRequest:
+    """What a restored kernel is handed: this launch's connection file, environment and working folder."""
+    return ResumeRequest(
+        connection_file=connection_file,
+        env=kwargs.get("env") or dict(os.environ),
+        cwd=str(kwargs.get("cwd") or os.getcwd()),
+        snapshot=manifest.id,
+        restore_started=started,
+        setup_s=float(manifest.labels.get("setup_s", 0)),
+    )
+
+
+async def restored_and_resumed(
+    store: SnapshotStore,
+    manifest: Manifest,
+    launch: ResumeRequest,
+    lazy: bool,
+    timeout: float,
+    spares: bool,
+) -> tuple[KernelAwaitingConnection, Resumed, bool]:
+    """Take the snapshot's spare (`spares`: if there is one) or restore it, then hand it `launch`; return the
+    kernel, its Resumed event and whether it was a spare."""
+    waiting = spare_pool.take(manifest.id) if spares else None
+    from_spare = waiting is not None
+    if waiting is None:
+        waiting = await restore_off_the_loop(store, manifest, lazy=lazy, timeout=timeout)
+    resumed = await waiting.resume(dataclasses.replace(launch, from_spare=from_spare), timeout)
+    return waiting, resumed, from_spare
+
+
+def move_to_new_ports(manager: KernelManager, env: dict[str, str]) -> KernelConnectionInfo:
+    """Give a kernel manager's connection five new free ports and write its connection file again."""
+    cache = LocalPortCache.instance()
+    manager.cleanup_connection_file()
+    for name in port_names:
+        setattr(manager, name, cache.find_available_port(manager.ip))
+    manager.write_connection_file(jupyter_session=env.get("JPY_SESSION_NAME", ""))
+    return manager.get_connection_info()
 
 
 class SnapKernelProvisioner(LocalProvisioner):
@@ -272,22 +315,18 @@ class SnapKernelProvisioner(LocalProvisioner):
         started = time.time()
         settings = self.settings
         lazy = lazy_restores(self.settings, self.log)
-        waiting = spare_pool.take(manifest.id) if settings.spare_kernels else None
-        from_spare = waiting is not None
-        if waiting is None:
-            waiting = await restore_off_the_loop(store, manifest, lazy=lazy, timeout=settings.restore_timeout)
-        cwd = str(kwargs.get("cwd") or os.getcwd())
         assert self.parent is not None, "a provisioner launches for its kernel manager"
-        launch = ResumeRequest(
-            connection_file=self.parent.connection_file,
-            env=kwargs.get("env") or dict(os.environ),
-            cwd=cwd,
-            snapshot=manifest.id,
-            restore_started=started,
-            from_spare=from_spare,
-            setup_s=float(manifest.labels.get("setup_s", 0)),
+        launch = resume_request(self.parent.connection_file, manifest, kwargs, started)
+        restore = functools.partial(
+            restored_and_resumed, store, manifest, launch, lazy, settings.restore_timeout, settings.spare_kernels
         )
-        resumed = await waiting.resume(launch, settings.restore_timeout)
+        try:
+            waiting, resumed, from_spare = await restore()
+        except PortTaken as error:  # another process took a port between its choice and the kernel's bind
+            self.log.info("snapkernel: %s; restoring again on new ports", error)
+            self.connection_info = move_to_new_ports(self.parent, launch.env)
+            self.ports_cached = True  # the new ports go back to jupyter_client's cache with the kernel
+            waiting, resumed, from_spare = await restore()
         self.log.info(
             "snapkernel: restored %s from snapshot %s in %.2f s%s", kwargs.get("kernel_id", "kernel"), manifest.id,
             time.time() - started, " (a spare restored ahead)" if from_spare else "",
@@ -298,5 +337,5 @@ class SnapKernelProvisioner(LocalProvisioner):
         self.process = RestoredKernelProcess(tree)  # type: ignore[assignment]  # Popen's interface, not its class
         self.pid = tree.pid
         self.pgid = tree.pid
-        self.cwd = cwd
+        self.cwd = launch.cwd
         return self.connection_info, resumed

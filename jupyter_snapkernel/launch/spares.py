@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import threading
@@ -22,11 +23,30 @@ from typing import Any
 
 from snapkernel_engine import Manifest, RestoredTree, SnapshotError, SnapshotStore
 from snapkernel_engine.control_pipe import PipeChannel
-from snapkernel_engine.messages import KernelPipes, Resumed, ResumeFailed, ResumeRequest, receive_event, send
+from snapkernel_engine.messages import (
+    KernelEvent,
+    KernelPipes,
+    Resumed,
+    ResumeFailed,
+    ResumeRequest,
+    receive_event,
+    send,
+)
 from snapkernel_engine.process import is_stopped, tree, tree_rss_bytes
 
 from ..notebook.setup_section import NotebookError, read_setup_section
 from .background_builds import in_daemon_thread
+
+
+class PortTaken(RuntimeError):
+    """A restored kernel could not listen: another process took a port of its connection after it was chosen."""
+
+
+def resume_error(reply: KernelEvent) -> RuntimeError:
+    """The error a kernel's reply other than Resumed stands for."""
+    if not isinstance(reply, ResumeFailed):
+        return RuntimeError(f"unexpected reply {reply}")
+    return PortTaken(reply.error) if reply.errno == errno.EADDRINUSE else RuntimeError(reply.error)
 
 
 @dataclass
@@ -55,7 +75,7 @@ class KernelAwaitingConnection:
             send(self.channel, request)
             reply = await asyncio.wait_for(in_daemon_thread(receive_event, self.channel), timeout)
             if not isinstance(reply, Resumed):
-                raise RuntimeError(reply.error if isinstance(reply, ResumeFailed) else f"unexpected reply {reply}")
+                raise resume_error(reply)
         except BaseException:
             self.discard()
             raise

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -321,3 +323,22 @@ async def test_snapkernel_cold_set_on_starts_a_cold_kernel_despite_a_snapshot(
     assert not session.restored
     assert session.manager.provisioner.start_report["reason"] == "cold start requested"
     assert await session.value("get_ipython().kernel.start_info.reason") == "cold start requested"
+
+
+async def test_a_port_another_process_took_before_the_kernel_listens_is_replaced_and_the_kernel_restores(
+    open_kernel: Any, notebook: Path, kernel_store: SnapshotStore, jp_serverapp: Any
+) -> None:
+    """jupyter_client chooses ports before the kernel binds them, and another process can take one meanwhile:
+    the kernel is restored again on new ports, not started cold."""
+    build_snapshot(notebook, kernel_store)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        jp_serverapp.config.KernelManager.cache_ports = False
+        jp_serverapp.config.KernelManager.shell_port = port
+        session: KernelSession = await open_kernel(notebook)
+        assert session.restored
+        connection = json.loads(Path(session.manager.connection_file).read_text())
+        assert session.manager.shell_port == connection["shell_port"] != port
+        assert await session.value("setup_value") == 42
