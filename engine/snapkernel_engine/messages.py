@@ -60,7 +60,7 @@ class ResumeRequest:
 class CellStarted:
     """Build kernel: setup cell `index` (from 0) started."""
 
-    EVENT: ClassVar[str] = "cell"
+    EVENT: ClassVar[str] = "setup_cell_started"
     index: int
 
 
@@ -68,7 +68,7 @@ class CellStarted:
 class CellDone:
     """Build kernel: setup cell `index` ran without error, taking `seconds`, with these nbformat outputs."""
 
-    EVENT: ClassVar[str] = "cell_done"
+    EVENT: ClassVar[str] = "setup_cell_done"
     index: int
     seconds: float
     outputs: list[dict[str, Any]] = field(default_factory=list)
@@ -78,7 +78,7 @@ class CellDone:
 class SetupFailed:
     """Build kernel: setup cell `index` failed (None: a before_snapshot hook did), with the error's text."""
 
-    EVENT: ClassVar[str] = "failed"
+    EVENT: ClassVar[str] = "setup_failed"
     index: int | None
     error: str
     outputs: list[dict[str, Any]] = field(default_factory=list)
@@ -88,7 +88,7 @@ class SetupFailed:
 class Ready:
     """Build kernel: the setup ran; checkpoint me now. `inputs` is what the setup read (files, variables)."""
 
-    EVENT: ClassVar[str] = "ready"
+    EVENT: ClassVar[str] = "setup_ready"
     pid: int
     inputs: dict[str, Any] = field(default_factory=dict)
 
