@@ -44,6 +44,8 @@ SETUP_CELL = "jp-SnapKernel-setupCell"
 SETUP_END = "jp-SnapKernel-setupEnd"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CURRENT = "window.jupyterapp.shell.currentWidget"
+# For waits: they poll before JupyterLab has set window.jupyterapp on a slow page load, so undefined, not a throw.
+SHOWN = "window.jupyterapp?.shell.currentWidget"
 
 
 @dataclass
@@ -263,7 +265,7 @@ def wait_in_page(page: Page, condition: Callable[[], object], timeout_s: float, 
 
 def wait_for_idle_kernel(page: Page) -> None:
     page.wait_for_function(
-        f"() => {{ const w = {CURRENT};"
+        f"() => {{ const w = {SHOWN};"
         " return w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel"
         " && w.sessionContext.session.kernel.status === 'idle'; }",
         timeout=120_000,
@@ -409,7 +411,7 @@ def test_a_hidden_notebook_stops_polling_until_it_is_shown_again(lab: Lab, brows
     wait_for_state(page, "none", timeout_s=120)
     tiny = page.evaluate(f"{CURRENT}.id")
     page.evaluate("window.jupyterapp.commands.execute('docmanager:open', {path: 'numpy_setup.ipynb'})")
-    page.wait_for_function(f"{CURRENT}.context.path === 'numpy_setup.ipynb'", timeout=60_000)
+    page.wait_for_function(f"{SHOWN}?.context.path === 'numpy_setup.ipynb'", timeout=60_000)
     wait_for_state(page, "none", timeout_s=60)
     # A poll of numpy_setup.ipynb asked after the switch: a request tiny.ipynb had on its way came before it.
     before = len(asked)
@@ -502,7 +504,7 @@ def test_settings_hide_the_toolbar_item_and_set_the_poll_interval(tmp_path: Path
             lambda request: asked.append(time.monotonic()) if "/snapkernel/api/status" in request.url else None,
         )
         page.goto(f"{lab.url}/lab/tree/tiny.ipynb?token={lab.token}")
-        page.wait_for_function(f"{CURRENT} && {CURRENT}.context && {CURRENT}.context.isReady", timeout=120_000)
+        page.wait_for_function(f"{SHOWN}?.context?.isReady", timeout=120_000)
         wait_for_marks(page, setup=[1, 2], end=2)  # marked without the toolbar item
         assert panel(page).locator(".jp-NotebookPanel-toolbar .jp-Toolbar-item").count() > 3
         assert panel(page).locator(TOOLBAR_ITEM).count() == 0
@@ -664,7 +666,7 @@ def test_check_from_the_toolbar_menu_and_the_palette_shows_equal_or_the_differin
 
         # The notebook with a hook that changes a value only after restores, checked from the palette.
         open_notebook(page, lab, "hooked.ipynb")  # the workspace reopens the corpus notebook too
-        page.wait_for_function(f"() => {CURRENT}?.context?.path === 'hooked.ipynb'", timeout=60_000)
+        page.wait_for_function(f"() => {SHOWN}?.context?.path === 'hooked.ipynb'", timeout=60_000)
         wait_for_idle_kernel(page)
         panel(page).locator(".jp-Notebook .jp-Cell .jp-InputPrompt").first.click()  # focus it: commands act on it
         run_from_palette(page, "Check Restored Against Cold")
@@ -680,4 +682,4 @@ def test_check_from_the_toolbar_menu_and_the_palette_shows_equal_or_the_differin
         assert "@after_restore" in cell.locator(".jp-SnapKernel-checkHint").inner_text()
         shots.take(page.locator(".jp-Dialog .jp-Dialog-content"), "check-different", doc=True)
         page.locator(".jp-Dialog button", has_text="Go to Cell").click()
-        page.wait_for_function(f"() => {CURRENT}.content.activeCellIndex === 3", timeout=10_000)
+        page.wait_for_function(f"() => {SHOWN}?.content.activeCellIndex === 3", timeout=10_000)
