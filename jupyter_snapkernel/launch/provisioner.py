@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jupyter_client.connect import KernelConnectionInfo, LocalPortCache, port_names
+from jupyter_client.connect import KernelConnectionInfo, port_names
 from jupyter_client.manager import KernelManager
 from jupyter_client.provisioning import LocalProvisioner
 
@@ -30,6 +30,7 @@ from ..notebook.builder import BuildCancelled
 from ..notebook.setup_section import NotebookError, SetupSection
 from ..notebook.state import NotebookState, forget_stale_restores, note_stale_restore, notebook_file_state, user_stores
 from .background_builds import background_builds, start_build
+from .ports import reserve_ports
 from .spares import KernelAwaitingConnection, PortTaken, SpareLimits, restore_off_the_loop, spare_pool
 
 
@@ -177,11 +178,11 @@ async def restored_and_resumed(
 
 
 def move_to_new_ports(manager: KernelManager, env: dict[str, str]) -> KernelConnectionInfo:
-    """Give a kernel manager's connection five new free ports and write its connection file again."""
-    cache = LocalPortCache.instance()
+    """Give a kernel manager's connection five new reserved ports and write its connection file again."""
     manager.cleanup_connection_file()
     for name in port_names:
-        setattr(manager, name, cache.find_available_port(manager.ip))
+        setattr(manager, name, 0)
+    reserve_ports(manager)
     manager.write_connection_file(jupyter_session=env.get("JPY_SESSION_NAME", ""))
     return manager.get_connection_info()
 
@@ -200,6 +201,10 @@ class SnapKernelProvisioner(LocalProvisioner):
         return self._settings
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        manager = self.parent
+        if manager is not None and manager.transport == "tcp" and manager.cache_ports and not self.ports_cached:
+            reserve_ports(manager)  # jupyter_client then writes them into the connection file as they are
+            self.ports_cached = True
         kwargs = await super().pre_launch(**kwargs)
         env = kwargs.setdefault("env", dict(os.environ))
         kernel_name = getattr(self.parent, "kernel_name", "snapkernel")
@@ -325,7 +330,6 @@ class SnapKernelProvisioner(LocalProvisioner):
         except PortTaken as error:  # another process took a port between its choice and the kernel's bind
             self.log.info("snapkernel: %s; restoring again on new ports", error)
             self.connection_info = move_to_new_ports(self.parent, launch.env)
-            self.ports_cached = True  # the new ports go back to jupyter_client's cache with the kernel
             waiting, resumed, from_spare = await restore()
         self.log.info(
             "snapkernel: restored %s from snapshot %s in %.2f s%s", kwargs.get("kernel_id", "kernel"), manifest.id,

@@ -5,6 +5,7 @@ process names the setup cell."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 import socket
 import time
 from pathlib import Path
@@ -76,14 +77,17 @@ def test_a_setup_connected_to_another_process_fails_to_build_with_its_address(
 def test_a_spawn_or_forkserver_pool_in_the_setup_fails_to_build_with_the_cause_and_the_fix(
     tmp_path: Path, kernel_store: SnapshotStore, method: str
 ) -> None:
+    # Semaphores named by this test alone: tests running beside it make multiprocessing semaphores too.
+    prefix = f"mp-sk{secrets.token_hex(4)}"
     setup = (
-        f"import multiprocessing\npool = multiprocessing.get_context({method!r}).Pool(2)\nsquares = pool.map(abs, [-1])"
+        f"import multiprocessing\nmultiprocessing.current_process()._config['semprefix'] = '/{prefix}'\n"
+        f"pool = multiprocessing.get_context({method!r}).Pool(2)\nsquares = pool.map(abs, [-1])\n"
+        f"import glob\nassert glob.glob('/dev/shm/sem.{prefix}-*'), 'the pool named its semaphores by the prefix'"
     )
-    before = set(Path("/dev/shm").glob("sem.mp-*"))
     line = refused_build(tmp_path, kernel_store, setup)
     assert f"was started by multiprocessing's {method!r} start method" in line, line
     assert POOL_FIX in line and "link-remap" not in line, line
-    assert set(Path("/dev/shm").glob("sem.mp-*")) <= before, "the refused build's semaphores are removed"
+    assert list(Path("/dev/shm").glob(f"sem.{prefix}-*")) == [], "the refused build's semaphores are removed"
 
 
 def test_a_spawn_lock_without_processes_fails_to_build_with_the_cause_and_the_fix(
