@@ -144,10 +144,17 @@ def test_ps_names_a_build_a_spare_and_a_restored_kernel_in_use(tmp_path: Path) -
         assert command_line(in_use.pid) == f"snapkernel kernel restored from snapshot {snapshot} (week1.ipynb)"
         [spare] = server.processes(SPARE_TITLE)
         assert command_line(spare.pid) == f"snapkernel spare of snapshot {snapshot} (week1.ipynb)"
-        assert [entry["pid"] for entry in server.api("GET", "snapkernel/api/snapshots").json()["spares"]] == [spare.pid]
+        # The title is in the image, so ps shows it as soon as CRIU restored the spare: the server lists the
+        # spare once its restore call has returned.
+        server.wait_until(lambda: listed_spares(server) == [spare.pid], 60, "the API does not list the spare")
         assert server.processes("--snapshot-build") == [], "no kernel looks like a build any more"
     finally:
         server.kill()
+
+
+def listed_spares(server: LocalServer) -> list[int]:
+    """The process ids of the spares that GET snapshots lists."""
+    return [entry["pid"] for entry in server.api("GET", "snapkernel/api/snapshots").json()["spares"]]
 
 
 def command_line(pid: int) -> str:
