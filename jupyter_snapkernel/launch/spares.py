@@ -293,9 +293,11 @@ def described(spares: Iterable[Spare]) -> list[dict[str, Any]]:
     ]
 
 
-def least_recently_used_over(budget: int, held: int, size: int, spares: Iterable[Spare], keep: str) -> list[Spare]:
+def least_recently_used_over(
+    budget: int, held: int, size: int, spares: Iterable[Spare], keep: str
+) -> tuple[list[Spare], bool]:
     """The spares (never `keep`'s), least recently used first, to retire so that `size` more bytes fit `budget`
-    beside the `held` ones; all but `keep`'s when even that is not enough."""
+    beside the `held` ones (all but `keep`'s when even that is not enough), and whether `size` then fits."""
     retired = []
     for spare in sorted(spares, key=lambda spare: spare.last_used):
         if held + size <= budget:
@@ -303,7 +305,7 @@ def least_recently_used_over(budget: int, held: int, size: int, spares: Iterable
         if spare.manifest.id != keep:
             retired.append(spare)
             held -= spare.budget_bytes
-    return retired
+    return retired, held + size <= budget
 
 
 def sweep_interval(idle_seconds: float) -> float:
@@ -389,10 +391,10 @@ class SparePool:
         self.note_open_sessions()
         held = sum(spare.budget_bytes for spare in self.spares.values())
         held += sum(spare_size(filling.manifest) for filling in self._filling.values() if filling.wanted)
-        for spare in least_recently_used_over(budget, held, size, self.spares.values(), keep):
+        retired, fits = least_recently_used_over(budget, held, size, self.spares.values(), keep)
+        for spare in retired:
             self.retire(spare.manifest.id, "the spare kernels' memory budget is full (least recently used)")
-            held -= spare.budget_bytes
-        return held + size <= budget
+        return fits
 
     def refill(
         self, store: SnapshotStore, manifest: Manifest, notebook: Path | None, *, lazy: bool, timeout: float
