@@ -48,5 +48,9 @@ for line in sys.stdin:
     command = line.strip()
     if command == "report":
         print(json.dumps(report()), flush=True)
+    elif command.startswith("rewrite "):  # new random bytes over the first N MB: a dump after it differs there
+        size = int(command.split()[1]) << 20
+        data[:size] = os.urandom(size)
+        print(json.dumps({"checksum": hashlib.sha256(data).hexdigest()}), flush=True)
     elif command == "exit":
         break

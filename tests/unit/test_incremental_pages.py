@@ -1,0 +1,25 @@
+"""Which pages an incremental image keeps: runs of pages equal to the parent's, compared a megabyte at a time."""
+
+from __future__ import annotations
+
+from snapkernel_engine.incremental import COMPARED_PAGES, PAGE_SIZE, runs_of, same_pages
+
+
+def test_runs_of_equal_verdicts_cover_every_page_once_in_order() -> None:
+    verdicts = [True, True, False, True, False, False]
+    assert list(runs_of(verdicts)) == [(0, 2, True), (2, 1, False), (3, 1, True), (4, 2, False)]
+    assert list(runs_of([])) == []
+
+
+def test_pages_are_compared_one_by_one_only_where_a_block_differs() -> None:
+    pages = COMPARED_PAGES + 3
+    theirs = bytearray(b"\1" * pages * PAGE_SIZE)
+    mine = bytearray(theirs)
+    mine[5 * PAGE_SIZE] = 2  # one byte of page 5
+    mine[(COMPARED_PAGES + 1) * PAGE_SIZE + 17] = 3  # one byte of the second block's page 1
+    verdicts = same_pages(memoryview(mine), memoryview(theirs), pages)
+    assert [index for index, same in enumerate(verdicts) if not same] == [5, COMPARED_PAGES + 1]
+
+
+def test_no_page_equals_a_page_the_parent_does_not_hold() -> None:
+    assert same_pages(memoryview(b"\0" * 2 * PAGE_SIZE), None, 2) == [False, False]
