@@ -11,11 +11,19 @@ from snapkernel_engine.messages import Resumed
 StartKind = Literal["restored", "cold"]
 
 
+class RestorePointMarker(TypedDict):
+    """Where a restore point of a notebook is, and whether a start could restore it (IRestorePoint)."""
+
+    cell: int  # the notebook's cell it follows (index among all cells)
+    cells: int  # how many setup cells it covers
+    state: Literal["current", "stale"]
+
+
 class NotebookStatus(TypedDict):
     """GET or POST status: a notebook's snapshot state (INotebookStatus)."""
 
     path: str
-    state: str  # none | queued | building | ready | stale | failed
+    state: str  # none | queued | building | ready | partial | stale | failed
     setup_hash: str | None
     snapshot: str | None
     size_bytes: int | None
@@ -27,6 +35,8 @@ class NotebookStatus(TypedDict):
     setup_cells: list[int]
     setup_end: int | None
     source: Literal["own", "shared"] | None
+    restored_cells: int | None  # a start restores a restore point after this many setup cells (None: all, or none)
+    points: list[RestorePointMarker]
 
 
 class BuildAnswer(TypedDict):
@@ -55,6 +65,8 @@ class KernelStart(TypedDict):
     setup_s: float | None
     saved_s: float | None  # the one figure of the savings, measured by the restored kernel (kernel.setup_saved_s)
     started: float
+    restored_cells: int | None  # restored from a restore point after this many setup cells (None: all, or cold)
+    setup_cells: int | None  # how many setup cells the notebook has (None: cold)
 
 
 class CheckDifference(TypedDict):
@@ -88,10 +100,15 @@ class ServerInfo(TypedDict):
 
 
 def kernel_start(
-    started: float, snapshot: Manifest | None = None, resumed: Resumed | None = None, reason: str | None = None
+    started: float,
+    snapshot: Manifest | None = None,
+    resumed: Resumed | None = None,
+    reason: str | None = None,
+    cells: tuple[int | None, int] | None = None,
 ) -> KernelStart:
     """The start report of a kernel launched at `started` (time.time()): restored from `snapshot`, with the
-    figures its `resumed` event measured, else cold."""
+    figures its `resumed` event measured, else cold. `cells` are the setup cells the snapshot covers (None:
+    all) and those the notebook has."""
     return KernelStart(
         start="cold" if snapshot is None else "restored",
         snapshot=None if snapshot is None else snapshot.id,
@@ -100,4 +117,6 @@ def kernel_start(
         setup_s=None if resumed is None else resumed.setup_s,
         saved_s=None if resumed is None else resumed.saved_s,
         started=started,
+        restored_cells=None if cells is None else cells[0],
+        setup_cells=None if cells is None else cells[1],
     )

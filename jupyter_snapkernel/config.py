@@ -21,6 +21,7 @@ FALSE_WORDS = {"0", "false", "no", "off"}
 PROVISIONER_NAME = "snapkernel-provisioner"  # its entry point in pyproject.toml
 VERIFY_MODES: list[VerifyMode] = ["sha256", "size"]  # typed, so that `SnapKernelSettings.verify` is a VerifyMode
 DEFAULT_BUILD_TIMEOUT_S = 600.0  # how long a snapshot build may take, unless configured
+DEFAULT_RESTORE_POINT_S = 1.0  # a setup cell this long gets a restore point after it, unless configured
 DEFAULT_SPARE_MEMORY_BYTES = 2 * 2**30  # what a server's spare kernels may hold together, unless configured
 DEFAULT_SPARE_IDLE_S = 600.0  # how long a spare outlives its notebook's last session, unless configured
 
@@ -74,11 +75,22 @@ class SnapKernelSettings(LoggingConfigurable):
         "($SNAPKERNEL_SHARED_ROOT_OWNERS, comma separated).",
     ).tag(config=True)
     quota_bytes = Int(
-        0, help="Most bytes of snapshots a user keeps; the least recently used go first (0: no limit)."
+        0,
+        help="Most bytes of snapshots a user keeps, restore points included; the least recently used go first, "
+        "the ends of chains of restore points before the points they need (0: no limit).",
     ).tag(config=True)
-    max_snapshots = Int(0, help="Most snapshots a user keeps; the least recently used go first (0: no limit).").tag(
-        config=True
-    )
+    max_snapshots = Int(
+        0,
+        help="Most snapshots a user keeps, a snapshot with its restore points counting as one; the least "
+        "recently used go first (0: no limit).",
+    ).tag(config=True)
+    restore_point_seconds = Float(
+        min=0.0,
+        help="A build leaves a restore point after each setup cell that ran at least this many seconds (and after "
+        "each cell tagged `snapshot`), so that an edit of a later setup cell runs only the cells from it on "
+        "(0: restore points at tagged cells only). GPU setups get them at tagged cells only: each costs a CUDA "
+        "checkpoint ($SNAPKERNEL_RESTORE_POINT_SECONDS, default 1).",
+    ).tag(config=True)
     max_concurrent_builds = Int(
         help="Most snapshot builds a server runs at once (each runs a kernel); later requests wait in its queue "
         "($SNAPKERNEL_MAX_CONCURRENT_BUILDS, default 1).",
@@ -141,6 +153,9 @@ class SnapKernelSettings(LoggingConfigurable):
     _auto_build_default = env_default("auto_build", env_names.AUTO_BUILD, is_on, True)
     _verify_default = env_default("verify", env_names.VERIFY, str, "sha256")
     _build_timeout_default = env_default("build_timeout", env_names.BUILD_TIMEOUT, float, DEFAULT_BUILD_TIMEOUT_S)
+    _restore_point_seconds_default = env_default(
+        "restore_point_seconds", env_names.RESTORE_POINT_SECONDS, float, DEFAULT_RESTORE_POINT_S
+    )
     _gpu_state_default = env_default("gpu_state", env_names.GPU_STATE, is_on, True)
     _spare_kernels_default = env_default("spare_kernels", env_names.SPARE_KERNELS, is_on, True)
     _spare_memory_bytes_default = env_default(

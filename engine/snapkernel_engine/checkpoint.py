@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -191,14 +192,18 @@ def dump_tree(
         binary = privileges.dump_criu
     elif privileges.mode == "user-namespace":
         binary = str(write_launcher(work_dir / "criu-in-userns", pid, binary))
+    nested = privileges.mode != "user-namespace" and in_nested_pid_namespace(pid)
+    if nested:  # a restored tree: CRIU dumps it from inside its PID and mount namespaces
+        binary = str(write_nsenter_launcher(work_dir / "criu-in-pidns", pid, binary))
     client = rpc_client(binary, unprivileged=privileges.unprivileged)
-    client.opts.pid = pid
+    client.opts.pid = process.innermost_pid(pid) if nested else pid
     client.opts.images_dir = str(images_dir)
     client.opts.leave_running = leave_running
     client.opts.log_file = DUMP_LOG
-    in_user_namespace = privileges.mode == "user-namespace"
+    # A CRIU in other namespaces cannot open our fds through /proc: it logs into the images folder.
+    criu_elsewhere = privileges.mode == "user-namespace" or nested
     with _gpu_state_in_host_memory(driver, cuda_pids, lock_timeout_ms, leave_running):
-        duration = _run_dump(client, pid, images_dir, work_dir, in_user_namespace)
+        duration = _run_dump(client, pid, images_dir, work_dir, criu_elsewhere)
     return DumpResult(
         pid=pid,
         rss_bytes=rss,
@@ -208,6 +213,22 @@ def dump_tree(
         cuda_pids=cuda_pids,
         held_files=held_files,
     )
+
+
+def in_nested_pid_namespace(pid: int) -> bool:
+    """Whether a process lives in a PID namespace below this process's (a restored tree does)."""
+    return os.readlink(f"/proc/{pid}/ns/pid") != os.readlink("/proc/self/ns/pid")
+
+
+def write_nsenter_launcher(path: Path, target_pid: int, binary: str) -> Path:
+    """Write an executable that runs `binary` in the PID and mount namespaces of `target_pid` (nsenter forks
+    into the PID namespace and waits): there CRIU sees the tree as a plain tree of its own namespace."""
+    nsenter = shutil.which("nsenter")
+    if nsenter is None:
+        raise CheckpointError("`nsenter` (util-linux) is required to dump a restored process tree")
+    path.write_text(f'#!/bin/sh\nexec {nsenter} --target {target_pid} --pid --mount -- {binary} "$@"\n')
+    os.chmod(path, 0o700)
+    return path
 
 
 def _refuse_undumpable_root(pid: int, privileges: Privileges) -> None:
@@ -259,13 +280,13 @@ def _gpu_state_in_host_memory(
         raise CheckpointError(f"could not move the GPU state of process {error.pid} to host memory: {error}") from error
 
 
-def _run_dump(client: Any, pid: int, images_dir: Path, work_dir: Path, in_user_namespace: bool) -> float:
+def _run_dump(client: Any, pid: int, images_dir: Path, work_dir: Path, criu_elsewhere: bool) -> float:
     """Run CRIU's dump through its RPC client; return how long it took, or raise with its log's excerpt."""
-    # A CRIU inside the kernel's user namespace cannot open our fds through /proc (no CAP_SYS_PTRACE
-    # in our namespace): it logs into the images dir, and the log is moved to the work dir after.
+    # A CRIU inside the kernel's user or PID namespace cannot open our fds through /proc (no CAP_SYS_PTRACE
+    # in our namespace, or another /proc): it logs into the images dir, and the log is moved to the work dir.
     work_fd = os.open(work_dir, os.O_DIRECTORY)
     try:
-        if not in_user_namespace:
+        if not criu_elsewhere:
             client.opts.work_dir_fd = work_fd
         started = time.perf_counter()
         try:
@@ -277,5 +298,5 @@ def _run_dump(client: Any, pid: int, images_dir: Path, work_dir: Path, in_user_n
         return time.perf_counter() - started
     finally:
         os.close(work_fd)
-        if in_user_namespace and (images_dir / DUMP_LOG).exists():
+        if criu_elsewhere and (images_dir / DUMP_LOG).exists():
             os.replace(images_dir / DUMP_LOG, work_dir / DUMP_LOG)

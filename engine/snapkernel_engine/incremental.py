@@ -206,9 +206,10 @@ def rewrite_pagemap(child_dir: Path, out_dir: Path, pagemap_name: str, parent: P
     return IncrementalImage(pages, stored)
 
 
-def make_incremental(child_dir: Path, parent_dir: Path, out_dir: Path) -> IncrementalImage:
+def make_incremental(child_dir: Path, parent_dir: Path, out_dir: Path, *, link: bool = True) -> IncrementalImage:
     """Write into `out_dir` (new) the dump in `child_dir` keeping only the pages that differ from the dump in
-    `parent_dir` (a later dump of the same tree), with a relative `parent` link to `parent_dir`."""
+    `parent_dir` (a later dump of the same tree), with a relative `parent` link to `parent_dir` (`link`; the
+    store links it in a view of its own instead)."""
     out_dir.mkdir(mode=0o700, parents=True)
     pagemaps = sorted(
         path.name
@@ -225,5 +226,6 @@ def make_incremental(child_dir: Path, parent_dir: Path, out_dir: Path) -> Increm
     for path in child_dir.iterdir():
         if path.name not in written and path.name != PARENT_LINK:
             shutil.copy2(path, out_dir / path.name)
-    os.symlink(os.path.relpath(parent_dir, out_dir), out_dir / PARENT_LINK)
+    if link:
+        os.symlink(os.path.relpath(parent_dir, out_dir), out_dir / PARENT_LINK)
     return IncrementalImage(pages, stored)

@@ -40,11 +40,16 @@ class Manifest:
     inputs: dict[str, Any] = field(default_factory=dict)  # snapkernel_engine.inputs.fingerprint_inputs
     # snapkernel_engine.inputs.fingerprint_held_files (empty in manifests written before it was recorded)
     held_files: dict[str, Any] = field(default_factory=dict)
+    # The restore point this one's images are incremental to: pages they do not hold are the parent's.
+    parent: str | None = None
     format: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the manifest as JSON-ready data."""
-        return asdict(self)
+        """Return the manifest as JSON-ready data (a full image's without `parent`: as earlier versions wrote it)."""
+        data = asdict(self)
+        if self.parent is None:
+            del data["parent"]
+        return data
 
     def to_json(self) -> str:
         """Return the manifest as indented JSON text."""

@@ -1,9 +1,11 @@
 """The messages that cross a kernel's control pipe, one dataclass each, and the names of a kernel's pipes.
 
 A build: the launcher sends a SetupRequest; the build kernel answers CellStarted and CellDone for each
-setup cell, then Ready (or SetupFailed), and is checkpointed while it waits. A restore: the launcher
-sends a ResumeRequest; the restored kernel answers Resumed (or ResumeFailed). On the wire each is one
-JSON object (control_pipe); the kernel's events carry their kind under "event".
+setup cell up to the next restore point, then Ready (or SetupFailed), and is checkpointed while it waits.
+Its next request is another SetupRequest (run the cells after that point: the live build kernel, or one
+restored from the point) or a ResumeRequest: the launcher of a restore hands over this launch, and the
+restored kernel answers Resumed (or ResumeFailed). On the wire each is one JSON object (control_pipe); the
+kernel's events carry their kind under "event", the launcher's requests under "request".
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any, ClassVar, TypeVar
 from .control_pipe import PipeChannel
 
 EVENT_KEY = "event"
+REQUEST_KEY = "request"
 
 
 @dataclass(frozen=True)
@@ -35,18 +38,30 @@ class KernelPipes:
 
 @dataclass(frozen=True)
 class SetupRequest:
-    """Launcher to build kernel: the setup cells to run before the checkpoint, the notebook's file name and
-    the id its snapshot will have (the kernel shows both in its process title)."""
+    """Launcher to build kernel: the setup cells to run, from setup cell `first` on, up to the next restore
+    point; the notebook's file name and the id that point's snapshot will have (its process title shows both).
 
+    The kernel stops for a checkpoint after the last of `cells`, after a cell whose index is in `points`
+    (tagged cells), and after a cell that ran for `point_seconds` or more (0: never for time). A kernel
+    restored from a restore point gets the launch's `env` and `cwd` (empty: it keeps its own).
+    """
+
+    REQUEST: ClassVar[str] = "setup"
     cells: list[str]
     notebook: str = ""
     snapshot: str = ""
+    first: int = 0
+    points: list[int] = field(default_factory=list)
+    point_seconds: float = 0.0
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str = ""
 
 
 @dataclass(frozen=True)
 class ResumeRequest:
     """Launcher to restored kernel: this launch's connection file, environment and working folder."""
 
+    REQUEST: ClassVar[str] = "resume"
     connection_file: str
     env: dict[str, str]
     cwd: str
@@ -86,11 +101,16 @@ class SetupFailed:
 
 @dataclass(frozen=True)
 class Ready:
-    """Build kernel: the setup ran; checkpoint me now. `inputs` is what the setup read (files, variables)."""
+    """Build kernel: the first `cells` setup cells ran; checkpoint me now. `inputs` is what they read (files,
+    variables); `timed` says the point is there only because its last cell ran long (not tagged, not the end);
+    `pipes` are the kernel's own fds by pipe name (KernelPipes.by_name), which its snapshot records."""
 
     EVENT: ClassVar[str] = "setup_ready"
     pid: int
     inputs: dict[str, Any] = field(default_factory=dict)
+    cells: int = 0
+    timed: bool = False
+    pipes: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -120,14 +140,16 @@ Request = SetupRequest | ResumeRequest
 EVENTS: dict[str, type[KernelEvent]] = {
     kind.EVENT: kind for kind in (CellStarted, CellDone, SetupFailed, Ready, Resumed, ResumeFailed)
 }
+REQUESTS: dict[str, type[Request]] = {kind.REQUEST: kind for kind in (SetupRequest, ResumeRequest)}
 RequestType = TypeVar("RequestType", SetupRequest, ResumeRequest)
 
 
 def to_wire(message: KernelEvent | Request) -> dict[str, Any]:
     """A message as the JSON object the pipe carries (no deep copy: outputs can be large)."""
     wire = {item.name: getattr(message, item.name) for item in fields(message)}
-    kind = getattr(message, "EVENT", None)
-    return wire if kind is None else {EVENT_KEY: kind, **wire}
+    if isinstance(message, SetupRequest | ResumeRequest):
+        return {REQUEST_KEY: message.REQUEST, **wire}
+    return {EVENT_KEY: message.EVENT, **wire}
 
 
 def _build(kind: type[Any], wire: Mapping[str, Any]) -> Any:
@@ -145,6 +167,15 @@ def event_from_wire(wire: Mapping[str, Any]) -> KernelEvent:
         raise ValueError(f"unknown control pipe event {str(wire.get(EVENT_KEY))[:40]!r}")
     event: KernelEvent = _build(kind, wire)
     return event
+
+
+def any_request_from_wire(wire: Mapping[str, Any]) -> Request:
+    """The request a JSON object carries, of whichever kind it names; ValueError for an unknown kind."""
+    kind = REQUESTS.get(str(wire.get(REQUEST_KEY)))
+    if kind is None:
+        raise ValueError(f"unknown control pipe request {str(wire.get(REQUEST_KEY))[:40]!r}")
+    request: Request = _build(kind, wire)
+    return request
 
 
 def request_from_wire(kind: type[RequestType], wire: Mapping[str, Any]) -> RequestType:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from contextlib import suppress
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -44,13 +44,24 @@ def last_used(store: SnapshotStore, manifest: Manifest) -> float:
         return datetime.fromisoformat(manifest.created).timestamp()
 
 
-def try_delete(store: SnapshotStore, snapshot_id: str) -> bool:
-    """Delete a snapshot unless it is being restored (or already gone); tell whether it was deleted."""
+def try_delete(
+    store: SnapshotStore, snapshot_id: str, listing: Collection[Manifest] | None = None
+) -> builtins.list[str]:
+    """Delete a snapshot and the restore points that need it, unless one of them is being restored (or it is
+    already gone); return the ids deleted. `listing` is the store's snapshots, where the caller has them."""
     try:
-        store.delete(snapshot_id)
+        return store.delete(snapshot_id, listing)
     except (SnapshotBusy, SnapshotNotFound):
-        return False
-    return True
+        return []
+
+
+def root_of(manifest: Manifest, by_id: dict[str, Manifest]) -> str:
+    """The full image a restore point's chain starts from (its own id for a full image)."""
+    seen = {manifest.id}
+    while manifest.parent is not None and manifest.parent in by_id and manifest.parent not in seen:
+        manifest = by_id[manifest.parent]
+        seen.add(manifest.id)
+    return manifest.id
 
 
 class CleanUp:
@@ -60,44 +71,57 @@ class CleanUp:
         self.store = store
         self.now = time.time()
         self.deleted: builtins.list[str] = []
+        self.listing: builtins.list[Manifest] = []
 
     def run(self, max_age_s: float | None, quota_bytes: int | None, max_snapshots: int | None) -> builtins.list[str]:
         """Remove leftovers, corrupt entries and replaced snapshots, then those unused for `max_age_s`, then the
         least recently used beyond the quota and the count; return the ids deleted."""
         self.remove_leftovers()
         manifests, corrupt = self.store.scan()
+        self.listing = manifests
         self.remove_corrupt(corrupt)
-        gone = {manifest.id for manifest in replaced(manifests) if self.try_delete(manifest.id)}
-        by_use = sorted((m for m in manifests if m.id not in gone), key=lambda m: last_used(self.store, m))
+        for manifest in replaced(manifests):
+            self.try_delete(manifest.id)
+        by_use = sorted((m for m in manifests if m.id not in self.deleted), key=lambda m: last_used(self.store, m))
         if max_age_s is not None:
-            by_use = [manifest for manifest in by_use if not self.unused_too_long(manifest, max_age_s)]
-        kept = by_use
+            for manifest in by_use:
+                if manifest.id not in self.deleted and self.now - last_used(self.store, manifest) > max_age_s:
+                    self.try_delete(manifest.id)
+        kept = [manifest for manifest in by_use if manifest.id not in self.deleted]
         if quota_bytes is not None:
             kept = self.within_quota(kept, quota_bytes)
         if max_snapshots is not None:
             kept = self.within_count(kept, max_snapshots)
         return self.deleted
 
-    def unused_too_long(self, manifest: Manifest, max_age_s: float) -> bool:
-        """Delete a snapshot unused for longer than `max_age_s`; tell whether it went."""
-        return self.now - last_used(self.store, manifest) > max_age_s and self.try_delete(manifest.id)
-
     def within_quota(self, by_use: builtins.list[Manifest], quota_bytes: int) -> builtins.list[Manifest]:
-        """Delete the least recently used of `by_use` until the rest fit in the quota; return those kept."""
-        total = sum(manifest.size_bytes for manifest in by_use)
-        kept = []
-        for manifest in by_use:
-            if total > quota_bytes and self.try_delete(manifest.id):
-                total -= manifest.size_bytes
+        """Delete the least recently used of `by_use` that no other needs (the ends of chains first) until the
+        rest fit in the quota; return those kept."""
+        kept = builtins.list(by_use)
+        total = sum(manifest.size_bytes for manifest in kept)
+        busy: set[str] = set()
+        while total > quota_bytes:
+            needed = {manifest.parent for manifest in kept}
+            ends = [manifest for manifest in kept if manifest.id not in needed and manifest.id not in busy]
+            if not ends:
+                break
+            if self.try_delete(ends[0].id):
+                kept.remove(ends[0])
+                total -= ends[0].size_bytes
             else:
-                kept.append(manifest)
+                busy.add(ends[0].id)
         return kept
 
     def within_count(self, by_use: builtins.list[Manifest], max_snapshots: int) -> builtins.list[Manifest]:
-        """Delete the least recently used of `by_use` beyond `max_snapshots`; return those kept."""
-        excess = max(len(by_use) - max_snapshots, 0)
-        gone = {manifest.id for manifest in by_use[:excess] if self.try_delete(manifest.id)}
-        return [manifest for manifest in by_use if manifest.id not in gone]
+        """Delete the least recently used chains of `by_use` (a full image with its restore points counts as
+        one) beyond `max_snapshots`; return those kept."""
+        by_id = {manifest.id: manifest for manifest in by_use}
+        roots: dict[str, None] = {}
+        for manifest in reversed(by_use):  # most recently used first: a chain is as recent as its newest use
+            roots.setdefault(root_of(manifest, by_id), None)
+        for root in reversed(builtins.list(roots)[max_snapshots:]):  # least recently used first
+            self.try_delete(root)
+        return [manifest for manifest in by_use if manifest.id not in self.deleted]
 
     def remove_corrupt(self, corrupt: Iterable[CorruptSnapshot]) -> None:
         """Take every entry of the snapshots folder that is not a usable snapshot out of the store."""
@@ -107,11 +131,11 @@ class CleanUp:
                 self.deleted.append(entry.id)
 
     def try_delete(self, snapshot_id: str) -> bool:
-        """Delete a snapshot unless it is being restored (or already gone), and count it; tell whether it went."""
-        if not try_delete(self.store, snapshot_id):
-            return False
-        self.deleted.append(snapshot_id)
-        return True
+        """Delete a snapshot and the restore points that need it unless one is being restored (or it is gone),
+        and count them; tell whether it went."""
+        gone = try_delete(self.store, snapshot_id, [m for m in self.listing if m.id not in self.deleted])
+        self.deleted += gone
+        return bool(gone)
 
     def remove_leftovers(self) -> None:
         """Remove what dead builds, restores and deletions left in staging/ and work/, and forgotten hashes

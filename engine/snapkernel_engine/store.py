@@ -7,6 +7,7 @@ verified cache, trust in a snapshot's files), `locks` (a snapshot's flock) and `
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import json
 import os
 import platform
@@ -15,16 +16,18 @@ import shutil
 import stat
 import threading
 from collections.abc import Callable, Collection, Mapping
-from contextlib import AbstractContextManager, suppress
+from contextlib import AbstractContextManager, ExitStack, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from . import retention
+from .chains import chain_of, chain_view, descendants, orphans
 from .checkpoint import DumpResult, dump_tree
 from .cuda import CudaDriver
 from .errors import SnapshotNotFound, StoreError, VerificationError
 from .fingerprint import differences, digest, environment_fingerprint, hardware_fingerprint
+from .incremental import make_incremental
 from .inputs import held_files_changed
 from .integrity import (
     IMAGES,
@@ -178,7 +181,16 @@ class SnapshotReader(StoreFolder):
             except VerificationError as error:
                 reason = str(error).removeprefix(f"snapshot {entry.name}: ")
                 corrupt.append(CorruptSnapshot(entry.name, reason, _manifest_if_readable(entry)))
-        return sorted(manifests, key=lambda manifest: manifest.created), corrupt
+        orphaned = orphans(manifests)  # restore points whose parent is gone cannot be restored
+        corrupt += [CorruptSnapshot(manifest.id, orphaned[manifest.id], manifest) for manifest in manifests
+                    if manifest.id in orphaned]  # fmt: skip
+        kept = [manifest for manifest in manifests if manifest.id not in orphaned]
+        return sorted(kept, key=lambda manifest: manifest.created), corrupt
+
+    def chain(self, manifest: Manifest) -> builtins.list[Manifest]:
+        """A snapshot, then the restore points its images are incremental to, to the full image (raise
+        VerificationError when one is missing or not trusted)."""
+        return chain_of(manifest, self.get)
 
     def list(self) -> builtins.list[Manifest]:
         """Return every usable snapshot, oldest first (`scan` has the rest)."""
@@ -191,8 +203,9 @@ class SnapshotReader(StoreFolder):
             raise VerificationError(
                 f"snapshot {snapshot_id}: manifest key {manifest.key!r} does not match the requested key {key!r}"
             )
-        if (mode or self.verify_mode) == "sha256":
-            self.verified.verify(manifest, self._snapshot_path(snapshot_id) / IMAGES)
+        for member in self.chain(manifest):
+            if (mode or self.verify_mode) == "sha256":
+                self.verified.verify(member, self._snapshot_path(member.id) / IMAGES)
         return manifest
 
 
@@ -297,28 +310,41 @@ class SnapshotStore(SnapshotLookup):
         inputs: Mapping[str, Any] | None = None,
         replace: bool = True,
         snapshot_id: str | None = None,
+        parent: Manifest | None = None,
     ) -> Manifest:
         """Dump the tree rooted at `pid` and publish it atomically as `snapshot_id` (default: a new id);
         nothing is left on failure.
 
         `inputs` records what the process read from outside (snapkernel_engine.inputs.fingerprint_inputs).
-        With `replace`, older snapshots of the same key on this hardware are deleted once this one
-        is published (those being restored at that moment finish first and go at the next clean-up).
+        With `parent` (an earlier restore point of the same tree, in this store) only the pages that differ
+        from the parent's are kept. With `replace`, older snapshots of the same key on this hardware are
+        deleted once this one is published, with the restore points that need them (those being restored
+        at that moment finish first and go at the next clean-up).
         """
         self.ensure_layout()
         snapshot_id = snapshot_id or new_snapshot_id()
         staging = self.staging_dir / f"{snapshot_id}.tmp"
         # Locked while this process lives: a build killed mid-dump leaves a folder the next clean-up removes.
         staging_lock = new_locked_dir(self.staging_dir, staging.name)
+        held: list[int] = []
         try:
+            chain = self._held_chain(parent, held) if parent is not None else []
+            dumped_to = staging / ("dumped" if chain else IMAGES)
             dumped = dump_tree(
-                pid, staging / IMAGES, staging, pipes=pipes, leave_running=leave_running,
+                pid, dumped_to, staging, pipes=pipes, leave_running=leave_running,
                 criu_binary=criu_binary, gpu_state=gpu_state, cuda_driver=cuda_driver,
             )  # fmt: skip
+            if chain:
+                view = chain_view(chain, self._images_of, staging / "parent-view")
+                make_incremental(dumped_to, view, staging / IMAGES, link=False)
+                shutil.rmtree(dumped_to)
+                shutil.rmtree(view.parent)
             files = seal(staging, staging / IMAGES, self.dir_mode, self.file_mode)
             manifest = _manifest_of(
                 self.environment_extra, snapshot_id, key, pid, dumped, files, labels or {}, inputs or {}
             )
+            if parent is not None:
+                manifest = dataclasses.replace(manifest, parent=parent.id)
             self._publish(staging, manifest)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -326,11 +352,28 @@ class SnapshotStore(SnapshotLookup):
             raise
         finally:
             os.close(staging_lock)
+            for fd in held:
+                os.close(fd)
+        for member in chain:  # a chain is as recently used as its newest restore point, for the clean-up
+            with suppress(OSError):
+                os.utime(self._snapshot_path(member.id) / LOCK)
         if replace:
             for older in retention.replaced(self.list()):
                 if older.key == key:
                     retention.try_delete(self, older.id)  # one being restored now is left to a later clean-up
         return manifest
+
+    def _images_of(self, snapshot_id: str) -> Path:
+        """A snapshot's images folder."""
+        return self._snapshot_path(snapshot_id) / IMAGES
+
+    def _held_chain(self, manifest: Manifest, held: builtins.list[int]) -> builtins.list[Manifest]:
+        """A snapshot's chain, each member verified and its lock held shared (the fds are added to `held`)."""
+        chain = self.chain(manifest)
+        for member in chain:
+            held.append(lock_snapshot(self._snapshot_path(member.id), exclusive=False))
+            self.verify(member.id)
+        return chain
 
     def _publish(self, staging: Path, manifest: Manifest) -> None:
         """Write the manifest and the lock into the sealed staging folder, then move it into place at once."""
@@ -369,6 +412,7 @@ class SnapshotStore(SnapshotLookup):
         directory = self._snapshot_path(snapshot_id)
         held = [lock_snapshot(directory, exclusive=False)]
         work = self.work_dir / f"{snapshot_id}-{secrets.token_hex(4)}"
+        chain: builtins.list[Manifest] = []
 
         def release() -> None:
             """Remove the restore's work folder and let the snapshot go."""
@@ -378,18 +422,23 @@ class SnapshotStore(SnapshotLookup):
 
         try:
             manifest = self.verify(snapshot_id, key=key, mode=verify)
+            chain = self.chain(manifest)
+            held += [lock_snapshot(self._snapshot_path(member.id), exclusive=False) for member in chain[1:]]
             inherit = _inherited_fds(manifest, pipes or {})
             held.append(self._new_work_folder(work))
+            # CRIU reads a restore point's other pages through the `parent` link of a view of its chain.
+            images = chain_view(chain, self._images_of, work / "chain") if len(chain) > 1 else directory / IMAGES
             tree = restore_tree(
-                directory / IMAGES, work, inherit_fds=inherit, criu_binary=criu_binary,
-                timeout=DEFAULT_RESTORE_TIMEOUT_S if timeout is None else timeout, lazy=lazy,
+                images, work, inherit_fds=inherit, criu_binary=criu_binary,
+                timeout=DEFAULT_RESTORE_TIMEOUT_S if timeout is None else timeout, lazy=lazy and len(chain) == 1,
                 cuda_pids=manifest.cuda_pids, cuda_driver=cuda_driver, own_network=own_network, stopped=stopped,
             )  # fmt: skip
         except BaseException:
             release()
             raise
-        with suppress(OSError):
-            os.utime(directory / LOCK)  # when it was last used, for the clean-up
+        for member in chain:
+            with suppress(OSError):
+                os.utime(self._snapshot_path(member.id) / LOCK)  # when it was last used, for the clean-up
         _release_once_loaded(tree, release)
         return tree
 
@@ -405,13 +454,20 @@ class SnapshotStore(SnapshotLookup):
         """Hold a snapshot's lock for the duration of a block."""
         return locked_snapshot(self._snapshot_path(snapshot_id), exclusive)
 
-    def delete(self, snapshot_id: str) -> None:
-        """Delete a snapshot; refuse while it is being restored, and in a folder that is not this user's store."""
+    def delete(self, snapshot_id: str, listing: Collection[Manifest] | None = None) -> builtins.list[str]:
+        """Delete a snapshot with the restore points that need it (those incremental to it); refuse while one of
+        them is being restored, and in a folder that is not this user's store. Return the ids deleted.
+        `listing` is the store's snapshots, where the caller has just listed them."""
         self._snapshot_path(snapshot_id)  # an invalid id is not found, whatever the folder holds
         if not self.claim():
             raise SnapshotNotFound(f"no snapshot {snapshot_id!r}")
-        with self._locked(snapshot_id, exclusive=True) as directory:
-            self.remove_entry(directory)
+        listed = self.list() if listing is None else listing
+        doomed = [manifest.id for manifest in descendants(listed, snapshot_id)] + [snapshot_id]
+        with ExitStack() as stack:
+            directories = [stack.enter_context(self._locked(member, exclusive=True)) for member in doomed]
+            for directory in directories:  # those that need another first: none is left without its parent
+                self.remove_entry(directory)
+        return doomed
 
     def remove_entry(self, entry: Path) -> None:
         """Take an entry out of the snapshots folder at once, then remove it (a symbolic link, not its target)."""

@@ -13,7 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from snapkernel_engine import SnapshotError
+from snapkernel_engine import Manifest, SnapshotError
+from snapkernel_engine.chains import chain_bytes
 from snapkernel_engine.diagnostics import Check, cpu_snapshots_work, run_checks
 from snapkernel_engine.privileges import detect
 
@@ -82,6 +83,22 @@ def install_criu(args: argparse.Namespace) -> int:
 SPARES_NOTE = "spare kernels live in each jupyter server: its GET /snapkernel/api/snapshots lists them (`spares`)"
 
 
+def chains_in_order(manifests: list[Manifest]) -> list[tuple[Manifest, int]]:
+    """Snapshots oldest first, each restore point right under the one it is incremental to, with its depth."""
+    children: dict[str | None, list[Manifest]] = {}
+    for manifest in manifests:
+        children.setdefault(manifest.parent, []).append(manifest)
+    ordered: list[tuple[Manifest, int]] = []
+
+    def add(parent: str | None, depth: int) -> None:
+        for manifest in children.get(parent, []):
+            ordered.append((manifest, depth))
+            add(manifest.id, depth + 1)
+
+    add(None, 0)
+    return ordered
+
+
 def list_snapshots(args: argparse.Namespace) -> int:
     """List the store's snapshots, and the entries that are not usable snapshots (`gc` removes those)."""
     store = open_store(args.store)
@@ -95,16 +112,19 @@ def list_snapshots(args: argparse.Namespace) -> int:
     if not manifests and not corrupt:
         print(f"no snapshots in {store.root}")
         return 0
-    print(f"{'ID':<14}{'CREATED':<34}{'SIZE':>10}  {'KEY':<18}STATE")
-    for manifest in manifests:
+    print(f"{'ID':<18}{'CREATED':<34}{'SIZE':>10}  {'CELLS':<7}{'KEY':<18}STATE")
+    for manifest, depth in chains_in_order(manifests):
         condition = states[manifest.id]
         shown = condition.state if condition.state == "ready" else f"{condition.state}: {'; '.join(condition.reasons)}"
+        shown_id = f"{'  ' * (depth - 1)}└ {manifest.id}" if depth else manifest.id
+        labels = manifest.labels
+        cells = f"{labels.get('cells', '-')}/{labels.get('setup_cells', labels.get('cells', '-'))}"
         print(
-            f"{manifest.id:<14}{manifest.created:<34}{_human_size(manifest.size_bytes):>10}  "
+            f"{shown_id:<18}{manifest.created:<34}{_human_size(manifest.size_bytes):>10}  {cells:<7}"
             f"{manifest.key[:16]:<18}{shown}"
         )
     for entry in corrupt:
-        print(f"{entry.id:<14}{'-':<34}{'-':>10}  {'-':<18}corrupt: {entry.reason}")
+        print(f"{entry.id:<18}{'-':<34}{'-':>10}  {'-':<7}{'-':<18}corrupt: {entry.reason}")
     if corrupt:
         what = "1 corrupt entry: `jupyter snapkernel gc` removes it" if len(corrupt) == 1 else ""
         print(what or f"{len(corrupt)} corrupt entries: `jupyter snapkernel gc` removes them")
@@ -116,8 +136,9 @@ def remove(args: argparse.Namespace) -> int:
     """Delete snapshots by id."""
     store = open_store(args.store)
     for snapshot_id in args.ids:
-        store.delete(snapshot_id)
-        print(f"deleted {snapshot_id}")
+        for deleted in store.delete(snapshot_id):
+            needed = "" if deleted == snapshot_id else f" (a restore point incremental to {snapshot_id})"
+            print(f"deleted {deleted}{needed}")
     return 0
 
 
@@ -150,9 +171,13 @@ def build_notebook(args: argparse.Namespace) -> int:
         if refused is not None:
             return refused
     store = open_store(args.store, shared=args.shared)
-    manifest = build_snapshot(notebook, store, section=section, progress=progress, timeout=args.timeout)
+    manifest = build_snapshot(
+        notebook, store, section=section, progress=progress, timeout=args.timeout, from_top=args.from_top
+    )
+    chain = store.chain(manifest)
+    points = f" with {len(chain) - 1} restore points before it" if len(chain) > 1 else ""
     print(
-        f"snapshot {manifest.id}: {_human_size(manifest.size_bytes)}, built in "
+        f"snapshot {manifest.id}{points}: {_human_size(chain_bytes(chain))}, built in "
         f"{time.perf_counter() - started:.1f} s for {notebook.name}"
     )
     return 0
@@ -259,6 +284,8 @@ def run_headless(args: argparse.Namespace) -> int:
         print(json.dumps(summary.to_dict()))
     else:
         how = f"restored from {summary.snapshot}" if summary.start == "restored" else f"cold ({summary.reason})"
+        if summary.restored_cells is not None:
+            how += f" (a restore point after setup cell {summary.restored_cells} of {summary.setup_cells})"
         timing = f"kernel ready in {summary.kernel_ready_s:.2f} s, total {summary.total_s:.2f} s"
         print(f"{args.notebook.name}: {how}; {timing}")
     if summary.errors:
@@ -354,6 +381,11 @@ def _add_build_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         "--timeout", type=float, default=DEFAULT_BUILD_TIMEOUT_S, help="seconds the build may take"
     )
     build_parser_.add_argument("--quiet", action="store_true", help="no progress lines")
+    build_parser_.add_argument(
+        "--from-top",
+        action="store_true",
+        help="run every setup cell, even where a restore point of the first ones still matches",
+    )
     build_parser_.add_argument(
         "--shared",
         action="store_true",

@@ -16,6 +16,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from ipykernel.compiler import XCachingCompiler
@@ -28,20 +29,21 @@ from snapkernel_engine.control_pipe import PipeChannel
 from snapkernel_engine.messages import (
     CellDone,
     CellStarted,
+    KernelPipes,
     Ready,
     Resumed,
     ResumeFailed,
     ResumeRequest,
     SetupFailed,
     SetupRequest,
+    any_request_from_wire,
     receive_request,
-    request_from_wire,
     send,
 )
 
 from .. import env_names, hooks
 from . import revive, widgets
-from .input_recording import recording_inputs
+from .input_recording import InputRecorder, recording_inputs
 from .kernel import RecordedCell, SnapKernel, StartInfo, setup_saved_s
 from .magics import SnapshotMagics
 from .output_recording import rebind_to_kernel_streams, recording
@@ -103,12 +105,14 @@ class SnapKernelApp(IPKernelApp):
         return shell
 
     def run_setup(
-        self, shell: ZMQInteractiveShell, cells: list[str], channel: PipeChannel
-    ) -> list[RecordedCell] | None:
-        """Run the setup cells, recording their outputs; None when one fails."""
-        recorded = []
-        shell.execution_count = 1  # setup cells are In [1] … In [n], as in a fresh kernel
-        for index, source in enumerate(cells):
+        self, shell: ZMQInteractiveShell, request: SetupRequest, channel: PipeChannel, recorded: list[RecordedCell]
+    ) -> int | None:
+        """Run the request's setup cells up to the next restore point, adding them to `recorded`; return how many
+        setup cells have run by then (None when one failed)."""
+        if request.first == 0:
+            shell.execution_count = 1  # setup cells are In [1] … In [n], as in a fresh kernel
+        for offset, source in enumerate(request.cells):
+            index = request.first + offset
             send(channel, CellStarted(index))
             outputs: list[dict[str, Any]] = []
             started = time.perf_counter()
@@ -122,7 +126,10 @@ class SnapKernelApp(IPKernelApp):
                 return None
             recorded.append(RecordedCell(source, result.execution_count, outputs, seconds))
             send(channel, CellDone(index, seconds, outputs))
-        return recorded
+            long_enough = 0 < request.point_seconds <= seconds
+            if offset == len(request.cells) - 1 or index in request.points or long_enough:
+                return index + 1
+        return request.first
 
     def resume(
         self,
@@ -176,8 +183,106 @@ class SnapKernelApp(IPKernelApp):
         send(channel, Resumed(os.getpid(), restore_s, setup_s, kernel.start_info.saved_s))
 
 
+@contextlib.contextmanager
+def not_recorded(recorder: InputRecorder) -> Iterator[None]:
+    """Keep what runs in the block (imports, hooks, reseeding) out of the setup's inputs and seeds."""
+    active, seeded = recorder.active, set(hooks.seeded_by_setup)
+    recorder.active = False
+    try:
+        yield
+    finally:
+        recorder.active = active
+        hooks.seeded_by_setup.clear()
+        hooks.seeded_by_setup.update(seeded)
+
+
+class SetupRun:
+    """A build kernel's run of the setup cells: restore point after restore point, until a launch resumes it.
+
+    It lives on in every snapshot of the build, so a kernel restored from a restore point carries on from
+    there: with the next cells (a build from that point), or as a kernel (a launch).
+    """
+
+    def __init__(
+        self,
+        app: SnapKernelApp,
+        shell: ZMQInteractiveShell,
+        channel: PipeChannel,
+        pipes: KernelPipes,
+        launch: dict[str, str],
+    ) -> None:
+        self.app, self.shell, self.channel, self.pipes = app, shell, channel, pipes
+        self.launch_environment = launch  # what the launch gave, before the kernel's own start
+        self.setup = revive.EnvironmentChanges()  # what the setup cells did to it so far
+        self.kernel = revive.EnvironmentChanges()  # what the kernel's own start did to it
+        self.recorded: list[RecordedCell] = []
+
+    def until_resumed(self, request: SetupRequest, recorder: InputRecorder) -> ResumeRequest | int:
+        """Run the setup, stopping at each restore point to be checkpointed; return the launch that resumes this
+        kernel, or the exit status (1: a cell or hook failed; 0: the launcher went away)."""
+        while True:
+            with not_recorded(recorder):  # reading the whole environment is no input of the setup
+                segment_start = dict(os.environ)
+            cells = self.app.run_setup(self.shell, request, self.channel, self.recorded)
+            if cells is None:
+                return 1
+            with not_recorded(recorder):
+                self.setup = self.setup.then(revive.EnvironmentChanges.between(segment_start, os.environ))
+                if not self.checkpointable():
+                    return 1
+            timed = cells - 1 not in request.points and cells - request.first < len(request.cells)
+            # Set before the checkpoint: every restored copy shows it until a launch resumes it.
+            set_process_title(spare_title(request.snapshot, request.notebook), "sk spare")
+            send(self.channel, Ready(os.getpid(), recorder.report(), cells, timed, self.pipes.by_name()))
+            try:
+                next_request = any_request_from_wire(self.channel.receive())  # the checkpoint is taken here
+            except EOFError:
+                return 0  # a spare kernel whose server went away before handing it a launch: nothing to report
+            if isinstance(next_request, ResumeRequest):
+                return next_request
+            request = next_request
+            with not_recorded(recorder):
+                if not self.carry_on(request):
+                    return 1
+
+    def checkpointable(self) -> bool:
+        """Make the kernel ready for a checkpoint (False: a before_snapshot hook failed, and said so)."""
+        for module in WARM_IMPORTS:
+            with contextlib.suppress(ImportError):
+                importlib.import_module(module)
+        failures = hooks.run_before_snapshot()
+        if failures:
+            send(self.channel, SetupFailed(None, "\n".join(failures)))
+            return False
+        revive.quiesce_libraries()
+        self.kernel = revive.EnvironmentChanges.between(self.launch_environment, os.environ).without(self.setup)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        return True
+
+    def carry_on(self, request: SetupRequest) -> bool:
+        """Go on with the setup after a checkpoint, in the launch of the request when it names one (a kernel
+        restored for a build from this point); False when an after_restore hook failed, and said so."""
+        set_process_title(build_title(request.notebook), "sk build")
+        if request.env:
+            revive.apply_environment(request.env, self.build_environment())
+            self.launch_environment = dict(request.env)
+        if request.cwd:
+            os.chdir(request.cwd)
+        failures = hooks.run_after_restore()
+        if failures:
+            send(self.channel, SetupFailed(None, "after_restore hooks failed:\n" + "\n".join(failures)))
+            return False
+        return True
+
+    def build_environment(self) -> revive.BuildEnvironment:
+        """How the kernel's environment came to differ from its launch's, for each restore."""
+        return revive.BuildEnvironment(self.kernel, self.setup)
+
+
 def build(control_fd: int, report_fd: int) -> int:
-    """Run a snapshot build: setup cells, hooks, then wait to be checkpointed and resumed."""
+    """Run a snapshot build: setup cells and hooks, a checkpoint at each restore point, then a resume."""
+    pipes = KernelPipes(stdin=0, stdout=1, stderr=2, control=control_fd, report=report_fd)
     channel = PipeChannel(control_fd, report_fd)
     request = receive_request(channel, SetupRequest)
     set_process_title(build_title(request.notebook), "sk build")
@@ -187,34 +292,15 @@ def build(control_fd: int, report_fd: int) -> int:
     app.config.HistoryManager.hist_file = ":memory:"
     shell = app.prepare_without_sockets()
     revive.share_event_loop()
-    # After the kernel's own start, before the setup: the setup's changes win over each restore's launch.
-    before_setup = dict(os.environ)
+    run = SetupRun(app, shell, channel, pipes, launch_environment)
+    # Recording goes on across restore points (a kernel restored for a build carries on recording), and ends
+    # when a launch resumes the kernel.
     with recording_inputs() as recorder, hooks.recording_seeds():
-        recorded = app.run_setup(shell, request.cells, channel)
-    if recorded is None:
-        return 1
-    setup_changes = revive.EnvironmentChanges.between(before_setup, os.environ)
-    for module in WARM_IMPORTS:
-        with contextlib.suppress(ImportError):
-            importlib.import_module(module)
-    failures = hooks.run_before_snapshot()
-    if failures:
-        send(channel, SetupFailed(None, "\n".join(failures)))
-        return 1
-    revive.quiesce_libraries()
-    kernel_changes = revive.EnvironmentChanges.between(launch_environment, os.environ).without(setup_changes)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # Set before the checkpoint: every restored copy shows it until a launch resumes it.
-    set_process_title(spare_title(request.snapshot, request.notebook), "sk spare")
-    send(channel, Ready(os.getpid(), recorder.report()))
+        outcome = run.until_resumed(request, recorder)
+    if isinstance(outcome, int):
+        return outcome
     try:
-        resume_wire = channel.receive()  # the checkpoint is taken while we wait here
-    except EOFError:
-        return 0  # a spare kernel whose server went away before handing it a launch: nothing to report
-    try:
-        resume_request = request_from_wire(ResumeRequest, resume_wire)
-        app.resume(resume_request, recorded, revive.BuildEnvironment(kernel_changes, setup_changes), channel)
+        app.resume(outcome, run.recorded, run.build_environment(), channel)
     except Exception as error:
         send(channel, ResumeFailed(f"{type(error).__name__}: {error}", getattr(error, "errno", None)))
         return 1

@@ -79,6 +79,8 @@ class InputRecorder:
 
     def note_variable(self, name: object) -> None:
         """Note an environment variable read by the notebook's own code (a cell or a local module)."""
+        if not self.active:
+            return
         frame = sys._getframe(2)
         while frame is not None and frame.f_globals.get("__name__") in MAPPING_MODULES:
             frame = frame.f_back  # type: ignore[assignment]

@@ -37,6 +37,12 @@ class EnvironmentChanges:
         changed = {name: value for name, value in self.changed.items() if name not in touched}
         return EnvironmentChanges(changed, [name for name in self.removed if name not in touched])
 
+    def then(self, later: EnvironmentChanges) -> EnvironmentChanges:
+        """These changes followed by `later` ones, as one set of changes."""
+        changed = {name: value for name, value in self.changed.items() if name not in later.removed}
+        removed = [name for name in self.removed if name not in later.changed and name not in later.removed]
+        return EnvironmentChanges({**changed, **later.changed}, sorted([*removed, *later.removed]))
+
     def apply(self, environment: dict[str, str]) -> None:
         """Make these changes to `environment`."""
         environment.update(self.changed)

@@ -20,6 +20,7 @@ from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernel
 from traitlets.config import Config
 
 from .. import env_names
+from ..answers import KernelStart
 from ..config import PROVISIONER_NAME
 from ..notebook import setup_section
 from ..notebook.setup_section import NotebookError, normalise, setup_section_of
@@ -52,6 +53,8 @@ class RunSummary:
     executed: int = 0  # code cells run: fewer than `cells` when a failure stopped the run
     errors: list[CellFailure] = field(default_factory=list)
     output: str | None = None
+    restored_cells: int | None = None  # restored from a restore point after this many setup cells (None: all)
+    setup_cells: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The summary as JSON-ready data."""
@@ -72,14 +75,14 @@ def kernel_env(notebook: Path, cold: bool) -> dict[str, str]:
     return env
 
 
-def describe_start(manager: AsyncKernelManager) -> tuple[str, str | None, str | None]:
-    """Return (start, snapshot id, reason) of a started kernel, as its provisioner reported them."""
+def describe_start(manager: AsyncKernelManager) -> KernelStart:
+    """How a started kernel started, as its provisioner reported it (a cold start's reason always said)."""
     provisioner = manager.provisioner
     if not isinstance(provisioner, SnapKernelProvisioner):
         raise RuntimeError(f"the kernel was not started by {PROVISIONER_NAME}, which reports how kernels start")
     report = provisioner.start_report
     reason = None if report["start"] == "restored" else report["reason"] or "no setup section"
-    return report["start"], report["snapshot"], reason
+    return {**report, "reason": reason}
 
 
 def notebook_to_run(notebook: Path) -> nbformat.NotebookNode:
@@ -170,7 +173,7 @@ async def run_notebook(
     try:
         async with client.async_setup_kernel(env=kernel_env(notebook, cold)):
             ready = time.perf_counter() - started
-            start, snapshot, reason = describe_start(manager)
+            report = describe_start(manager)
             for index, cell in enumerate(book.cells):
                 if not await _execute(client, cell, index, failures):
                     break
@@ -188,15 +191,17 @@ async def run_notebook(
             nbformat.write(book, output)
     code_cells = sum(cell.cell_type == "code" for cell in book.cells)
     return RunSummary(
-        start,
-        snapshot,
-        reason,
+        report["start"],
+        report["snapshot"],
+        report["reason"],
         round(ready, 3),
         round(total, 3),
         code_cells,
         executed=client.code_cells_executed,
         errors=failures,
         output=str(output) if output is not None else None,
+        restored_cells=report["restored_cells"],
+        setup_cells=report["setup_cells"],
     )
 
 
@@ -224,7 +229,7 @@ async def time_to_first_reply(notebook: Path, cold: bool) -> tuple[float, str]:
             if reply["content"]["status"] != "ok":
                 raise RuntimeError(f"cell failed while timing {notebook.name}: {reply['content'].get('evalue')}")
         elapsed = time.perf_counter() - started
-        start, _, _ = describe_start(manager)
+        start = describe_start(manager)["start"]
     finally:
         client.stop_channels()
         await manager.shutdown_kernel(now=True)

@@ -246,9 +246,13 @@ class SnapKernelProvisioner(LocalProvisioner):
             except Exception as bookkeeping:  # the kernel starts cold all the same
                 self.log.warning("snapkernel: could not record the failed restore: %s", bookkeeping)
             return None
-        self.start_report = kernel_start(started, snapshot, resumed)  # the kernel's own figures, as it prints them
+        cells = (state.restored_cells, len(state.section.cells)) if state.section is not None else None
+        # The kernel's own figures, as it prints them
+        self.start_report = kernel_start(started, snapshot, resumed, cells=cells)
         if plan.own_store is not None:
             await asyncio.to_thread(forget_stale_restores, plan.own_store, snapshot.key)
+        if state.restored_cells is not None:  # the cells after the restore point run again: build the rest now
+            self._build_after_start(plan)
         return info
 
     async def _launch_cold(
@@ -261,6 +265,11 @@ class SnapKernelProvisioner(LocalProvisioner):
         env[env_names.START] = json.dumps({"reason": plan.reason, "notebook": str(plan.notebook or "")})
         self.start_report = kernel_start(started, reason=plan.reason)
         info = await super().launch_kernel(cmd, **kwargs)
+        self._build_after_start(plan)
+        return info
+
+    def _build_after_start(self, plan: StartPlan) -> None:
+        """Build the plan's snapshot in the background, where it wants one and automatic builds are on."""
         state = plan.state
         # A requested cold start plans no state, so it builds nothing either.
         if plan.builds and plan.notebook and plan.own_store and state and state.section and self.settings.auto_build:
@@ -268,7 +277,6 @@ class SnapKernelProvisioner(LocalProvisioner):
                 self._background_build(plan.notebook, state.section, plan.own_store)
             except Exception as error:  # the kernel runs: a build that cannot start must not fail its launch
                 self.log.warning("snapkernel: could not start the snapshot build of %s: %s", plan.notebook, error)
-        return info
 
     def _track_spares(self, plan: StartPlan) -> None:
         """Apply this server's spare limits, and retire the notebook's spares this start shows to be obsolete."""
@@ -335,7 +343,8 @@ class SnapKernelProvisioner(LocalProvisioner):
             "snapkernel: restored %s from snapshot %s in %.2f s%s", kwargs.get("kernel_id", "kernel"), manifest.id,
             time.time() - started, " (a spare restored ahead)" if from_spare else "",
         )  # fmt: skip
-        if settings.spare_kernels:
+        whole_setup = self.start_plan.state is None or self.start_plan.state.restored_cells is None
+        if settings.spare_kernels and whole_setup:  # a restore point's spare would be obsolete once the rest is built
             spare_pool.refill(store, manifest, notebook, lazy=lazy, timeout=settings.restore_timeout)
         tree = waiting.tree
         self.process = RestoredKernelProcess(tree)  # type: ignore[assignment]  # Popen's interface, not its class

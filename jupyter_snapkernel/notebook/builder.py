@@ -18,8 +18,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from snapkernel_engine import CheckpointError, Manifest, SnapshotBusy, SnapshotError, SnapshotNotFound, SnapshotStore
+from snapkernel_engine import (
+    CheckpointError,
+    Manifest,
+    RestoreError,
+    SnapshotBusy,
+    SnapshotError,
+    SnapshotNotFound,
+    SnapshotStore,
+    VerificationError,
+)
+from snapkernel_engine.chains import chain_bytes
 from snapkernel_engine.control_pipe import take_message, write_message
+from snapkernel_engine.cuda import uses_nvidia_devices
 from snapkernel_engine.inputs import fingerprint_inputs, inputs_folder
 from snapkernel_engine.messages import (
     CellDone,
@@ -48,6 +59,7 @@ from .state import (
     quota_problem,
     remove_build_record,
     restore_failures_of,
+    restore_points,
     write_build_record,
     write_private_json,
 )
@@ -61,6 +73,15 @@ class BuildNote:
 
 
 CHECKPOINTING = BuildNote("checkpointing the kernel")
+
+
+def point_saved(manifest: Manifest, cells: int, setup_cells: int) -> BuildNote:
+    """The progress line of a restore point just published: where it is, and what it takes on disk."""
+    where = "end of the setup" if cells == setup_cells else f"restore point after setup cell {cells}/{setup_cells}"
+    how = "pages changed since the last point" if manifest.parent is not None else "full image"
+    return BuildNote(f"{where}: snapshot {manifest.id}, {manifest.size_bytes / 1e6:.1f} MB ({how})")
+
+
 WAITING = BuildNote("waiting for the build already running (another server or terminal)")
 BuildProgress = KernelEvent | BuildNote
 Progress = Callable[[BuildProgress], None]
@@ -142,14 +163,18 @@ def build_snapshot(
     timeout: float = DEFAULT_BUILD_TIMEOUT_S,
     gpu_state: bool | None = None,
     cancel: threading.Event | None = None,
+    point_seconds: float | None = None,
+    from_top: bool = False,
 ) -> Manifest:
     """Build and publish the snapshot of a notebook's setup section; raise BuildError on failure.
 
-    Whether the snapshot keeps GPU state: the notebook's own choice (metadata ``snapkernel.gpu_state``),
-    else `gpu_state`, else the administrator's setting (SnapKernelSettings.gpu_state). When another
-    process is building the same setup section, this waits for that build and returns its snapshot (or
-    fails with its error). Setting `cancel` stops the build kernel within 0.2 s while it runs the setup
-    cells (BuildCancelled).
+    The build goes on from the latest restore point of the setup that this store holds and that still
+    matches (unless `from_top`), and leaves a restore point after each marked cell and each cell that ran
+    for `point_seconds` (default: SnapKernelSettings.restore_point_seconds). Whether the snapshot keeps GPU
+    state: the notebook's own choice (metadata ``snapkernel.gpu_state``), else `gpu_state`, else the
+    administrator's setting (SnapKernelSettings.gpu_state). When another process is building the same
+    setup section, this waits for that build and returns its snapshot (or fails with its error). Setting
+    `cancel` stops the build kernel within 0.2 s while it runs the setup cells (BuildCancelled).
     """
     notebook = Path(notebook).resolve()
     section = section or read_setup_section(notebook)
@@ -159,6 +184,9 @@ def build_snapshot(
         gpu_state = section.gpu_state
     elif gpu_state is None:
         gpu_state = SnapKernelSettings().gpu_state
+    if point_seconds is None:
+        point_seconds = SnapKernelSettings().restore_point_seconds
+    plan = PointPlan(list(section.marked), point_seconds, from_top)
     try:
         store.ensure_layout()
         builds_dir(store).mkdir(mode=0o700, exist_ok=True)
@@ -169,7 +197,7 @@ def build_snapshot(
         other_build = _other_build_result(lock_fd, notebook, store, section, progress, timeout, cancel)
         if other_build is not None:
             return other_build
-        return _recorded_build(notebook, store, section, progress, timeout, gpu_state, cancel)
+        return _recorded_build(notebook, store, section, progress, (timeout, plan), gpu_state, cancel)
     finally:
         os.close(lock_fd)
 
@@ -179,7 +207,7 @@ def _recorded_build(
     store: SnapshotStore,
     section: SetupSection,
     progress: Progress | None,
-    timeout: float,
+    limits: tuple[float, PointPlan],
     gpu_state: bool,
     cancel: threading.Event | None,
 ) -> Manifest:
@@ -189,7 +217,8 @@ def _recorded_build(
     record = {"restore_failures": restore_failures} if restore_failures else {}
     write_build_record(store, section.setup_hash, state="building", pid=os.getpid(), started=time.time(), **record)
     try:
-        manifest = _run_build(notebook, store, section, progress or (lambda event: None), timeout, gpu_state, cancel)
+        manifest = _build_from_latest_point(notebook, store, section, progress or (lambda event: None), limits,
+                                            gpu_state, cancel)  # fmt: skip
     except (BuildCancelled, KeyboardInterrupt):
         # Not a failure of the setup cells: automatic builds may try them again.
         remove_build_record(store, section.setup_hash)
@@ -260,16 +289,23 @@ def _other_build_result(
 def keep_within_limits(store: SnapshotStore, manifest: Manifest, quota_bytes: int, max_snapshots: int) -> None:
     """Keep the store within its quota and count once `manifest` is published (0: no limit).
 
-    A snapshot larger than the whole quota is deleted at once, without evicting the others for it, and
-    recorded as a failed build that automatic builds do not repeat until the quota or the cells change;
-    this raises BuildError saying so.
+    A snapshot larger than the whole quota with the restore points it needs is deleted at once, with those of
+    its points that no other snapshot needs and that do not fit either, without evicting the others for it;
+    it is recorded as a failed build that automatic builds do not repeat until the quota or the cells
+    change; this raises BuildError saying so.
     """
-    problem = quota_problem(manifest.size_bytes, quota_bytes)
+    chain = store.chain(manifest)
+    problem = quota_problem(chain_bytes(chain), quota_bytes)
     if problem is None:
         store.clean_up(quota_bytes=quota_bytes or None, max_snapshots=max_snapshots or None)
         return
-    with contextlib.suppress(SnapshotBusy, SnapshotNotFound):  # a busy one goes at the next gc
-        store.delete(manifest.id)
+    others, deleted = store.list(), set()
+    for position, member in enumerate(chain):
+        needed = any(other.parent == member.id and other.id not in deleted for other in others)
+        if needed or quota_problem(chain_bytes(chain[position:]), quota_bytes) is None:
+            break  # what is left fits, or other snapshots need it: a start can restore it
+        with contextlib.suppress(SnapshotBusy, SnapshotNotFound):  # a busy one goes at the next gc
+            deleted.update(store.delete(member.id))
     write_build_record(
         store, manifest.key, state="failed", error=problem, finished=time.time(),
         fingerprint=store.fingerprint_digest(), quota_bytes=quota_bytes,
@@ -294,7 +330,7 @@ def build_within_limits(
     """
     manifest = build_snapshot(
         notebook, store, section=section, progress=progress, timeout=settings.build_timeout,
-        gpu_state=settings.gpu_state, cancel=cancel,
+        gpu_state=settings.gpu_state, cancel=cancel, point_seconds=settings.restore_point_seconds,
     )  # fmt: skip
     try:
         keep_within_limits(store, manifest, settings.quota_bytes, settings.max_snapshots)
@@ -306,58 +342,186 @@ def build_within_limits(
     return manifest
 
 
+@dataclass
+class BuildKernel:
+    """A build kernel: a new process, or one restored from a restore point; its pipe ends and its output."""
+
+    pid: int
+    control: int  # we write its requests here
+    report: int  # we read its events here
+    log: list[str]
+    stop: Callable[[], int]  # kill its tree; return its exit status
+    ended: Callable[[float], int | None]  # wait at most that long for its end; its exit status (None: runs)
+
+
+def _new_build_kernel(notebook: Path, environment: dict[str, str]) -> BuildKernel:
+    """Start a build kernel in the notebook's folder."""
+    control_read, control_write = os.pipe()
+    report_read, report_write = os.pipe()
+    process = _start_build_kernel(notebook, environment, control_read, report_write)
+    os.close(report_write)
+    os.close(control_read)
+    log: list[str] = []
+    for stream in (process.stdout, process.stderr):
+        threading.Thread(target=_drain, args=(stream, log), daemon=True).start()
+
+    def ended(timeout: float) -> int | None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=timeout)
+        return process.returncode
+
+    return BuildKernel(process.pid, control_write, report_read, log, lambda: _kill_build_kernel(process), ended)
+
+
+def _restored_build_kernel(store: SnapshotStore, point: Manifest) -> BuildKernel:
+    """Restore a restore point's kernel to go on with the setup from there (it waits for its SetupRequest)."""
+    control_read, control_write = os.pipe()
+    report_read, report_write = os.pipe()
+    stdin_read, stdin_write = os.pipe()  # a pipe, as a new build kernel's: the next checkpoint replaces it
+    outputs = [os.pipe(), os.pipe()]
+    handed = KernelPipes(
+        stdin=stdin_read, stdout=outputs[0][1], stderr=outputs[1][1], control=control_read, report=report_write
+    ).by_name()
+    try:
+        tree = store.restore_snapshot(point.id, key=point.key, pipes=handed)
+    except BaseException:
+        for fd in (control_write, report_read, stdin_write, outputs[0][0], outputs[1][0]):
+            os.close(fd)
+        raise
+    finally:
+        for fd in handed.values():
+            os.close(fd)
+    log: list[str] = []
+    for read_end, _ in outputs:
+        threading.Thread(target=_drain, args=(os.fdopen(read_end, "rb"), log), daemon=True).start()
+
+    def stop() -> int:
+        tree.kill()
+        os.close(stdin_write)
+        return tree.wait()
+
+    def ended(timeout: float) -> int | None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            tree.wait(timeout)
+        return tree.poll()
+
+    return BuildKernel(tree.pid, control_write, report_read, log, stop, ended)
+
+
+@dataclass
+class PointPlan:
+    """Where a build stops for restore points: marked cells, and cells that ran this long (0: none for time);
+    and whether it runs the setup from the top even where a restore point of it matches."""
+
+    marked: list[int]
+    seconds: float
+    from_top: bool = False
+
+
+def _build_from_latest_point(
+    notebook: Path,
+    store: SnapshotStore,
+    section: SetupSection,
+    progress: Progress,
+    limits: tuple[float, PointPlan],
+    gpu_state: bool,
+    cancel: threading.Event | None,
+) -> Manifest:
+    """Build from the latest matching restore point of this store, or from the top when there is none, when
+    asked to, or when the point cannot be restored or checkpointed again (saying why)."""
+    points = [] if limits[1].from_top else list(restore_points([store], section, notebook, os.environ).values())
+    base = next((point.manifest for point in reversed(points) if point.cells < len(section.cells)), None)
+    if base is not None:
+        try:
+            return _run_build(notebook, store, section, progress, limits, gpu_state, cancel, base)
+        except (RestoreError, CheckpointError, VerificationError, SnapshotNotFound) as error:
+            first_line = str(error).splitlines()[0]
+            progress(BuildNote(f"could not go on from restore point {base.id} ({first_line}): building from the top"))
+    return _run_build(notebook, store, section, progress, limits, gpu_state, cancel)
+
+
 def _run_build(
     notebook: Path,
     store: SnapshotStore,
     section: SetupSection,
     progress: Progress,
-    timeout: float,
+    limits: tuple[float, PointPlan],
     gpu_state: bool,
     cancel: threading.Event | None = None,
+    base: Manifest | None = None,
 ) -> Manifest:
-    """Run the setup cells in a new build kernel, then checkpoint it into the store."""
-    control_read, control_write = os.pipe()
-    report_read, report_write = os.pipe()
+    """Run the setup cells in a build kernel (new, or restored from the restore point `base`), checkpoint it at
+    each restore point into the store, and return the last one's snapshot."""
     environment = build_environment(notebook, store)
-    kernel = _start_build_kernel(notebook, environment, control_read, report_write)
+    if base is not None:
+        progress(BuildNote(f"restoring the build kernel from the restore point after setup cell {cells_of(base)}"))
+    kernel = _new_build_kernel(notebook, environment) if base is None else _restored_build_kernel(store, base)
     # The kernel must not outlive this process, even when it is SIGKILLed (the kernel cannot carry a
     # parent-death signal: its snapshot would restore it too).
     watchdog = watch_for_owner(kernel.pid)
-    os.close(report_write)
-    os.close(control_read)
-    log: list[str] = []
-    for stream in (kernel.stdout, kernel.stderr):
-        threading.Thread(target=_drain, args=(stream, log), daemon=True).start()
-    started = time.perf_counter()
-    snapshot_id = new_snapshot_id()  # named now: the kernel shows it in its process title while it waits
     try:
-        write_message(control_write, to_wire(SetupRequest(list(section.cells), notebook.name, snapshot_id)))
-        ready = _await_ready(kernel, report_read, notebook, section, progress, timeout, cancel, log)
-        setup_s = time.perf_counter() - started
+        return _checkpoint_each_point(kernel, notebook, store, section, progress, limits, gpu_state, cancel, base,
+                                      environment)  # fmt: skip
+    finally:
+        kernel.stop()
+        watchdog.wait()
+        for fd in (kernel.control, kernel.report):
+            os.close(fd)
+
+
+def cells_of(point: Manifest) -> int:
+    """How many setup cells a restore point ran (a snapshot made before restore points: all of them)."""
+    return int(point.labels.get("cells", 0))
+
+
+def _checkpoint_each_point(
+    kernel: BuildKernel,
+    notebook: Path,
+    store: SnapshotStore,
+    section: SetupSection,
+    progress: Progress,
+    limits: tuple[float, PointPlan],
+    gpu_state: bool,
+    cancel: threading.Event | None,
+    base: Manifest | None,
+    environment: dict[str, str],
+) -> Manifest:
+    """Send the build kernel the setup, restore point after restore point; publish each point's snapshot."""
+    timeout, plan = limits
+    deadline = time.monotonic() + timeout
+    done, parent = (cells_of(base), base) if base is not None else (0, None)
+    setup_s = float(base.labels.get("setup_s", 0)) if base is not None else 0.0
+    # A kernel restored from a point takes this build's environment and folder, as a launch would.
+    env, cwd = (environment, str(notebook.parent)) if base is not None else ({}, "")
+    while True:
+        request = SetupRequest(
+            list(section.cells[done:]), notebook.name, new_snapshot_id(), done, plan.marked, plan.seconds, env, cwd
+        )
+        env, cwd = {}, ""
+        write_message(kernel.control, to_wire(request))
+        started = time.perf_counter()
+        ready = _await_ready(kernel, notebook, section, progress, (timeout, deadline), cancel)
+        setup_s += time.perf_counter() - started
+        done, final = ready.cells, ready.cells == len(section.cells)
+        if ready.timed and any(uses_nvidia_devices(member) for member in tree(kernel.pid)):
+            continue  # GPU setups get restore points at marked cells only: each costs a CUDA checkpoint
         progress(CHECKPOINTING)
         inputs = ready.inputs or {}
-        return _publish(
-            store,
-            kernel.pid,
-            section.setup_hash,
-            labels={"notebook": str(notebook), "cells": str(len(section.cells)), "setup_s": f"{setup_s:.3f}"},
-            pipes=KernelPipes(stdin=0, stdout=1, stderr=2, control=control_read, report=report_write).by_name(),
-            leave_running=False,
-            gpu_state=gpu_state,
-            snapshot_id=snapshot_id,
+        manifest = _publish(
+            store, kernel.pid, section.prefix_hash(done),
+            labels={"notebook": str(notebook), "cells": str(done), "setup_cells": str(len(section.cells)),
+                    "setup_s": f"{setup_s:.3f}"},
+            pipes=ready.pipes,
+            leave_running=not final, gpu_state=gpu_state, snapshot_id=request.snapshot, parent=parent,
             inputs=fingerprint_inputs(
-                inputs.get("files", []),
-                inputs.get("variables", []),
-                environment,
-                folder=str(notebook.resolve().parent),
-                relative=inputs.get("relative", []),
+                inputs.get("files", []), inputs.get("variables", []), environment,
+                folder=str(notebook.resolve().parent), relative=inputs.get("relative", []),
             ),
-        )
-    finally:
-        _kill_build_kernel(kernel)
-        watchdog.wait()
-        for fd in (control_write, report_read):
-            os.close(fd)
+        )  # fmt: skip
+        progress(point_saved(manifest, done, len(section.cells)))
+        if final:
+            return manifest
+        parent = manifest
 
 
 def _start_build_kernel(
@@ -383,32 +547,31 @@ def _start_build_kernel(
 
 
 def _await_ready(
-    kernel: subprocess.Popen[bytes],
-    report_fd: int,
+    kernel: BuildKernel,
     notebook: Path,
     section: SetupSection,
     progress: Progress,
-    timeout: float,
+    limits: tuple[float, float],
     cancel: threading.Event | None,
-    log: list[str],
 ) -> Ready:
-    """Follow the build kernel's events until it is ready for its checkpoint; raise BuildError saying what failed."""
-    deadline = time.monotonic() + timeout
+    """Follow the build kernel's events until it is ready for its next checkpoint; raise BuildError saying what
+    failed. `limits` are the build's time limit and its deadline (time.monotonic())."""
+    timeout, deadline = limits
     buffer = bytearray()
     running = "the kernel's start"
     running_cell: int | None = None
     cells_done = 0
     while True:
         try:
-            event = _read_event(report_fd, deadline, buffer, cancel)
+            event = _read_event(kernel.report, deadline, buffer, cancel)
         except BuildTimeout:
             raise BuildTimeout(
                 f"{running} of {notebook.name} was still running when the build's limit of {timeout:.0f} s "
                 "ran out: raise the limit (SnapKernelSettings.build_timeout, or build --timeout) or make it faster"
             ) from None
         except EOFError:
-            kernel.wait(timeout=10)
-            raise _ended_early(kernel.returncode, notebook, section, running_cell, cells_done, log) from None
+            returncode = kernel.ended(10)
+            raise _ended_early(returncode, notebook, section, running_cell, cells_done, kernel.log) from None
         progress(event)
         if isinstance(event, CellStarted):
             running, running_cell = f"setup cell {event.index + 1}", event.index
@@ -421,21 +584,27 @@ def _await_ready(
             return event
 
 
-def _kill_build_kernel(kernel: subprocess.Popen[bytes]) -> None:
+def _kill_build_kernel(kernel: subprocess.Popen[bytes]) -> int:
     """Kill the build kernel's tree, then remove the named semaphores it made (those of a refused 'spawn' or
     'forkserver' pool): its multiprocessing resource tracker, killed with it, cannot."""
     # Only the process that created a semaphore maps it under glibc's unlinked temporary name.
     made = [path for member in tree(kernel.pid) for path in linked_semaphores_mapped(member)]
     with contextlib.suppress(ProcessLookupError):
         os.killpg(kernel.pid, signal.SIGKILL)
-    kernel.wait()
+    returncode = kernel.wait()
     for path in made:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+    return returncode
 
 
 def _ended_early(
-    returncode: int, notebook: Path, section: SetupSection, running_cell: int | None, cells_done: int, log: list[str]
+    returncode: int | None,
+    notebook: Path,
+    section: SetupSection,
+    running_cell: int | None,
+    cells_done: int,
+    log: list[str],
 ) -> BuildError:
     """The error for a build kernel that ended before the snapshot: it names the setup cell that was running."""
     if running_cell is not None:
@@ -447,7 +616,9 @@ def _ended_early(
         where = f"a before_snapshot hook of {notebook.name} (after the setup cells)"
     else:
         where = f"the start of {notebook.name}'s build kernel"
-    if returncode < 0:
+    if returncode is None:
+        how, hint = "it closed its pipe", "is something in the setup closing file descriptors?"
+    elif returncode < 0:
         how = f"killed by {signal.Signals(-returncode).name if -returncode in signal.valid_signals() else -returncode}"
         hint = "was it out of memory, or did the code crash?"
     else:

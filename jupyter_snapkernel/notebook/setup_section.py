@@ -41,12 +41,19 @@ class SetupSection:
     # The notebook's own choice whether its snapshot keeps GPU state: metadata {"snapkernel": {"gpu_state": …}}
     # (None: the administrator's setting decides, SnapKernelSettings.gpu_state).
     gpu_state: bool | None = field(default=None, compare=False)
+    # Which setup cells are marked (tagged `snapshot` or started with %%snapshot), by index in `cells`: each
+    # gets a restore point; the last setup cell is always marked.
+    marked: tuple[int, ...] = field(default=(), compare=False)
 
     @property
     def setup_hash(self) -> str:
         """sha256 over the normalised sources (outputs, ids and metadata do not count)."""
+        return self.prefix_hash(len(self.cells))
+
+    def prefix_hash(self, cells: int) -> str:
+        """The key of the restore point after the first `cells` setup cells: the setup hash of those alone."""
         digest = hashlib.sha256()
-        for source in self.cells:
+        for source in self.cells[:cells]:
             encoded = source.encode()
             digest.update(len(encoded).to_bytes(8, "big"))
             digest.update(encoded)
@@ -72,6 +79,7 @@ def setup_section_of(notebook: dict[str, Any]) -> SetupSection | None:
         tuple(str(pattern) for pattern in ignore) if isinstance(ignore, list) else (),
         positions=tuple(index for index, _ in setup),
         gpu_state=gpu_state if isinstance(gpu_state, bool) else None,
+        marked=tuple(marked),
     )
 
 

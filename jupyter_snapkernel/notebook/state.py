@@ -1,15 +1,16 @@
-"""The snapshot state of a notebook: none, queued, building, ready, stale or failed."""
+"""The snapshot state of a notebook: none, queued, building, ready, partial, stale or failed."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from snapkernel_engine import Manifest, SnapshotStore
 from snapkernel_engine.inputs import changed_inputs
@@ -24,7 +25,7 @@ from .setup_section import SetupSection, read_setup_section
 class NotebookState:
     """What the stores hold for one notebook's current setup section, and what a kernel start does with it."""
 
-    state: str  # none | queued | building | ready | stale | failed
+    state: str  # none | queued | building | ready | partial | stale | failed
     setup_hash: str | None = None
     snapshot: Manifest | None = None
     reasons: list[str] = field(default_factory=list)
@@ -36,6 +37,21 @@ class NotebookState:
     in_shared_root: bool = False  # `store` is an administrator's shared root, not the user's own store
     queue_ahead: int | None = None  # queued: how many queued builds of its server run first
     build: str | None = None  # queued or building in the asking server: the id of its build there
+    # `snapshot` is a restore point inside the setup: a start restores it, and the setup cells after it run
+    # again (how many setup cells it covers; None: the whole setup, or nothing restorable)
+    restored_cells: int | None = None
+
+
+PointMark = Literal["current", "stale"]
+
+
+@dataclass(frozen=True)
+class RestorePoint:
+    """A snapshot a start could restore: the one after the first `cells` setup cells, and its store."""
+
+    cells: int
+    manifest: Manifest
+    store: SnapshotStore
 
 
 @dataclass(frozen=True)
@@ -193,8 +209,8 @@ def quota_problem(size_bytes: int, quota_bytes: int) -> str | None:
     if quota_bytes <= 0 or size_bytes <= quota_bytes:
         return None
     return (
-        f"the snapshot ({_megabytes(size_bytes)}) is larger than the quota ({_megabytes(quota_bytes)}) "
-        f"({QUOTA_SETTING}): raise the quota, or make the setup cells hold less memory"
+        f"the snapshot with its restore points ({_megabytes(size_bytes)}) is larger than the quota "
+        f"({_megabytes(quota_bytes)}) ({QUOTA_SETTING}): raise the quota, or make the setup cells hold less memory"
     )
 
 
@@ -219,6 +235,7 @@ def snapshot_summary(store: SnapshotStore, manifest: Manifest) -> dict[str, Any]
         "versions": manifest.versions,
         "labels": manifest.labels,
         "stale": condition.reasons if condition.state == "stale" else [],
+        "parent": manifest.parent,  # the restore point it is incremental to (None: a full image)
     }
 
 
@@ -234,11 +251,16 @@ def superseded_snapshot(
     for store in stores:
         older = [
             manifest for manifest in store.list()
-            if manifest.key != setup_hash and _built_for(manifest, resolved, same_file=store is own)
+            if manifest.key != setup_hash and ends_setup(manifest) and _built_for(manifest, resolved, store is own)
         ]  # fmt: skip
         if older:
             return older[-1], store
     return None
+
+
+def ends_setup(manifest: Manifest) -> bool:
+    """Whether a snapshot is the one at the end of its setup section (not a restore point inside it)."""
+    return manifest.labels.get("setup_cells", manifest.labels.get("cells")) == manifest.labels.get("cells")
 
 
 def _built_for(manifest: Manifest, notebook: Path, same_file: bool) -> bool:
@@ -288,6 +310,11 @@ def refusal(store: SnapshotStore, own: bool) -> str | None:
     return None
 
 
+def refusals(stores: Sequence[SnapshotStore]) -> dict[SnapshotStore, str | None]:
+    """Why a start may not use each of the user's stores (the own one first), None for those it may use."""
+    return {store: refusal(store, store is stores[0]) for store in stores}
+
+
 def _search(
     stores: Sequence[SnapshotStore],
     own: SnapshotStore,
@@ -323,13 +350,88 @@ def notebook_state(
 
     `stores` is the user's own store first (builds and their records live there), then the shared roots.
     `quota_bytes` is the quota in force (None: not known here), so that a snapshot found too large for
-    another quota is built again. `builds` are the asking server's own (None: not in a server).
+    another quota is built again. `builds` are the asking server's own (None: not in a server). Where no
+    snapshot of the whole setup can be restored, a start restores the latest restore point inside it
+    whose cells and inputs still match (state `partial`, or queued or building while its rest is built).
     """
     if section is None:
         return NotebookState("none", reasons=["no setup cell is marked"], rebuild=False)
-    setup_hash, own = section.setup_hash, stores[0]
-    refused = {store: refusal(store, store is own) for store in stores}
+    own = stores[0]
+    refused = refusals(stores)
     trusted = [store for store in stores if refused[store] is None]  # only these are restored from or built into
+    state = _whole_setup_state(trusted, own, refused, section, notebook, environ, quota_bytes, builds)
+    if state.restorable:
+        return state
+    points = restore_points(trusted, section, notebook, environ)
+    inside = [point for cells, point in points.items() if cells < len(section.cells)]
+    return _from_restore_point(state, inside[-1], section, own) if inside else state
+
+
+def _from_restore_point(
+    state: NotebookState, point: RestorePoint, section: SetupSection, own: SnapshotStore
+) -> NotebookState:
+    """The state `state` of the whole setup, once a start restores the restore point `point` inside it."""
+    total, cells = len(section.cells), point.cells
+    rest = f"cell {total}" if cells + 1 == total else f"cells {cells + 1}-{total}"
+    return dataclasses.replace(
+        state,
+        state=state.state if state.state in {"queued", "building"} else "partial",
+        snapshot=point.manifest,
+        store=point.store,
+        restorable=True,
+        cold_reason=None,
+        restored_cells=cells,
+        reasons=[f"restores up to setup cell {cells} of {total}; {rest} run again", *state.reasons],
+        in_shared_root=point.store is not own,
+    )
+
+
+def restore_points(
+    stores: Sequence[SnapshotStore], section: SetupSection, notebook: str | Path, environ: Mapping[str, str]
+) -> dict[int, RestorePoint]:
+    """The restore points of a setup that a start could restore now, by how many setup cells each covers (in
+    that order): for each, the newest snapshot of the first store with one whose cells and inputs match."""
+    keys = {section.prefix_hash(cells): cells for cells in range(1, len(section.cells) + 1)}
+    found: dict[int, RestorePoint] = {}
+    for store in stores:
+        for manifest in reversed(store.list()):
+            cells = keys.get(manifest.key)
+            if cells is None or cells in found:
+                continue
+            condition = store.condition(manifest, lambda it: input_changes(it, section, notebook, environ))
+            if condition.state == "ready":
+                found[cells] = RestorePoint(cells, manifest, store)
+    return dict(sorted(found.items()))
+
+
+def point_markers(
+    stores: Sequence[SnapshotStore], section: SetupSection, notebook: str | Path, environ: Mapping[str, str]
+) -> dict[int, PointMark]:
+    """A notebook's restore points by how many setup cells each covers: `current` where a start could restore
+    one, `stale` where one was built for this notebook but its cells or inputs changed since."""
+    refused = refusals(stores)
+    trusted = [store for store in stores if refused[store] is None]
+    markers: dict[int, PointMark] = {cells: "current" for cells in restore_points(trusted, section, notebook, environ)}
+    resolved = str(Path(notebook).resolve())
+    for manifest in stores[0].list() if stores and refused[stores[0]] is None else []:
+        cells = int(manifest.labels.get("cells", 0)) if manifest.labels.get("notebook") == resolved else 0
+        if 0 < cells <= len(section.cells):
+            markers.setdefault(cells, "stale")
+    return dict(sorted(markers.items()))
+
+
+def _whole_setup_state(
+    trusted: Sequence[SnapshotStore],
+    own: SnapshotStore,
+    refused: Mapping[SnapshotStore, str | None],
+    section: SetupSection,
+    notebook: str | Path,
+    environ: Mapping[str, str],
+    quota_bytes: int | None,
+    builds: ServerBuilds | None,
+) -> NotebookState:
+    """The state of the snapshot of the whole setup section (notebook_state without restore points)."""
+    setup_hash = section.setup_hash
     found, stale = _search(trusted, own, section, notebook, environ)
     own_refusal = refused[own]
     if own_refusal is not None and not found.restorable:  # nothing of it is read, and nothing built into it

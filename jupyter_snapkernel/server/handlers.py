@@ -28,13 +28,20 @@ from tornado import web
 from snapkernel_engine import Manifest, SnapshotError, SnapshotNotFound, SnapshotStore, StoreError
 from snapkernel_engine.version import __version__
 
-from ..answers import BuildAnswer, CheckAnswer, NotebookStatus, ServerInfo
+from ..answers import BuildAnswer, CheckAnswer, NotebookStatus, RestorePointMarker, ServerInfo
 from ..config import PROVISIONER_NAME, SnapKernelSettings
 from ..launch.background_builds import BackgroundBuild, BackgroundBuilds, BuildQueueFull, start_build
 from ..launch.check import MAX_RUNS, BackgroundCheck, BackgroundChecks, ChecksBusy
 from ..launch.spares import measured, spare_pool
 from ..notebook.setup_section import NotebookError, SetupSection, cells_problem, read_setup_section, setup_section_of
-from ..notebook.state import NotebookState, notebook_state, snapshot_summary, user_stores
+from ..notebook.state import (
+    NotebookState,
+    PointMark,
+    notebook_state,
+    point_markers,
+    snapshot_summary,
+    user_stores,
+)
 from ..paths import open_store
 
 AUTH_RESOURCE = "snapkernel"
@@ -335,18 +342,25 @@ class StatusHandler(JSONBodyHandler):
 
         builds = self.builds
 
-        def decide() -> NotebookState:
+        def decide() -> tuple[NotebookState, dict[int, PointMark]]:
             stores = user_stores(settings)
             section = read_setup_section(notebook) if edited is None else setup_section_of(edited)
-            return notebook_state(stores, section, notebook, quota_bytes=settings.quota_bytes, builds=builds)
+            state = notebook_state(stores, section, notebook, quota_bytes=settings.quota_bytes, builds=builds)
+            return state, {} if section is None else point_markers(stores, section, notebook, os.environ)
 
         try:
-            state = await asyncio.to_thread(decide)
+            state, markers = await asyncio.to_thread(decide)
         except NotebookError as error:
             raise self.notebook_error(api_path, error) from None
         snapshot = state.snapshot
         positions = state.section.positions if state.section else ()
         reasons = [self.scrub(reason) for reason in state.reasons]
+        points = [
+            RestorePointMarker(
+                cell=positions[cells - 1], cells=cells, state="current" if mark == "current" else "stale"
+            )
+            for cells, mark in markers.items()
+        ]
         self.write_json(
             NotebookStatus(
                 path=api_path,
@@ -356,12 +370,14 @@ class StatusHandler(JSONBodyHandler):
                 size_bytes=snapshot.size_bytes if snapshot else None,
                 age_s=round(time.time() - _timestamp(snapshot.created), 1) if snapshot else None,
                 reasons=reasons,
-                reason=reasons[0] if state.state in {"failed", "stale"} and reasons else None,
+                reason=reasons[0] if state.state in {"failed", "stale", "partial"} and reasons else None,
                 build=state.build,
                 queue_ahead=state.queue_ahead,
                 setup_cells=list(positions),
                 setup_end=positions[-1] if positions else None,
                 source=None if snapshot is None else "shared" if state.in_shared_root else "own",
+                restored_cells=state.restored_cells,
+                points=points,
             )
         )
 
