@@ -192,6 +192,10 @@ class SnapshotReader(StoreFolder):
         VerificationError when one is missing or not trusted)."""
         return chain_of(manifest, self.get)
 
+    def _images_of(self, snapshot_id: str) -> Path:
+        """A snapshot's images folder."""
+        return self._snapshot_path(snapshot_id) / IMAGES
+
     def list(self) -> builtins.list[Manifest]:
         """Return every usable snapshot, oldest first (`scan` has the rest)."""
         return self.scan()[0]
@@ -329,16 +333,10 @@ class SnapshotStore(SnapshotLookup):
         held: list[int] = []
         try:
             chain = self._held_chain(parent, held) if parent is not None else []
-            dumped_to = staging / ("dumped" if chain else IMAGES)
-            dumped = dump_tree(
-                pid, dumped_to, staging, pipes=pipes, leave_running=leave_running,
-                criu_binary=criu_binary, gpu_state=gpu_state, cuda_driver=cuda_driver,
+            dumped = self._dump_into(
+                staging, chain, pid, pipes=pipes, leave_running=leave_running, criu_binary=criu_binary,
+                gpu_state=gpu_state, cuda_driver=cuda_driver,
             )  # fmt: skip
-            if chain:
-                view = chain_view(chain, self._images_of, staging / "parent-view")
-                make_incremental(dumped_to, view, staging / IMAGES, link=False)
-                shutil.rmtree(dumped_to)
-                shutil.rmtree(view.parent)
             files = seal(staging, staging / IMAGES, self.dir_mode, self.file_mode)
             manifest = _manifest_of(
                 self.environment_extra, snapshot_id, key, pid, dumped, files, labels or {}, inputs or {}
@@ -363,9 +361,17 @@ class SnapshotStore(SnapshotLookup):
                     retention.try_delete(self, older.id)  # one being restored now is left to a later clean-up
         return manifest
 
-    def _images_of(self, snapshot_id: str) -> Path:
-        """A snapshot's images folder."""
-        return self._snapshot_path(snapshot_id) / IMAGES
+    def _dump_into(self, staging: Path, chain: builtins.list[Manifest], pid: int, **options: Any) -> DumpResult:
+        """Dump the tree into the staging folder's images: whole, or only the pages that differ from those of the
+        restore point `chain[0]` (its chain verified and held by the caller)."""
+        dumped_to = staging / ("dumped" if chain else IMAGES)
+        dumped = dump_tree(pid, dumped_to, staging, **options)
+        if chain:
+            view = chain_view(chain, self._images_of, staging / "parent-view")
+            make_incremental(dumped_to, view, staging / IMAGES, link=False)
+            shutil.rmtree(dumped_to)
+            shutil.rmtree(view.parent)
+        return dumped
 
     def _held_chain(self, manifest: Manifest, held: builtins.list[int]) -> builtins.list[Manifest]:
         """A snapshot's chain, each member verified and its lock held shared (the fds are added to `held`)."""

@@ -138,9 +138,8 @@ class SnapshotMagics(Magics):
             print(f"{manifest.id}  {manifest.created}  {_size(manifest.size_bytes):>10}  {notebook}")
 
     def _remove(self, snapshot_id: str) -> None:
-        """Delete a snapshot by id."""
+        """Delete a snapshot by id, with the restore points incremental to it."""
         if not snapshot_id:
             print(USAGE)
             return
-        self.store.delete(snapshot_id)
-        print(f"deleted {snapshot_id}")
+        print("deleted " + ", ".join(self.store.delete(snapshot_id)))

@@ -2,7 +2,21 @@ import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
 /** A notebook's snapshot state, as the status endpoint reports it. */
-export type SnapshotState = 'none' | 'queued' | 'building' | 'ready' | 'stale' | 'failed';
+export type SnapshotState =
+  'none' | 'queued' | 'building' | 'ready' | 'partial' | 'stale' | 'failed';
+
+/** A restore point's state: `current` a start could restore it with the cells as they are now, `stale` its cells
+ * or inputs changed since it was built. */
+export type RestorePointState = 'current' | 'stale';
+
+/** A restore point of a notebook's setup, as the status endpoint reports it. */
+export interface IRestorePoint {
+  /** The index (among all cells) of the cell it follows. */
+  cell: number;
+  /** How many setup cells it covers. */
+  cells: number;
+  state: RestorePointState;
+}
 
 /** The answer of GET or POST /snapkernel/api/status. */
 export interface INotebookStatus {
@@ -20,6 +34,9 @@ export interface INotebookStatus {
   setup_cells: number[];
   setup_end: number | null;
   source: 'own' | 'shared' | null;
+  /** How many setup cells the restore point a start restores covers; null: the whole setup, or nothing. */
+  restored_cells: number | null;
+  points: IRestorePoint[];
 }
 
 /** A build's progress, as GET /snapkernel/api/builds/ID reports it. */
@@ -49,6 +66,10 @@ export interface IKernelStart {
   /** The seconds of setup the restore saved, as `%snapshot status` prints them. */
   saved_s: number | null;
   started: number;
+  /** Restored from a restore point after this many setup cells; null: the whole setup, or cold. */
+  restored_cells: number | null;
+  /** How many setup cells the notebook has; null: cold. */
+  setup_cells: number | null;
 }
 
 /** A check's state: running, then how the restored runs compared with the cold runs. */

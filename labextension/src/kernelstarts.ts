@@ -28,18 +28,7 @@ export function watchKernelStarts(panel: NotebookPanel, trans: TranslationBundle
     }
     announced.add(key);
     if (start.start === 'restored') {
-      const restore = start.restore_s ?? 0;
-      // The kernel's own figure (kernel.setup_saved_s), the one `%snapshot status` prints.
-      const saved = start.saved_s ?? 0;
-      Notification.success(
-        trans.__(
-          'Kernel restored from snapshot %1 in %2 s (%3 s of setup saved)',
-          start.snapshot ?? '',
-          restore.toFixed(2),
-          saved.toFixed(1)
-        ),
-        { autoClose: 5000 }
-      );
+      Notification.success(restoredMessage(start, trans), { autoClose: 5000 });
     } else if (start.reason) {
       Notification.info(trans.__('Kernel started cold: %1', start.reason), { autoClose: 8000 });
     }
@@ -49,4 +38,32 @@ export function watchKernelStarts(panel: NotebookPanel, trans: TranslationBundle
       void announce();
     }
   });
+}
+
+/** What a restored kernel's notification says: the snapshot, or the restore point and the cells that run again. */
+function restoredMessage(start: IKernelStart, trans: TranslationBundle): string {
+  const restore = (start.restore_s ?? 0).toFixed(2);
+  const cells = start.restored_cells;
+  const total = start.setup_cells;
+  if (cells != null && total != null && cells < total) {
+    const rest =
+      cells + 1 === total
+        ? trans.__('setup cell %1 runs again', total)
+        : trans.__('setup cells %1-%2 run again', cells + 1, total);
+    return trans.__(
+      'Kernel restored from restore point after setup cell %1 of %2 in %3 s; %4',
+      cells,
+      total,
+      restore,
+      rest
+    );
+  }
+  // The kernel's own figure (kernel.setup_saved_s), the one `%snapshot status` prints.
+  const saved = (start.saved_s ?? 0).toFixed(1);
+  return trans.__(
+    'Kernel restored from snapshot %1 in %2 s (%3 s of setup saved)',
+    start.snapshot ?? '',
+    restore,
+    saved
+  );
 }

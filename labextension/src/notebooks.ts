@@ -1,10 +1,11 @@
 import { NotebookPanel } from '@jupyterlab/notebook';
 import { TranslationBundle } from '@jupyterlab/translation';
 
-import { markSetupCells } from './setupcells';
+import { markRestorePoints, markSetupCells } from './setupcells';
 import { DEFAULT_POLL_MS, NotebookSnapshot } from './status';
 
-/** One NotebookSnapshot per open notebook, with its setup cells marked; each lives as long as its panel. */
+/** One NotebookSnapshot per open notebook, with its setup cells and restore points
+ * marked; each lives as long as its panel. */
 export class NotebookSnapshots {
   private readonly byPanel = new Map<NotebookPanel, NotebookSnapshot>();
   private interval = DEFAULT_POLL_MS;
@@ -31,7 +32,7 @@ export class NotebookSnapshots {
     }
   }
 
-  /** Mark the panel's setup cells as the server's last answer has them. */
+  /** Mark the panel's setup cells and restore points as the server's last answer has them. */
   private mark(panel: NotebookPanel): void {
     const snapshot = this.byPanel.get(panel);
     const status = snapshot?.status;
@@ -45,5 +46,6 @@ export class NotebookSnapshots {
       status.setup_end ?? null,
       this.trans
     );
+    markRestorePoints(panel, snapshot.cells, status.points ?? [], this.trans);
   }
 }

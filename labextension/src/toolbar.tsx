@@ -51,7 +51,11 @@ export function describe(
       const ahead = snapshot.build?.queue_ahead ?? status?.queue_ahead ?? null;
       return {
         label: ahead ? trans.__('Queued (%1 ahead)', ahead) : trans.__('Queued'),
-        tooltip: trans.__('The snapshot build waits until other builds of this server finish')
+        tooltip: withPartial(
+          trans.__('The snapshot build waits until other builds of this server finish'),
+          snapshot,
+          trans
+        )
       };
     }
     case 'building': {
@@ -61,7 +65,10 @@ export function describe(
           ? trans.__('Building %1/%2…', build.current_cell, build.cells)
           : trans.__('Building…');
       const log = build?.log.slice(-3).join('\n') ?? '';
-      return { label, tooltip: log || trans.__('Building the snapshot…') };
+      return {
+        label,
+        tooltip: withPartial(log || trans.__('Building the snapshot…'), snapshot, trans)
+      };
     }
     case 'ready':
       return {
@@ -71,6 +78,8 @@ export function describe(
             ? trans.__('Shared snapshot ready: click to restart the kernel from it')
             : trans.__('Snapshot ready: click to restart the kernel from it')
       };
+    case 'partial':
+      return describePartial(snapshot, trans);
     case 'stale':
       return {
         label: trans.__('Snapshot stale'),
@@ -94,6 +103,36 @@ export function describe(
   }
 }
 
+/** The label and tooltip of the partial state: a start restores a restore point, the cells after it run again. */
+function describePartial(
+  snapshot: NotebookSnapshot,
+  trans: TranslationBundle
+): { label: string; tooltip: string } {
+  const status = snapshot.status;
+  const restored = status?.restored_cells ?? 0;
+  const total = status?.setup_cells.length ?? 0;
+  return {
+    label: trans.__('Restores %1/%2', restored, total),
+    tooltip: [
+      trans.__('A kernel start %1', status?.reason ?? trans.__('restores a restore point')),
+      trans.__('Click to build the snapshot of the whole setup')
+    ].join('\n')
+  };
+}
+
+/** A building or queued tooltip, with what a kernel start restores meanwhile when that is a restore point. */
+function withPartial(
+  tooltip: string,
+  snapshot: NotebookSnapshot,
+  trans: TranslationBundle
+): string {
+  const status = snapshot.status;
+  if (status?.restored_cells == null || !status.reasons.length) {
+    return tooltip;
+  }
+  return `${tooltip}\n${trans.__('Meanwhile a kernel start %1', status.reasons[0])}`;
+}
+
 /** The last state the server told, in words, for an error's tooltip. */
 function describeKnown(snapshot: NotebookSnapshot, trans: TranslationBundle): string {
   const build = snapshot.build;
@@ -106,6 +145,8 @@ function describeKnown(snapshot: NotebookSnapshot, trans: TranslationBundle): st
         : trans.__('building');
     case 'ready':
       return trans.__('snapshot ready');
+    case 'partial':
+      return trans.__('restore point ready');
     case 'stale':
       return trans.__('snapshot stale');
     case 'failed':
@@ -178,7 +219,8 @@ export class SnapshotToolbarItem extends ReactWidget {
     this.update();
   }
 
-  /** Do what the state offers: build, restart from the snapshot, or check again. */
+  /** Do what the state offers: build (the whole setup, when only a restore point is ready), restart from the
+   * snapshot, or check again. */
   private async act(): Promise<void> {
     try {
       switch (this.snapshot.state) {
@@ -189,6 +231,7 @@ export class SnapshotToolbarItem extends ReactWidget {
           await this.restartFromSnapshot();
           return;
         case 'none':
+        case 'partial':
         case 'stale':
         case 'failed':
           await this.snapshot.startBuild();

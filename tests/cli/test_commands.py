@@ -47,7 +47,7 @@ def test_build_list_run_rm_and_gc(tmp_path: Path, notebook: Path) -> None:
 
     output = tmp_path / "executed.ipynb"
     restored = json.loads(snapkernel("run", str(notebook), "--json", "--output", str(output), store=store).stdout)
-    assert restored["start"] == "restored"
+    assert restored["start"] == "restored", restored
     assert restored["snapshot"] == entry["id"]
     assert restored["reason"] is None
     assert 0 < restored["kernel_ready_s"] <= restored["total_s"]

@@ -12,7 +12,6 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from snapkernel_engine.chains import chain_bytes
 from tests.notebooks.harness import cli, notebook, run
 
 SLOW_LOAD = (

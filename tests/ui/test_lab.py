@@ -42,6 +42,7 @@ TOOLBAR_ITEM = ".jp-SnapKernel-status"
 BUTTON = ".jp-SnapKernel-button"  # a jp-button (ToolbarButtonComponent) holding the label and the tooltip
 SETUP_CELL = "jp-SnapKernel-setupCell"
 SETUP_END = "jp-SnapKernel-setupEnd"
+RESTORE_POINT = "jp-SnapKernel-restorePoint"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CURRENT = "window.jupyterapp.shell.currentWidget"
 # For waits: they poll before JupyterLab has set window.jupyterapp on a slow page load, so undefined, not a throw.
@@ -371,9 +372,10 @@ def test_setup_cells_follow_tags_and_moves_and_an_unsaved_edit_turns_stale(
     wait_for_state(page, "ready", timeout_s=120)
     wait_for_marks(page, setup=[1, 2], end=2)
 
-    mark_cell(page, 3)  # the tag moves down: one more setup cell, and the snapshot no longer matches
+    mark_cell(page, 3)  # the tag moves down: one more setup cell; the snapshot is now a restore point inside it
     wait_for_marks(page, setup=[1, 2, 3], end=3)
-    wait_for_state(page, "stale", timeout_s=15)
+    wait_for_state(page, "partial", timeout_s=15)
+    assert "restores up to setup cell 2 of 3; cell 3 run again" in tooltip(page)
     page.evaluate("window.jupyterapp.commands.execute('notebook:move-cell-up')")  # the tagged cell goes up
     wait_for_marks(page, setup=[1, 2], end=2)
     page.evaluate("window.jupyterapp.commands.execute('notebook:move-cell-down')")
@@ -393,6 +395,89 @@ def test_setup_cells_follow_tags_and_moves_and_an_unsaved_edit_turns_stale(
     for _ in range(len("  # changed")):
         page.keyboard.press("Backspace")
     wait_for_state(page, "ready", timeout_s=15)
+
+
+def point_marks(page: Page) -> dict[int, tuple[str, str]]:
+    """The restore point markers of the current notebook: (state, label) by cell index, the classes checked."""
+    cells = page.evaluate(
+        f"{CURRENT}.content.widgets.map(cell => [cell.node.className, cell.node.dataset.snapkernelPoint ?? null,"
+        " cell.node.dataset.snapkernelPointLabel ?? null])"
+    )
+    marks: dict[int, tuple[str, str]] = {}
+    for index, (class_name, state, label) in enumerate(cells):
+        classes = set(class_name.split())
+        shown = {name.removeprefix(f"{RESTORE_POINT}-") for name in classes if name.startswith(f"{RESTORE_POINT}-")}
+        assert (RESTORE_POINT in classes) == (state is not None) and shown == ({state} - {None}), (index, classes)
+        if state is not None:
+            marks[index] = (state, label)
+    return marks
+
+
+def wait_for_points(page: Page, expected: dict[int, str], timeout_s: float = 30) -> dict[int, str]:
+    """Wait until exactly the cells of `expected` carry a restore point marker, each in its state; their labels."""
+
+    def states() -> dict[int, str]:
+        """The state of each marker shown now."""
+        return {index: state for index, (state, _) in point_marks(page).items()}
+
+    try:
+        wait_in_page(page, lambda: states() == expected, timeout_s, "")
+    except AssertionError:
+        raise AssertionError(f"restore point markers {states()}, expected {expected}: {tooltip(page)}") from None
+    return {index: label for index, (_, label) in point_marks(page).items()}
+
+
+# Two setup cells of over a second (each leaves a restore point behind it) and the fast tagged last one.
+SLOW_SETUP = ["import time\ntime.sleep(1.2)\na = 1", "time.sleep(1.2)\nb = a + 1", "c = b + 1"]
+
+
+def test_restore_points_are_marked_and_an_edit_of_the_last_setup_cell_restores_the_rest(
+    lab: Lab, browser_page: Page, shots: Screenshots
+) -> None:
+    # cells: 0 markdown, 1-3 setup (3 tagged), 4 after.
+    notebook = tiny_notebook(lab.root, "points.ipynb", SLOW_SETUP, 2, ["print(c)"])
+    page = browser_page
+    open_notebook(page, lab, "points.ipynb")
+    wait_for_state(page, "none", timeout_s=120)
+    wait_for_marks(page, setup=[1, 2, 3], end=3)
+    assert wait_for_points(page, {}) == {}
+
+    item(page).locator(BUTTON).click()
+    wait_for_state(page, "ready", timeout_s=300)
+    labels = wait_for_points(page, {1: "current", 2: "current", 3: "current"})
+    assert labels == {
+        1: "restore point: setup cell 1",
+        2: "restore point: setup cells 1-2",
+        3: "restore point: setup cells 1-3",
+    }
+    shots.take_notebook(page, "restore-points-ready", doc=True)
+
+    # An unsaved edit of the last setup cell: a start would restore the point after cell 2 and run cell 3 again.
+    type_into_cell(page, 3, "\nd = 4")
+    shown = wait_for_state(page, "partial", timeout_s=15)
+    assert shown.locator(BUTTON).inner_text().strip() == "Restores 2/3"
+    assert "A kernel start restores up to setup cell 2 of 3; cell 3 run again" in tooltip(page)
+    labels = wait_for_points(page, {1: "current", 2: "current", 3: "stale"})
+    assert labels[3] == "stale restore point: setup cells 1-3"
+    assert "d = 4" not in notebook.read_text()
+    shots.take_notebook(page, "restore-points-partial", doc=True)
+
+    # Saved, the edit is what a kernel start reads: a restart restores the point and says which cell runs again.
+    page.evaluate(f"async () => {{ await {CURRENT}.context.save(); }}")
+    wait_for_idle_kernel(page)
+    before = start_time(page)
+    page.evaluate(f"{CURRENT}.sessionContext.session.kernel.restart()")
+    page.wait_for_function(f"async () => (await ({START_TIME_JS})) > {before}", timeout=120_000)
+    toast = page.locator(".Toastify__toast", has_text="Kernel restored from restore point")
+    toast.wait_for(timeout=60_000)
+    assert "after setup cell 2 of 3 in " in toast.inner_text() and "; setup cell 3 runs again" in toast.inner_text()
+    wait_for_state(page, "partial", timeout_s=15)  # no automatic build here: the toolbar still offers one
+
+    item(page).locator(BUTTON).click()  # builds the rest of the setup
+    wait_for_state(page, "ready", timeout_s=300)
+    wait_for_points(page, {1: "current", 2: "current", 3: "current"})
+    assert "d = 4" in notebook.read_text()
+    shots.take_notebook(page, "restore-points-rebuilt", doc=True)
 
 
 def test_a_hidden_notebook_stops_polling_until_it_is_shown_again(lab: Lab, browser_page: Page) -> None:

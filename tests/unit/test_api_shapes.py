@@ -14,6 +14,7 @@ API_TS = REPO / "labextension" / "src" / "api.ts"
 # Each TypeScript interface, and the TypedDict of the server's answer it declares.
 SHAPES = {
     "INotebookStatus": answers.NotebookStatus,
+    "IRestorePoint": answers.RestorePointMarker,
     "IBuild": answers.BuildAnswer,
     "IKernelStart": answers.KernelStart,
     "ICheckDifference": answers.CheckDifference,

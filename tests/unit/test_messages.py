@@ -21,6 +21,7 @@ EVERY_EVENT: list[messages.KernelEvent] = [
         2, "ZeroDivisionError", [{"output_type": "error", "ename": "E", "evalue": "", "traceback": []}]
     ),
     messages.Ready(42, {"files": ["/data/x.csv"], "relative": [], "variables": ["HOME"]}),
+    messages.Ready(44, {}, cells=2, timed=True, pipes={"stdin": 0, "control": 7}),
     messages.Resumed(43),
     messages.ResumeFailed("OSError: no such file"),
 ]
@@ -57,6 +58,20 @@ def test_requests_arrive_as_they_were_sent(channels: tuple[PipeChannel, PipeChan
     assert messages.receive_request(kernel, messages.SetupRequest) == setup
     received = messages.receive_request(kernel, messages.ResumeRequest)
     assert received == resume and received.from_spare is False
+
+
+def test_a_kernel_waiting_at_a_restore_point_tells_a_next_setup_request_from_a_launch(
+    channels: tuple[PipeChannel, PipeChannel],
+) -> None:
+    """After a restore point the next request is either more setup cells or a launch: each arrives as its kind."""
+    launcher, kernel = channels
+    carry_on = messages.SetupRequest(["y = 2"], "nb.ipynb", "abc", first=2, points=[3], point_seconds=1.0, cwd="/w")
+    launch = messages.ResumeRequest("/run/kernel-1.json", {}, "/home/u", "abc123", 1.5)
+    for request in (carry_on, launch):
+        messages.send(launcher, request)
+        assert messages.any_request_from_wire(kernel.receive()) == request
+    with pytest.raises(ValueError, match="unknown control pipe request"):
+        messages.any_request_from_wire({"request": "dance"})
 
 
 def test_each_event_kind_has_its_own_name_on_the_wire() -> None:

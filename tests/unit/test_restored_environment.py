@@ -39,3 +39,12 @@ def test_setup_that_chose_a_backend_keeps_it_over_the_launch() -> None:
     assert restored_environment({"MPLBACKEND": "agg"}, BuildEnvironment(EnvironmentChanges(), setup)) == {
         "MPLBACKEND": "svg"
     }
+
+
+def test_changes_of_setup_stretches_add_up_as_one_setup_did_them() -> None:
+    """Restore points split the setup in stretches: their changes, one after the other, equal the whole's."""
+    start = {"KEEP": "1", "GONE": "x", "BACK": "old"}
+    middle = {"KEEP": "1", "BACK": "mid", "NEW": "a"}
+    end = {"KEEP": "2", "GONE": "y", "NEW": "a"}
+    combined = EnvironmentChanges.between(start, middle).then(EnvironmentChanges.between(middle, end))
+    assert combined == EnvironmentChanges.between(start, end)

@@ -100,6 +100,17 @@ def test_the_section_runs_from_the_top_through_the_last_marked_code_cell() -> No
     assert section is not None
     assert section.cells == ("import os", "x = 1", "%%snapshot\ny = 2")
     assert section.positions == (1, 2, 4)
+    assert section.marked == (0, 2), "every marked cell is a restore point; the last ends the setup"
+
+
+def test_a_restore_point_is_keyed_by_the_cells_up_to_it_alone() -> None:
+    """The key of the point after k cells is the setup hash of those k cells; the last point's is the setup's."""
+    whole = SetupSection(("import os", "x = 1", "y = 2"))
+    edited = SetupSection(("import os", "x = 1", "y = 3"))
+    assert whole.prefix_hash(3) == whole.setup_hash
+    assert whole.prefix_hash(2) == SetupSection(("import os", "x = 1")).setup_hash == edited.prefix_hash(2)
+    assert whole.prefix_hash(3) != edited.prefix_hash(3)
+    assert len({whole.prefix_hash(cells) for cells in range(4)}) == 4
 
 
 def test_ignore_inputs_come_from_the_notebook_metadata() -> None:
