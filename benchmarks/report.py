@@ -1,9 +1,14 @@
 """`make bench`: each figure beside its baseline, measured in one run; writes results/latest.json and latest.png.
 
-Four parts: the engine alone (dump, sha256 and restore of processes holding 100 MB and 1 GB);
+Five parts: the engine alone (dump, sha256 and restore of processes holding 100 MB and 1 GB);
 `jupyter snapkernel bench` of the example notebooks (cold against restored, with and without spare
 kernels); 16 sessions of one notebook started at once through a real `jupyter server`, restored and
-cold; and, as root with a machine-wide install, `benchmarks/privilege_modes.py`.
+cold; as root with a machine-wide install, `benchmarks/privilege_modes.py`; and restore points
+(`benchmarks/restore_points_bench.py`): the start and the rebuild after an edit of the last setup
+cell against the same from the top, and the chain's bytes against one full image.
+
+`--only PART` (repeatable) runs only those parts and merges them into the folder's latest.json (the
+other parts keep their figures, and the table and plot show them all).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from engine_bench import measure
+from restore_points_bench import measure_restore_points
 
 from jupyter_snapkernel.launch.headless import notebook_to_run
 from jupyter_snapkernel.notebook.setup_section import normalise, setup_section_of
@@ -44,6 +50,7 @@ ENGINE_SIZES_MB = (100, 1000)
 NOTEBOOKS = ("numpy_setup.ipynb", "torch_setup.ipynb")
 CONCURRENT_NOTEBOOK = "numpy_setup.ipynb"
 TARGET_GBPS = 3.0  # restore throughput the engine aims at (issue 11)
+PARTS = ("engine", "notebooks", "concurrent", "privilege_modes", "restore_points")
 
 
 def command_output(command: list[str]) -> str | None:
@@ -365,6 +372,48 @@ def privilege_lines(privilege: dict[str, Any]) -> list[str]:
     return grid(header, rows)
 
 
+def restore_point_lines(points: dict[str, Any]) -> list[str]:
+    """The start and the build after an edit of the last setup cell, from the top and from the restore point
+    before it; the chain's bytes against one full image."""
+    if "error" in points:
+        return [f"restore points: {points['error']}"]
+    target = points["target_speedup"]
+    header = [f"restore points, edit of the last setup cell, median of {points['runs']}", "from the top"]
+    header += ["from the point", "speedup", "target"]
+    rows = [
+        [
+            label,
+            f"{points[key][top]:.2f} s",
+            f"{points[key][point]:.2f} s",
+            f"{points[key]['ratio']:.1f}x",
+            f">= {target:g}x" + ("" if points[key]["ratio"] >= target else ", not met"),
+        ]
+        for label, key, top, point in (
+            ("start (Run All to the reply after the setup)", "start", "cold_s", "edited_s"),
+            ("build (`built in`: `build --from-top` / `build`)", "build", "full_s", "rebuild_s"),
+        )
+    ]
+    build = points["build"]
+    disk = points["disk"]
+    sizes = " + ".join(f"{point['size_bytes'] / 1e6:.1f}" for point in disk["points"])
+    rebuild, full = points["build"]["rebuild_phases_s"], points["build"]["full_phases_s"]
+    return [
+        *grid(header, rows),
+        f"as whole commands (a process start in each): {build['full_command_s']:.2f} s / "
+        f"{build['rebuild_command_s']:.2f} s = {build['command_ratio']:.1f}x",
+        f"rebuild: restore {rebuild['restore_s']:.2f} s, cell {rebuild['cells_s']:.2f} s, checkpoint "
+        f"{rebuild['checkpoint_s']:.2f} s; from the top: cells {full['cells_s']:.2f} s, checkpoints "
+        f"{full['checkpoint_s']:.2f} s",
+        f"disk: chain of {len(disk['points'])} ({sizes} MB) {disk['chain_bytes'] / 1e6:.1f} MB against one full "
+        f"image {disk['full_image_bytes'] / 1e6:.1f} MB: {disk['ratio']:.2f}x",
+    ]
+
+
+def not_measured(results: dict[str, Any], part: str) -> Any:
+    """A part's figures, or an error saying it was not measured (a latest.json from before the part existed)."""
+    return results.get(part, {"error": "not measured"})
+
+
 def table(results: dict[str, Any]) -> str:
     """The figures as a compact text table."""
     machine = results["machine"]
@@ -372,13 +421,18 @@ def table(results: dict[str, Any]) -> str:
         f"{results['date']}  commit {results['commit']}  {machine['cpu']} ({machine['cores']} cores), "
         f"{machine['memory_gb']} GB, Linux {machine['kernel']}, CRIU {machine['criu']['version']}, "
         f"GPU {machine['gpu']}",
+        *[
+            f"{part} measured again on {merged['date']} at commit {merged['commit']} (--only)"
+            for part, merged in results.get("merged", {}).items()
+        ],
         "",
     ]
     sections = [
-        engine_lines(results["engine"]),
-        notebook_lines(results["notebooks"]),
-        concurrent_lines(results["concurrent"]),
-        privilege_lines(results["privilege_modes"]),
+        engine_lines(not_measured(results, "engine")),
+        notebook_lines(not_measured(results, "notebooks")),
+        concurrent_lines(not_measured(results, "concurrent")),
+        privilege_lines(not_measured(results, "privilege_modes")),
+        restore_point_lines(not_measured(results, "restore_points")),
     ]
     for section in sections:
         lines += [*section, ""]
@@ -441,20 +495,82 @@ def plot_restores(axes: Any, engine: dict[str, Any] | list[dict[str, Any]]) -> N
         axes.text(0.5, 0.5, "engine bench failed", ha="center", transform=axes.transAxes)
 
 
+def plot_restore_point_times(axes: Any, points: dict[str, Any]) -> None:
+    """Bars of the start and the build after an edit of the last setup cell: from the top against from the
+    restore point before it, with the speed-ups."""
+    if "error" in points:
+        axes.text(0.5, 0.5, "restore points bench failed", ha="center", transform=axes.transAxes)
+        return
+    groups = [("start", "cold_s", "edited_s"), ("build", "full_s", "rebuild_s")]
+    width = 0.36
+    kinds = [("from the top (cold start, `build --from-top`)", "#9e9e9e", 1), ("from the restore point", "#2ca02c", 2)]
+    for offset, (label, color, column) in enumerate(kinds):
+        xs = [index + (offset - 0.5) * width for index in range(len(groups))]
+        heights = [points[group[0]][group[column]] for group in groups]
+        bars = axes.bar(xs, heights, width, label=label, color=color)
+        texts = [
+            f"{height:.2f} s" + (f"\n{points[group[0]]['ratio']:.1f}× faster" if column == 2 else "")
+            for group, height in zip(groups, heights, strict=True)
+        ]
+        axes.bar_label(bars, texts, padding=2, fontsize=9)
+    axes.set_xticks(
+        range(len(groups)), ["start\n(Run All to the reply after the setup)", "build\n(`build --from-top` / `build`)"]
+    )
+    axes.set_ylabel("seconds")
+    axes.set_title(
+        f"After an edit of the last setup cell (median of {points['runs']}; target {points['target_speedup']:g}×)"
+    )
+    axes.margins(y=0.2)
+    axes.legend(frameon=False, fontsize=9, loc="upper left")
+
+
+def plot_restore_point_disk(axes: Any, points: dict[str, Any]) -> None:
+    """The chain's snapshots stacked, beside one full image of the same setup."""
+    if "error" in points:
+        axes.text(0.5, 0.5, "restore points bench failed", ha="center", transform=axes.transAxes)
+        return
+    disk = points["disk"]
+    colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"]
+    left = 0.0
+    for index, point in enumerate(disk["points"]):
+        size = point["size_bytes"] / 1e6
+        kind = "full image" if point["full"] else "pages changed"
+        label = f"point after cell {point['cells']}: {size:.1f} MB ({kind})"
+        axes.barh(1, size, 0.5, left=left, color=colors[index % len(colors)], label=label)
+        left += size
+    full = disk["full_image_bytes"] / 1e6
+    axes.barh(0, full, 0.5, color="#9e9e9e", label="one full image, restore points off")
+    axes.text(left, 1, f" {left:.1f} MB", va="center", fontsize=9)
+    axes.text(full, 0, f" {full:.1f} MB", va="center", fontsize=9)
+    axes.set_yticks([0, 1], ["one full image", f"chain of {len(disk['points'])}"])
+    axes.set_xlim(0, max(left, full) * 1.3)
+    axes.set_ylim(-0.5, 2.5)
+    axes.set_xlabel("bytes on disk (MB)")
+    axes.set_title(f"Disk: the chain takes {disk['ratio']:.2f}× one full image")
+    axes.legend(frameon=False, fontsize=8, loc="upper left", ncol=2)
+
+
 def plot(results: dict[str, Any], path: Path) -> None:
-    """Two panels: cold against restored starts of each notebook; restore time against image size."""
+    """Four panels: cold against restored starts of each notebook; restore time against image size; the start
+    and the build after an edit of the last setup cell, from the top and from a restore point; the chain's bytes
+    against one full image."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), width_ratios=[1.2, 1])
-    plot_starts(left, results["notebooks"])
-    plot_restores(right, results["engine"])
-    for axes in (left, right):
+    figure, panels = plt.subplots(2, 2, figsize=(13, 9.6), width_ratios=[1.2, 1])
+    (left, right), (points_left, points_right) = panels
+    plot_starts(left, not_measured(results, "notebooks"))
+    plot_restores(right, not_measured(results, "engine"))
+    plot_restore_point_times(points_left, not_measured(results, "restore_points"))
+    plot_restore_point_disk(points_right, not_measured(results, "restore_points"))
+    for axes in panels.flat:
         axes.spines[["top", "right"]].set_visible(False)
     machine = results["machine"]
     title = f"snapkernel {results['commit']}, {results['date'][:10]}: {machine['cpu']}, {machine['cores']} cores"
+    for part, merged in results.get("merged", {}).items():
+        title += f"; {part} measured at {merged['commit']}, {merged['date'][:10]}"
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -469,27 +585,42 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, default=16, help="sessions started at once through the server")
     parser.add_argument("--quick", action="store_true", help="1 run each, no privilege modes: a fast self-check")
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results", help="folder for latest.*")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=PARTS,
+        help="run only this part (repeatable) and merge its figures into the folder's latest.json",
+    )
     args = parser.parse_args()
     runs = 1 if args.quick else args.runs
     started = time.perf_counter()
-    results: dict[str, Any] = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "commit": git_commit(),
-        "machine": machine_facts(),
-        "quick": args.quick,
-        "runs": runs,
+    now, commit = datetime.now(UTC).isoformat(timespec="seconds"), git_commit()
+    latest = args.output / "latest.json"
+    if args.only and latest.exists():
+        results: dict[str, Any] = json.loads(latest.read_text())
+    else:
+        results = {"date": now, "commit": commit, "machine": machine_facts(), "quick": args.quick, "runs": runs}
+    parts: dict[str, Callable[[], Any]] = {
+        "engine": lambda: engine_part(runs),
+        "notebooks": lambda: notebook_part(runs),
+        "concurrent": lambda: concurrent_part(args.sessions),
+        "privilege_modes": lambda: privilege_part(args.prefix, runs, args.quick),
+        "restore_points": lambda: measure_restore_points(runs),
     }
-    attempt(results, "engine", lambda: engine_part(runs))
-    attempt(results, "notebooks", lambda: notebook_part(runs))
-    attempt(results, "concurrent", lambda: concurrent_part(args.sessions))
-    attempt(results, "privilege_modes", lambda: privilege_part(args.prefix, runs, args.quick))
-    results["total_s"] = round(time.perf_counter() - started, 1)
+    chosen = [part for part in PARTS if not args.only or part in args.only]
+    for part in chosen:
+        attempt(results, part, parts[part])
+        if args.only:
+            results.setdefault("merged", {})[part] = {"date": now, "commit": commit, "quick": args.quick, "runs": runs}
+    elapsed = round(time.perf_counter() - started, 1)
+    if not args.only:
+        results["total_s"] = elapsed
     args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
+    latest.write_text(json.dumps(results, indent=2) + "\n")
     plot(results, args.output / "latest.png")
     print(table(results))
-    print(f"\n{results['total_s']:.0f} s; wrote {args.output / 'latest.json'} and {args.output / 'latest.png'}")
-    failed = [name for name in ("engine", "notebooks", "concurrent", "privilege_modes") if "error" in results[name]]
+    print(f"\n{elapsed:.0f} s; wrote {latest} and {args.output / 'latest.png'}")
+    failed = [name for name in chosen if "error" in results[name]]
     return 1 if failed else 0
 
 

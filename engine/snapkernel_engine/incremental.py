@@ -14,13 +14,13 @@ The entries stay in ascending address order, as CRIU reads a parent strictly for
 
 from __future__ import annotations
 
-import mmap
+import bisect
 import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .errors import CriuUnavailable
 
@@ -85,6 +85,25 @@ def entry(vaddr: int, pages: int, flags: int) -> dict[str, Any]:
     return {"vaddr": vaddr, "compat_nr_pages": 0, "flags": flags, "nr_pages": pages}
 
 
+@dataclass(frozen=True)
+class Pages:
+    """Pages stored from `offset` on in an open pages file.
+
+    Read with pread, not mapped: comparing bytes read from the page cache runs at memcmp speed, about 8
+    times what comparing mapped memory does (a page fault per page, then an element-wise comparison)."""
+
+    fd: int
+    offset: int
+
+    def read(self, first: int, count: int) -> bytes:
+        """Pages `first` to `first + count` of these."""
+        return os.pread(self.fd, count * PAGE_SIZE, self.offset + first * PAGE_SIZE)
+
+    def after(self, pages: int) -> Pages:
+        """These pages from page `pages` on."""
+        return Pages(self.fd, self.offset + pages * PAGE_SIZE)
+
+
 class PageSource:
     """One process's pages in an images folder, by address, following the folder's parent links."""
 
@@ -92,22 +111,36 @@ class PageSource:
         self.images_dir = images_dir
         head, *self.entries = load_pagemap(images_dir / pagemap_name)
         pages_file = images_dir / f"pages-{head['pages_id']}.img"
+        self._starts = [int(item["vaddr"]) for item in self.entries]
         self._offsets: list[int | None] = []
         offset = 0
         for item in self.entries:
             here = stored_here(item)
             self._offsets.append(offset if here else None)
             offset += entry_pages(item) * PAGE_SIZE if here else 0
-        self._data = _map(pages_file) if offset else b""
+        self._fd = os.open(pages_file, os.O_RDONLY) if offset else -1
         parent_dir = images_dir / PARENT_LINK
         self.parent = PageSource(parent_dir.resolve(), pagemap_name) if (parent_dir / pagemap_name).exists() else None
 
-    def runs(self, vaddr: int, pages: int) -> Iterator[tuple[int, int, bytes | memoryview | None]]:
+    def close(self) -> None:
+        """Close this image's pages file and its parents'."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self.parent is not None:
+            self.parent.close()
+
+    def runs(self, vaddr: int, pages: int) -> Iterator[tuple[int, int, Pages | None]]:
         """The pages from `vaddr` on as runs of (first page, count, their bytes or None where this image
         and its parents hold no page there)."""
         index, end = 0, pages
-        for item, offset in zip(self.entries, self._offsets, strict=True):
+        # Entries are in address order: skip those that end before `vaddr` (a parent has thousands).
+        first_entry = max(bisect.bisect_right(self._starts, vaddr) - 1, 0)
+        for position in range(first_entry, len(self.entries)):
+            item, offset = self.entries[position], self._offsets[position]
             start, count = item["vaddr"], entry_pages(item)
+            if start >= vaddr + end * PAGE_SIZE:
+                break
             first = max(vaddr + index * PAGE_SIZE, start)
             last = min(vaddr + end * PAGE_SIZE, start + count * PAGE_SIZE)
             if first >= last:
@@ -124,11 +157,10 @@ class PageSource:
 
     def _entry_runs(
         self, item: dict[str, Any], offset: int | None, first: int, index: int, span: int
-    ) -> Iterator[tuple[int, int, bytes | memoryview | None]]:
+    ) -> Iterator[tuple[int, int, Pages | None]]:
         """The runs of `span` pages of one entry from address `first` (page `index` of the caller's range)."""
         if offset is not None:
-            start = offset + first - item["vaddr"]
-            yield index, span, memoryview(self._data)[start : start + span * PAGE_SIZE]
+            yield index, span, Pages(self._fd, offset + first - item["vaddr"])
         elif int(item.get("flags", 0)) & PE_PARENT and self.parent is not None:
             for sub_index, count, data in self.parent.runs(first, span):
                 yield index + sub_index, count, data
@@ -136,28 +168,21 @@ class PageSource:
             yield index, span, None
 
 
-def _map(path: Path) -> bytes | mmap.mmap:
-    """A file's bytes, mapped read-only (an empty file reads as no bytes)."""
-    with path.open("rb") as file:
-        if os.fstat(file.fileno()).st_size == 0:
-            return b""
-        return mmap.mmap(file.fileno(), 0, prot=mmap.PROT_READ)
-
-
-def same_pages(mine: memoryview, theirs: bytes | memoryview | None, pages: int) -> list[bool]:
+def same_pages(mine: Pages, theirs: Pages | None, pages: int) -> list[bool]:
     """For each of `pages` pages, whether `mine` equals `theirs` there (never where `theirs` is None)."""
     if theirs is None:
         return [False] * pages
     verdicts: list[bool] = []
     for start in range(0, pages, COMPARED_PAGES):
         count = min(COMPARED_PAGES, pages - start)
-        low, high = start * PAGE_SIZE, (start + count) * PAGE_SIZE
-        if mine[low:high] == theirs[low:high]:
+        block, their_block = mine.read(start, count), theirs.read(start, count)
+        if block == their_block:
             verdicts += [True] * count
         else:
             verdicts += [
-                mine[page * PAGE_SIZE : (page + 1) * PAGE_SIZE] == theirs[page * PAGE_SIZE : (page + 1) * PAGE_SIZE]
-                for page in range(start, start + count)
+                block[page * PAGE_SIZE : (page + 1) * PAGE_SIZE]
+                == their_block[page * PAGE_SIZE : (page + 1) * PAGE_SIZE]
+                for page in range(count)
             ]
     return verdicts
 
@@ -171,37 +196,42 @@ def runs_of(verdicts: list[bool]) -> Iterator[tuple[int, int, bool]]:
             start = index
 
 
-def compared_with_parent(mine: memoryview, vaddr: int, pages: int, parent: PageSource | None) -> list[bool]:
+def compared_with_parent(mine: Pages, vaddr: int, pages: int, parent: PageSource | None) -> list[bool]:
     """For each page of `mine` (from `vaddr`), whether the parent holds the same bytes at that address."""
     if parent is None:
         return [False] * pages
     verdicts: list[bool] = []
     for first, count, theirs in parent.runs(vaddr, pages):
-        verdicts += same_pages(mine[first * PAGE_SIZE : (first + count) * PAGE_SIZE], theirs, count)
+        verdicts += same_pages(mine.after(first), theirs, count)
     return verdicts
+
+
+def copy_pages(pages: Pages, first: int, count: int, out: BinaryIO) -> None:
+    """Write `count` of `pages` from page `first` on to `out`, a few megabytes at a time."""
+    for start in range(first, first + count, COMPARED_PAGES * 16):
+        out.write(pages.read(start, min(COMPARED_PAGES * 16, first + count - start)))
 
 
 def rewrite_pagemap(child_dir: Path, out_dir: Path, pagemap_name: str, parent: PageSource | None) -> IncrementalImage:
     """Write one process's pagemap and pages file into `out_dir`, the pages its parent holds as PE_PARENT runs."""
     head, *entries = load_pagemap(child_dir / pagemap_name)
     pages_name = f"pages-{head['pages_id']}.img"
-    data = _map(child_dir / pages_name)
-    kept, pages, stored, offset = [head], 0, 0, 0
-    with (out_dir / pages_name).open("wb") as out:
+    kept, pages, stored = [head], 0, 0
+    with (child_dir / pages_name).open("rb") as data, (out_dir / pages_name).open("wb") as out:
+        mine = Pages(data.fileno(), 0)
         for item in entries:
             if not stored_here(item):
                 kept.append(item)
                 continue
             count = entry_pages(item)
-            mine = memoryview(data)[offset : offset + count * PAGE_SIZE]
-            offset += count * PAGE_SIZE
-            pages += count
             for first, run, same in runs_of(compared_with_parent(mine, item["vaddr"], count, parent)):
                 vaddr = item["vaddr"] + first * PAGE_SIZE
                 kept.append(entry(vaddr, run, PE_PARENT if same else int(item["flags"])))
                 if not same:
-                    out.write(mine[first * PAGE_SIZE : (first + run) * PAGE_SIZE])
+                    copy_pages(mine, first, run, out)
                     stored += run
+            mine = mine.after(count)
+            pages += count
     dump_pagemap(out_dir / pagemap_name, kept)
     return IncrementalImage(pages, stored)
 
@@ -220,7 +250,11 @@ def make_incremental(child_dir: Path, parent_dir: Path, out_dir: Path, *, link: 
     pages = stored = 0
     for name in pagemaps:
         parent = PageSource(parent_dir, name) if (parent_dir / name).exists() else None
-        result = rewrite_pagemap(child_dir, out_dir, name, parent)
+        try:
+            result = rewrite_pagemap(child_dir, out_dir, name, parent)
+        finally:
+            if parent is not None:
+                parent.close()
         pages, stored = pages + result.pages, stored + result.stored_pages
         written.add(f"pages-{load_pagemap(child_dir / name)[0]['pages_id']}.img")
     for path in child_dir.iterdir():

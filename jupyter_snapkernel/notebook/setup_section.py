@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
 import json
-from collections.abc import Iterable
+import secrets
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 SNAPSHOT_TAG = "snapshot"
 CELL_MAGIC = "%%snapshot"
+# nbformat's schemas, found without importing nbformat (its import takes most of a second)
+NBFORMAT_DIR = Path(importlib.util.find_spec("nbformat").submodule_search_locations[0])  # type: ignore[index, union-attr]
 
 
 def normalise(source: str | list[str]) -> str:
@@ -148,25 +153,47 @@ def _json_path(parts: Iterable[str | int]) -> str:
 
 def _schema_problem(book: dict[str, Any]) -> str | None:
     """The first way a notebook breaks nbformat's schema, in one line; None when it is valid."""
-    # Imported here: nbformat's jsonschema takes seconds to import, and kernels import this module.
-    import nbformat
-    from nbformat.corpus.words import generate_corpus_id
-    from nbformat.validator import iter_validate
-
     major, minor = book.get("nbformat"), book.get("nbformat_minor", 0)
-    if type(major) is not int or type(minor) is not int or major not in nbformat.versions:
+    if type(major) is not int or type(minor) is not int or not (NBFORMAT_DIR / f"v{major}").is_dir():
         return f"unknown nbformat version {_one_line(repr(major), 20)}.{_one_line(repr(minor), 20)}"
     if (major, minor) >= (4, 5) and isinstance(book.get("cells"), list):
         # As nbformat's own reader does: cells written without an id get one (the schema requires it).
         for cell in book["cells"]:
             if isinstance(cell, dict) and "id" not in cell:
-                cell["id"] = generate_corpus_id()
-    # fastjsonschema checks (nbformat's default); on a failure nbformat asks jsonschema for the message.
+                cell["id"] = secrets.token_hex(4)
+    if major == 4 and _valid_notebook_4(minor, book):
+        return None
+    # The wording of the problem (or a notebook of an older major version): nbformat's own validation, whose
+    # import takes most of a second (jsonschema's format checkers), only on this path.
+    from nbformat.validator import iter_validate
+
     error = next(iter_validate(book), None)
     if error is None:
         return None
     where = _json_path(getattr(error, "relative_path", ()))
     return f"{where}: {_one_line(error.message)}" if where else _one_line(error.message)
+
+
+@functools.lru_cache(maxsize=8)
+def _notebook_4_check(minor: int) -> Callable[[Any], Any]:
+    """nbformat's schema of version 4.`minor` (its latest for a newer minor), compiled by fastjsonschema."""
+    import fastjsonschema
+
+    schema = NBFORMAT_DIR / "v4" / f"nbformat.v4.{minor}.schema.json"
+    if not schema.is_file():
+        schema = NBFORMAT_DIR / "v4" / "nbformat.v4.schema.json"
+    return fastjsonschema.compile(json.loads(schema.read_text()))
+
+
+def _valid_notebook_4(minor: int, book: dict[str, Any]) -> bool:
+    """Whether a notebook of version 4 meets its schema (the check nbformat itself runs first)."""
+    import fastjsonschema
+
+    try:
+        _notebook_4_check(minor)(book)
+    except fastjsonschema.JsonSchemaException:
+        return False
+    return True
 
 
 def read_notebook(path: str | Path) -> dict[str, Any]:

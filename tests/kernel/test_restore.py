@@ -342,3 +342,38 @@ async def test_a_port_another_process_took_before_the_kernel_listens_is_replaced
         connection = json.loads(Path(session.manager.connection_file).read_text())
         assert session.manager.shell_port == connection["shell_port"] != port
         assert await session.value("setup_value") == 42
+
+
+async def test_a_start_from_a_restore_point_builds_the_rest_from_that_point_then_the_next_start_restores_whole(
+    open_session: Any,
+    open_kernel: Any,
+    jp_root_dir: Path,
+    kernel_store: SnapshotStore,
+    jp_serverapp: Any,
+    jp_fetch: Any,
+) -> None:
+    jp_serverapp.config.SnapKernelSettings.auto_build = True
+    cells = [
+        "import time\ntime.sleep(1.1)\nloaded = 41",
+        "time.sleep(1.1)\nfeatures = loaded + 1",
+        "head = features * 2",
+    ]
+    book = write_notebook(jp_root_dir / "points.ipynb", cells, marked=2, after=["print(head)"])
+    build_snapshot(book, kernel_store)
+    write_notebook(book, [*cells[:2], "head = features * 3"], marked=2, after=["print(head)"])
+    first: KernelSession = await open_session(book)
+    assert first.restored
+    report = first.manager.provisioner.start_report
+    assert (report["restored_cells"], report["setup_cells"]) == (2, 3), report
+    assert await first.value("[loaded, features, 'head' in globals()]") == [41, 42, False]
+    section = read_setup_section(book)
+    for _ in range(600):
+        if kernel_store.newest_usable(section.setup_hash):
+            break
+        await asyncio.sleep(0.1)
+    rebuilt = kernel_store.newest_usable(section.setup_hash)
+    assert rebuilt is not None, "the background build published the rest"
+    assert rebuilt.parent is not None and kernel_store.get(rebuilt.parent).labels["cells"] == "2"
+    second: KernelSession = await open_kernel(book)
+    assert second.restored
+    assert await second.value("head") == 126
