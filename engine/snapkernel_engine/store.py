@@ -297,7 +297,72 @@ class SnapshotLookup(SnapshotReader):
             return None
 
 
-class SnapshotStore(SnapshotLookup):
+class SnapshotRestorer(SnapshotLookup):
+    """Restoring a store's snapshots: verified, locked while CRIU reads them, through a view of their chain."""
+
+    def restore_snapshot(
+        self,
+        snapshot_id: str,
+        *,
+        key: str | None = None,
+        pipes: Mapping[str, int] | None = None,
+        verify: VerifyMode | None = None,
+        criu_binary: str | None = None,
+        timeout: float | None = None,
+        lazy: bool = False,
+        cuda_driver: CudaDriver | None = None,
+        own_network: bool = False,
+        stopped: bool = False,
+    ) -> RestoredTree:
+        """Verify a snapshot, then restore it; `pipes` maps pipe names given at dump to new fds.
+        With `stopped` the tree stays stopped until ``tree.resume()``.
+
+        The snapshot counts as being restored (clean-up and delete leave it alone) until the restored
+        tree's memory is all in place, which for a `lazy` restore is after this returns.
+        """
+        directory = self._snapshot_path(snapshot_id)
+        held = [lock_snapshot(directory, exclusive=False)]
+        work = self.work_dir / f"{snapshot_id}-{secrets.token_hex(4)}"
+        chain: builtins.list[Manifest] = []
+
+        def release() -> None:
+            """Remove the restore's work folder and let the snapshot go."""
+            shutil.rmtree(work, ignore_errors=True)
+            for fd in held:
+                os.close(fd)
+
+        try:
+            manifest = self.verify(snapshot_id, key=key, mode=verify)
+            chain = self.chain(manifest)
+            held += [lock_snapshot(self._snapshot_path(member.id), exclusive=False) for member in chain[1:]]
+            inherit = _inherited_fds(manifest, pipes or {})
+            held.append(self._new_work_folder(work))
+            # CRIU reads a restore point's other pages through the `parent` link of a view of its chain.
+            images = chain_view(chain, self._images_of, work / "chain") if len(chain) > 1 else directory / IMAGES
+            tree = restore_tree(
+                images, work, inherit_fds=inherit, criu_binary=criu_binary,
+                timeout=DEFAULT_RESTORE_TIMEOUT_S if timeout is None else timeout, lazy=lazy and len(chain) == 1,
+                cuda_pids=manifest.cuda_pids, cuda_driver=cuda_driver, own_network=own_network, stopped=stopped,
+            )  # fmt: skip
+        except BaseException:
+            release()
+            raise
+        for member in chain:
+            with suppress(OSError):
+                os.utime(self._snapshot_path(member.id) / LOCK)  # when it was last used, for the clean-up
+        _release_once_loaded(tree, release)
+        return tree
+
+    def _new_work_folder(self, work: Path) -> int:
+        """Create a restore's work folder, locked while the restore needs it (a killed server's is a leftover)."""
+        try:
+            self.work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            return new_locked_dir(self.work_dir, work.name)
+        except OSError as error:
+            raise StoreError(store_write_error(error, "a restore cannot create its work folder")) from None
+
+
+class SnapshotStore(SnapshotRestorer):
     """Snapshots on the local disk under `root`: ``snapshots/ID/{manifest.json,images/}``."""
 
     def take_snapshot(
@@ -394,67 +459,6 @@ class SnapshotStore(SnapshotLookup):
         fsync_path(staging)
         os.rename(staging, self.snapshots_dir / manifest.id)
         fsync_path(self.snapshots_dir)
-
-    def restore_snapshot(
-        self,
-        snapshot_id: str,
-        *,
-        key: str | None = None,
-        pipes: Mapping[str, int] | None = None,
-        verify: VerifyMode | None = None,
-        criu_binary: str | None = None,
-        timeout: float | None = None,
-        lazy: bool = False,
-        cuda_driver: CudaDriver | None = None,
-        own_network: bool = False,
-        stopped: bool = False,
-    ) -> RestoredTree:
-        """Verify a snapshot, then restore it; `pipes` maps pipe names given at dump to new fds.
-        With `stopped` the tree stays stopped until ``tree.resume()``.
-
-        The snapshot counts as being restored (clean-up and delete leave it alone) until the restored
-        tree's memory is all in place, which for a `lazy` restore is after this returns.
-        """
-        directory = self._snapshot_path(snapshot_id)
-        held = [lock_snapshot(directory, exclusive=False)]
-        work = self.work_dir / f"{snapshot_id}-{secrets.token_hex(4)}"
-        chain: builtins.list[Manifest] = []
-
-        def release() -> None:
-            """Remove the restore's work folder and let the snapshot go."""
-            shutil.rmtree(work, ignore_errors=True)
-            for fd in held:
-                os.close(fd)
-
-        try:
-            manifest = self.verify(snapshot_id, key=key, mode=verify)
-            chain = self.chain(manifest)
-            held += [lock_snapshot(self._snapshot_path(member.id), exclusive=False) for member in chain[1:]]
-            inherit = _inherited_fds(manifest, pipes or {})
-            held.append(self._new_work_folder(work))
-            # CRIU reads a restore point's other pages through the `parent` link of a view of its chain.
-            images = chain_view(chain, self._images_of, work / "chain") if len(chain) > 1 else directory / IMAGES
-            tree = restore_tree(
-                images, work, inherit_fds=inherit, criu_binary=criu_binary,
-                timeout=DEFAULT_RESTORE_TIMEOUT_S if timeout is None else timeout, lazy=lazy and len(chain) == 1,
-                cuda_pids=manifest.cuda_pids, cuda_driver=cuda_driver, own_network=own_network, stopped=stopped,
-            )  # fmt: skip
-        except BaseException:
-            release()
-            raise
-        for member in chain:
-            with suppress(OSError):
-                os.utime(self._snapshot_path(member.id) / LOCK)  # when it was last used, for the clean-up
-        _release_once_loaded(tree, release)
-        return tree
-
-    def _new_work_folder(self, work: Path) -> int:
-        """Create a restore's work folder, locked while the restore needs it (a killed server's is a leftover)."""
-        try:
-            self.work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            return new_locked_dir(self.work_dir, work.name)
-        except OSError as error:
-            raise StoreError(store_write_error(error, "a restore cannot create its work folder")) from None
 
     def _locked(self, snapshot_id: str, exclusive: bool) -> AbstractContextManager[Path]:
         """Hold a snapshot's lock for the duration of a block."""
