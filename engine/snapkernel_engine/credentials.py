@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SnapshotError
+from .incremental import PARENT_LINK
 from .privileges import capability_set
 
 NO_ID = 0xFFFFFFFF  # "unset" (fown of a file nobody F_SETOWN'd, an unset loginuid): keep as is
@@ -87,7 +88,8 @@ def rewrite_for_user(
     *,
     bounding: int | None = None,
 ) -> None:
-    """Fill the empty `target_dir` with id-rewritten copies of the images that carry ids and links to the rest."""
+    """Fill the empty `target_dir` with id-rewritten copies of the images that carry ids and links to the rest
+    (and to the parent images of a restore point)."""
     source = images_dir.resolve(strict=True)
     bounding = capability_set("CapBnd") if bounding is None else bounding
     if not target_dir.is_dir() or target_dir.is_symlink():
@@ -107,6 +109,10 @@ def rewrite_for_user(
             else:
                 _write_image(destination, image)
             created.append(destination)
+        # A restore point reads the pages it does not hold from its parent, which holds no credentials.
+        if (source / PARENT_LINK).is_dir():
+            os.symlink((source / PARENT_LINK).resolve(), target_dir / PARENT_LINK)
+            created.append(target_dir / PARENT_LINK)
     except BaseException:
         for path in created:
             path.unlink(missing_ok=True)

@@ -431,6 +431,11 @@ def _build_from_latest_point(
     asked to, or when the point cannot be restored or checkpointed again (saying why)."""
     points = [] if limits[1].from_top else list(restore_points([store], section, notebook, os.environ).values())
     base = next((point.manifest for point in reversed(points) if point.cells < len(section.cells)), None)
+    if base is not None and current().mode != "root":
+        # Restored by another user than root, a tree lives in a user namespace of its own that CRIU cannot dump
+        # from outside: going on would run the cells after the point only to fail at their checkpoint.
+        progress(BuildNote(f"building from the top: going on from a restore point needs root ({current().mode} mode)"))
+        base = None
     if base is not None:
         try:
             return _run_build(notebook, store, section, progress, limits, gpu_state, cancel, base)
