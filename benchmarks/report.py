@@ -1,11 +1,13 @@
 """`make bench`: each figure beside its baseline, measured in one run; writes results/latest.json and latest.png.
 
-Five parts: the engine alone (dump, sha256 and restore of processes holding 100 MB and 1 GB);
+Six parts: the engine alone (dump, sha256 and restore of processes holding 100 MB and 1 GB);
 `jupyter snapkernel bench` of the example notebooks (cold against restored, with and without spare
 kernels); 16 sessions of one notebook started at once through a real `jupyter server`, restored and
 cold; as root with a machine-wide install, `benchmarks/privilege_modes.py`; and restore points
 (`benchmarks/restore_points_bench.py`): the start and the rebuild after an edit of the last setup
-cell against the same from the top, and the chain's bytes against one full image.
+cell against the same from the top, and the chain's bytes against one full image; and editors
+(`benchmarks/editors_bench.py`): a 10-run papermill sweep of the torch example through a bound
+kernelspec, and its argv run as VS Code runs it, restored against cold.
 
 `--only PART` (repeatable) runs only those parts and merges them into the folder's latest.json (the
 other parts keep their figures, and the table and plot show them all).
@@ -32,6 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from editors_bench import measure_editors
 from engine_bench import measure
 from restore_points_bench import measure_restore_points
 
@@ -50,7 +53,7 @@ ENGINE_SIZES_MB = (100, 1000)
 NOTEBOOKS = ("numpy_setup.ipynb", "torch_setup.ipynb")
 CONCURRENT_NOTEBOOK = "numpy_setup.ipynb"
 TARGET_GBPS = 3.0  # restore throughput the engine aims at (issue 11)
-PARTS = ("engine", "notebooks", "concurrent", "privilege_modes", "restore_points")
+PARTS = ("engine", "notebooks", "concurrent", "privilege_modes", "restore_points", "editors")
 
 
 def command_output(command: list[str]) -> str | None:
@@ -409,6 +412,21 @@ def restore_point_lines(points: dict[str, Any]) -> list[str]:
     ]
 
 
+def editor_lines(editors: dict[str, Any]) -> list[str]:
+    """The papermill sweep's total wall time and the direct launch's first reply, restored against cold."""
+    if "error" in editors:
+        return [f"editors: {editors['error']}"]
+    sweep, launch = editors["papermill_sweep"], editors["direct_launch"]
+    header = ["torch example outside JupyterLab (bound kernelspec)", "cold", "restored", "speedup"]
+    rows = [
+        [f"papermill sweep of {sweep['runs']} runs, total wall time", f"{sweep['cold_s']:.2f} s",
+         f"{sweep['restored_s']:.2f} s", f"{sweep['ratio']:.1f}x"],
+        [f"argv run as VS Code does: launch to the first reply after the setup (median of {launch['runs']})",
+         f"{launch['cold_s']:.2f} s", f"{launch['restored_s']:.2f} s", f"{launch['ratio']:.1f}x"],
+    ]  # fmt: skip
+    return grid(header, rows)
+
+
 def not_measured(results: dict[str, Any], part: str) -> Any:
     """A part's figures, or an error saying it was not measured (a latest.json from before the part existed)."""
     return results.get(part, {"error": "not measured"})
@@ -433,6 +451,7 @@ def table(results: dict[str, Any]) -> str:
         concurrent_lines(not_measured(results, "concurrent")),
         privilege_lines(not_measured(results, "privilege_modes")),
         restore_point_lines(not_measured(results, "restore_points")),
+        editor_lines(not_measured(results, "editors")),
     ]
     for section in sections:
         lines += [*section, ""]
@@ -606,6 +625,7 @@ def main() -> int:
         "concurrent": lambda: concurrent_part(args.sessions),
         "privilege_modes": lambda: privilege_part(args.prefix, runs, args.quick),
         "restore_points": lambda: measure_restore_points(runs),
+        "editors": lambda: measure_editors(runs),
     }
     chosen = [part for part in PARTS if not args.only or part in args.only]
     for part in chosen:

@@ -3,6 +3,7 @@ or through SNAPKERNEL_* environment variables (e.g. from ``c.Spawner.environment
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -106,8 +107,9 @@ class SnapKernelSettings(LoggingConfigurable):
     ).tag(config=True)
     allowed_kernelspecs = List(
         Unicode(),
-        ["snapkernel"],
-        help="Kernelspecs whose kernels may be restored from snapshots.",
+        ["snapkernel", "snapkernel-*"],
+        help="Kernelspecs whose kernels may be restored from snapshots: names, or shell-style patterns "
+        "(`jupyter snapkernel kernelspec install` names the kernelspecs it binds to notebooks snapkernel-*).",
     ).tag(config=True)
     verify = Enum(VERIFY_MODES, help="How image files are checked before a restore: full sha256, or sizes only.").tag(
         config=True
@@ -173,3 +175,7 @@ class SnapKernelSettings(LoggingConfigurable):
     def user_store_root(self) -> Path:
         """The store root with '{username}' filled in."""
         return for_user(self.store_root)
+
+    def allows_kernelspec(self, name: str) -> bool:
+        """Whether kernels of kernelspec `name` may be restored (allowed_kernelspecs: names or patterns)."""
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.allowed_kernelspecs)

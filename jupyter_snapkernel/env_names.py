@@ -25,3 +25,5 @@ COLD = "SNAPKERNEL_COLD"  # start this kernel cold, even with a snapshot
 START = "SNAPKERNEL_START"  # JSON: why a kernel started cold, and its notebook
 REPLAY_SETUP = "SNAPKERNEL_REPLAY_SETUP"  # a restored kernel replays the setup cells' outputs
 START_NOTES = "SNAPKERNEL_START_NOTES"  # a kernel announces how it started with its first cell
+PROVISIONED = "SNAPKERNEL_PROVISIONED"  # a provisioner decided this launch: the kernelspec's launcher only runs it
+NOTEBOOK = "SNAPKERNEL_NOTEBOOK"  # the notebook a kernel starts for, where no Jupyter server names it

@@ -69,6 +69,8 @@ class ResumeRequest:
     restore_started: float  # time.time() when the launch asked for the restore
     from_spare: bool = False
     setup_s: float = 0.0  # what the build took from the kernel's start to the end of the setup (its label)
+    notebook: str = ""  # the notebook the kernel starts for ("": unknown)
+    notebook_named_by: str = ""  # what named it: a server's session, a bound kernelspec, an environment variable
 
 
 @dataclass(frozen=True)

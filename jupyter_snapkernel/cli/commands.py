@@ -20,9 +20,11 @@ from snapkernel_engine.privileges import detect
 
 from .. import env_names
 from ..config import DEFAULT_BUILD_TIMEOUT_S, SnapKernelSettings
+from ..notebook.parameters import parameter_value, parameters_problem
 from ..notebook.setup_section import NotebookError, read_notebook, read_setup_section
 from ..notebook.state import refusal, snapshot_summary
 from ..paths import default_store_root, open_store, reading_store
+from .kernelspecs import add_kernelspec_commands
 
 if TYPE_CHECKING:
     from ..launch.check import CheckResult
@@ -266,6 +268,11 @@ def run_headless(args: argparse.Namespace) -> int:
     from ..launch.headless import RunError, run, run_notebook
 
     read_notebook(args.notebook)  # NotebookError: one line saying what is wrong with it
+    parameters = dict(args.parameters or [])
+    problem = parameters_problem(list(parameters))
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     os.environ[env_names.STORE] = str(args.store)
     try:
         summary = run(
@@ -275,6 +282,7 @@ def run_headless(args: argparse.Namespace) -> int:
                 output=args.output,
                 timeout=args.timeout,
                 allow_errors=args.allow_errors,
+                parameters={name: parameter_value(text) for name, text in parameters.items()},
             )
         )
     except RunError as error:
@@ -368,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="snapshot store root (default: $SNAPKERNEL_STORE or $JUPYTER_DATA_DIR/snapkernel)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    for add_commands in (_add_build_commands, _add_run_commands, _add_machine_commands, _add_store_commands):
+    adders = (_add_build_commands, _add_run_commands, _add_machine_commands, _add_store_commands)
+    for add_commands in (*adders, add_kernelspec_commands):
         add_commands(commands)
     return parser
 
@@ -425,6 +434,16 @@ def _add_run_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
         help="run every cell even after one fails (the exit code is 1 all the same)",
     )
     run_parser.add_argument("--timeout", type=float, default=600.0, help="seconds each cell may run")
+    run_parser.add_argument(
+        "-p",
+        "--parameter",
+        dest="parameters",
+        nargs=2,
+        action="append",
+        metavar=("NAME", "VALUE"),
+        help="set a parameter as papermill does: a cell tagged injected-parameters after the cell tagged parameters "
+        "(VALUE is a Python literal, or else text); repeat for more",
+    )
     run_parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     run_parser.set_defaults(handler=run_headless)
 

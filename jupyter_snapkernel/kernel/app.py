@@ -77,10 +77,12 @@ class SnapKernelApp(IPKernelApp):
         """Note why this kernel started cold: in its banner, and with the first executed cell when asked."""
         info = json.loads(os.environ.get(env_names.START) or "{}")
         kernel: SnapKernel = self.kernel
-        kernel.start_info = StartInfo(mode="cold", reason=info.get("reason"), notebook=info.get("notebook"))
+        kernel.start_info = StartInfo(
+            mode="cold", reason=info.get("reason"), notebook=info.get("notebook"), named_by=info.get("named_by")
+        )
         note = kernel.start_note()
         if note:
-            kernel.announce(note)
+            kernel.announce(note, always=bool(info.get("say_why_first")))
 
     # -- snapshot build -----------------------------------------------------------------------
 
@@ -139,7 +141,7 @@ class SnapKernelApp(IPKernelApp):
         channel: PipeChannel,
     ) -> None:
         """Finish initialisation after a restore: new environment, connection and sockets."""
-        set_process_title(restored_title(request.snapshot, request.env.get("JPY_SESSION_NAME")), "sk kernel")
+        set_process_title(restored_title(request.snapshot, request.notebook or None), "sk kernel")
         revive.apply_environment(request.env, build_environment)
         os.chdir(request.cwd)
         revive.apply_launch(request.connection_file)
@@ -169,7 +171,8 @@ class SnapKernelApp(IPKernelApp):
         kernel.start_info = StartInfo(
             mode="restored",
             snapshot=request.snapshot,
-            notebook=request.env.get("JPY_SESSION_NAME"),
+            notebook=request.notebook or request.env.get("JPY_SESSION_NAME"),
+            named_by=request.notebook_named_by or None,
             restore_s=restore_s,
             from_spare=request.from_spare,
             setup_s=setup_s,

@@ -38,6 +38,7 @@ class StartInfo:
     reason: str | None = None
     snapshot: str | None = None
     notebook: str | None = None
+    named_by: str | None = None  # what named the notebook: a server's session, a bound kernelspec, SNAPKERNEL_NOTEBOOK
     restore_s: float | None = None
     from_spare: bool = False
     setup_s: float | None = None  # what the build took from the kernel's start to the end of the setup
@@ -92,11 +93,12 @@ class SnapKernel(IPythonKernel):
             return None
         return f"snapkernel: cold start ({self.start_info.reason})"
 
-    def announce(self, note: str | None) -> None:
-        """Show `note` on stderr with the next executed cell, unless it only says how the kernel started."""
+    def announce(self, note: str | None, always: bool = False) -> None:
+        """Show `note` on stderr with the next executed cell, unless it only says how the kernel started (and
+        the launcher did not ask for it `always`: no frontend of this kernel shows how kernels start)."""
         # A cold kernel's one note is why it started cold; a restored kernel's notes are failed
         # after_restore hooks, which no launcher reports and which may explain failing cells.
-        if self.start_info.mode == "cold" and not self.show_start_notes:
+        if self.start_info.mode == "cold" and not self.show_start_notes and not always:
             return
         self._pending_note = note
 

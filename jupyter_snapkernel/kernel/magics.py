@@ -11,9 +11,11 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from snapkernel_engine import SnapshotError, SnapshotStore
 
 from ..config import SnapKernelSettings
+from ..notebook.binding import NO_NOTEBOOK
 from ..notebook.setup_section import CELL_MAGIC, NotebookError, read_setup_section
 from ..notebook.state import notebook_file_state, user_stores
 from ..paths import open_store
+from .kernel import StartInfo
 
 if TYPE_CHECKING:
     from ..notebook.builder import BuildProgress
@@ -75,14 +77,21 @@ class SnapshotMagics(Magics):
         return open_store()
 
     @property
+    def start_info(self) -> StartInfo | None:
+        """How this kernel started (None: not a snapkernel kernel)."""
+        return getattr(getattr(self.shell, "kernel", None), "start_info", None)
+
+    @property
     def notebook(self) -> str | None:
-        """The path of this kernel's notebook, as the server named the session."""
-        return os.environ.get("JPY_SESSION_NAME")
+        """The path of this kernel's notebook, as its launcher was told it (a server's session, a bound
+        kernelspec or SNAPKERNEL_NOTEBOOK)."""
+        info = self.start_info
+        return (info.notebook if info is not None else None) or os.environ.get("JPY_SESSION_NAME")
 
     def _status(self, _: str) -> None:
         """Print how this kernel started and the state of its notebook's snapshot."""
         kernel = getattr(self.shell, "kernel", None)
-        info = getattr(kernel, "start_info", None)
+        info = self.start_info
         if kernel is not None and info is not None and info.mode == "restored":
             ahead = ", restored ahead of time" if info.from_spare else ""
             print(
@@ -92,8 +101,13 @@ class SnapshotMagics(Magics):
             print(f"setup cells replayed: {kernel.replayed} of {len(kernel.setup_record)}")
         elif info is not None:
             print(f"kernel: cold start{f' ({info.reason})' if info.reason else ''}")
-        if not self.notebook or not os.path.exists(self.notebook):
-            print("notebook: unknown (not started by a Jupyter server)")
+        if not self.notebook:
+            print(f"notebook: unknown ({NO_NOTEBOOK})")
+            return
+        named_by = f" (named by {info.named_by})" if info is not None and info.named_by else ""
+        print(f"notebook: {self.notebook}{named_by}")
+        if not os.path.exists(self.notebook):
+            print("notebook snapshot: none (the notebook file does not exist)")
             return
         settings = SnapKernelSettings()
         state = notebook_file_state(user_stores(settings), self.notebook, quota_bytes=settings.quota_bytes)
@@ -113,7 +127,7 @@ class SnapshotMagics(Magics):
         from ..notebook.builder import build_snapshot, progress_line
 
         if not self.notebook:
-            print("snapshot build: no notebook path (JPY_SESSION_NAME is unset)")
+            print(f"snapshot build: {NO_NOTEBOOK}")
             return
         started = time.perf_counter()
         section = read_setup_section(self.notebook)

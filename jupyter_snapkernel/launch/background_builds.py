@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import secrets
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -19,6 +22,7 @@ from snapkernel_engine.messages import CellDone, CellStarted
 
 from ..answers import BuildAnswer
 from ..config import SnapKernelSettings
+from ..notebook.binding import CLI_MODULE
 from ..notebook.builder import BuildProgress, build_within_limits, progress_line, write_queue_record
 from ..notebook.setup_section import SetupSection
 from ..notebook.state import RunningBuild
@@ -312,3 +316,22 @@ def start_build(
     assert build.task is not None
     spare_pool.replace_after(build.task, notebook)
     return build
+
+
+def build_in_own_process(
+    notebook: Path, store: SnapshotStore, log: logging.Logger | logging.LoggerAdapter[logging.Logger]
+) -> None:
+    """Build a notebook's snapshot with `jupyter snapkernel build`, in a session of its own: for launchers that
+    do not outlive their kernel start (the kernelspec's launcher, papermill, nbclient), whose own threads would
+    stop with them. A build of the same setup already running elsewhere is waited for, not repeated."""
+    command = [sys.executable, "-m", CLI_MODULE, "--store", str(store.root), "build", "--quiet", str(notebook)]
+    try:
+        # Its own session: an interrupt of the kernel, or the end of the runner, must not stop the build.
+        subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True, cwd=notebook.parent,
+        )  # fmt: skip
+    except OSError as error:
+        log.warning("snapkernel: could not start the snapshot build of %s: %s", notebook, error)
+        return
+    log.info("snapkernel: building the snapshot of %s in the background", notebook.name)

@@ -23,6 +23,7 @@ from .. import env_names
 from ..answers import KernelStart
 from ..config import PROVISIONER_NAME
 from ..notebook import setup_section
+from ..notebook.parameters import inject_parameters
 from ..notebook.setup_section import NotebookError, normalise, setup_section_of
 from .provisioner import SnapKernelProvisioner
 from .spares import spare_pool
@@ -150,14 +151,19 @@ async def run_notebook(
     timeout: float = 600,
     allow_errors: bool = False,
     config: Config | None = None,
+    parameters: dict[str, object] | None = None,
 ) -> RunSummary:
     """Execute a notebook top to bottom, restoring its kernel when a snapshot matches.
 
     A failing cell stops the run unless `allow_errors`; either way the summary lists the failures
     and `output` gets the notebook as far as it ran, failing cells' errors included. `config` is the
-    settings to start the kernel with (a server's, so that it restores from that server's stores).
+    settings to start the kernel with (a server's, so that it restores from that server's stores). `parameters`
+    are injected as papermill injects them: the setup cells before them are restored, the rest run.
     """
     book = notebook_to_run(notebook)
+    if parameters:
+        inject_parameters(book, parameters)
+        book = nbformat.from_dict(book)  # the injected cell as a NotebookNode, as nbclient reads cells
     failures: list[CellFailure] = []
     manager = headless_kernel_manager(config)
     client = NotebookClient(

@@ -3,123 +3,31 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
-import json
-import logging
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from jupyter_client.connect import KernelConnectionInfo, port_names
 from jupyter_client.manager import KernelManager
+from jupyter_client.multikernelmanager import MultiKernelManager
 from jupyter_client.provisioning import LocalProvisioner
 
 from snapkernel_engine import Manifest, RestoredTree, SnapshotStore
-from snapkernel_engine.diagnostics import snapshot_blocker
-from snapkernel_engine.failures import RestoreFailure, classify_restore_failure
-from snapkernel_engine.messages import Resumed, ResumeRequest
-from snapkernel_engine.restore import LAZY_NEEDS_ROOT, lazy_restore_supported
+from snapkernel_engine.messages import Resumed
 
 from .. import env_names
 from ..answers import KernelStart, kernel_start
-from ..config import SnapKernelSettings, env_flag
+from ..config import SnapKernelSettings
+from ..notebook.binding import executing_notebook, notebook_binding
 from ..notebook.builder import BuildCancelled
-from ..notebook.setup_section import NotebookError, SetupSection
-from ..notebook.state import NotebookState, forget_stale_restores, note_stale_restore, notebook_file_state, user_stores
-from .background_builds import background_builds, start_build
+from ..notebook.setup_section import SetupSection
+from ..notebook.state import forget_stale_restores
+from .background_builds import background_builds, build_in_own_process, start_build
 from .ports import reserve_ports
-from .spares import KernelAwaitingConnection, PortTaken, SpareLimits, restore_off_the_loop, spare_pool
-
-
-@dataclass
-class StartPlan:
-    """What the provisioner decided for one launch."""
-
-    notebook: Path | None = None
-    state: NotebookState | None = None  # what the stores hold for the notebook (None: no snapshot was looked for)
-    why_cold: str | None = None  # why no snapshot was looked for, or why its restore failed (else: the state's)
-    own_store: SnapshotStore | None = None  # the user's store, where builds publish
-
-    @property
-    def snapshot(self) -> Manifest | None:
-        """The snapshot this launch restores (None: it starts cold)."""
-        return self.state.snapshot if self.state is not None and self.state.restorable else None
-
-    @property
-    def reason(self) -> str | None:
-        """Why the kernel starts cold (None: it restores, or there is nothing to restore from)."""
-        return self.why_cold or (self.state.cold_reason if self.state is not None else None)
-
-    @property
-    def builds(self) -> bool:
-        """Whether a cold start of this plan builds the snapshot in the background (if auto_build is on)."""
-        return self.state is not None and self.state.section is not None and self.state.rebuild
-
-
-def plan_start(settings: SnapKernelSettings, kernel_name: str, env: dict[str, str], cwd: str | None) -> StartPlan:
-    """Decide between restoring and a cold start, with the reason for a cold one (reads the disk)."""
-    session_name = env.get("JPY_SESSION_NAME")
-    if not session_name:
-        return StartPlan()
-    refused = _refusal(settings, kernel_name, env)
-    if refused is not None:
-        return StartPlan(notebook=Path(session_name), why_cold=refused)
-    notebook = Path(session_name)
-    if not notebook.is_absolute():
-        notebook = Path(cwd or ".") / notebook.name
-    if notebook.suffix != ".ipynb" or not os.path.lexists(notebook):  # a session of no notebook file
-        return StartPlan(notebook=notebook)
-    stores = user_stores(settings)
-    try:
-        state = notebook_file_state(stores, notebook, env, quota_bytes=settings.quota_bytes, builds=background_builds)
-    except NotebookError as error:  # unreadable, not JSON, or not a valid notebook: the kernel starts cold
-        why = error.problem if error.unreadable else str(error)
-        return StartPlan(notebook=notebook, why_cold=f"cannot read the notebook: {why}")
-    return StartPlan(notebook, state, own_store=stores[0])
-
-
-def _refusal(settings: SnapKernelSettings, kernel_name: str, env: dict[str, str]) -> str | None:
-    """Why this launch looks for no snapshot at all (None: it looks)."""
-    if not settings.enabled:
-        return "snapshots are disabled (SnapKernelSettings.enabled)"
-    blocker = snapshot_blocker()
-    if blocker:
-        return f"snapshots are unavailable on this server: {blocker}"
-    if kernel_name not in settings.allowed_kernelspecs:
-        return f"kernelspec {kernel_name!r} is not allowed snapshots"
-    if env_flag(env_names.COLD, False, env):
-        return "cold start requested"
-    return None
-
-
-def settle_failed_restore(plan: StartPlan, snapshot: Manifest, store: SnapshotStore, failure: RestoreFailure) -> None:
-    """Keep, rebuild or give up the snapshot whose restore failed, according to the cause (reads the disk)."""
-    assert plan.state is not None, "only a planned snapshot is restored"
-    if failure.kind == "transient":
-        plan.state.rebuild = False  # the next start tries this snapshot again: a rebuild would make the same one
-    elif failure.kind == "stale":
-        store.mark_stale(snapshot.id, failure.cause)
-        # One rebuild now; rebuilt snapshots that fail the same way wait longer each time.
-        own = plan.own_store
-        plan.state.rebuild = own is not None and note_stale_restore(own, snapshot.key, failure.cause)
-    else:
-        # The same snapshot would fail the same way: never offer it again, and do not rebuild it in a loop
-        # (a rebuild of the same cells would carry the same cause).
-        store.mark_unusable(snapshot.id, failure.cause)
-        plan.state.rebuild = False
-
-
-def lazy_restores(settings: SnapKernelSettings, log: logging.Logger | logging.LoggerAdapter[logging.Logger]) -> bool:
-    """Whether restores load memory lazily: asked for, and possible here (root mode only)."""
-    if not settings.lazy_restore:
-        return False
-    if lazy_restore_supported():
-        return True
-    log.warning("snapkernel: lazy_restore is on, but %s: restoring eagerly", LAZY_NEEDS_ROOT)
-    return False
+from .spares import PortTaken, SpareLimits, restored_and_resumed, spare_pool
+from .start_plan import StartPlan, cold_start_note, fall_back_to_cold, lazy_restores, plan_start, resume_request
 
 
 class RestoredKernelProcess:
@@ -145,36 +53,6 @@ class RestoredKernelProcess:
 
     def kill(self) -> None:
         self.tree.kill()
-
-
-def resume_request(connection_file: str, manifest: Manifest, kwargs: dict[str, Any], started: float) -> ResumeRequest:
-    """What a restored kernel is handed: this launch's connection file, environment and working folder."""
-    return ResumeRequest(
-        connection_file=connection_file,
-        env=kwargs.get("env") or dict(os.environ),
-        cwd=str(kwargs.get("cwd") or os.getcwd()),
-        snapshot=manifest.id,
-        restore_started=started,
-        setup_s=float(manifest.labels.get("setup_s", 0)),
-    )
-
-
-async def restored_and_resumed(
-    store: SnapshotStore,
-    manifest: Manifest,
-    launch: ResumeRequest,
-    lazy: bool,
-    timeout: float,
-    spares: bool,
-) -> tuple[KernelAwaitingConnection, Resumed, bool]:
-    """Take the snapshot's spare (`spares`: if there is one) or restore it, then hand it `launch`; return the
-    kernel, its Resumed event and whether it was a spare."""
-    waiting = spare_pool.take(manifest.id) if spares else None
-    from_spare = waiting is not None
-    if waiting is None:
-        waiting = await restore_off_the_loop(store, manifest, lazy=lazy, timeout=timeout)
-    resumed = await waiting.resume(dataclasses.replace(launch, from_spare=from_spare), timeout)
-    return waiting, resumed, from_spare
 
 
 def move_to_new_ports(manager: KernelManager, env: dict[str, str]) -> KernelConnectionInfo:
@@ -208,7 +86,9 @@ class SnapKernelProvisioner(LocalProvisioner):
         kwargs = await super().pre_launch(**kwargs)
         env = kwargs.setdefault("env", dict(os.environ))
         kernel_name = getattr(self.parent, "kernel_name", "snapkernel")
-        self.start_plan = await asyncio.to_thread(plan_start, self.settings, kernel_name, env, kwargs.get("cwd"))
+        binding = notebook_binding(env, kwargs.get("cmd") or [], kwargs.get("cwd"))
+        plan = functools.partial(plan_start, self.settings, kernel_name, env, kwargs.get("cwd"), binding)
+        self.start_plan = await asyncio.to_thread(plan, executing_notebook(self.parent))
         env[env_names.STORE] = str(self.settings.user_store_root)
         # The kernel's `%snapshot status` then looks where this plan looked.
         env[env_names.SHARED_ROOTS] = ",".join(self.settings.shared_roots)
@@ -238,13 +118,7 @@ class SnapKernelProvisioner(LocalProvisioner):
         try:
             info, resumed = await self._restore(snapshot, state.store, plan.notebook, kwargs)
         except Exception as error:
-            failure = classify_restore_failure(error)
-            plan.why_cold = failure.reason(snapshot.id, error)
-            self.log.warning("snapkernel: %s; starting cold", plan.why_cold)
-            try:
-                await asyncio.to_thread(settle_failed_restore, plan, snapshot, state.store, failure)
-            except Exception as bookkeeping:  # the kernel starts cold all the same
-                self.log.warning("snapkernel: could not record the failed restore: %s", bookkeeping)
+            await asyncio.to_thread(fall_back_to_cold, plan, error, self.log)
             return None
         cells = (state.restored_cells, len(state.section.cells)) if state.section is not None else None
         # The kernel's own figures, as it prints them
@@ -262,7 +136,8 @@ class SnapKernelProvisioner(LocalProvisioner):
         if plan.reason:
             self.log.info("snapkernel: cold start for %s (%s)", plan.notebook, plan.reason)
         env = kwargs.setdefault("env", dict(os.environ))
-        env[env_names.START] = json.dumps({"reason": plan.reason, "notebook": str(plan.notebook or "")})
+        env[env_names.START] = cold_start_note(plan)
+        env[env_names.PROVISIONED] = "1"  # the kernelspec's launcher then becomes the kernel, planning nothing
         self.start_report = kernel_start(started, reason=plan.reason)
         info = await super().launch_kernel(cmd, **kwargs)
         self._build_after_start(plan)
@@ -270,13 +145,20 @@ class SnapKernelProvisioner(LocalProvisioner):
 
     def _build_after_start(self, plan: StartPlan) -> None:
         """Build the plan's snapshot in the background, where it wants one and automatic builds are on."""
-        state = plan.state
+        state = plan.to_build
         # A requested cold start plans no state, so it builds nothing either.
-        if plan.builds and plan.notebook and plan.own_store and state and state.section and self.settings.auto_build:
+        if state and state.section and plan.notebook and plan.own_store and self.settings.auto_build:
+            if not self._in_a_server():  # papermill, nbclient: their process ends with the run, and its threads
+                build_in_own_process(plan.notebook, plan.own_store, self.log)
+                return
             try:
                 self._background_build(plan.notebook, state.section, plan.own_store)
             except Exception as error:  # the kernel runs: a build that cannot start must not fail its launch
                 self.log.warning("snapkernel: could not start the snapshot build of %s: %s", plan.notebook, error)
+
+    def _in_a_server(self) -> bool:
+        """Whether this kernel's manager belongs to a Jupyter server's kernels (a process that outlives it)."""
+        return isinstance(getattr(self.parent, "parent", None), MultiKernelManager)
 
     def _track_spares(self, plan: StartPlan) -> None:
         """Apply this server's spare limits, and retire the notebook's spares this start shows to be obsolete."""
@@ -329,7 +211,7 @@ class SnapKernelProvisioner(LocalProvisioner):
         settings = self.settings
         lazy = lazy_restores(self.settings, self.log)
         assert self.parent is not None, "a provisioner launches for its kernel manager"
-        launch = resume_request(self.parent.connection_file, manifest, kwargs, started)
+        launch = resume_request(self.parent.connection_file, manifest, kwargs, started, self.start_plan.binding)
         restore = functools.partial(
             restored_and_resumed, store, manifest, launch, lazy, settings.restore_timeout, settings.spare_kernels
         )

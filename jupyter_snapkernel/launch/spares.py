@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -142,6 +143,24 @@ async def restore_off_the_loop(
     return await in_daemon_thread(
         restore_awaiting_connection, store, manifest, lazy=lazy, timeout=timeout, stopped=stopped
     )
+
+
+async def restored_and_resumed(
+    store: SnapshotStore,
+    manifest: Manifest,
+    launch: ResumeRequest,
+    lazy: bool,
+    timeout: float,
+    spares: bool,
+) -> tuple[KernelAwaitingConnection, Resumed, bool]:
+    """Take the snapshot's spare (`spares`: if there is one) or restore it, then hand it `launch`; return the
+    kernel, its Resumed event and whether it was a spare."""
+    waiting = spare_pool.take(manifest.id) if spares else None
+    from_spare = waiting is not None
+    if waiting is None:
+        waiting = await restore_off_the_loop(store, manifest, lazy=lazy, timeout=timeout)
+    resumed = await waiting.resume(dataclasses.replace(launch, from_spare=from_spare), timeout)
+    return waiting, resumed, from_spare
 
 
 REFILL_DELAY_S = 1.0

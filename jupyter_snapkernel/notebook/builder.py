@@ -50,6 +50,7 @@ from snapkernel_engine.watchdog import watch_for_owner
 
 from .. import env_names
 from ..config import DEFAULT_BUILD_TIMEOUT_S, SnapKernelSettings
+from .binding import KERNEL_MODULE
 from .setup_section import SetupSection, read_setup_section
 from .state import (
     build_file,
@@ -536,7 +537,7 @@ def _start_build_kernel(
     # Without a grant CRIU can only dump a kernel that runs in a user namespace of its own.
     prefix = own_user_namespace_command() if current().mode == "user-namespace" else []
     command = [
-        *prefix, sys.executable, "-m", "jupyter_snapkernel.kernel.app", "--snapshot-build",
+        *prefix, sys.executable, "-m", KERNEL_MODULE, "--snapshot-build",
         f"--control-fd={control_fd}", f"--report-fd={report_fd}",
     ]  # fmt: skip
     return subprocess.Popen(

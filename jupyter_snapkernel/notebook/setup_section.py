@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 SNAPSHOT_TAG = "snapshot"
+PARAMETERS_TAG = "parameters"  # papermill's: its parameters are injected as a cell right after this one
 CELL_MAGIC = "%%snapshot"
 # nbformat's schemas, found without importing nbformat (its import takes most of a second)
 NBFORMAT_DIR = Path(importlib.util.find_spec("nbformat").submodule_search_locations[0])  # type: ignore[index, union-attr]
@@ -25,9 +26,15 @@ def normalise(source: str | list[str]) -> str:
     return "\n".join(lines).strip("\n")
 
 
+def _tags(cell: dict[str, Any]) -> list[str]:
+    """A cell's tags."""
+    tags = cell.get("metadata", {}).get("tags")
+    return tags if isinstance(tags, list) else []
+
+
 def is_marked(cell: dict[str, Any]) -> bool:
     """Tell whether a code cell marks the end of the setup section."""
-    if SNAPSHOT_TAG in (cell.get("metadata", {}).get("tags") or []):
+    if SNAPSHOT_TAG in _tags(cell):
         return True
     first_line = normalise(cell.get("source", "")).split("\n", 1)[0].strip()
     return first_line == CELL_MAGIC or first_line.startswith(CELL_MAGIC + " ")
@@ -46,8 +53,9 @@ class SetupSection:
     # The notebook's own choice whether its snapshot keeps GPU state: metadata {"snapkernel": {"gpu_state": …}}
     # (None: the administrator's setting decides, SnapKernelSettings.gpu_state).
     gpu_state: bool | None = field(default=None, compare=False)
-    # Which setup cells are marked (tagged `snapshot` or started with %%snapshot), by index in `cells`: each
-    # gets a restore point; the last setup cell is always marked.
+    # The setup cells that always get a restore point, by index in `cells`: the marked ones (tagged `snapshot`
+    # or started with %%snapshot; the last setup cell is always marked), and papermill's `parameters` cell, so
+    # that a run with parameters injected after it restores the setup before them.
     marked: tuple[int, ...] = field(default=(), compare=False)
 
     @property
@@ -74,6 +82,7 @@ def setup_section_of(notebook: dict[str, Any]) -> SetupSection | None:
     if not marked:
         return None
     setup = code_cells[: marked[-1] + 1]
+    parameters = [order for order, (_, cell) in enumerate(setup) if PARAMETERS_TAG in _tags(cell)]
     settings = notebook.get("metadata", {}).get("snapkernel", {})
     if not isinstance(settings, dict):
         settings = {}
@@ -84,7 +93,7 @@ def setup_section_of(notebook: dict[str, Any]) -> SetupSection | None:
         tuple(str(pattern) for pattern in ignore) if isinstance(ignore, list) else (),
         positions=tuple(index for index, _ in setup),
         gpu_state=gpu_state if isinstance(gpu_state, bool) else None,
-        marked=tuple(marked),
+        marked=tuple(sorted({*marked, *parameters[:1]})),
     )
 
 

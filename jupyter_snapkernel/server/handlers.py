@@ -473,12 +473,11 @@ class InfoHandler(SnapKernelHandler):
 
     def snapkernel_kernels(self) -> list[str]:
         """Names of the allowed kernelspecs that start through snapkernel's provisioner."""
-        allowed = set(self.settings_.allowed_kernelspecs)
         specs = self.kernel_spec_manager.get_all_specs()
         return sorted(
             name
             for name, spec in specs.items()
-            if name in allowed
+            if self.settings_.allows_kernelspec(name)
             and spec.get("spec", {}).get("metadata", {}).get("kernel_provisioner", {}).get("provisioner_name")
             == PROVISIONER_NAME
         )

@@ -12,7 +12,8 @@ import pytest
 from tornado.httpclient import HTTPClientError
 from traitlets.config import Config
 
-from jupyter_snapkernel.launch.provisioner import plan_start
+from jupyter_snapkernel.launch.start_plan import plan_start
+from jupyter_snapkernel.notebook.binding import notebook_binding
 from jupyter_snapkernel.notebook.builder import build_snapshot
 from jupyter_snapkernel.paths import open_store
 from snapkernel_engine import SnapshotStore
@@ -246,9 +247,8 @@ async def test_a_build_the_api_started_is_one_answer_for_the_status_and_the_kern
     build = await api(jp_fetch, "builds", method="POST", body=body)
     status = await api(jp_fetch, "status", params={"path": "analysis.ipynb"})
     settings = jp_serverapp.web_app.settings["snapkernel_settings"]
-    plan = await asyncio.to_thread(
-        plan_start, settings, "snapkernel", {**os.environ, "JPY_SESSION_NAME": str(notebook)}, None
-    )
+    env = {**os.environ, "JPY_SESSION_NAME": str(notebook)}
+    plan = await asyncio.to_thread(plan_start, settings, "snapkernel", env, None, notebook_binding(env))
     done = await wait_for_build(jp_fetch, build["id"])
     assert done["state"] == "ready"
     assert status["state"] in {"queued", "building"} and status["build"] == build["id"]

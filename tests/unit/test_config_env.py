@@ -37,7 +37,8 @@ def test_without_environment_every_setting_has_its_default(
     assert settings.spare_memory_bytes == DEFAULT_SPARE_MEMORY_BYTES
     assert settings.spare_idle_seconds == DEFAULT_SPARE_IDLE_S
     assert settings.shared_roots == []
-    assert settings.allowed_kernelspecs == ["snapkernel"]
+    assert settings.allowed_kernelspecs == ["snapkernel", "snapkernel-*"]
+    assert settings.allows_kernelspec("snapkernel-train") and not settings.allows_kernelspec("python3")
     assert settings.user_store_root == tmp_path / "data" / "snapkernel"
 
 

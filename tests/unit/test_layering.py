@@ -19,16 +19,17 @@ ENGINE_PACKAGE = "snapkernel_engine"  # the package in it, as installed
 JUPYTER_PACKAGE = "jupyter_snapkernel"
 # The folders of the Jupyter layer, and those each one must never import. Top-level modules (config, paths,
 # env_names, hooks, answers) import none of the folders.
-FOLDERS = ("kernel", "launch", "server", "notebook", "cli")
+FOLDERS = ("kernel", "launch", "launcher", "server", "notebook", "cli")
 FORBIDDEN = {
-    "notebook": {"kernel", "launch", "server", "cli"},  # shared by every process: below all of them
-    "kernel": {"launch", "server", "cli"},  # the kernel process starts no kernels and serves no API
-    "launch": {"kernel", "server", "cli"},  # runs in a server or in a CLI process
-    "server": {"kernel", "cli"},
-    "cli": {"kernel", "server"},
+    "notebook": {"kernel", "launch", "launcher", "server", "cli"},  # shared by every process: below all of them
+    "kernel": {"launch", "launcher", "server", "cli"},  # the kernel process starts no kernels and serves no API
+    "launch": {"kernel", "server", "cli", "launcher"},  # runs in a server, a CLI or a launcher process
+    "launcher": {"kernel", "server", "cli"},  # the kernelspec's own process: it starts the kernel, serves nothing
+    "server": {"kernel", "cli", "launcher"},
+    "cli": {"kernel", "server", "launcher"},
     "": set(FOLDERS),
 }
-NO_KERNEL_LIBRARIES = ("launch", "server", "notebook", "cli")  # a server or a CLI process loads no IPython
+NO_KERNEL_LIBRARIES = ("launch", "launcher", "server", "notebook", "cli")  # a server or a CLI process loads no IPython
 
 
 def loaded_after_import(*modules: str) -> list[str]:
