@@ -216,3 +216,26 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+@pytest.mark.parametrize(("ending", "status"), [("shutdown", 0), ("os._exit(3)", 3), ("SIGTERM", 128 + signal.SIGTERM)])
+def test_the_launched_process_of_a_restored_kernel_exits_with_the_kernels_status(
+    tmp_path: Path, jupyter_path: Path, launch_directly: Any, ending: str, status: int
+) -> None:
+    """The launcher stands for its restored kernel: a shutdown request, the kernel's own exit and a SIGTERM of
+    the launcher each end both, and the launcher exits with the kernel's status (128 + N for signal N)."""
+    store = tmp_path / "store"
+    notebook = parameters_notebook(tmp_path / "work" / "ends.ipynb", PARAMETERS_INSIDE)
+    build(notebook, store)
+    spec = install_bound_kernelspec(notebook, jupyter_path, store, "snapkernel-ends")
+    kernel = launch_directly(spec["argv"], notebook, store)
+    assert kernel.value("get_ipython().kernel.start_info.mode") == "restored"
+    members = process.tree(kernel.launched.pid)
+    if ending == "shutdown":
+        kernel.client.shutdown()
+    elif ending == "SIGTERM":
+        kernel.launched.send_signal(signal.SIGTERM)
+    else:
+        kernel.client.execute(f"import os; {ending}")
+    assert kernel.launched.wait(30) == status
+    wait_until(lambda: not any(is_alive(pid) for pid in members), 30, "no process of the kernel left")
