@@ -107,7 +107,7 @@ def direct_launch(argv: list[str], notebook: Path, env: dict[str, str], sources:
     )
     client = BlockingKernelClient(connection_file=str(connection_file))
     client.load_connection_file()
-    client.start_channels()
+    client.start_channels(hb=False)  # as the tests do: a kernel still starting is not a dead one
     try:
         # As frontends do: kernel_info until it answers, so that iopub is subscribed before the first cell runs.
         client.wait_for_ready(timeout=300)

@@ -437,12 +437,20 @@ def _build_from_latest_point(
         # from outside: going on would run the cells after the point only to fail at their checkpoint.
         progress(BuildNote(f"building from the top: going on from a restore point needs root ({current().mode} mode)"))
         base = None
-    if base is not None:
+    # A checkpoint of a restored tree has failed once under heavy load, CRIU's RPC answering nothing ("Unexpected
+    # response type 0"): a second try from the point is cheaper than the whole setup again.
+    for attempt in range(2 if base is not None else 0):
+        assert base is not None
         try:
             return _run_build(notebook, store, section, progress, limits, gpu_state, cancel, base)
         except (RestoreError, CheckpointError, VerificationError, SnapshotNotFound) as error:
-            first_line = str(error).splitlines()[0]
-            progress(BuildNote(f"could not go on from restore point {base.id} ({first_line}): building from the top"))
+            lines = str(error).splitlines()
+            said = lines[0] + (f"; CRIU's log ends: {lines[-1].strip()}" if len(lines) > 1 else "")
+            again = attempt == 0 and isinstance(error, CheckpointError)
+            then = "trying the restore point once more" if again else "building from the top"
+            progress(BuildNote(f"could not go on from restore point {base.id} ({said}): {then}"))
+            if not again:
+                break
     return _run_build(notebook, store, section, progress, limits, gpu_state, cancel)
 
 

@@ -81,7 +81,9 @@ def launch_directly(tmp_path: Path) -> Iterator[Any]:
             )
         client = BlockingKernelClient(connection_file=str(connection_file))
         client.load_connection_file()
-        client.start_channels()
+        # No heartbeat channel: without a kernel manager, jupyter_client takes a heartbeat not yet answered (a
+        # kernel still starting on a loaded machine) for a dead kernel. Editors wait for kernel_info instead.
+        client.start_channels(hb=False)
         kernel = DirectKernel(launched, client, stderr)
         started.append(kernel)
         client.wait_for_ready(timeout=KERNEL_START_S)
