@@ -28,15 +28,19 @@ from .background_builds import background_builds
 class StartPlan:
     """What a launcher (the provisioner, or the kernelspec's own launcher) decided for one launch."""
 
-    notebook: Path | None = None
+    binding: NotebookBinding | None = None  # the notebook, and what named it (None: nothing named one)
     state: NotebookState | None = None  # what the stores hold for the notebook (None: no snapshot was looked for)
     why_cold: str | None = None  # why no snapshot was looked for, or why its restore failed (else: the state's)
     own_store: SnapshotStore | None = None  # the user's store, where builds publish
-    binding: NotebookBinding | None = None  # the notebook, and what named it
     # The saved notebook's state, where the cells that run differ from it (papermill's parameters): builds
     # follow the notebook as saved, not each run's parameters (None: `state` is the saved notebook's).
     saved_state: NotebookState | None = None
     say_why_first: bool = False  # the kernel says why it started cold with its first cell (no frontend shows it)
+
+    @property
+    def notebook(self) -> Path | None:
+        """The notebook this launch is for (None: nothing named one)."""
+        return self.binding.notebook if self.binding is not None else None
 
     @property
     def snapshot(self) -> Manifest | None:
@@ -76,11 +80,11 @@ def plan_start(
     notebook = binding.notebook
     refused = _refusal(settings, kernel_name, env)
     if refused is not None:
-        return StartPlan(notebook=notebook, why_cold=refused, binding=binding)
+        return StartPlan(binding, why_cold=refused)
     if notebook.suffix != ".ipynb" or not os.path.lexists(notebook):  # a session of no notebook file
-        return StartPlan(notebook=notebook, binding=binding)
+        return StartPlan(binding)
     stores = user_stores(settings)
-    plan = StartPlan(notebook, own_store=stores[0], binding=binding)
+    plan = StartPlan(binding, own_store=stores[0])
     try:
         plan.state = notebook_file_state(stores, notebook, env, settings.quota_bytes, background_builds)
         section = setup_section_of(executing) if executing is not None else None
@@ -89,7 +93,7 @@ def plan_start(
             plan.state = notebook_state(stores, section, notebook, env, settings.quota_bytes, background_builds)
     except NotebookError as error:  # unreadable, not JSON, or not a valid notebook: the kernel starts cold
         why = error.problem if error.unreadable else str(error)
-        return StartPlan(notebook=notebook, why_cold=f"cannot read the notebook: {why}", binding=binding)
+        return StartPlan(binding, why_cold=f"cannot read the notebook: {why}")
     return plan
 
 
