@@ -8,6 +8,7 @@ restores' helpers (unshare, the namespace init, CRIU) and this process spent per
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -17,11 +18,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from snapkernel_engine import SnapshotStore, process
 
+PAGE_READ_THREADS = "CRIU_PAGE_READ_THREADS"  # the patched restorer's thread count (1: one thread, as upstream)
 HOLDER = """
 import os, sys
 data = bytearray(os.urandom(1 << 20) * int(sys.argv[1]))
@@ -62,20 +65,9 @@ def measure(store: SnapshotStore, size_mb: int) -> dict[str, float]:
     store.verify(manifest.id, mode="sha256")
     verify_s = time.perf_counter() - started
 
-    stdin_read, stdin_write = os.pipe()
-    stdout_read, stdout_write = os.pipe()
-    started = time.perf_counter()
-    tree = store.restore_snapshot(manifest.id, pipes={"stdin": stdin_read, "stdout": stdout_write}, verify="size")
-    restore_s = time.perf_counter() - started
-    os.close(stdin_read)
-    os.close(stdout_write)
-    with os.fdopen(stdin_write, "w") as to_tree, os.fdopen(stdout_read) as from_tree:
-        to_tree.write("go\n")
-        to_tree.flush()
-        answered = int(from_tree.readline())
-    reply_s = time.perf_counter() - started
-    assert answered == size_mb << 20
-    tree.kill()
+    restore_s, reply_s, criu_restore_s = restore_and_ask(store, manifest.id, size_mb, time.perf_counter())
+    with page_read_threads(1):
+        restore_1thread_s, _, criu_restore_1thread_s = restore_and_ask(store, manifest.id, size_mb, time.perf_counter())
     store.delete(manifest.id)
     return {
         "rss_mb": rss / 1e6,
@@ -85,11 +77,17 @@ def measure(store: SnapshotStore, size_mb: int) -> dict[str, float]:
         "verify_s": verify_s,
         "restore_s": restore_s,
         "first_reply_s": reply_s,
+        "criu_restore_s": criu_restore_s if criu_restore_s is not None else float("nan"),
+        "restore_1thread_s": restore_1thread_s,
+        "criu_restore_1thread_s": criu_restore_1thread_s if criu_restore_1thread_s is not None else float("nan"),
     }
 
 
-def restore_and_ask(store: SnapshotStore, snapshot_id: str, size_mb: int, started: float) -> tuple[float, float]:
-    """Restore the holder once, have it answer, kill it; return the seconds since `started` to each step."""
+def restore_and_ask(
+    store: SnapshotStore, snapshot_id: str, size_mb: int, started: float
+) -> tuple[float, float, float | None]:
+    """Restore the holder once, have it answer, kill it; return the seconds since `started` to each step, and
+    CRIU's own restore time."""
     stdin_read, stdin_write = os.pipe()
     stdout_read, stdout_write = os.pipe()
     try:
@@ -105,7 +103,21 @@ def restore_and_ask(store: SnapshotStore, snapshot_id: str, size_mb: int, starte
     replied = time.perf_counter() - started
     tree.kill()
     assert answered == size_mb << 20
-    return restored, replied
+    return restored, replied, tree.criu_restore_s
+
+
+@contextlib.contextmanager
+def page_read_threads(count: int) -> Iterator[None]:
+    """Have the patched CRIU read pages with `count` threads (CRIU_PAGE_READ_THREADS) while in this block."""
+    before = os.environ.get(PAGE_READ_THREADS)
+    os.environ[PAGE_READ_THREADS] = str(count)
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[PAGE_READ_THREADS]
+        else:
+            os.environ[PAGE_READ_THREADS] = before
 
 
 def cpu_seconds() -> tuple[float, float]:
@@ -126,7 +138,9 @@ def measure_concurrent(store: SnapshotStore, size_mb: int, count: int) -> dict[s
     own_before, children_before = cpu_seconds()
     started = time.perf_counter()
     with ThreadPoolExecutor(count) as pool:
-        timings = list(pool.map(lambda _: restore_and_ask(store, manifest.id, size_mb, started), range(count)))
+        timings = [
+            t[:2] for t in pool.map(lambda _: restore_and_ask(store, manifest.id, size_mb, started), range(count))
+        ]
     wall = time.perf_counter() - started
     own_after, children_after = cpu_seconds()
     store.delete(manifest.id)

@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from copy_floor import copy_floor, floor_name
 from editors_bench import measure_editors
 from engine_bench import measure
 from restore_points_bench import measure_restore_points
@@ -114,6 +115,10 @@ def engine_part(runs: int) -> list[dict[str, Any]]:
             median = median_of([measure(store, size_mb) for _ in range(runs)])
             gbps = median["image_mb"] / median["restore_s"] / 1000
             rows.append({"size_mb": size_mb, "runs": runs, **median, "restore_gbps": round(gbps, 2)})
+    # The floor of the largest restore, in the same run: its pages copied from the page cache into fresh memory.
+    largest = rows[-1]
+    largest.update(copy_floor(int(largest["image_mb"] * 1e6), runs=max(runs, 5)))
+    largest["criu_restore_over_floor"] = round(largest["criu_restore_s"] / largest[floor_name(2)], 2)
     return rows
 
 
@@ -294,7 +299,10 @@ def engine_lines(engine: dict[str, Any] | list[dict[str, Any]]) -> list[str]:
     """The engine's dump and restore figures by process size."""
     if isinstance(engine, dict):
         return [f"engine: {engine['error']}"]
-    header = [f"engine, median of {engine[0]['runs']}", "image", "dump", "sha256", "restore", "restore GB/s"]
+    header = [
+        f"engine, median of {engine[0]['runs']}", "image", "dump", "sha256", "restore", "restore GB/s",
+        "CRIU restore", "1 thread",
+    ]  # fmt: skip
     rows = [
         [
             f"process holding {row['size_mb']} MB",
@@ -303,10 +311,25 @@ def engine_lines(engine: dict[str, Any] | list[dict[str, Any]]) -> list[str]:
             f"{row['verify_s']:.2f} s",
             f"{row['restore_s']:.2f} s",
             f"{row['restore_gbps']:.2f}",
+            f"{row.get('criu_restore_s', float('nan')):.2f} s",
+            f"{row.get('criu_restore_1thread_s', float('nan')):.2f} s",
         ]
         for row in engine
     ]
-    return grid(header, rows)
+    return grid(header, rows) + floor_lines(engine[-1])
+
+
+def floor_lines(row: dict[str, Any]) -> list[str]:
+    """CRIU's restore of the largest image beside the machine's copy floor for its pages, measured in the same run."""
+    if floor_name(2) not in row:
+        return []
+    return [
+        f"copy floor of those {row['image_mb']:.0f} MB (benchmarks/copy_floor.c, page cache to fresh memory): "
+        f"{row[floor_name(1)]:.2f} s with one thread, {row[floor_name(2)]:.2f} s with two; CRIU's restore "
+        f"{row['criu_restore_s']:.2f} s = {row['criu_restore_over_floor']:.2f}x the two-thread floor "
+        f"(one page-reading thread: {row['criu_restore_1thread_s']:.2f} s); the engine's whole restore "
+        f"(namespaces, its init, CRIU) {row['restore_s']:.2f} s"
+    ]
 
 
 def notebook_lines(notebooks: dict[str, Any] | list[dict[str, Any]]) -> list[str]:
@@ -500,6 +523,11 @@ def plot_restores(axes: Any, engine: dict[str, Any] | list[dict[str, Any]]) -> N
                 va="center",
                 fontsize=9,
             )
+        criu = [row.get("criu_restore_s", float("nan")) for row in engine]
+        axes.plot(sizes, criu, "s-", color="#9467bd", label="CRIU's own restore (median)")
+        if floor_name(2) in engine[-1]:
+            floor = engine[-1][floor_name(2)]
+            axes.plot([sizes[-1]], [floor], "v", color="#d62728", label=f"copy floor, 2 threads ({floor:.2f} s)")
         top = max(sizes) * 1.15
         axes.plot(
             [0, top], [0, top / (TARGET_GBPS * 1000)], "--", color="#2ca02c", label=f"target: {TARGET_GBPS:g} GB/s"

@@ -21,6 +21,7 @@ from .paths import default_store_root, for_user
 FALSE_WORDS = {"0", "false", "no", "off"}
 PROVISIONER_NAME = "snapkernel-provisioner"  # its entry point in pyproject.toml
 VERIFY_MODES: list[VerifyMode] = ["sha256", "size"]  # typed, so that `SnapKernelSettings.verify` is a VerifyMode
+RESTORE_NETWORKS = ["auto", "own", "host"]  # SnapKernelSettings.restore_network (launch/network.py decides by it)
 DEFAULT_BUILD_TIMEOUT_S = 600.0  # how long a snapshot build may take, unless configured
 DEFAULT_RESTORE_POINT_S = 1.0  # a setup cell this long gets a restore point after it, unless configured
 DEFAULT_SPARE_MEMORY_BYTES = 2 * 2**30  # what a server's spare kernels may hold together, unless configured
@@ -128,6 +129,16 @@ class SnapKernelSettings(LoggingConfigurable):
         help="Include GPU (CUDA) state in snapshots. Off: a setup that initialised CUDA fails to build, with "
         "that reason. A notebook can turn it off for itself with metadata {'snapkernel': {'gpu_state': false}}.",
     ).tag(config=True)
+    restore_network = Enum(
+        RESTORE_NETWORKS,
+        help="Which network restored kernels run in. 'auto': a network namespace of their own for GPU snapshots "
+        "(CUDA binds an abstract unix socket named after the process's PID, which every restored copy keeps, so "
+        "two live copies in one network collide), the host's network for the others (kernels need it: downloads, "
+        "APIs, databases). 'own': every restore gets its own namespace, with only a loopback of its own. 'host': "
+        "none does (a second live kernel of a GPU snapshot then starts cold). A kernel in its own namespace is "
+        "handed an ipc connection (unix sockets in a private folder) instead of TCP ($SNAPKERNEL_RESTORE_NETWORK, "
+        "default auto).",
+    ).tag(config=True)
     spare_kernels = Bool(
         help="Keep one kernel restored ahead of time for each snapshot in use, so that the next start of that "
         "notebook (another session, a restart) only hands it a connection. Costs the memory of one idle "
@@ -159,6 +170,7 @@ class SnapKernelSettings(LoggingConfigurable):
         "restore_point_seconds", env_names.RESTORE_POINT_SECONDS, float, DEFAULT_RESTORE_POINT_S
     )
     _gpu_state_default = env_default("gpu_state", env_names.GPU_STATE, is_on, True)
+    _restore_network_default = env_default("restore_network", env_names.RESTORE_NETWORK, str.lower, "auto")
     _spare_kernels_default = env_default("spare_kernels", env_names.SPARE_KERNELS, is_on, True)
     _spare_memory_bytes_default = env_default(
         "spare_memory_bytes", env_names.SPARE_MEMORY_BYTES, int, DEFAULT_SPARE_MEMORY_BYTES

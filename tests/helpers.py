@@ -62,6 +62,21 @@ def tree_digest(folder: Path) -> dict[str, str]:
     return digest
 
 
+def corrupt_pages(snapshot: Path) -> None:
+    """Flip one byte of the largest pages image in a snapshot's folder: its sha256 check then fails."""
+    pages = max((snapshot / "images").glob("pages-*.img"), key=lambda p: p.stat().st_size)
+    with open(pages, "r+b") as handle:
+        handle.seek(4096)
+        byte = handle.read(1)
+        handle.seek(4096)
+        handle.write(bytes([byte[0] ^ 1]))
+
+
+def network_namespace(pid: int) -> str:
+    """The network namespace a process runs in (`net:[INODE]`)."""
+    return os.readlink(f"/proc/{pid}/ns/net")
+
+
 # -- notebooks ----------------------------------------------------------------------------------------
 
 # A setup with numpy data, a shell command, a thread, a child process and a value; sockets seen at build.

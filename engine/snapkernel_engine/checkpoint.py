@@ -184,7 +184,6 @@ def dump_tree(
     if privileges.mode == "user-namespace":
         _refuse_user_namespace_limits(pid, members)
     driver, cuda_pids = _gpu_state_to_move(members, cuda_driver, gpu_state)
-    rss = process.tree_rss_bytes(pid)
     held_files = fingerprint_held_files(members)
     images_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -203,6 +202,8 @@ def dump_tree(
     # A CRIU in other namespaces cannot open our fds through /proc: it logs into the images folder.
     criu_elsewhere = privileges.mode == "user-namespace" or nested
     with _gpu_state_in_host_memory(driver, cuda_pids, lock_timeout_ms, leave_running):
+        # Measured with the GPU state in host memory: what a restored copy holds until that state goes back.
+        rss = process.tree_rss_bytes(pid)
         duration = _run_dump(client, pid, images_dir, work_dir, criu_elsewhere)
     return DumpResult(
         pid=pid,

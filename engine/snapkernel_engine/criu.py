@@ -126,3 +126,50 @@ def pycriu_search_path() -> tuple[str, ...]:
         if folder not in folders:
             folders.append(folder)
     return tuple(folders)
+
+
+RESTORE_STATS = "stats-restore"
+
+
+def _varint(data: bytes, at: int) -> tuple[int, int]:
+    """The protobuf varint at `at` in `data`, and where the next field starts."""
+    value = shift = 0
+    while True:
+        byte = data[at]
+        value |= (byte & 0x7F) << shift
+        at, shift = at + 1, shift + 7
+        if byte < 0x80:
+            return value, at
+
+
+def _fields(message: bytes) -> dict[int, int | bytes]:
+    """The varint and length-delimited fields of a protobuf message, by number (the last of each)."""
+    fields: dict[int, int | bytes] = {}
+    at = 0
+    while at < len(message):
+        tag, at = _varint(message, at)
+        number, wire_type = tag >> 3, tag & 7
+        if wire_type == 0:
+            fields[number], at = _varint(message, at)
+        elif wire_type == 2:
+            length, at = _varint(message, at)
+            fields[number], at = message[at : at + length], at + length
+        else:
+            raise ValueError(f"unexpected wire type {wire_type}")
+    return fields
+
+
+def restore_seconds(work_dir: str | os.PathLike[str]) -> float | None:
+    """CRIU's own restore time, from the stats it wrote into a restore's work folder (None: none readable).
+
+    Read by hand: the namespace init of every restore reports it, and pycriu's image module loads every
+    image format first."""
+    try:
+        with open(os.path.join(work_dir, RESTORE_STATS), "rb") as stats:
+            data = stats.read()
+        # Two magics, the entry's size, then StatsEntry{2: RestoreStatsEntry{4: restore_time in µs}}
+        restore = _fields(data[12:]).get(2)
+        micros = _fields(restore).get(4) if isinstance(restore, bytes) else None
+    except (OSError, IndexError, ValueError):
+        return None
+    return micros / 1e6 if isinstance(micros, int) else None

@@ -44,12 +44,19 @@ class RestoredTree:
         pid: int,
         ns_pid: int,
         pages_loaded: threading.Event | None = None,
+        cuda_pids: Sequence[int] = (),
+        cuda_driver: CudaDriver | None = None,
     ) -> None:
         self._launcher = launcher
         self.init_pid = init_pid
         self.pid = pid
         self.ns_pid = ns_pid
         self._killed = False
+        #: CRIU's own restore time, from its stats (None: not known), for benchmarks and reports.
+        self.criu_restore_s: float | None = None
+        # The processes (by their PIDs in the image) whose GPU state is still in host memory, and its driver.
+        self._cuda_pids = list(cuda_pids)
+        self._cuda_driver = cuda_driver
         if pages_loaded is None:
             pages_loaded = threading.Event()
             pages_loaded.set()
@@ -92,6 +99,26 @@ class RestoredTree:
         for member in self.members():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(member, signum)
+
+    @property
+    def gpu_state_pending(self) -> bool:
+        """Whether GPU state of this tree still waits in host memory for ``put_gpu_state_back()``."""
+        return bool(self._cuda_pids)
+
+    def put_gpu_state_back(self) -> None:
+        """Put the GPU state a restore deferred back on the GPU and unlock CUDA (nothing when none waits).
+
+        Raise RestoreError when the driver fails; the tree is killed then: no process stays locked.
+        """
+        if not self._cuda_pids:
+            return
+        assert self._cuda_driver is not None, "GPU state without a driver"
+        try:
+            _put_gpu_state_back(self, self._cuda_pids, self._cuda_driver)
+        except BaseException:
+            self.kill()
+            raise
+        self._cuda_pids = []
 
     def resume(self) -> None:
         """Continue a tree restored stopped (SIGCONT to every process; a running tree is unaffected)."""
@@ -204,6 +231,7 @@ def restore_tree(
     cuda_driver: CudaDriver | None = None,
     own_network: bool = False,
     stopped: bool = False,
+    defer_gpu: bool = False,
 ) -> RestoredTree:
     """Restore the image in `images_dir` into new PID and mount namespaces.
 
@@ -217,7 +245,9 @@ def restore_tree(
     restores into a new, empty network namespace too: needed to run several restores of an image
     whose processes bound the same abstract unix socket (CUDA processes do), at the price of having
     no network but a loopback of their own. With `stopped`, every restored process is left stopped
-    (CRIU's --leave-stopped): no thread of it runs until ``tree.resume()``.
+    (CRIU's --leave-stopped): no thread of it runs until ``tree.resume()``. With `defer_gpu`, the GPU state
+    stays in the processes' host memory (CUDA locked) until ``tree.put_gpu_state_back()``: a tree kept in
+    reserve then holds no GPU memory.
 
     As root the tree keeps host credentials (new PID + mount namespaces only); any other user restores
     into new user + PID + mount namespaces with CRIU holding only checkpoint_restore and setpcap there,
@@ -251,7 +281,11 @@ def restore_tree(
         if owner_fd is not None:
             os.close(owner_fd)
     pages_loaded, status = _await_restore(status_read, launcher, timeout, work_dir, images_dir, oom_kills_before)
-    return _restored_tree(launcher, int(str(status["pid"])), pages_loaded, list(cuda_pids), driver)
+    tree = _restored_tree(launcher, int(str(status["pid"])), pages_loaded, list(cuda_pids), driver)
+    tree.criu_restore_s = status.get("criu_restore_s")
+    if not defer_gpu:
+        tree.put_gpu_state_back()
+    return tree
 
 
 def _cuda_driver_for(cuda_pids: Sequence[int], cuda_driver: CudaDriver | None) -> CudaDriver | None:
@@ -334,21 +368,20 @@ def _restored_tree(
     cuda_pids: list[int],
     driver: CudaDriver | None,
 ) -> RestoredTree:
-    """The restored tree below the launcher's namespace init, its GPU state back on the GPU; killed on failure."""
+    """The restored tree below the launcher's namespace init, its GPU state (if any) still in host memory; killed
+    on failure."""
     init_pids = process.children(launcher.pid)
     if len(init_pids) != 1:
         launcher.kill()
         launcher.wait()
         raise RestoreError(f"cannot find the namespace init below {launcher.pid}")
     try:
-        tree = RestoredTree(launcher, init_pids[0], _host_pid_of(init_pids[0], ns_pid), ns_pid, pages_loaded)
-        if cuda_pids and driver is not None:
-            _put_gpu_state_back(tree, cuda_pids, driver)
+        host_pid = _host_pid_of(init_pids[0], ns_pid)
+        return RestoredTree(launcher, init_pids[0], host_pid, ns_pid, pages_loaded, cuda_pids, driver)
     except BaseException:
         os.kill(init_pids[0], signal.SIGKILL)
         launcher.wait()
         raise
-    return tree
 
 
 def package_environment() -> dict[str, str]:

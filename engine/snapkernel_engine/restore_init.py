@@ -12,7 +12,7 @@ import os
 import signal
 
 from .control_pipe import write_message
-from .criu import log_excerpt, rpc_client
+from .criu import log_excerpt, restore_seconds, rpc_client
 
 TYPE_CHECKING = False  # typing is not imported for annotations alone: every restore starts this module
 if TYPE_CHECKING:
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     for fd in inherited.values():
         # The restored tree holds its own copies; ours would keep pipes from reaching EOF.
         os.close(fd)
-    _report(status_fd, ok=True, pid=pid, lazy=daemon is not None)
+    _report(status_fd, ok=True, pid=pid, lazy=daemon is not None, criu_restore_s=restore_seconds(args.work))
     if daemon is None:
         os.close(status_fd)
     return _reap_until(pid, daemon.pid if daemon else None, status_fd)

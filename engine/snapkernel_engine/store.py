@@ -313,9 +313,11 @@ class SnapshotRestorer(SnapshotLookup):
         cuda_driver: CudaDriver | None = None,
         own_network: bool = False,
         stopped: bool = False,
+        defer_gpu: bool = False,
     ) -> RestoredTree:
         """Verify a snapshot, then restore it; `pipes` maps pipe names given at dump to new fds.
-        With `stopped` the tree stays stopped until ``tree.resume()``.
+        With `stopped` the tree stays stopped until ``tree.resume()``; with `defer_gpu` its GPU state stays in
+        host memory until ``tree.put_gpu_state_back()``.
 
         The snapshot counts as being restored (clean-up and delete leave it alone) until the restored
         tree's memory is all in place, which for a `lazy` restore is after this returns.
@@ -343,6 +345,7 @@ class SnapshotRestorer(SnapshotLookup):
                 images, work, inherit_fds=inherit, criu_binary=criu_binary,
                 timeout=DEFAULT_RESTORE_TIMEOUT_S if timeout is None else timeout, lazy=lazy and len(chain) == 1,
                 cuda_pids=manifest.cuda_pids, cuda_driver=cuda_driver, own_network=own_network, stopped=stopped,
+                defer_gpu=defer_gpu,
             )  # fmt: skip
         except BaseException:
             release()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from ..notebook.builder import BuildCancelled
 from ..notebook.setup_section import SetupSection
 from ..notebook.state import forget_stale_restores
 from .background_builds import background_builds, build_in_own_process, start_build
+from .network import IPC_PREFIX, private_ipc_folder, restores_in_own_network
 from .ports import reserve_ports
 from .spares import PortTaken, SpareLimits, restored_and_resumed, spare_pool
 from .start_plan import StartPlan, cold_start_note, fall_back_to_cold, lazy_restores, plan_start, resume_request
@@ -55,12 +57,20 @@ class RestoredKernelProcess:
         self.tree.kill()
 
 
-def move_to_new_ports(manager: KernelManager, env: dict[str, str]) -> KernelConnectionInfo:
-    """Give a kernel manager's connection five new reserved ports and write its connection file again."""
+def move_to_new_ports(
+    manager: KernelManager, env: dict[str, str], ipc_folder: Path | None = None
+) -> KernelConnectionInfo:
+    """Give a kernel manager's connection new ports and write its connection file again: five new reserved TCP
+    ports, or with `ipc_folder`, ipc sockets in that folder."""
     manager.cleanup_connection_file()
     for name in port_names:
         setattr(manager, name, 0)
-    reserve_ports(manager)
+    if ipc_folder is None:
+        reserve_ports(manager)
+    else:
+        manager.transport = "ipc"
+        manager.cache_ports = False  # jupyter_client caches TCP ports only: a restart must not probe a path for one
+        manager.ip = str(ipc_folder / IPC_PREFIX)
     manager.write_connection_file(jupyter_session=env.get("JPY_SESSION_NAME", ""))
     return manager.get_connection_info()
 
@@ -70,6 +80,9 @@ class SnapKernelProvisioner(LocalProvisioner):
 
     start_plan: StartPlan
     start_report: KernelStart  # how the kernel started: GET kernels/ID answers it, headless runs read it
+    own_network = False  # the plan's restore runs in a network namespace of its own (over ipc)
+    ipc_folder: Path | None = None  # where this kernel's ipc sockets are, once it was handed an ipc connection
+    launched = False  # a kernel was launched before: this launch is a restart
 
     @property
     def settings(self) -> SnapKernelSettings:
@@ -89,6 +102,13 @@ class SnapKernelProvisioner(LocalProvisioner):
         binding = notebook_binding(env, kwargs.get("cmd") or [], kwargs.get("cwd"))
         plan = functools.partial(plan_start, self.settings, kernel_name, env, kwargs.get("cwd"), binding)
         self.start_plan = await asyncio.to_thread(plan, executing_notebook(self.parent))
+        snapshot = self.start_plan.snapshot
+        # A restart keeps its connection's transport: the server's channels of open websockets stay on it.
+        ipc = manager is not None and (manager.transport == "ipc" or not self.launched)
+        setting = self.settings.restore_network
+        self.own_network = snapshot is not None and restores_in_own_network(snapshot, setting, ipc=ipc)
+        if self.own_network and manager is not None and manager.transport != "ipc":
+            await self._hand_over_ipc(manager, env)
         env[env_names.STORE] = str(self.settings.user_store_root)
         # The kernel's `%snapshot status` then looks where this plan looked.
         env[env_names.SHARED_ROOTS] = ",".join(self.settings.shared_roots)
@@ -97,10 +117,19 @@ class SnapKernelProvisioner(LocalProvisioner):
         env[env_names.QUOTA_BYTES] = str(self.settings.quota_bytes)
         return kwargs
 
+    async def _hand_over_ipc(self, manager: KernelManager, env: dict[str, str]) -> None:
+        """Give the kernel an ipc connection in a private folder of its own (kept across restarts): a TCP port in
+        an empty network namespace is out of the server's reach."""
+        if self.ipc_folder is None:
+            self.ipc_folder = await asyncio.to_thread(private_ipc_folder)
+        self.connection_info = move_to_new_ports(manager, env, self.ipc_folder)
+        self.ports_cached = False  # no TCP port is held for this kernel any more
+
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         """Restore the plan's snapshot; start cold when there is none or its restore fails (saying why)."""
         plan: StartPlan = getattr(self, "start_plan", StartPlan())
         started = time.time()
+        self.launched = True
         self._track_spares(plan)
         info = await self._launch_restored(plan, started, kwargs) if plan.snapshot is not None else None
         if info is None:
@@ -172,9 +201,12 @@ class SnapKernelProvisioner(LocalProvisioner):
         return self.process is not None and self.process.poll() is None
 
     async def cleanup(self, restart: bool = False) -> None:
-        """Note the kernel's end for the spares, then clean up as a local kernel does."""
+        """Note the kernel's end for the spares, then clean up as a local kernel does, and remove its ipc folder."""
         spare_pool.sessions.closed(self.kernel_id)
         await super().cleanup(restart)
+        if self.ipc_folder is not None and not restart:
+            await asyncio.to_thread(shutil.rmtree, self.ipc_folder, ignore_errors=True)
+            self.ipc_folder = None
 
     def _session_opened(self, plan: StartPlan) -> None:
         """Tell the spares that a kernel of the plan's notebook runs: its spares are in use while it does."""
@@ -195,7 +227,8 @@ class SnapKernelProvisioner(LocalProvisioner):
                 if self.settings.spare_kernels:
                     lazy = lazy_restores(self.settings, self.log)
                     timeout = self.settings.restore_timeout
-                    spare_pool.refill(store, done.result(), notebook, lazy=lazy, timeout=timeout)
+                    own = restores_in_own_network(done.result(), self.settings.restore_network)
+                    spare_pool.refill(store, done.result(), notebook, lazy=lazy, timeout=timeout, own_network=own)
             else:
                 self.log.warning("snapkernel: snapshot build of %s failed: %s", notebook, error)
 
@@ -212,22 +245,28 @@ class SnapKernelProvisioner(LocalProvisioner):
         lazy = lazy_restores(self.settings, self.log)
         assert self.parent is not None, "a provisioner launches for its kernel manager"
         launch = resume_request(self.parent.connection_file, manifest, kwargs, started, self.start_plan.binding)
+        own_network = self.own_network
         restore = functools.partial(
-            restored_and_resumed, store, manifest, launch, lazy, settings.restore_timeout, settings.spare_kernels
-        )
+            restored_and_resumed, store, manifest, launch, lazy, settings.restore_timeout, settings.spare_kernels,
+            own_network=own_network,
+        )  # fmt: skip
         try:
             waiting, resumed, from_spare = await restore()
         except PortTaken as error:  # another process took a port between its choice and the kernel's bind
+            if self.parent.transport != "tcp":
+                raise  # an ipc socket is a file of this kernel's private folder: nobody else takes it
             self.log.info("snapkernel: %s; restoring again on new ports", error)
             self.connection_info = move_to_new_ports(self.parent, launch.env)
             waiting, resumed, from_spare = await restore()
         self.log.info(
-            "snapkernel: restored %s from snapshot %s in %.2f s%s", kwargs.get("kernel_id", "kernel"), manifest.id,
+            "snapkernel: restored %s from snapshot %s in %.2f s%s%s", kwargs.get("kernel_id", "kernel"), manifest.id,
             time.time() - started, " (a spare restored ahead)" if from_spare else "",
+            " in a network namespace of its own" if own_network else "",
         )  # fmt: skip
         whole_setup = self.start_plan.state is None or self.start_plan.state.restored_cells is None
         if settings.spare_kernels and whole_setup:  # a restore point's spare would be obsolete once the rest is built
-            spare_pool.refill(store, manifest, notebook, lazy=lazy, timeout=settings.restore_timeout)
+            timeout = settings.restore_timeout
+            spare_pool.refill(store, manifest, notebook, lazy=lazy, timeout=timeout, own_network=own_network)
         tree = waiting.tree
         self.process = RestoredKernelProcess(tree)  # type: ignore[assignment]  # Popen's interface, not its class
         self.pid = tree.pid

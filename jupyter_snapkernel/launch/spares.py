@@ -5,6 +5,11 @@ writes or answers on a socket until a launch claims it and continues it. Spares 
 snapshot is deleted or replaced, when their notebook's setup changed, when no session of their notebook
 has been open for `spare_idle_seconds`, and least recently used first to keep the server's spares
 within `spare_memory_bytes`.
+
+A spare of a GPU snapshot keeps its GPU state in host memory (checkpointed by CUDA, as in the image) and holds
+no GPU memory: the GPU state goes back on the GPU when a launch claims it. Spares are restored into the network
+a launch of their snapshot would get (network.restores_in_own_network), as they get their connection only
+when claimed.
 """
 
 from __future__ import annotations
@@ -69,6 +74,17 @@ class KernelAwaitingConnection:
         self.tree.kill()
         self.close_pipes()
 
+    async def put_gpu_state_back(self) -> None:
+        """Put GPU state the restore left in host memory back on the GPU (off the event loop); on failure,
+        discard the kernel."""
+        if not self.tree.gpu_state_pending:
+            return
+        try:
+            await in_daemon_thread(self.tree.put_gpu_state_back)
+        except BaseException:
+            self.discard()
+            raise
+
     async def resume(self, request: ResumeRequest, timeout: float) -> Resumed:
         """Hand the kernel its launch and wait (at most `timeout` s) until it listens; on failure, discard it.
         Return the kernel's Resumed event."""
@@ -106,9 +122,17 @@ def forwarded_output(target_fd: int) -> int:
 
 
 def restore_awaiting_connection(
-    store: SnapshotStore, manifest: Manifest, *, lazy: bool, timeout: float, stopped: bool = False
+    store: SnapshotStore,
+    manifest: Manifest,
+    *,
+    lazy: bool,
+    timeout: float,
+    stopped: bool = False,
+    own_network: bool = False,
+    defer_gpu: bool = False,
 ) -> KernelAwaitingConnection:
-    """Restore a snapshot's kernel with fresh pipes; it waits for its resume request (`stopped`: frozen, too)."""
+    """Restore a snapshot's kernel with fresh pipes; it waits for its resume request (`stopped`: frozen, too;
+    `own_network`: in a network namespace of its own; `defer_gpu`: its GPU state still in host memory)."""
     control_read, control_write = os.pipe()
     report_read, report_write = os.pipe()
     handed = KernelPipes(
@@ -120,8 +144,9 @@ def restore_awaiting_connection(
     ).by_name()
     try:
         tree = store.restore_snapshot(
-            manifest.id, key=manifest.key, pipes=handed, timeout=timeout, lazy=lazy, stopped=stopped
-        )
+            manifest.id, key=manifest.key, pipes=handed, timeout=timeout, lazy=lazy, stopped=stopped,
+            own_network=own_network, defer_gpu=defer_gpu,
+        )  # fmt: skip
     except BaseException:
         os.close(control_write)
         os.close(report_read)
@@ -133,16 +158,15 @@ def restore_awaiting_connection(
 
 
 async def restore_off_the_loop(
-    store: SnapshotStore, manifest: Manifest, *, lazy: bool, timeout: float, stopped: bool = False
+    store: SnapshotStore, manifest: Manifest, *, lazy: bool, timeout: float, **flags: bool
 ) -> KernelAwaitingConnection:
     """`restore_awaiting_connection` in a daemon thread: the one way the server restores, for launches and spares.
+    `flags`: its `stopped`, `own_network` and `defer_gpu`.
 
     A daemon thread, not asyncio.to_thread: a restore CRIU is stuck in must not hold up the server's exit
     (see `in_daemon_thread`).
     """
-    return await in_daemon_thread(
-        restore_awaiting_connection, store, manifest, lazy=lazy, timeout=timeout, stopped=stopped
-    )
+    return await in_daemon_thread(restore_awaiting_connection, store, manifest, lazy=lazy, timeout=timeout, **flags)
 
 
 async def restored_and_resumed(
@@ -152,13 +176,16 @@ async def restored_and_resumed(
     lazy: bool,
     timeout: float,
     spares: bool,
+    own_network: bool = False,
 ) -> tuple[KernelAwaitingConnection, Resumed, bool]:
-    """Take the snapshot's spare (`spares`: if there is one) or restore it, then hand it `launch`; return the
-    kernel, its Resumed event and whether it was a spare."""
-    waiting = spare_pool.take(manifest.id) if spares else None
+    """Take the snapshot's spare (`spares`: if there is one) or restore it (`own_network`: in a network namespace
+    of its own), then hand it `launch`; return the kernel, its Resumed event and whether it was a spare."""
+    waiting = spare_pool.take(manifest.id, own_network) if spares else None
     from_spare = waiting is not None
     if waiting is None:
-        waiting = await restore_off_the_loop(store, manifest, lazy=lazy, timeout=timeout)
+        waiting = await restore_off_the_loop(store, manifest, lazy=lazy, timeout=timeout, own_network=own_network)
+    else:
+        await waiting.put_gpu_state_back()  # a spare holds no GPU memory until now
     resumed = await waiting.resume(dataclasses.replace(launch, from_spare=from_spare), timeout)
     return waiting, resumed, from_spare
 
@@ -169,7 +196,9 @@ MIN_SWEEP_INTERVAL_S = 0.5
 
 
 def spare_size(manifest: Manifest) -> int:
-    """What a spare of this snapshot counts against the memory budget: the setup's resident memory at its dump."""
+    """What a spare of this snapshot counts against the memory budget: the setup's resident host memory at its
+    dump. A GPU snapshot's was measured with its GPU state in host memory, where its spare keeps that state: a
+    spare holds no GPU memory (kernels in use do)."""
     return manifest.rss_bytes or manifest.size_bytes
 
 
@@ -189,6 +218,7 @@ class Spare:
     store: SnapshotStore
     manifest: Manifest
     notebooks: set[Path]
+    own_network: bool = False  # restored into a network namespace of its own
     last_used: float = field(default_factory=time.time)  # restored, or a session of its notebooks was open
 
     @property
@@ -204,6 +234,7 @@ class Filling:
     task: asyncio.Task[KernelAwaitingConnection | None]
     manifest: Manifest
     notebooks: set[Path]
+    own_network: bool = False  # restored into a network namespace of its own
     wanted: bool = True  # False once retired while it was restored: it is killed on arrival
 
 
@@ -335,7 +366,7 @@ def sweep_interval(idle_seconds: float) -> float:
 
 
 class SparePool:
-    """The server's spare kernels: at most one per CPU snapshot, frozen until claimed, retired when of no use."""
+    """The server's spare kernels: at most one per snapshot, frozen until claimed, retired when of no use."""
 
     def __init__(self) -> None:
         self.spares: dict[str, Spare] = {}  # by snapshot id
@@ -351,12 +382,13 @@ class SparePool:
         """Whether a spare is being restored now."""
         return bool(self._filling)
 
-    def take(self, snapshot_id: str) -> KernelAwaitingConnection | None:
-        """Claim the live spare of a snapshot, if one is ready: it is continued and runs from here on."""
+    def take(self, snapshot_id: str, own_network: bool = False) -> KernelAwaitingConnection | None:
+        """Claim the live spare of a snapshot, if one is ready in the network asked for (`own_network`): it is
+        continued and runs from here on (its GPU state, if any, still in host memory)."""
         spare = self.spares.pop(snapshot_id, None)
         if spare is None:
             return None
-        if spare.kernel.tree.ended():
+        if spare.kernel.tree.ended() or spare.own_network != own_network:
             spare.kernel.discard()
             return None
         spare.kernel.tree.resume()
@@ -416,12 +448,17 @@ class SparePool:
         return fits
 
     def refill(
-        self, store: SnapshotStore, manifest: Manifest, notebook: Path | None, *, lazy: bool, timeout: float
+        self,
+        store: SnapshotStore,
+        manifest: Manifest,
+        notebook: Path | None,
+        *,
+        lazy: bool,
+        timeout: float,
+        own_network: bool = False,
     ) -> None:
-        """Restore a frozen spare for `manifest` in the background unless one exists, is on its way, or does
-        not fit the memory budget."""
-        if manifest.cuda_pids:
-            return  # a spare of a GPU snapshot would hold a second copy of its GPU memory
+        """Restore a frozen spare for `manifest` in the background (`own_network`: into a network namespace of its
+        own) unless one exists, is on its way, or does not fit the memory budget."""
         notebooks = {notebook_key(notebook)} if notebook is not None else set()
         filling_now = self._filling.get(manifest.id)
         known = self.spares.get(manifest.id) or (filling_now if filling_now and filling_now.wanted else None)
@@ -440,9 +477,11 @@ class SparePool:
             await asyncio.sleep(REFILL_DELAY_S)
             if generation != self._generation or not filling.wanted:
                 return None  # discarded while it waited
-            return await restore_off_the_loop(store, manifest, lazy=lazy, timeout=timeout, stopped=True)
+            return await restore_off_the_loop(
+                store, manifest, lazy=lazy, timeout=timeout, stopped=True, own_network=own_network, defer_gpu=True
+            )
 
-        filling = Filling(asyncio.ensure_future(restore_after_the_start_settles()), manifest, notebooks)
+        filling = Filling(asyncio.ensure_future(restore_after_the_start_settles()), manifest, notebooks, own_network)
         self._filling[manifest.id] = filling
         filling.task.add_done_callback(lambda done: self._arrived(done, store, filling, generation))
         self.sweeper.keep_running()
@@ -467,7 +506,7 @@ class SparePool:
         if generation != self._generation or not filling.wanted:
             kernel.discard()  # retired while it was restored: nobody will take it
         else:
-            self.spares[snapshot_id] = Spare(kernel, store, filling.manifest, filling.notebooks)
+            self.spares[snapshot_id] = Spare(kernel, store, filling.manifest, filling.notebooks, filling.own_network)
 
     def describe(self) -> list[dict[str, Any]]:
         """The live spares for the API (without their measured memory: `measured` adds it off the loop)."""

@@ -15,6 +15,7 @@ from snapkernel_engine import RestoredTree
 from .. import env_names
 from ..config import SnapKernelSettings
 from ..launch.background_builds import build_in_own_process
+from ..launch.network import connection_transport, restores_in_own_network
 from ..launch.spares import restored_and_resumed
 from ..launch.start_plan import (
     StartPlan,
@@ -51,14 +52,23 @@ def launch(arguments: LaunchArguments) -> int:
 
 
 def restore(plan: StartPlan, settings: SnapKernelSettings, connection_file: str) -> RestoredTree | None:
-    """Restore the plan's snapshot and hand it this launch; None when that failed (the plan then says why)."""
+    """Restore the plan's snapshot and hand it this launch; None when that failed (the plan then says why).
+
+    The editor chose the connection file and its transport, and connects as it says: over TCP the kernel must
+    listen in the host's network, so only an ipc connection file lets a restore run in a network of its own
+    (a second live kernel of a GPU snapshot over TCP then starts cold).
+    """
     snapshot, state = plan.snapshot, plan.state
     assert snapshot is not None and state is not None and state.store is not None
     started = time.time()
     launch = {"env": dict(os.environ), "cwd": os.getcwd()}
     request = resume_request(connection_file, snapshot, launch, started, plan.binding)
     lazy = lazy_restores(settings, log)
-    restoring = restored_and_resumed(state.store, snapshot, request, lazy, settings.restore_timeout, spares=False)
+    ipc = connection_transport(connection_file) == "ipc"
+    own_network = restores_in_own_network(snapshot, settings.restore_network, ipc=ipc)
+    restoring = restored_and_resumed(
+        state.store, snapshot, request, lazy, settings.restore_timeout, spares=False, own_network=own_network
+    )
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # an interrupt is meant for the kernel, once it runs
     try:
         waiting, resumed, _ = asyncio.run(restoring)

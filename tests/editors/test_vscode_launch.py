@@ -67,13 +67,15 @@ def launch_directly(tmp_path: Path) -> Iterator[Any]:
     """Run kernelspec argvs as VS Code does; kill what is left of each at the end."""
     started: list[DirectKernel] = []
 
-    def launch(argv: list[str], notebook: Path, store: Path) -> DirectKernel:
+    def launch(argv: list[str], notebook: Path, store: Path, transport: str = "tcp", **settings: str) -> DirectKernel:
         runtime = tmp_path / "runtime"
         runtime.mkdir(exist_ok=True)
         connection_file = runtime / f"kernel-v3{secrets.token_hex(8)}.json"
-        write_connection_file(str(connection_file), ip="127.0.0.1", key=secrets.token_hex(16).encode())
+        ip = "127.0.0.1" if transport == "tcp" else str(runtime / secrets.token_hex(4))  # ipc: a socket path prefix
+        key = secrets.token_hex(16).encode()
+        write_connection_file(str(connection_file), ip=ip, key=key, transport=transport)
         env = {name: value for name, value in os.environ.items() if name != "JPY_SESSION_NAME"}
-        env["SNAPKERNEL_STORE"] = str(store)
+        env.update(settings, SNAPKERNEL_STORE=str(store))
         stderr = tmp_path / f"launcher-{len(started)}.stderr"
         with stderr.open("wb") as log:
             launched = subprocess.Popen(
@@ -241,3 +243,23 @@ def test_the_launched_process_of_a_restored_kernel_exits_with_the_kernels_status
         kernel.client.execute(f"import os; {ending}")
     assert kernel.launched.wait(30) == status
     wait_until(lambda: not any(is_alive(pid) for pid in members), 30, "no process of the kernel left")
+
+
+def test_a_kernelspec_run_directly_restores_in_a_network_of_its_own_only_over_ipc(
+    tmp_path: Path, jupyter_path: Path, launch_directly: Any
+) -> None:
+    """restore_network "own": an editor's ipc connection file gets a network namespace of its own; its TCP one
+    keeps the host's network, which the editor connects through."""
+    store = tmp_path / "store"
+    notebook = parameters_notebook(tmp_path / "work" / "net.ipynb", PARAMETERS_INSIDE)
+    build(notebook, store)
+    spec = install_bound_kernelspec(notebook, jupyter_path, store, "snapkernel-vscode-net")
+    host = os.readlink("/proc/self/ns/net")
+    networks = {}
+    for transport in ("ipc", "tcp"):
+        kernel = launch_directly(spec["argv"], notebook, store, transport, SNAPKERNEL_RESTORE_NETWORK="own")
+        assert kernel.value("get_ipython().kernel.start_info.mode") == "restored"
+        networks[transport] = kernel.value("os.readlink('/proc/self/ns/net')")
+        content, stdout, _ = kernel.run("print('result', result, steps)")
+        assert content["status"] == "ok" and stdout == "result 41 [1]\n"
+    assert networks["tcp"] == host and networks["ipc"] != host

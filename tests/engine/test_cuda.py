@@ -23,10 +23,10 @@ def driver() -> CudaDriverDouble:
     return CudaDriverDouble()
 
 
-def restore(store: SnapshotStore, snapshot_id: str, driver: CudaDriverDouble) -> Conversation:
+def restore(store: SnapshotStore, snapshot_id: str, driver: CudaDriverDouble, defer_gpu: bool = False) -> Conversation:
     handed, to_tree, from_tree, to_close = pipes_for_restore()
     try:
-        tree = store.restore_snapshot(snapshot_id, key=KEY, pipes=handed, cuda_driver=driver)
+        tree = store.restore_snapshot(snapshot_id, key=KEY, pipes=handed, cuda_driver=driver, defer_gpu=defer_gpu)
     finally:
         for fd in to_close:
             os.close(fd)
@@ -136,3 +136,41 @@ def test_processes_without_cuda_state_need_no_driver_calls(
 ) -> None:
     manifest = store.take_snapshot(workload.pid, KEY, pipes=PIPES, cuda_driver=driver)
     assert manifest.cuda_pids == [] and driver.calls == []
+
+
+def test_a_deferred_restore_keeps_gpu_state_in_host_memory_until_it_is_put_back(
+    store: SnapshotStore, workload: Workload, driver: CudaDriverDouble
+) -> None:
+    """A spare's restore: no CUDA call at the restore (the tree holds no GPU memory); restore and unlock when
+    the state is put back, once."""
+    driver.holds_cuda(workload.pid)
+    manifest = store.take_snapshot(workload.pid, KEY, pipes=PIPES, cuda_driver=driver)
+    driver.calls.clear()
+    conversation = restore(store, manifest.id, driver, defer_gpu=True)
+    tree = conversation.tree
+    try:
+        assert driver.calls == [], "the GPU state stays in host memory"
+        assert tree.gpu_state_pending
+        assert conversation.ask("report")["checksum"] == workload.checksum
+        tree.put_gpu_state_back()
+        assert driver.calls == [("restore", tree.pid), ("unlock", tree.pid)]
+        assert driver.states[tree.pid] == RUNNING and not tree.gpu_state_pending
+        tree.put_gpu_state_back()
+        assert len(driver.calls) == 2, "put back once"
+    finally:
+        tree.kill()
+
+
+def test_a_deferred_put_back_that_fails_kills_the_restored_tree(
+    store: SnapshotStore, workload: Workload, driver: CudaDriverDouble
+) -> None:
+    driver.holds_cuda(workload.pid)
+    manifest = store.take_snapshot(workload.pid, KEY, pipes=PIPES, cuda_driver=driver)
+    conversation = restore(store, manifest.id, driver, defer_gpu=True)
+    tree = conversation.tree
+    members = [tree.init_pid, *tree.members()]
+    driver.failures["restore"] = "CUDA_ERROR_OUT_OF_MEMORY"
+    with pytest.raises(RestoreError, match=r"could not put the GPU state back on the GPU: .*CUDA_ERROR_OUT_OF_MEMORY"):
+        tree.put_gpu_state_back()
+    assert tree.ended()
+    assert not any(Path(f"/proc/{pid}").exists() for pid in members), "no process or zombie left"

@@ -84,53 +84,116 @@ def engine_check() -> None:
     print("(a)", "PASS" if ok else "FAIL", f"checksums {sorted(sums)} vs {original}")
 
 
-async def kernel_check() -> None:
-    """(b) the gpu_setup notebook's kernel restored through jupyter_client; (c) cold vs restored."""
-    from jupyter_client.manager import AsyncKernelManager
+NOTEBOOK = REPO / os.environ.get("DEVICE_NOTEBOOK", "examples/gpu_setup.ipynb")
+# CUDA work whose result depends on every weight: a forward pass on the model's own device, and the weights' sum.
+CHECK_CODE = (
+    "with torch.no_grad():\n"
+    "    _probe = torch.ones(4, model[0].in_features, device=next(model.parameters()).device)\n"
+    "    _weights = sum(p.double().sum().item() for p in model.parameters())\n"
+    "    print(repr(model(_probe).double().sum().item()), repr(_weights))"
+)
 
-    from jupyter_snapkernel.launch.headless import time_to_first_reply
-    from jupyter_snapkernel.launch.provisioner import RestoredKernelProcess
+
+def verdict(ok: bool) -> str:
+    """PASS or FAIL."""
+    return "PASS" if ok else "FAIL"
+
+
+async def kernel_check() -> None:
+    """(b) the notebook's snapshot built, and its kernel restored through jupyter_client."""
     from jupyter_snapkernel.notebook.builder import build_snapshot
     from jupyter_snapkernel.paths import open_store
 
-    notebook = REPO / "examples" / "gpu_setup.ipynb"
-    print("== (b) kernel: examples/gpu_setup.ipynb restored through jupyter_client", flush=True)
+    print(f"== (b) kernel: {NOTEBOOK.name} built, then restored through jupyter_client", flush=True)
     started = time.perf_counter()
-    manifest = build_snapshot(notebook, open_store(), progress=lambda event: None)
+    manifest = build_snapshot(NOTEBOOK, open_store(), progress=lambda event: None)
     print(f"build: {time.perf_counter() - started:.1f} s, snapshot {manifest.id}, "
           f"{manifest.size_bytes / 1e9:.2f} GB image, CUDA processes {manifest.cuda_pids}")  # fmt: skip
+    session = await one_session(cold=False)
+    print(f"(b) {verdict(session['start'] == 'restored' and session['ok'])} {session}")
+
+
+async def one_session(cold: bool) -> dict[str, object]:
+    """Start a kernel of the notebook (restored, or `cold`), run its setup cells' requests and the CUDA check."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    from jupyter_snapkernel.launch.headless import describe_start, kernel_env, notebook_to_run
+    from jupyter_snapkernel.notebook.setup_section import normalise, setup_section_of
+
+    book = notebook_to_run(NOTEBOOK)
+    section = setup_section_of(book)
+    sources = [normalise(cell.source) for cell in book.cells if cell.cell_type == "code"]
+    setup = sources[: len(section.cells) if section else 0]
     manager = AsyncKernelManager(kernel_name="snapkernel")
-    await manager.start_kernel(env={**os.environ, "JPY_SESSION_NAME": str(notebook)}, cwd=str(notebook.parent))
+    started = time.perf_counter()
+    await manager.start_kernel(env=kernel_env(NOTEBOOK, cold), cwd=str(NOTEBOOK.parent))
     client = manager.client()
     client.start_channels()
+    outputs: list[str] = []
     try:
-        await client.wait_for_ready(timeout=120)
-        restored = isinstance(manager.provisioner.process, RestoredKernelProcess)
-        outputs: list[str] = []
-        code = "with torch.no_grad():\n    print(model(torch.ones(4, 8192, device=device)).sum().item(), weights_gb)"
-        reply = await client.execute_interactive(
-            code, timeout=120,
-            output_hook=lambda m: outputs.append(m["content"].get("text", "")) if m["msg_type"] == "stream" else None,
-        )  # fmt: skip
-        print(f"restored={restored} status={reply['content']['status']} output={''.join(outputs).strip()!r}")
-        print("(b)", "PASS" if restored and reply["content"]["status"] == "ok" and outputs else "FAIL")
+        await client.wait_for_ready(timeout=300)
+        for source in setup:
+            await client.execute_interactive(source, timeout=600)
+        hook = lambda m: outputs.append(m["content"].get("text", "")) if m["msg_type"] == "stream" else None  # noqa: E731
+        reply = await client.execute_interactive(CHECK_CODE, timeout=600, output_hook=hook)
+        pid = manager.provisioner.pid if manager.provisioner is not None else None
+        return {
+            "start": describe_start(manager)["start"], "ok": reply["content"]["status"] == "ok",
+            "checksum": "".join(outputs).strip(), "seconds": round(time.perf_counter() - started, 2),
+            "transport": manager.transport, "netns": os.stat(f"/proc/{pid}/ns/net").st_ino if pid else None,
+        }  # fmt: skip
     finally:
         client.stop_channels()
         await manager.shutdown_kernel(now=True)
 
+
+async def sessions_check(label: str) -> None:
+    """(d) two sessions of the notebook at once: both restored, both run CUDA work, checksums equal a cold run's."""
+    print(f"== (d{label}) two sessions at once, as {os.environ.get('USER') or os.getuid()}", flush=True)
+    cold = await one_session(cold=True)
+    first, second = await asyncio.gather(one_session(cold=False), one_session(cold=False))
+    for name, session in (("cold", cold), ("session 1", first), ("session 2", second)):
+        print(f"{name}: {session}")
+    restored = first["start"] == second["start"] == "restored"
+    same = cold["checksum"] == first["checksum"] == second["checksum"] != ""
+    apart = first["netns"] != second["netns"] or os.environ.get("SNAPKERNEL_RESTORE_NETWORK") == "host"
+    print(f"(d{label}) {verdict(restored and same and apart and first['ok'] and second['ok'])} "
+          f"restored={restored} checksums_equal={same} own_network_each={apart}")  # fmt: skip
+
+
+async def timings_check() -> None:
+    """(c) launch to the first reply after the setup cells: cold, restored, restored from a spare (medians)."""
+    from jupyter_snapkernel import env_names
+    from jupyter_snapkernel.launch.headless import _wait_for_spare, time_to_first_reply
+    from jupyter_snapkernel.launch.spares import spare_pool
+
     print("== (c) time from launch to the first reply after the setup cells", flush=True)
     runs = int(os.environ.get("GPU_RUNS", "3"))
-    cold = [await time_to_first_reply(notebook, cold=True) for _ in range(runs)]
-    warm = [await time_to_first_reply(notebook, cold=False) for _ in range(runs)]
-    cold_s = statistics.median(seconds for seconds, _ in cold)
-    warm_s = statistics.median(seconds for seconds, _ in warm)
-    print(json.dumps({"cold_runs_s": [round(s, 2) for s, _ in cold], "restored_runs_s": [round(s, 2) for s, _ in warm],
-                      "starts": [start for _, start in warm]}))  # fmt: skip
-    print(f"(c) cold {cold_s:.2f} s, restored {warm_s:.2f} s, ratio {cold_s / warm_s:.1f}x")
+    os.environ[env_names.SPARE_KERNELS] = "0"
+    cold = [await time_to_first_reply(NOTEBOOK, cold=True) for _ in range(runs)]
+    plain = [await time_to_first_reply(NOTEBOOK, cold=False) for _ in range(runs)]
+    os.environ[env_names.SPARE_KERNELS] = "1"
+    spared = []
+    for _ in range(runs + 1):  # the first start has no spare to take yet
+        spared.append(await time_to_first_reply(NOTEBOOK, cold=False))
+        await _wait_for_spare(timeout=120)
+    spare_pool.discard_all()
+    cold_s, plain_s, spare_s = (statistics.median(s for s, _ in runs_) for runs_ in (cold, plain, spared[1:]))
+    print(json.dumps({"cold_s": [round(s, 2) for s, _ in cold], "restored_s": [round(s, 2) for s, _ in plain],
+                      "spare_s": [round(s, 2) for s, _ in spared[1:]],
+                      "starts": [start for _, start in plain + spared[1:]]}))  # fmt: skip
+    print(f"(c) {verdict(cold_s / spare_s >= 10)} with a spare: {spare_s:.2f} s, {cold_s / spare_s:.1f}x (target 10x)")
+    print(f"(c) {verdict(cold_s / plain_s >= 5)} without: {plain_s:.2f} s, {cold_s / plain_s:.1f}x (target 5x); "
+          f"cold {cold_s:.2f} s")  # fmt: skip
 
 
 if __name__ == "__main__":
-    if "kernel" not in sys.argv[1:]:
+    parts = sys.argv[1:] or ["engine", "kernel", "timings", "sessions"]
+    if "engine" in parts:
         engine_check()
-    if "engine" not in sys.argv[1:]:
+    if "kernel" in parts:
         asyncio.run(kernel_check())
+    if "timings" in parts:
+        asyncio.run(timings_check())
+    if "sessions" in parts:
+        asyncio.run(sessions_check(os.environ.get("SESSIONS_LABEL", "")))

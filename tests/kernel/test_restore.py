@@ -15,7 +15,7 @@ from jupyter_snapkernel import env_names
 from jupyter_snapkernel.notebook.builder import build_snapshot
 from jupyter_snapkernel.notebook.setup_section import read_setup_section
 from snapkernel_engine import SnapshotStore, process
-from tests.helpers import AFTER_SETUP, SETUP_CELLS, KernelSession, write_notebook
+from tests.helpers import AFTER_SETUP, SETUP_CELLS, KernelSession, corrupt_pages, network_namespace, write_notebook
 
 
 async def test_session_gets_a_restored_kernel_with_the_setup_state(
@@ -64,6 +64,17 @@ async def test_two_restored_kernels_are_independent(
     assert tokens == {"token-0", "token-1"}
 
 
+async def test_a_cpu_snapshot_restores_over_tcp_in_the_host_network_by_default(
+    open_session: Any, notebook: Path, kernel_store: SnapshotStore
+) -> None:
+    """restore_network "auto": a CPU kernel keeps the host's network (it may need to download, call APIs…)."""
+    build_snapshot(notebook, kernel_store)
+    session: KernelSession = await open_session(notebook)
+    assert session.restored
+    assert session.manager.transport == "tcp"
+    assert network_namespace(session.manager.provisioner.pid) == network_namespace(os.getpid())
+
+
 async def test_edited_setup_cell_starts_cold_with_stale_reason(
     open_session: Any, notebook: Path, kernel_store: SnapshotStore
 ) -> None:
@@ -85,14 +96,7 @@ async def test_corrupted_snapshot_starts_cold_with_the_verification_error(
     open_session: Any, notebook: Path, kernel_store: SnapshotStore
 ) -> None:
     manifest = build_snapshot(notebook, kernel_store)
-    pages = max(
-        (kernel_store.snapshots_dir / manifest.id / "images").glob("pages-*.img"), key=lambda p: p.stat().st_size
-    )
-    with open(pages, "r+b") as handle:
-        handle.seek(4096)
-        byte = handle.read(1)
-        handle.seek(4096)
-        handle.write(bytes([byte[0] ^ 1]))
+    corrupt_pages(kernel_store.snapshots_dir / manifest.id)
     session: KernelSession = await open_session(notebook)
     assert not session.restored
     reason = await session.value("get_ipython().kernel.start_info.reason")

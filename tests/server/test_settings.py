@@ -20,7 +20,7 @@ def test_every_setting_is_a_configurable_trait_with_help() -> None:
     expected = {
         "enabled", "store_root", "shared_roots", "quota_bytes", "max_snapshots", "auto_build",
         "allowed_kernelspecs", "verify", "build_timeout", "restore_timeout", "lazy_restore", "spare_kernels",
-        "max_concurrent_builds", "max_queued_builds", "spare_memory_bytes", "spare_idle_seconds",
+        "max_concurrent_builds", "max_queued_builds", "spare_memory_bytes", "spare_idle_seconds", "restore_network",
     }  # fmt: skip
     assert expected <= traits.keys()
     assert all(trait.help for trait in traits.values())
