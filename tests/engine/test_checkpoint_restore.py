@@ -228,3 +228,22 @@ def test_lazy_restore_of_a_stopped_tree_loads_its_memory_and_resumes(store: Snap
         assert tree.pages_loaded.wait(timeout=60)
     finally:
         tree.kill()
+
+
+@pytest.mark.parametrize("threads", [1, 3, 8])
+def test_pages_read_by_several_threads_restore_intact_data_and_leave_no_helper_thread(
+    store: SnapshotStore, workload: Workload, monkeypatch: pytest.MonkeyPatch, threads: int
+) -> None:
+    # The patched restorer splits 100 MB into shares of at least 16 MiB: 8 asked for gives 6 threads.
+    monkeypatch.setenv("CRIU_PAGE_READ_THREADS", str(threads))
+    manifest = store.take_snapshot(workload.pid, KEY, pipes=PIPES)
+    conversation = restore_with_pipes(store, manifest.id)
+    try:
+        report = conversation.ask("report")
+        assert report["checksum"] == workload.checksum
+        assert report["thread_alive"] is True and report["child_alive"] is True
+        assert report["pid"] == manifest.pid
+        tasks = sorted(int(name) for name in os.listdir(f"/proc/{conversation.tree.pid}/task"))
+        assert len(tasks) == 2, f"the root and its ticking thread only, no page reader left: {tasks}"
+    finally:
+        conversation.tree.kill()
