@@ -96,23 +96,24 @@ async def test_two_kernels_restored_at_once_run_in_networks_of_their_own_over_ip
         assert not folder.exists(), "the kernel's socket folder goes with it"
 
 
-async def run_over_websocket(websocket: Any, code: str) -> str:
-    """Execute `code` through a kernel's websocket, as JupyterLab does; return what it printed."""
+async def evaluate_over_websocket(websocket: Any, expression: str) -> str:
+    """Evaluate `expression` through a kernel's websocket, as JupyterLab's requests go; return its repr.
+
+    The value comes back in the execute reply (shell): iopub output right after a restart may arrive before the
+    server's channels have subscribed again, and a reply may overtake output anyway."""
     msg_id = uuid.uuid4().hex
     header = {"msg_id": msg_id, "username": "test", "session": "ws", "msg_type": "execute_request", "version": "5.3"}
-    content = {"code": code, "silent": False, "store_history": True, "user_expressions": {}, "allow_stdin": False}
+    content = {"code": "", "silent": False, "store_history": False, "user_expressions": {"value": expression},
+               "allow_stdin": False}  # fmt: skip
     request = {"header": header, "parent_header": {}, "metadata": {}, "channel": "shell", "content": content}
     await websocket.write_message(json.dumps(request))
-    printed = ""
     while True:
         message = json.loads(await asyncio.wait_for(websocket.read_message(), 60))
-        if message.get("parent_header", {}).get("msg_id") != msg_id:
-            continue
-        if message["msg_type"] == "stream":
-            printed += message["content"]["text"]
-        elif message["msg_type"] == "execute_reply":
+        if message.get("parent_header", {}).get("msg_id") == msg_id and message["msg_type"] == "execute_reply":
             assert message["content"]["status"] == "ok", message["content"]
-            return printed
+            value = message["content"]["user_expressions"]["value"]
+            assert value["status"] == "ok", value
+            return str(value["data"]["text/plain"])
 
 
 async def test_a_kernel_started_cold_over_tcp_keeps_tcp_and_its_websocket_when_a_restart_restores_it(
@@ -124,13 +125,13 @@ async def test_a_kernel_started_cold_over_tcp_keeps_tcp_and_its_websocket_when_a
     assert not session.restored and session.manager.transport == "tcp"
     websocket = await jp_ws_fetch("api", "kernels", session.kernel_id, "channels")
     try:
-        assert await run_over_websocket(websocket, "print(get_ipython().kernel.start_info.mode)") == "cold\n"
+        assert await evaluate_over_websocket(websocket, "get_ipython().kernel.start_info.mode") == "'cold'"
         await asyncio.to_thread(build_snapshot, notebook, kernel_store)
         await jp_fetch("api", "kernels", session.kernel_id, "restart", method="POST", body="")
         assert session.restored and session.manager.transport == "tcp"
         assert network_namespace(session.manager.provisioner.pid) == network_namespace(os.getpid())
-        printed = await run_over_websocket(websocket, "print(get_ipython().kernel.start_info.mode, setup_value)")
-        assert printed == "restored 42\n"
+        value = await evaluate_over_websocket(websocket, "(get_ipython().kernel.start_info.mode, setup_value)")
+        assert value == "('restored', 42)"
     finally:
         websocket.close()
 
