@@ -124,8 +124,9 @@ def test_a_bound_kernelspec_run_as_vscode_runs_it_restores_interrupts_and_dies_w
     _, status, _ = kernel.run("%snapshot status")
     assert f"notebook: {notebook} (named by kernelspec snapkernel-vscode-train)" in status
 
-    message_id = kernel.client.execute("import time; time.sleep(60)")
-    wait_until(lambda: _busy(kernel.client, message_id), 30, "the kernel busy with the sleeping cell")
+    message_id = kernel.client.execute("import time; print('sleeping', flush=True); time.sleep(60)")
+    # A SIGINT between the busy status and the cell's code is not the cell's: interrupt once it sleeps.
+    wait_until(lambda: _sleeping(kernel.client, message_id), 30, "the kernel running the sleeping cell")
     os.kill(kernel.launched.pid, signal.SIGINT)
     reply = kernel.client.get_shell_msg(timeout=20)
     assert reply["parent_header"]["msg_id"] == message_id
@@ -138,15 +139,15 @@ def test_a_bound_kernelspec_run_as_vscode_runs_it_restores_interrupts_and_dies_w
     wait_until(lambda: not any(is_alive(pid) for pid in members), 30, "no process of the kernel left")
 
 
-def _busy(client: BlockingKernelClient, message_id: str) -> bool:
-    """Whether the kernel said it is busy with request `message_id` (reads iopub until it did, or is empty)."""
+def _sleeping(client: BlockingKernelClient, message_id: str) -> bool:
+    """Whether request `message_id` printed that it sleeps now (reads iopub until it did, or is empty)."""
     while True:
         try:
             message = client.get_iopub_msg(timeout=0.2)
         except queue.Empty:
             return False
-        state = message["content"].get("execution_state")
-        if message["parent_header"].get("msg_id") == message_id and state == "busy":
+        text = message["content"].get("text", "") if message["msg_type"] == "stream" else ""
+        if message["parent_header"].get("msg_id") == message_id and "sleeping" in text:
             return True
 
 
