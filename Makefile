@@ -14,7 +14,7 @@ TEST_WORKERS ?= 3
 setup: $(INSTALLED) $(PROXY)
 	@$(VENV)/bin/jupyter snapkernel install-criu --prefix $(VENV) --build-dir build/criu
 	@bash scripts/install-chromium.sh
-	@bash scripts/install-podman.sh
+	@bash scripts/install-test-tools.sh
 
 # JupyterHub's proxy, for the hub integration test.
 $(PROXY):

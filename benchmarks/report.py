@@ -37,6 +37,7 @@ from typing import Any
 from copy_floor import copy_floor, floor_name
 from editors_bench import measure_editors
 from engine_bench import measure
+from registry_bench import measure_registry
 from restore_points_bench import measure_restore_points
 
 from jupyter_snapkernel.launch.headless import notebook_to_run
@@ -54,7 +55,7 @@ ENGINE_SIZES_MB = (100, 1000)
 NOTEBOOKS = ("numpy_setup.ipynb", "torch_setup.ipynb")
 CONCURRENT_NOTEBOOK = "numpy_setup.ipynb"
 TARGET_GBPS = 3.0  # restore throughput the engine aims at (issue 11)
-PARTS = ("engine", "notebooks", "concurrent", "privilege_modes", "restore_points", "editors")
+PARTS = ("engine", "notebooks", "concurrent", "privilege_modes", "restore_points", "editors", "registry")
 
 
 def command_output(command: list[str]) -> str | None:
@@ -450,6 +451,27 @@ def editor_lines(editors: dict[str, Any]) -> list[str]:
     return grid(header, rows)
 
 
+def registry_lines(registry: dict[str, Any]) -> list[str]:
+    """Push and pull throughput, a rebuild's upload, and pull + restore against a cold run of the torch example."""
+    if "error" in registry:
+        return [f"registry: {registry['error']}"]
+    rebuild = registry["rebuild"]
+    header = [f"torch example through a registry (TLS, 127.0.0.1), median of {registry['runs']}", "figure"]
+    rows = [
+        [f"push of {registry['snapshot_bytes'] / 1e6:.0f} MB (snapshot and restore point)",
+         f"{registry['push_s']:.2f} s, {registry['push_mb_per_s']:.0f} MB/s"],
+        ["pull into an empty store", f"{registry['pull_s']:.2f} s, {registry['pull_mb_per_s']:.0f} MB/s"],
+        ["rebuild after a one-line edit of the last setup cell (whole images): sent",
+         f"{rebuild['second_bytes'] / 1e6:.0f} of {rebuild['second_total_bytes'] / 1e6:.0f} MB, "
+         f"{rebuild['share']:.0%} of the first push"],
+        ["`run` cold (setup included)", f"{registry['cold_s']:.2f} s"],
+        ["`pull --notebook` + restored `run`",
+         f"{registry['cli_pull_s']:.2f} + {registry['restored_s']:.2f} = {registry['pull_and_restore_s']:.2f} s, "
+         f"{registry['pull_and_restore_ratio']:.1f}x cold"],
+    ]  # fmt: skip
+    return grid(header, rows)
+
+
 def not_measured(results: dict[str, Any], part: str) -> Any:
     """A part's figures, or an error saying it was not measured (a latest.json from before the part existed)."""
     return results.get(part, {"error": "not measured"})
@@ -475,6 +497,7 @@ def table(results: dict[str, Any]) -> str:
         privilege_lines(not_measured(results, "privilege_modes")),
         restore_point_lines(not_measured(results, "restore_points")),
         editor_lines(not_measured(results, "editors")),
+        registry_lines(not_measured(results, "registry")),
     ]
     for section in sections:
         lines += [*section, ""]
@@ -597,6 +620,42 @@ def plot_restore_point_disk(axes: Any, points: dict[str, Any]) -> None:
     axes.legend(frameon=False, fontsize=8, loc="upper left", ncol=2)
 
 
+def plot_registry_starts(axes: Any, registry: dict[str, Any]) -> None:
+    """The torch example's run: cold, pulled then restored (stacked), and restored from a local snapshot."""
+    if "error" in registry:
+        axes.text(0.5, 0.5, "registry bench failed", ha="center", transform=axes.transAxes)
+        return
+    axes.bar(0, registry["cold_s"], 0.6, color="#9e9e9e", label="cold (setup included)")
+    axes.bar(1, registry["cli_pull_s"], 0.6, color="#ff7f0e", label="`pull --notebook` into an empty store")
+    axes.bar(1, registry["restored_s"], 0.6, bottom=registry["cli_pull_s"], color="#2ca02c", label="restored run")
+    axes.bar(2, registry["restored_s"], 0.6, color="#2ca02c")
+    for x, height in enumerate((registry["cold_s"], registry["pull_and_restore_s"], registry["restored_s"])):
+        axes.text(x, height, f"{height:.2f} s", ha="center", va="bottom", fontsize=9)
+    axes.set_xticks([0, 1, 2], ["cold", "pull + restored", "restored (local)"])
+    axes.set_ylabel("seconds (`run`, launch to the last reply)")
+    axes.set_title(f"torch example from a registry (median of {registry['runs']})")
+    axes.margins(y=0.2)
+    axes.legend(frameon=False, fontsize=8, loc="upper right")
+
+
+def plot_registry_transfers(axes: Any, registry: dict[str, Any]) -> None:
+    """Push and pull throughput, and what a rebuild after a one-line edit sent against the first push."""
+    if "error" in registry:
+        axes.text(0.5, 0.5, "registry bench failed", ha="center", transform=axes.transAxes)
+        return
+    rebuild = registry["rebuild"]
+    rates = [registry["push_mb_per_s"], registry["pull_mb_per_s"]]
+    bars = axes.barh([3, 2], rates, 0.5, color=["#1f77b4", "#ff7f0e"])
+    axes.bar_label(bars, [f"{rate:.0f} MB/s" for rate in rates], padding=3, fontsize=9)
+    first, second = rebuild["first_bytes"] / 1e6, rebuild["second_bytes"] / 1e6
+    sent = axes.barh([1, 0], [first, second], 0.5, color=["#9e9e9e", "#2ca02c"])
+    axes.bar_label(sent, [f"{first:.0f} MB sent", f"{second:.0f} MB sent ({rebuild['share']:.0%})"], padding=3,
+                   fontsize=9)  # fmt: skip
+    axes.set_yticks([3, 2, 1, 0], ["push (MB/s)", "pull (MB/s)", "first push (MB)", "rebuild, 1 line (MB)"])
+    axes.set_xlim(0, max(*rates, first) * 1.4)
+    axes.set_title("Registry transfers (content-defined chunks)")
+
+
 def plot(results: dict[str, Any], path: Path) -> None:
     """Four panels: cold against restored starts of each notebook; restore time against image size; the start
     and the build after an edit of the last setup cell, from the top and from a restore point; the chain's bytes
@@ -606,12 +665,14 @@ def plot(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, panels = plt.subplots(2, 2, figsize=(13, 9.6), width_ratios=[1.2, 1])
-    (left, right), (points_left, points_right) = panels
+    figure, panels = plt.subplots(3, 2, figsize=(13, 14.4), width_ratios=[1.2, 1])
+    (left, right), (points_left, points_right), (registry_left, registry_right) = panels
     plot_starts(left, not_measured(results, "notebooks"))
     plot_restores(right, not_measured(results, "engine"))
     plot_restore_point_times(points_left, not_measured(results, "restore_points"))
     plot_restore_point_disk(points_right, not_measured(results, "restore_points"))
+    plot_registry_starts(registry_left, not_measured(results, "registry"))
+    plot_registry_transfers(registry_right, not_measured(results, "registry"))
     for axes in panels.flat:
         axes.spines[["top", "right"]].set_visible(False)
     machine = results["machine"]
@@ -654,6 +715,7 @@ def main() -> int:
         "privilege_modes": lambda: privilege_part(args.prefix, runs, args.quick),
         "restore_points": lambda: measure_restore_points(runs),
         "editors": lambda: measure_editors(runs),
+        "registry": lambda: measure_registry(runs),
     }
     chosen = [part for part in PARTS if not args.only or part in args.only]
     for part in chosen:

@@ -67,6 +67,7 @@ class KernelStart(TypedDict):
     started: float
     restored_cells: int | None  # restored from a restore point after this many setup cells (None: all, or cold)
     setup_cells: int | None  # how many setup cells the notebook has (None: cold)
+    fetched: str | None  # what a trusted registry gave this start (launch/registry_fetch.py; None: not asked)
 
 
 class CheckDifference(TypedDict):
@@ -105,6 +106,7 @@ def kernel_start(
     resumed: Resumed | None = None,
     reason: str | None = None,
     cells: tuple[int | None, int] | None = None,
+    fetched: str | None = None,
 ) -> KernelStart:
     """The start report of a kernel launched at `started` (time.time()): restored from `snapshot`, with the
     figures its `resumed` event measured, else cold. `cells` are the setup cells the snapshot covers (None:
@@ -119,4 +121,5 @@ def kernel_start(
         started=started,
         restored_cells=None if cells is None else cells[0],
         setup_cells=None if cells is None else cells[1],
+        fetched=fetched,
     )

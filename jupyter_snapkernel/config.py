@@ -45,6 +45,11 @@ def path_list(value: str) -> list[str]:
     return [item for item in value.replace(":", ",").split(",") if item]
 
 
+def comma_list(value: str) -> list[str]:
+    """A list separated by commas only (registry references hold colons)."""
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
 def env_default(trait: str, variable: str, parse: Callable[[str], Any], fallback: Any) -> DefaultHandler:
     """A trait's default read from environment variable `variable` with `parse`; unset or empty: `fallback`."""
 
@@ -139,6 +144,19 @@ class SnapKernelSettings(LoggingConfigurable):
         "handed an ipc connection (unix sockets in a private folder) instead of TCP ($SNAPKERNEL_RESTORE_NETWORK, "
         "default auto).",
     ).tag(config=True)
+    registries = List(
+        Unicode(),
+        help="OCI repositories (HOST[:PORT]/PATH) that may hold snapshots for these users, asked in order when no "
+        "local or shared snapshot matches a notebook; a match is fetched into the user's store (in the "
+        "foreground when its expected pull time is shorter than the setup it saves, else in the background for "
+        "the next start). Whoever can push to a listed repository runs code as every user who pulls from it: "
+        "list only repositories whose pushers you trust as you trust course builders. Plain HTTP only for a "
+        "registry on the loopback address (http://127.0.0.1:PORT/PATH) ($SNAPKERNEL_REGISTRIES, comma separated).",
+    ).tag(config=True)
+    push_on_build = Bool(
+        help="Push every snapshot a build publishes to the first of `registries`, for course builders whose "
+        "nodes pull it ($SNAPKERNEL_PUSH_ON_BUILD, default off).",
+    ).tag(config=True)
     spare_kernels = Bool(
         help="Keep one kernel restored ahead of time for each snapshot in use, so that the next start of that "
         "notebook (another session, a restart) only hands it a connection. Costs the memory of one idle "
@@ -171,6 +189,8 @@ class SnapKernelSettings(LoggingConfigurable):
     )
     _gpu_state_default = env_default("gpu_state", env_names.GPU_STATE, is_on, True)
     _restore_network_default = env_default("restore_network", env_names.RESTORE_NETWORK, str.lower, "auto")
+    _registries_default = env_default("registries", env_names.REGISTRIES, comma_list, [])
+    _push_on_build_default = env_default("push_on_build", env_names.PUSH_ON_BUILD, is_on, False)
     _spare_kernels_default = env_default("spare_kernels", env_names.SPARE_KERNELS, is_on, True)
     _spare_memory_bytes_default = env_default(
         "spare_memory_bytes", env_names.SPARE_MEMORY_BYTES, int, DEFAULT_SPARE_MEMORY_BYTES

@@ -34,7 +34,7 @@ OWN_NAMES = {
     "staging": re.compile(rf"{_HEX12}\.tmp|{_HEX12}\.deleted-{_HEX8}|{_NEW}"),
     "work": re.compile(rf"{_HEX12}-{_HEX8}|{_NEW}"),
     "verified": re.compile(rf"{_HEX12}\.json(\.{_HEX8})?|[0-9a-f]{{16}}"),
-    BUILDS: re.compile(r"([0-9a-f]{64}|queue-[0-9]+)\.(json|lock|tmp)"),
+    BUILDS: re.compile(r"([0-9a-f]{64}|queue-[0-9]+|pulls)\.(json|lock|tmp|fetch|log)"),
 }
 
 # What to do when the store cannot be written, by errno (the default: check its permissions).

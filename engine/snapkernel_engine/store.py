@@ -441,6 +441,35 @@ class SnapshotStore(SnapshotRestorer):
             shutil.rmtree(view.parent)
         return dumped
 
+    def add_fetched(self, manifest: Manifest, fetch: Callable[[Path], dict[str, FileRecord]]) -> None:
+        """Publish a snapshot fetched from elsewhere (a registry): `fetch` writes its image files into the folder it
+        is given and returns their sizes and hashes as computed while writing. Nothing is published unless they are
+        exactly the manifest's; its restore points must be in this store already."""
+        self.ensure_layout()
+        self._snapshot_path(manifest.id)  # an id no snapshot can have is refused before anything is written
+        if manifest.parent is not None:
+            self.get(manifest.parent)
+        staging = self.staging_dir / f"{manifest.id}.tmp"
+        staging_lock = new_locked_dir(self.staging_dir, staging.name)
+        try:
+            (staging / IMAGES).mkdir(mode=0o700)
+            files = fetch(staging / IMAGES)
+            if files != manifest.files:
+                wrong = sorted(
+                    name for name in files.keys() | manifest.files.keys() if files.get(name) != manifest.files.get(name)
+                )
+                raise VerificationError(f"snapshot {manifest.id}: fetched {', '.join(wrong)} differ from its manifest")
+            for path in [staging, *staging.rglob("*")]:
+                os.chmod(path, self.dir_mode if path.is_dir() else self.file_mode)
+            fsync_path(staging / IMAGES)
+            self._publish(staging, manifest)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            self.verified.forget(manifest.id)
+            raise
+        finally:
+            os.close(staging_lock)
+
     def _held_chain(self, manifest: Manifest, held: builtins.list[int]) -> builtins.list[Manifest]:
         """A snapshot's chain, each member verified and its lock held shared (the fds are added to `held`)."""
         chain = self.chain(manifest)

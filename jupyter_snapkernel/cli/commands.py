@@ -21,10 +21,12 @@ from snapkernel_engine.privileges import detect
 from .. import env_names
 from ..config import DEFAULT_BUILD_TIMEOUT_S, SnapKernelSettings
 from ..notebook.parameters import parameter_value, parameters_problem
+from ..notebook.registries import PUSH_FAILED, push_after_build
 from ..notebook.setup_section import NotebookError, read_notebook, read_setup_section
 from ..notebook.state import refusal, snapshot_summary
 from ..paths import default_store_root, open_store, reading_store
 from .kernelspecs import add_kernelspec_commands
+from .registry import add_registry_commands
 
 if TYPE_CHECKING:
     from ..launch.check import CheckResult
@@ -88,8 +90,9 @@ SPARES_NOTE = "spare kernels live in each jupyter server: its GET /snapkernel/ap
 def chains_in_order(manifests: list[Manifest]) -> list[tuple[Manifest, int]]:
     """Snapshots oldest first, each restore point right under the one it is incremental to, with its depth."""
     children: dict[str | None, list[Manifest]] = {}
-    for manifest in manifests:
-        children.setdefault(manifest.parent, []).append(manifest)
+    listed = {manifest.id for manifest in manifests}
+    for manifest in manifests:  # one whose parent is not listed is shown as the top of its chain
+        children.setdefault(manifest.parent if manifest.parent in listed else None, []).append(manifest)
     ordered: list[tuple[Manifest, int]] = []
 
     def add(parent: str | None, depth: int) -> None:
@@ -106,13 +109,15 @@ def list_snapshots(args: argparse.Namespace) -> int:
     store = open_store(args.store)
     manifests, corrupt = store.listing()
     states = {manifest.id: store.condition(manifest) for manifest in manifests}
+    if args.stale:
+        manifests = [manifest for manifest in manifests if states[manifest.id].state != "ready"]
     if args.json:
         rows = [snapshot_summary(store, manifest) for manifest in manifests]
         rows += [{"id": entry.id, "state": "corrupt", "reason": entry.reason} for entry in corrupt]
         print(json.dumps(rows, indent=2))
         return 0
     if not manifests and not corrupt:
-        print(f"no snapshots in {store.root}")
+        print(f"no {'stale ' if args.stale else ''}snapshots in {store.root}")
         return 0
     print(f"{'ID':<18}{'CREATED':<34}{'SIZE':>10}  {'CELLS':<7}{'KEY':<18}STATE")
     for manifest, depth in chains_in_order(manifests):
@@ -182,7 +187,10 @@ def build_notebook(args: argparse.Namespace) -> int:
         f"snapshot {manifest.id}{points}: {_human_size(chain_bytes(chain))}, built in "
         f"{time.perf_counter() - started:.1f} s for {notebook.name}"
     )
-    return 0
+    pushed = push_after_build(SnapKernelSettings(), store, manifest)
+    if pushed is not None:
+        print(pushed)
+    return 1 if pushed is not None and pushed.startswith(PUSH_FAILED) else 0
 
 
 def print_check(result: CheckResult) -> None:
@@ -296,6 +304,8 @@ def run_headless(args: argparse.Namespace) -> int:
             how += f" (a restore point after setup cell {summary.restored_cells} of {summary.setup_cells})"
         timing = f"kernel ready in {summary.kernel_ready_s:.2f} s, total {summary.total_s:.2f} s"
         print(f"{args.notebook.name}: {how}; {timing}")
+        if summary.fetched is not None:
+            print(f"registry: {summary.fetched}")
     if summary.errors:
         print(_failure_line(args.notebook, summary), file=sys.stderr)
         return 1
@@ -377,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     adders = (_add_build_commands, _add_run_commands, _add_machine_commands, _add_store_commands)
-    for add_commands in (*adders, add_kernelspec_commands):
+    for add_commands in (*adders, add_kernelspec_commands, add_registry_commands):
         add_commands(commands)
     return parser
 
@@ -497,6 +507,12 @@ def _add_store_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     """`list`, `rm` and `gc`: the snapshots in the store."""
     list_parser = commands.add_parser("list", help="list snapshots")
     list_parser.add_argument("--json", action="store_true", help="print JSON")
+    list_parser.add_argument(
+        "--stale",
+        action="store_true",
+        help="only the snapshots that can no longer be restored here, with why (after an upgrade: the course "
+        "snapshots of a shared root, with --store, that need a rebuild)",
+    )
     list_parser.set_defaults(handler=list_snapshots)
 
     rm_parser = commands.add_parser("rm", help="delete snapshots")

@@ -56,6 +56,7 @@ class RunSummary:
     output: str | None = None
     restored_cells: int | None = None  # restored from a restore point after this many setup cells (None: all)
     setup_cells: int | None = None
+    fetched: str | None = None  # what a trusted registry gave this start (None: not asked)
 
     def to_dict(self) -> dict[str, Any]:
         """The summary as JSON-ready data."""
@@ -208,6 +209,7 @@ async def run_notebook(
         output=str(output) if output is not None else None,
         restored_cells=report["restored_cells"],
         setup_cells=report["setup_cells"],
+        fetched=report["fetched"],
     )
 
 

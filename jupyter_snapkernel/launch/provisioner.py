@@ -151,7 +151,7 @@ class SnapKernelProvisioner(LocalProvisioner):
             return None
         cells = (state.restored_cells, len(state.section.cells)) if state.section is not None else None
         # The kernel's own figures, as it prints them
-        self.start_report = kernel_start(started, snapshot, resumed, cells=cells)
+        self.start_report = kernel_start(started, snapshot, resumed, cells=cells, fetched=plan.fetched)
         if plan.own_store is not None:
             await asyncio.to_thread(forget_stale_restores, plan.own_store, snapshot.key)
         if state.restored_cells is not None:  # the cells after the restore point run again: build the rest now
@@ -167,7 +167,7 @@ class SnapKernelProvisioner(LocalProvisioner):
         env = kwargs.setdefault("env", dict(os.environ))
         env[env_names.START] = cold_start_note(plan)
         env[env_names.PROVISIONED] = "1"  # the kernelspec's launcher then becomes the kernel, planning nothing
-        self.start_report = kernel_start(started, reason=plan.reason)
+        self.start_report = kernel_start(started, reason=plan.reason, fetched=plan.fetched)
         info = await super().launch_kernel(cmd, **kwargs)
         self._build_after_start(plan)
         return info

@@ -22,6 +22,7 @@ from ..notebook.binding import NO_NOTEBOOK, NotebookBinding
 from ..notebook.setup_section import NotebookError, setup_section_of
 from ..notebook.state import NotebookState, note_stale_restore, notebook_file_state, notebook_state, user_stores
 from .background_builds import background_builds
+from .registry_fetch import fetch_for_start
 
 
 @dataclass
@@ -36,6 +37,7 @@ class StartPlan:
     # follow the notebook as saved, not each run's parameters (None: `state` is the saved notebook's).
     saved_state: NotebookState | None = None
     say_why_first: bool = False  # the kernel says why it started cold with its first cell (no frontend shows it)
+    fetched: str | None = None  # what a trusted registry gave this start (registry_fetch.py; None: not asked)
 
     @property
     def notebook(self) -> Path | None:
@@ -49,8 +51,10 @@ class StartPlan:
 
     @property
     def reason(self) -> str | None:
-        """Why the kernel starts cold (None: it restores, or there is nothing to restore from)."""
-        return self.why_cold or (self.state.cold_reason if self.state is not None else None)
+        """Why the kernel starts cold, with what a registry gave it (None: it restores, or there is nothing to
+        restore from)."""
+        reason = self.why_cold or (self.state.cold_reason if self.state is not None else None)
+        return f"{reason}; {self.fetched}" if reason and self.fetched and self.snapshot is None else reason
 
     @property
     def to_build(self) -> NotebookState | None:
@@ -85,12 +89,19 @@ def plan_start(
         return StartPlan(binding)
     stores = user_stores(settings)
     plan = StartPlan(binding, own_store=stores[0])
-    try:
+
+    def look() -> None:
+        """Find what the stores hold for the notebook as saved, and as it will run."""
         plan.state = notebook_file_state(stores, notebook, env, settings.quota_bytes, background_builds)
         section = setup_section_of(executing) if executing is not None else None
         if plan.state.section is not None and section is not None and section != plan.state.section:
             plan.saved_state = plan.state
             plan.state = notebook_state(stores, section, notebook, env, settings.quota_bytes, background_builds)
+
+    try:
+        look()
+        if fetch_for_start(settings, plan):  # a trusted registry's snapshot is in the user's store now
+            look()
     except NotebookError as error:  # unreadable, not JSON, or not a valid notebook: the kernel starts cold
         why = error.problem if error.unreadable else str(error)
         return StartPlan(binding, why_cold=f"cannot read the notebook: {why}")

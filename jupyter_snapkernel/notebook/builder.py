@@ -51,6 +51,7 @@ from snapkernel_engine.watchdog import watch_for_owner
 from .. import env_names
 from ..config import DEFAULT_BUILD_TIMEOUT_S, SnapKernelSettings
 from .binding import KERNEL_MODULE
+from .registries import push_after_build
 from .setup_section import SetupSection, read_setup_section
 from .state import (
     build_file,
@@ -340,6 +341,9 @@ def build_within_limits(
     except (SnapshotError, OSError) as error:
         if progress is not None:
             progress(BuildNote(f"store housekeeping failed: {error}"))
+    pushed = push_after_build(settings, store, manifest)  # a failed push leaves the snapshot here, and says so
+    if pushed is not None and progress is not None:
+        progress(BuildNote(pushed))
     return manifest
 
 

@@ -70,6 +70,8 @@ export interface IKernelStart {
   restored_cells: number | null;
   /** How many setup cells the notebook has; null: cold. */
   setup_cells: number | null;
+  /** What a trusted registry gave this start: fetched now, fetching for the next start, or why not; null: not asked. */
+  fetched: string | null;
 }
 
 /** A check's state: running, then how the restored runs compared with the cold runs. */

@@ -28,7 +28,9 @@ export function watchKernelStarts(panel: NotebookPanel, trans: TranslationBundle
     }
     announced.add(key);
     if (start.start === 'restored') {
-      Notification.success(restoredMessage(start, trans), { autoClose: 5000 });
+      // A snapshot fetched from a registry before this start: say from where and how long it took.
+      const fetched = start.fetched ? trans.__('; %1', start.fetched) : '';
+      Notification.success(restoredMessage(start, trans) + fetched, { autoClose: 5000 });
     } else if (start.reason) {
       Notification.info(trans.__('Kernel started cold: %1', start.reason), { autoClose: 8000 });
     }

@@ -2,42 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import os
-import secrets
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.containers.podman import ALL_RELAXATIONS, CAPABILITY, RELAXATIONS, UID, run_container
 from tests.helpers import AFTER_SETUP, SETUP_CELLS, write_notebook
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
 # One test worker runs them all: the base image is built once, by the worker that holds them.
 pytestmark = pytest.mark.xdist_group("containers")
-IMAGE = "snapkernel-base:bookworm"
-UID = 1000
-HOME = "/home/user"  # the image's home of uid 1000; a host folder is mounted over it
-CONTAINER_TIMEOUT = 300  # seconds, for one `podman run`
-
-# The relaxations snapkernel documents for containers, each named as doctor names it.
-RELAXATIONS: dict[str, list[str]] = {
-    "seccomp": ["--security-opt", "seccomp=unconfined"],
-    "unmask": ["--security-opt", "unmask=/proc/*"],
-}
-CAPABILITY = ["--cap-drop", "ALL", "--cap-add", "CHECKPOINT_RESTORE"]
-# Not relaxations: what this VM needs for any podman run (rlimits podman cannot raise, crun
-# against the hybrid cgroup layout, no bridge network).
-VM_FLAGS = [
-    "--runtime", "runc", "--network", "none",
-    "--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768",
-]  # fmt: skip
 
 # Runs inside the container, in $HOME: doctor, build, then two headless runs at once.
 # Every result goes to $HOME/out (read by the test from the host) and is printed.
@@ -68,60 +45,6 @@ for f in out/*; do echo "== $f"; cat "$f"; done
 """
 
 
-@dataclass
-class ContainerRun:
-    """What one `podman run` left in the mounted home."""
-
-    returncode: int
-    output: str
-    out: Path
-
-    def text(self, name: str) -> str:
-        """The content of out/NAME."""
-        return (self.out / name).read_text()
-
-    def code(self, name: str) -> int:
-        """The exit code recorded in out/NAME.rc."""
-        return int(self.text(f"{name}.rc"))
-
-    def doctor(self) -> dict[str, Any]:
-        """The JSON that `doctor --json` printed."""
-        try:
-            return json.loads(self.text("doctor.json"))
-        except json.JSONDecodeError as error:
-            raise AssertionError(f"doctor printed no JSON ({error}):\n{self.output}") from error
-
-    def summary(self, name: str) -> dict[str, Any]:
-        """The JSON summary line that `run --json` wrote to out/NAME.json."""
-        lines = [line for line in self.text(f"{name}.json").splitlines() if line.startswith("{")]
-        assert lines, f"no JSON summary in {name}.json:\n{self.output}"
-        return json.loads(lines[-1])
-
-
-@pytest.fixture(scope="session")
-def base_image(request: pytest.FixtureRequest) -> str:
-    """Build the offline base image (kept in podman storage, so only the first run pays for it)."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root: rootful podman, debootstrap, and a home folder chowned to uid 1000")
-    prefix: Path = request.getfixturevalue("system_prefix")
-    steps = [
-        ("scripts/install-podman.sh", {}),
-        # the image must hold the libraries of the criu binary that gets mounted
-        ("tests/containers/base_image.sh", {"IMAGE": IMAGE, "CRIU": str(prefix / "bin" / "criu")}),
-    ]
-    for script, env in steps:
-        result = subprocess.run(
-            ["bash", str(REPO / script)],
-            env={**os.environ, **env},
-            capture_output=True,
-            text=True,
-            timeout=900,
-            check=False,
-        )
-        assert result.returncode == 0, f"{script} failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
-    return IMAGE
-
-
 @pytest.fixture
 def container_home() -> Iterator[Path]:
     """A host folder owned by uid 1000 holding the notebook, mounted as the container user's HOME."""
@@ -137,34 +60,11 @@ def container_home() -> Iterator[Path]:
         shutil.rmtree(home, ignore_errors=True)
 
 
-def run_container(image: str, prefix: Path, home: Path, relaxations: list[str], script: str) -> ContainerRun:
-    """Run `script` with bash as uid 1000 in one container; the container is removed whatever happens."""
-    name = f"snapkernel-test-{secrets.token_hex(4)}"
-    command = [
-        "podman", "run", "--rm", "--name", name, *VM_FLAGS,
-        "--user", f"{UID}:{UID}", *relaxations,
-        "-v", f"{prefix}:{prefix}:ro", "-v", f"{home}:{HOME}",
-        "-e", f"HOME={HOME}", "-e", f"PATH={prefix / 'bin'}:/usr/local/bin:/usr/bin:/bin", "-w", HOME,
-        image, "bash", "-c", script,
-    ]  # fmt: skip
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=CONTAINER_TIMEOUT, check=False)
-    except subprocess.TimeoutExpired as error:
-        done = sorted(path.name for path in (home / "out").glob("*"))
-        raise AssertionError(f"container still running after {CONTAINER_TIMEOUT} s; results so far: {done}") from error
-    finally:
-        # --rm does not cover a podman client killed by the timeout
-        subprocess.run(["podman", "rm", "--force", "--ignore", "--time", "0", name], capture_output=True, check=False)
-    output = f"$ {' '.join(command[:-1])} SCRIPT\n{result.stdout}{result.stderr}"
-    return ContainerRun(result.returncode, output, home / "out")
-
-
 def test_container_as_uid_1000_builds_and_restores_twice_at_once(
     base_image: str, system_prefix: Path, container_home: Path
 ) -> None:
     """With every relaxation, uid 1000 gets capability mode, builds, and two concurrent runs both restore."""
-    relaxations = [*CAPABILITY, *RELAXATIONS["seccomp"], *RELAXATIONS["unmask"]]
-    run = run_container(base_image, system_prefix, container_home, relaxations, FULL_SCRIPT)
+    run = run_container(base_image, system_prefix, container_home, ALL_RELAXATIONS, FULL_SCRIPT)
     assert run.returncode == 0, run.output
 
     doctor = run.doctor()
