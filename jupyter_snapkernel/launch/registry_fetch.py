@@ -18,7 +18,17 @@ ASKED_IN = {"none", "stale"}  # no snapshot, or only ones that cannot restore he
 
 def fetch_for_start(settings: SnapKernelSettings, plan: StartPlan) -> bool:
     """Ask the trusted registries for the plan's setup when no store holds a snapshot to restore; say in
-    `plan.fetched` what they gave. True: a snapshot was fetched into the user's store now (look again)."""
+    `plan.fetched` what they gave. True: a snapshot was fetched into the user's store now (look again).
+    Never fails a start: whatever goes wrong is said in `plan.fetched`, and the start goes on without it."""
+    try:
+        return _fetch_for_start(settings, plan)
+    except Exception as error:  # a registry, a disk or a process that failed in a way not foreseen
+        plan.fetched = f"asking the registries failed: {error or type(error).__name__}"
+        return False
+
+
+def _fetch_for_start(settings: SnapKernelSettings, plan: StartPlan) -> bool:
+    """fetch_for_start, which may raise."""
     state, own = plan.state, plan.own_store
     if not settings.registries or state is None or own is None or state.section is None:
         return False
@@ -48,11 +58,9 @@ def fetch_for_start(settings: SnapKernelSettings, plan: StartPlan) -> bool:
         return False
     try:
         pulled = pull_into(own, found, key)
-    except SnapshotError as error:
-        plan.fetched = f"fetching {found.reference} failed: {error}"
-        return False
-    except OSError as error:
-        plan.fetched = f"fetching {found.reference} failed: {error.strerror or error}"
+    except (SnapshotError, OSError) as error:
+        cause = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        plan.fetched = f"fetching {found.reference} failed: {cause}"
         return False
     plan.fetched = f"fetched {found.reference} before the start in {pulled.seconds:.1f} s, as {why}"
     keep_after_pull(settings, own, pulled.snapshot)

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,9 +141,11 @@ def fetch_in_background(store: SnapshotStore, found: Found, key: str) -> None:
     command += [str(found.reference), "--key", key, "--quiet"]
     with open(log, "ab") as output:
         os.chmod(log, 0o600)
-        subprocess.Popen(
+        fetch = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
         )
+    # Reaped when it ends (a server outlives it); a launcher that ends first leaves it to init.
+    threading.Thread(target=fetch.wait, name="snapkernel-fetch-reaper", daemon=True).start()
 
 
 def push_after_build(settings: SnapKernelSettings, store: SnapshotStore, manifest: Manifest) -> str | None:

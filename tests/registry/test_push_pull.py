@@ -4,6 +4,7 @@ store, restore; and what is refused: a wrong password, a blob changed on the reg
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -166,3 +167,17 @@ def tag_of(registry: Registry, repository: str, notebook: Path) -> str:
         if artifact.annotations[KEY] == section.setup_hash:
             return str(tag)
     raise AssertionError(f"no tag of {repository} holds the setup key {section.setup_hash}: {listed}")
+
+
+def test_a_registry_that_cannot_be_reached_leaves_the_start_cold_and_says_so(tmp_path: Path) -> None:
+    """A trusted repository on a port where nothing listens: the start is cold, names the registry, and a build
+    still follows (nothing was fetched)."""
+    with socket.socket() as probe:  # a port that was free a moment ago, and that nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        host = f"127.0.0.1:{probe.getsockname()[1]}"
+    notebook = write_notebook(tmp_path / "nb.ipynb", ["value = 21"], marked=0, after=["print(value * 2)"])
+    env = {"SNAPKERNEL_REGISTRIES": f"{host}/course/none", "SNAPKERNEL_AUTO_BUILD": "0"}
+    code, started, _ = run_json(notebook, tmp_path / "store", env=env)
+    assert code == 0 and started["start"] == "cold", started
+    assert started["fetched"].startswith(f"registry {host}: cannot be reached ("), started
+    assert started["reason"] == f"no snapshot yet; {started['fetched']}", started
