@@ -12,6 +12,7 @@ import re
 import secrets
 import stat
 from collections.abc import Collection
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from pathlib import Path
 from typing import Literal
@@ -148,16 +149,24 @@ def check_files(images: Path, manifest: Manifest) -> None:
             )
 
 
+def _fsync_each(paths: builtins.list[Path]) -> None:
+    """Flush files to disk, one after another."""
+    for path in paths:
+        fsync_path(path)
+
+
 def seal(staging: Path, images: Path, dir_mode: int, file_mode: int) -> dict[str, FileRecord]:
-    """Make everything CRIU wrote read-only to others (with the store's modes); fsync and hash the images."""
+    """Make everything CRIU wrote read-only to others (with the store's modes); fsync and hash the images.
+
+    The hashing (CPU, from the page cache) runs while a thread waits for the disk to take the same bytes: nothing
+    writes the images any more, so what is hashed is what is flushed."""
     for path in [staging, *staging.rglob("*")]:
         os.chmod(path, dir_mode if path.is_dir() else file_mode)
-    files: dict[str, FileRecord] = {}
-    for path in sorted(images.iterdir()):
-        with open(path, "rb") as handle:
-            os.fsync(handle.fileno())
-            digest = hashlib.file_digest(handle, "sha256").hexdigest()
-        files[path.name] = FileRecord(size=path.stat().st_size, sha256=digest)
+    paths = sorted(images.iterdir())
+    with ThreadPoolExecutor(1, thread_name_prefix="snapkernel-fsync") as flusher:
+        flushed = flusher.submit(_fsync_each, paths)
+        files = {path.name: FileRecord(size=path.stat().st_size, sha256=sha256(path)) for path in paths}
+        flushed.result()
     fsync_path(images)
     return files
 
