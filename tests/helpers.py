@@ -72,6 +72,21 @@ def corrupt_pages(snapshot: Path) -> None:
         handle.write(bytes([byte[0] ^ 1]))
 
 
+async def open_after_corrupting_its_snapshot(open_session: Any, notebook: Path, store: Any) -> KernelSession:
+    """Build a notebook's snapshot, flip a byte of its pages, then open a session of the notebook: it starts cold,
+    and its kernel is told that the restore failed on the corrupted image."""
+    from jupyter_snapkernel.notebook.builder import build_snapshot
+
+    manifest = build_snapshot(notebook, store)
+    corrupt_pages(store.snapshots_dir / manifest.id)
+    session: KernelSession = await open_session(notebook)
+    assert not session.restored
+    reason = await session.value("get_ipython().kernel.start_info.reason")
+    assert f"restore of snapshot {manifest.id} failed" in reason
+    assert "is corrupted (sha256" in reason
+    return session
+
+
 def network_namespace(pid: int) -> str:
     """The network namespace a process runs in (`net:[INODE]`)."""
     return os.readlink(f"/proc/{pid}/ns/net")

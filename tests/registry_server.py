@@ -13,9 +13,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
+
+from snapkernel_engine.registry.artifact import HARDWARE, KEY
+from snapkernel_engine.registry.client import MANIFEST_MEDIA_TYPE
 
 USER, PASSWORD = "course", "s3cret-password"
 SERVER = "/usr/bin/docker-registry"
@@ -46,9 +50,46 @@ class Registry:
         """What a process needs to use this registry: its credentials and its CA."""
         return {"REGISTRY_AUTH_FILE": str(self.auth_file), "REQUESTS_CA_BUNDLE": str(self.ca_file)}
 
-    def blob_files(self) -> list[Path]:
-        """Every blob the registry stores, as files on its disk."""
-        return sorted((self.storage / "docker/registry/v2/blobs").rglob("data"))
+    def blob_file(self, digest: str) -> Path:
+        """Where the registry keeps a blob on its disk."""
+        hexdigest = digest.removeprefix("sha256:")
+        return self.storage / "docker/registry/v2/blobs/sha256" / hexdigest[:2] / hexdigest / "data"
+
+    def _request(self, method: str, path: str, **options: Any) -> requests.Response:
+        """One request to the registry's API as its test user."""
+        url = f"https://{self.host}/v2/{path}"
+        return requests.request(method, url, auth=(USER, PASSWORD), verify=str(self.ca_file), timeout=30, **options)
+
+    def manifest(self, repository: str, tag: str) -> dict[str, Any]:
+        """The manifest at a tag."""
+        response = self._request("GET", f"{repository}/manifests/{tag}", headers={"Accept": MANIFEST_MEDIA_TYPE})
+        response.raise_for_status()
+        return dict(response.json())
+
+    def put_manifest(self, repository: str, tag: str, manifest: dict[str, Any]) -> None:
+        """Store a manifest the test wrote under a tag."""
+        response = self._request(
+            "PUT", f"{repository}/manifests/{tag}", headers={"Content-Type": MANIFEST_MEDIA_TYPE},
+            data=json.dumps(manifest).encode(),
+        )  # fmt: skip
+        assert response.status_code == 201, response.text
+
+    def tag_holding(self, repository: str, key: str) -> str:
+        """The tag whose artifact holds the snapshot of setup key `key` (found by its annotation, not computed)."""
+        tags = self._request("GET", f"{repository}/tags/list").json()["tags"]
+        for tag in tags:
+            if self.manifest(repository, tag)["annotations"][KEY] == key:
+                return str(tag)
+        raise AssertionError(f"no tag of {repository} holds the setup key {key}: {tags}")
+
+    def move_to_other_hardware(self, repository: str, key: str) -> None:
+        """Rewrite the hardware annotation of the artifact of setup key `key` as that of a CPU this machine lacks."""
+        tag = self.tag_holding(repository, key)
+        manifest = self.manifest(repository, tag)
+        hardware = json.loads(manifest["annotations"][HARDWARE])
+        hardware["cpu_model"] = "a CPU this machine does not have"
+        manifest["annotations"][HARDWARE] = json.dumps(hardware, sort_keys=True)
+        self.put_manifest(repository, tag, manifest)
 
 
 def _free_port() -> int:

@@ -149,6 +149,12 @@ def check_files(images: Path, manifest: Manifest) -> None:
             )
 
 
+def apply_modes(folder: Path, dir_mode: int, file_mode: int) -> None:
+    """Give a staged snapshot's folders and files the store's modes (read-only to others)."""
+    for path in [folder, *folder.rglob("*")]:
+        os.chmod(path, dir_mode if path.is_dir() else file_mode)
+
+
 def _fsync_each(paths: builtins.list[Path]) -> None:
     """Flush files to disk, one after another."""
     for path in paths:
@@ -160,8 +166,7 @@ def seal(staging: Path, images: Path, dir_mode: int, file_mode: int) -> dict[str
 
     The hashing (CPU, from the page cache) runs while a thread waits for the disk to take the same bytes: nothing
     writes the images any more, so what is hashed is what is flushed."""
-    for path in [staging, *staging.rglob("*")]:
-        os.chmod(path, dir_mode if path.is_dir() else file_mode)
+    apply_modes(staging, dir_mode, file_mode)
     paths = sorted(images.iterdir())
     with ThreadPoolExecutor(1, thread_name_prefix="snapkernel-fsync") as flusher:
         flushed = flusher.submit(_fsync_each, paths)

@@ -33,6 +33,7 @@ from .integrity import (
     IMAGES,
     VerifiedCache,
     VerifyMode,
+    apply_modes,
     check_files,
     fsync_path,
     read_no_follow,
@@ -459,8 +460,7 @@ class SnapshotStore(SnapshotRestorer):
                     name for name in files.keys() | manifest.files.keys() if files.get(name) != manifest.files.get(name)
                 )
                 raise VerificationError(f"snapshot {manifest.id}: fetched {', '.join(wrong)} differ from its manifest")
-            for path in [staging, *staging.rglob("*")]:
-                os.chmod(path, self.dir_mode if path.is_dir() else self.file_mode)
+            apply_modes(staging, self.dir_mode, self.file_mode)
             fsync_path(staging / IMAGES)
             self._publish(staging, manifest)
         except BaseException:

@@ -153,11 +153,11 @@ def push_after_build(settings: SnapKernelSettings, store: SnapshotStore, manifes
     (`push_on_build`); return a line saying what happened (None: nothing was asked)."""
     if not settings.push_on_build or not settings.registries:
         return None
-    reference = Reference.parse(settings.registries[0])
     try:
+        reference = Reference.parse(settings.registries[0])
         pushed = push_snapshot(store, manifest.id, reference)
-    except SnapshotError as error:
-        return f"{PUSH_FAILED}{reference} failed: {error}"
+    except SnapshotError as error:  # a bad entry too: the snapshot is published all the same
+        return f"{PUSH_FAILED}{settings.registries[0]} failed: {error}"
     return transfer_line("pushed", pushed, reference)
 
 

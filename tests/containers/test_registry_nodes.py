@@ -11,13 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
 
-from snapkernel_engine.registry.artifact import HARDWARE, KEY
 from tests.containers.podman import ALL_RELAXATIONS, HOME, UID, ContainerRun, run_container
 from tests.helpers import PRINTING_SETUP, write_notebook
-from tests.registry.test_push_pull import put_manifest, registry_manifest
-from tests.registry_server import Registry, write_auth_file
+from tests.registry_server import PASSWORD, USER, Registry, write_auth_file
 
 pytestmark = pytest.mark.xdist_group("containers")
 REPOSITORY = "course/nodes"
@@ -69,7 +66,7 @@ def node_home(registry: Registry) -> Path:
     for name, cells in NOTEBOOKS.items():
         write_notebook(home / f"{name}.ipynb", cells, marked=len(cells) - 1, after=[AFTER[name]])
     shutil.copy(registry.ca_file, home / "ca.pem")
-    write_auth_file(home / "auth.json", registry.host, "course", "s3cret-password")
+    write_auth_file(home / "auth.json", registry.host, USER, PASSWORD)
     for path in [home, *home.rglob("*")]:
         os.chown(path, UID, UID)
     return home
@@ -104,22 +101,6 @@ def built_snapshot(run: ContainerRun, name: str) -> str:
     return line.split()[1].rstrip(":")
 
 
-def move_to_other_hardware(registry: Registry, key: str) -> None:
-    """Rewrite the hardware annotation of the repository's artifact of setup key `key`, as another machine's."""
-    tags = requests.get(
-        f"https://{registry.host}/v2/{REPOSITORY}/tags/list", auth=("course", "s3cret-password"),
-        verify=str(registry.ca_file), timeout=30,
-    ).json()["tags"]  # fmt: skip
-    for tag in tags:
-        manifest = registry_manifest(registry, REPOSITORY, tag)
-        if manifest["annotations"][KEY] == key:
-            hardware = json.loads(manifest["annotations"][HARDWARE])
-            manifest["annotations"][HARDWARE] = json.dumps({**hardware, "cpu_model": "another node's CPU"})
-            put_manifest(registry, REPOSITORY, tag, manifest)
-            return
-    raise AssertionError(f"no artifact of setup key {key} in {REPOSITORY}: {tags}")
-
-
 def test_node_b_restores_what_node_a_built_and_pushed_and_never_fetches_other_hardware(
     base_image: str, system_prefix: Path, registry: Registry, nodes: tuple[Path, Path]
 ) -> None:
@@ -134,7 +115,7 @@ def test_node_b_restores_what_node_a_built_and_pushed_and_never_fetches_other_ha
     assert all("pushed snapshot" in a.text(f"build-{name}.out") for name in NOTEBOOKS), a.output
     elsewhere = json.loads((home_a / STORE.removeprefix(f"{HOME}/") / "snapshots" / snapshots["elsewhere"] /
                             "manifest.json").read_text())["key"]  # fmt: skip
-    move_to_other_hardware(registry, elsewhere)
+    registry.move_to_other_hardware(REPOSITORY, elsewhere)
 
     env_b = node_env(registry, QUICK_SNAPSHOT=snapshots["quick"])
     b = run_container(base_image, system_prefix, home_b, ALL_RELAXATIONS, NODE_B, network="host", env=env_b)

@@ -15,7 +15,14 @@ from jupyter_snapkernel import env_names
 from jupyter_snapkernel.notebook.builder import build_snapshot
 from jupyter_snapkernel.notebook.setup_section import read_setup_section
 from snapkernel_engine import SnapshotStore, process
-from tests.helpers import AFTER_SETUP, SETUP_CELLS, KernelSession, corrupt_pages, network_namespace, write_notebook
+from tests.helpers import (
+    AFTER_SETUP,
+    SETUP_CELLS,
+    KernelSession,
+    network_namespace,
+    open_after_corrupting_its_snapshot,
+    write_notebook,
+)
 
 
 async def test_session_gets_a_restored_kernel_with_the_setup_state(
@@ -95,13 +102,7 @@ async def test_edited_setup_cell_starts_cold_with_stale_reason(
 async def test_corrupted_snapshot_starts_cold_with_the_verification_error(
     open_session: Any, notebook: Path, kernel_store: SnapshotStore
 ) -> None:
-    manifest = build_snapshot(notebook, kernel_store)
-    corrupt_pages(kernel_store.snapshots_dir / manifest.id)
-    session: KernelSession = await open_session(notebook)
-    assert not session.restored
-    reason = await session.value("get_ipython().kernel.start_info.reason")
-    assert f"restore of snapshot {manifest.id} failed" in reason
-    assert "is corrupted (sha256" in reason
+    session = await open_after_corrupting_its_snapshot(open_session, notebook, kernel_store)
     for source in SETUP_CELLS:
         assert (await session.execute(source)).status == "ok"
 

@@ -23,8 +23,8 @@ from tests.helpers import (
     AFTER_SETUP,
     SETUP_CELLS,
     KernelSession,
-    corrupt_pages,
     network_namespace,
+    open_after_corrupting_its_snapshot,
     wait_until_async,
 )
 
@@ -139,13 +139,8 @@ async def test_a_kernel_started_cold_over_tcp_keeps_tcp_and_its_websocket_when_a
 async def test_a_failed_restore_falls_back_to_a_cold_kernel_over_ipc(
     open_session: Any, notebook: Path, kernel_store: SnapshotStore
 ) -> None:
-    manifest = build_snapshot(notebook, kernel_store)
-    corrupt_pages(kernel_store.snapshots_dir / manifest.id)
-    session: KernelSession = await open_session(notebook)
-    assert not session.restored
+    session = await open_after_corrupting_its_snapshot(open_session, notebook, kernel_store)
     assert socket_folder(session).is_dir(), "planned for a restore in its own network: handed ipc"
-    reason = await session.value("get_ipython().kernel.start_info.reason")
-    assert f"restore of snapshot {manifest.id} failed" in reason and "is corrupted (sha256" in reason
     assert (await cell_outputs(session, [*SETUP_CELLS, AFTER_SETUP]))[-1] == "after setup 43\n"
 
 

@@ -6,13 +6,8 @@ from __future__ import annotations
 import json
 import socket
 from pathlib import Path
-from typing import Any
-
-import requests
 
 from jupyter_snapkernel.notebook.setup_section import read_setup_section
-from snapkernel_engine.registry.artifact import HARDWARE, KEY, SnapshotArtifact
-from snapkernel_engine.registry.client import MANIFEST_MEDIA_TYPE
 from tests.helpers import AFTER_SETUP, SETUP_CELLS, build, outputs, run_json, snapkernel, write_notebook
 from tests.registry_server import PASSWORD, USER, Registry, write_auth_file
 
@@ -28,6 +23,13 @@ def pushed_notebook(registry: Registry, tmp_path: Path, repository: str) -> tupl
     assert pushed.returncode == 0, pushed.stdout + pushed.stderr
     assert f"pushed snapshot {snapshot}" in pushed.stdout, pushed.stdout
     return notebook, snapshot, reference
+
+
+def setup_key(notebook: Path) -> str:
+    """The setup key of a notebook's whole setup section."""
+    section = read_setup_section(notebook)
+    assert section is not None
+    return section.setup_hash
 
 
 def texts(notebook: Path) -> list[list[str]]:
@@ -87,10 +89,9 @@ def test_a_blob_changed_on_the_registrys_disk_is_refused_and_nothing_is_publishe
     """One byte of the largest blob flipped on the registry's disk: the pull names that blob, and the store holds
     no snapshot and no staging leftover."""
     notebook, _, reference = pushed_notebook(registry, tmp_path, "course/tampered")
-    manifest = registry_manifest(registry, "course/tampered", tag_of(registry, "course/tampered", notebook))
+    manifest = registry.manifest("course/tampered", registry.tag_holding("course/tampered", setup_key(notebook)))
     largest = max(manifest["layers"], key=lambda layer: layer["size"])
-    digest = largest["digest"].removeprefix("sha256:")
-    blob = registry.storage / "docker/registry/v2/blobs/sha256" / digest[:2] / digest / "data"
+    blob = registry.blob_file(largest["digest"])
     data = bytearray(blob.read_bytes())
     data[len(data) // 2] ^= 0xFF
     blob.write_bytes(bytes(data))
@@ -110,12 +111,7 @@ def test_a_snapshot_built_for_other_hardware_is_never_fetched(registry: Registry
     """The artifact's hardware annotation, rewritten by the test, differs from this machine's: neither `pull` nor a
     start with the repository trusted fetches it, and both say why."""
     notebook, _, reference = pushed_notebook(registry, tmp_path, "course/hardware")
-    tag = tag_of(registry, "course/hardware", notebook)
-    manifest = registry_manifest(registry, "course/hardware", tag)
-    hardware = json.loads(manifest["annotations"][HARDWARE])
-    hardware["cpu_model"] = "a CPU this machine does not have"
-    manifest["annotations"][HARDWARE] = json.dumps(hardware, sort_keys=True)
-    put_manifest(registry, "course/hardware", tag, manifest)
+    registry.move_to_other_hardware("course/hardware", setup_key(notebook))
 
     node = tmp_path / "node"
     pulled = snapkernel("pull", "--notebook", str(notebook), reference, store=node, env=registry.env())
@@ -126,47 +122,6 @@ def test_a_snapshot_built_for_other_hardware_is_never_fetched(registry: Registry
     assert code == 0 and started["start"] == "cold", started
     assert "not fetched: built for other hardware (cpu_model)" in started["reason"], started
     assert stored_snapshots(node) == []
-
-
-# -- the registry's API, as a test that writes annotations uses it -------------------------------------------
-
-
-def api(registry: Registry, path: str) -> str:
-    """A URL of the registry's API."""
-    return f"https://{registry.host}/v2/{path}"
-
-
-def registry_manifest(registry: Registry, repository: str, tag: str) -> dict[str, Any]:
-    """The manifest at a tag, read with the test user's credentials."""
-    response = requests.get(
-        api(registry, f"{repository}/manifests/{tag}"), auth=(USER, PASSWORD), verify=str(registry.ca_file),
-        headers={"Accept": MANIFEST_MEDIA_TYPE}, timeout=30,
-    )  # fmt: skip
-    response.raise_for_status()
-    return dict(response.json())
-
-
-def put_manifest(registry: Registry, repository: str, tag: str, manifest: dict[str, Any]) -> None:
-    """Store a manifest the test wrote under a tag."""
-    response = requests.put(
-        api(registry, f"{repository}/manifests/{tag}"), auth=(USER, PASSWORD), verify=str(registry.ca_file),
-        headers={"Content-Type": MANIFEST_MEDIA_TYPE}, data=json.dumps(manifest).encode(), timeout=30,
-    )  # fmt: skip
-    assert response.status_code == 201, response.text
-
-
-def tag_of(registry: Registry, repository: str, notebook: Path) -> str:
-    """The tag that holds the snapshot of a notebook's whole setup (found by its key annotation, not computed)."""
-    section = read_setup_section(notebook)
-    assert section is not None
-    listed = requests.get(
-        api(registry, f"{repository}/tags/list"), auth=(USER, PASSWORD), verify=str(registry.ca_file), timeout=30
-    ).json()["tags"]
-    for tag in listed:
-        artifact = SnapshotArtifact.from_oci(registry_manifest(registry, repository, tag), tag)
-        if artifact.annotations[KEY] == section.setup_hash:
-            return str(tag)
-    raise AssertionError(f"no tag of {repository} holds the setup key {section.setup_hash}: {listed}")
 
 
 def test_a_registry_that_cannot_be_reached_leaves_the_start_cold_and_says_so(tmp_path: Path) -> None:

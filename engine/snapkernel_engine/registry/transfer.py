@@ -33,7 +33,7 @@ from .artifact import (
     snapshot_tag,
 )
 from .chunks import chunk_file
-from .client import Reference, RegistryClient, RegistryError
+from .client import DEFAULT_TIMEOUT_S, Reference, RegistryClient, RegistryError
 
 Progress = Callable[[str], None]
 TRANSFERS = 4  # blobs sent or fetched at once: requests overlap their round trips and the registry's work
@@ -151,11 +151,11 @@ class Found:
 
 
 def find_snapshot(
-    reference: Reference, environment: dict[str, Any] | None = None, timeout: float | None = None
+    reference: Reference, environment: dict[str, Any] | None = None, timeout: float = DEFAULT_TIMEOUT_S
 ) -> Found | None:
     """The artifact at a reference's tag or digest, checked against this machine's hardware (and `environment`,
     a Python environment's fingerprint, where given); None: there is none."""
-    client = RegistryClient(reference) if timeout is None else RegistryClient(reference, timeout)
+    client = RegistryClient(reference, timeout)
     at = reference.digest or reference.tag
     if at is None:
         raise RegistryError(f"{reference} names no tag or digest to pull")
