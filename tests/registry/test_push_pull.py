@@ -33,13 +33,14 @@ def setup_key(notebook: Path) -> str:
 
 
 def texts(notebook: Path) -> list[list[str]]:
-    """What each code cell of an executed notebook printed or returned."""
+    """What each code cell of an executed notebook printed (all of it, however the kernel split it into stream
+    messages) and returned."""
     book = json.loads(notebook.read_text())
     shown = []
     for cell in book["cells"]:
-        streams = ["".join(output["text"]) for output in outputs(cell, "stream")]
-        results = [output["data"].get("text/plain", "") for output in outputs(cell, "execute_result")]
-        shown.append(streams + results)
+        printed = "".join("".join(output["text"]) for output in outputs(cell, "stream"))
+        results = ["".join(output["data"].get("text/plain", "")) for output in outputs(cell, "execute_result")]
+        shown.append(([printed] if printed else []) + results)
     return shown
 
 
