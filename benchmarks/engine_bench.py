@@ -1,5 +1,8 @@
 """Dump time, restore time and image size for processes of about 100 MB and 1 GB RSS.
 
+The dump is timed end to end (to a published snapshot, its images hashed and flushed), beside CRIU's own dump,
+and split into its stages (snapkernel_engine.stages).
+
 With ``--concurrent N``: one image restored N times at once (what a burst of kernel starts costs
 on this machine's cores): the wall time until all are restored and answered, and the CPU time the
 restores' helpers (unshare, the namespace init, CRIU) and this process spent per restore.
@@ -23,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from snapkernel_engine import SnapshotStore, process
+from snapkernel_engine.stages import CHECKPOINT_STAGES, StageClock, describe_stages
 
 PAGE_READ_THREADS = "CRIU_PAGE_READ_THREADS"  # the patched restorer's thread count (1: one thread, as upstream)
 HOLDER = """
@@ -53,8 +57,9 @@ def measure(store: SnapshotStore, size_mb: int) -> dict[str, float]:
     holder = start_holder(size_mb)
     try:
         rss = process.tree_rss_bytes(holder.pid)
+        clock = StageClock()
         started = time.perf_counter()
-        manifest = store.take_snapshot(holder.pid, "bench", pipes={"stdin": 0, "stdout": 1})
+        manifest = store.take_snapshot(holder.pid, "bench", pipes={"stdin": 0, "stdout": 1}, clock=clock)
         dump_s = time.perf_counter() - started
     finally:
         os.killpg(holder.pid, signal.SIGKILL)
@@ -74,6 +79,9 @@ def measure(store: SnapshotStore, size_mb: int) -> dict[str, float]:
         "image_mb": manifest.size_bytes / 1e6,
         "criu_dump_s": manifest.dump_duration_s,
         "dump_s": dump_s,
+        "dump_gbps": manifest.size_bytes / dump_s / 1e9,
+        "dump_over_criu": dump_s / manifest.dump_duration_s,
+        **{stage_key(name): clock.seconds.get(name, 0.0) for name in CHECKPOINT_STAGES},
         "verify_s": verify_s,
         "restore_s": restore_s,
         "first_reply_s": reply_s,
@@ -81,6 +89,11 @@ def measure(store: SnapshotStore, size_mb: int) -> dict[str, float]:
         "restore_1thread_s": restore_1thread_s,
         "criu_restore_1thread_s": criu_restore_1thread_s if criu_restore_1thread_s is not None else float("nan"),
     }
+
+
+def stage_key(stage: str) -> str:
+    """The name of a checkpoint stage's figure in the results."""
+    return f"stage_{stage}_s"
 
 
 def restore_and_ask(
@@ -176,16 +189,18 @@ def main() -> None:
         print(json.dumps(results, indent=2))
         return
     print(
-        f"{'data':>7} {'RSS':>9} {'image':>9} {'CRIU dump':>10} {'published':>10} {'sha256':>8} "
+        f"{'data':>7} {'RSS':>9} {'image':>9} {'CRIU dump':>10} {'published':>10} {'GB/s':>5} {'sha256':>8} "
         f"{'restore':>8} {'1st reply':>10}  runs"
     )
     for row in results:
         print(
             f"{row['size_mb']:>4} MB {row['rss_mb']:>6.0f} MB {row['image_mb']:>6.0f} MB "
-            f"{row['criu_dump_s']:>9.2f}s {row['dump_s']:>9.2f}s {row['verify_s']:>7.2f}s "
+            f"{row['criu_dump_s']:>9.2f}s {row['dump_s']:>9.2f}s {row['dump_gbps']:>5.2f} {row['verify_s']:>7.2f}s "
             f"{row['restore_s']:>7.2f}s {row['first_reply_s']:>9.2f}s"
             f"  {row['runs']}"
         )
+        stages = {name: row[stage_key(name)] for name in CHECKPOINT_STAGES}
+        print(f"        where the published time went: {describe_stages(stages)}")
 
 
 def report_concurrent(store: SnapshotStore, args: argparse.Namespace) -> None:

@@ -1,13 +1,15 @@
 """`make bench`: each figure beside its baseline, measured in one run; writes results/latest.json and latest.png.
 
-Six parts: the engine alone (dump, sha256 and restore of processes holding 100 MB and 1 GB);
+Seven parts: the engine alone (dump end to end and by stage beside CRIU's own dump, sha256 and restore of
+processes holding 100 MB and 1 GB);
 `jupyter snapkernel bench` of the example notebooks (cold against restored, with and without spare
 kernels); 16 sessions of one notebook started at once through a real `jupyter server`, restored and
 cold; as root with a machine-wide install, `benchmarks/privilege_modes.py`; and restore points
 (`benchmarks/restore_points_bench.py`): the start and the rebuild after an edit of the last setup
 cell against the same from the top, and the chain's bytes against one full image; and editors
 (`benchmarks/editors_bench.py`): a 10-run papermill sweep of the torch example through a bound
-kernelspec, and its argv run as VS Code runs it, restored against cold.
+kernelspec, and its argv run as VS Code runs it, restored against cold; and the registry
+(`benchmarks/registry_bench.py`): push, pull, a rebuild's upload, and a pull and restore against cold.
 
 `--only PART` (repeatable) runs only those parts and merges them into the folder's latest.json (the
 other parts keep their figures, and the table and plot show them all).
@@ -36,7 +38,7 @@ from typing import Any
 
 from copy_floor import copy_floor, floor_name
 from editors_bench import measure_editors
-from engine_bench import measure
+from engine_bench import measure, stage_key
 from registry_bench import measure_registry
 from restore_points_bench import measure_restore_points
 
@@ -44,6 +46,7 @@ from jupyter_snapkernel.launch.headless import notebook_to_run
 from jupyter_snapkernel.notebook.setup_section import normalise, setup_section_of
 from snapkernel_engine import SnapshotError, SnapshotStore
 from snapkernel_engine.criu import criu_version, find_criu
+from snapkernel_engine.stages import CHECKPOINT_STAGES, STAGES
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the tests' harness of a real jupyter server serves the benchmark too
@@ -55,6 +58,8 @@ ENGINE_SIZES_MB = (100, 1000)
 NOTEBOOKS = ("numpy_setup.ipynb", "torch_setup.ipynb")
 CONCURRENT_NOTEBOOK = "numpy_setup.ipynb"
 TARGET_GBPS = 3.0  # restore throughput the engine aims at (issue 11)
+BUILD_TARGET_GBPS = 1.0  # a build end to end, or within this of CRIU's own dump (issue 24)
+BUILD_TARGET_OVER_CRIU = 1.5
 PARTS = ("engine", "notebooks", "concurrent", "privilege_modes", "restore_points", "editors", "registry")
 
 
@@ -317,7 +322,34 @@ def engine_lines(engine: dict[str, Any] | list[dict[str, Any]]) -> list[str]:
         ]
         for row in engine
     ]
-    return grid(header, rows) + floor_lines(engine[-1])
+    return grid(header, rows) + floor_lines(engine[-1]) + [""] + build_stage_lines(engine)
+
+
+def build_stage_lines(engine: list[dict[str, Any]]) -> list[str]:
+    """Each size's dump end to end (to a published snapshot) split into its stages, beside CRIU's own dump."""
+    if stage_key("criu_dump") not in engine[0]:
+        return ["build stages: not measured (a latest.json from before they were)"]
+    shown = [name for name in CHECKPOINT_STAGES if any(row[stage_key(name)] >= 0.005 for row in engine)]
+    header = [f"build, median of {engine[0]['runs']}", *(STAGES[name] for name in shown), "published", "GB/s",
+              "x CRIU dump"]  # fmt: skip
+    rows = [
+        [
+            f"process holding {row['size_mb']} MB",
+            *(f"{row[stage_key(name)]:.2f} s" for name in shown),
+            f"{row['dump_s']:.2f} s",
+            f"{row['dump_gbps']:.2f}",
+            f"{row['dump_over_criu']:.2f}",
+        ]
+        for row in engine
+    ]
+    largest = engine[-1]
+    met = largest["dump_gbps"] >= BUILD_TARGET_GBPS or largest["dump_over_criu"] <= BUILD_TARGET_OVER_CRIU
+    verdict = (
+        f"target for the {largest['size_mb']} MB build (issue 24): >= {BUILD_TARGET_GBPS:g} GB/s end to end, or "
+        f"within {BUILD_TARGET_OVER_CRIU:g}x of CRIU's own dump: {'met' if met else 'NOT met'} "
+        f"({largest['dump_gbps']:.2f} GB/s, {largest['dump_over_criu']:.2f}x)"
+    )
+    return [*grid(header, rows), verdict]
 
 
 def floor_lines(row: dict[str, Any]) -> list[str]:
@@ -565,6 +597,38 @@ def plot_restores(axes: Any, engine: dict[str, Any] | list[dict[str, Any]]) -> N
         axes.text(0.5, 0.5, "engine bench failed", ha="center", transform=axes.transAxes)
 
 
+def plot_build_stages(axes: Any, engine: dict[str, Any] | list[dict[str, Any]]) -> None:
+    """Each size's build end to end as stacked stages, beside a bar of CRIU's own dump alone."""
+    if not isinstance(engine, list) or stage_key("criu_dump") not in engine[0]:
+        axes.text(0.5, 0.5, "build stages not measured", ha="center", transform=axes.transAxes)
+        return
+    colors = dict(zip(CHECKPOINT_STAGES, ["#9e9e9e", "#8c564b", "#1f77b4", "#17becf", "#bcbd22", "#ff7f0e",
+                                          "#d62728", "#2ca02c"], strict=True))  # fmt: skip
+    labelled: set[str] = set()
+    for index, row in enumerate(engine):
+        y = 2 * index
+        left = 0.0
+        for name in CHECKPOINT_STAGES:
+            width = row[stage_key(name)]
+            if width < 0.005:
+                continue
+            label = None if name in labelled else STAGES[name]
+            labelled.add(name)
+            axes.barh(y + 0.5, width, 0.45, left=left, color=colors[name], label=label)
+            left += width
+        axes.text(left, y + 0.5, f" {row['dump_s']:.2f} s, {row['dump_gbps']:.2f} GB/s, "
+                  f"{row['dump_over_criu']:.2f}x CRIU", va="center", fontsize=9)  # fmt: skip
+        axes.barh(y, row["criu_dump_s"], 0.45, color="#c5b0d5")
+        axes.text(row["criu_dump_s"], y, f" CRIU's own dump {row['criu_dump_s']:.2f} s", va="center", fontsize=9)
+    axes.set_yticks([2 * index + 0.25 for index in range(len(engine))],
+                    [f"{row['image_mb']:.0f} MB image" for row in engine])  # fmt: skip
+    axes.set_xlim(0, max(row["dump_s"] for row in engine) * 1.6)
+    axes.set_xlabel("seconds from the start of the checkpoint to a published snapshot")
+    axes.set_title(f"Build stages against CRIU's own dump (median of {engine[0]['runs']}; target: "
+                   f">= {BUILD_TARGET_GBPS:g} GB/s or <= {BUILD_TARGET_OVER_CRIU:g}x CRIU)")  # fmt: skip
+    axes.legend(frameon=False, fontsize=8, loc="lower right", ncol=3)
+
+
 def plot_restore_point_times(axes: Any, points: dict[str, Any]) -> None:
     """Bars of the start and the build after an edit of the last setup cell: from the top against from the
     restore point before it, with the speed-ups."""
@@ -657,23 +721,26 @@ def plot_registry_transfers(axes: Any, registry: dict[str, Any]) -> None:
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
-    """Four panels: cold against restored starts of each notebook; restore time against image size; the start
+    """Seven panels: cold against restored starts of each notebook; restore time against image size; the start
     and the build after an edit of the last setup cell, from the top and from a restore point; the chain's bytes
-    against one full image."""
+    against one full image; the registry's starts and transfers; the build's stages against CRIU's own dump."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, panels = plt.subplots(3, 2, figsize=(13, 14.4), width_ratios=[1.2, 1])
-    (left, right), (points_left, points_right), (registry_left, registry_right) = panels
+    figure, panels = plt.subplots(4, 2, figsize=(13, 18.4), width_ratios=[1.2, 1])
+    (left, right), (points_left, points_right), (registry_left, registry_right), last_row = panels
+    for axes in last_row:
+        axes.remove()
+    plot_build_stages(figure.add_subplot(4, 1, 4), not_measured(results, "engine"))
     plot_starts(left, not_measured(results, "notebooks"))
     plot_restores(right, not_measured(results, "engine"))
     plot_restore_point_times(points_left, not_measured(results, "restore_points"))
     plot_restore_point_disk(points_right, not_measured(results, "restore_points"))
     plot_registry_starts(registry_left, not_measured(results, "registry"))
     plot_registry_transfers(registry_right, not_measured(results, "registry"))
-    for axes in panels.flat:
+    for axes in figure.axes:
         axes.spines[["top", "right"]].set_visible(False)
     machine = results["machine"]
     title = f"snapkernel {results['commit']}, {results['date'][:10]}: {machine['cpu']}, {machine['cores']} cores"

@@ -260,6 +260,13 @@ class Workload:
         """The workload's process id."""
         return self.process.pid
 
+    def ask(self, command: str) -> dict[str, object]:
+        """Send the live workload one command; return its JSON answer."""
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        return json.loads(self.process.stdout.readline())
+
 
 @dataclass
 class Conversation:

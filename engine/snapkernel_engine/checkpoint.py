@@ -25,6 +25,7 @@ from .cuda import (
 from .errors import CheckpointError
 from .inputs import fingerprint_held_files
 from .privileges import GRANT_COMMAND, SNAPKERNEL_GROUP, Privileges, current
+from .stages import StageClock
 from .userns_exec import write_launcher
 
 DUMP_LOG = "dump.log"
@@ -166,14 +167,16 @@ def dump_tree(
     cuda_driver: CudaDriver | None = None,
     lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
     privileges: Privileges | None = None,
+    clock: StageClock | None = None,
 ) -> DumpResult:
     """Dump the process tree rooted at `pid` into `images_dir` (which must be empty).
 
     Processes of the tree that hold CUDA state have it moved into host memory first (and back
     afterwards when they keep running); `gpu_state` False refuses such trees instead.
     `cuda_driver` defaults to the machine's driver. `privileges` (default: this process's mode)
-    decides which CRIU dumps and how: see snapkernel_engine.privileges.
+    decides which CRIU dumps and how: see snapkernel_engine.privileges. `clock` gets the dump's stages.
     """
+    clock = clock or StageClock()
     privileges = privileges or current()
     binary = find_criu(criu_binary)
     version = require_supported(binary)
@@ -201,10 +204,15 @@ def dump_tree(
     client.opts.log_file = DUMP_LOG
     # A CRIU in other namespaces cannot open our fds through /proc: it logs into the images folder.
     criu_elsewhere = privileges.mode == "user-namespace" or nested
+    clock.lap("prepare")
     with _gpu_state_in_host_memory(driver, cuda_pids, lock_timeout_ms, leave_running):
+        clock.lap("gpu_to_host")
         # Measured with the GPU state in host memory: what a restored copy holds until that state goes back.
         rss = process.tree_rss_bytes(pid)
+        clock.lap("prepare")
         duration = _run_dump(client, pid, images_dir, work_dir, criu_elsewhere)
+        clock.lap("criu_dump")
+    clock.lap("gpu_back")
     return DumpResult(
         pid=pid,
         rss_bytes=rss,

@@ -18,6 +18,7 @@ from .gpu import inventory
 # Fingerprints are computed once and cached; threads asking at the same time (a server starting many
 # kernels at once) wait for that one computation instead of each doing it again.
 _COMPUTING = threading.Lock()
+METADATA_SUFFIXES = (".dist-info", ".egg-info")
 
 
 def digest(data: object) -> str:
@@ -27,26 +28,31 @@ def digest(data: object) -> str:
 
 
 def distributions_digest() -> str:
-    """Hash the names and versions of every installed distribution (recomputed only when the import path changed)."""
-    state = _import_path_state()
+    """Hash the names and versions of every installed distribution (recomputed only when one was added or removed)."""
+    state = _installed_metadata_folders()
     with _COMPUTING:
         return _distributions_digest(state)
 
 
-def _import_path_state() -> tuple[tuple[str, int], ...]:
-    """The import path's folders and their mtimes: installing or removing a distribution changes one of them."""
+def _installed_metadata_folders() -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Each import path folder holding distributions, with the names of their metadata folders
+    (``NAME-VERSION.dist-info``): installing, upgrading or removing a distribution changes them; files written
+    beside them, and folders added to the path that hold none (pycriu adds one), do not."""
     state = []
     for entry in sys.path:
         try:
-            state.append((entry, os.stat(entry or ".").st_mtime_ns))
+            with os.scandir(entry or ".") as entries:
+                names = sorted(item.name for item in entries if item.name.endswith(METADATA_SUFFIXES))
         except OSError:
             continue
+        if names:
+            state.append((entry, tuple(names)))
     return tuple(state)
 
 
 @lru_cache(maxsize=4)
-def _distributions_digest(import_path_state: tuple[tuple[str, int], ...]) -> str:
-    """Hash the installed distributions' names and versions; `import_path_state` only keys the cache."""
+def _distributions_digest(installed_metadata: tuple[tuple[str, tuple[str, ...]], ...]) -> str:
+    """Hash the installed distributions' names and versions; `installed_metadata` only keys the cache."""
     installed = sorted({f"{dist.metadata['Name']}=={dist.version}".lower() for dist in metadata.distributions()})
     return digest(installed)
 

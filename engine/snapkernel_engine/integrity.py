@@ -11,7 +11,7 @@ import pwd
 import re
 import secrets
 import stat
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from pathlib import Path
@@ -19,6 +19,7 @@ from typing import Literal
 
 from .errors import VerificationError
 from .manifest import FileRecord, Manifest
+from .stages import StageClock
 
 VerifyMode = Literal["sha256", "size"]
 IMAGES = "images"
@@ -161,18 +162,32 @@ def _fsync_each(paths: builtins.list[Path]) -> None:
         fsync_path(path)
 
 
-def seal(staging: Path, images: Path, dir_mode: int, file_mode: int) -> dict[str, FileRecord]:
+def seal(
+    staging: Path,
+    images: Path,
+    dir_mode: int,
+    file_mode: int,
+    clock: StageClock,
+    hashed: Mapping[str, FileRecord] | None = None,
+) -> dict[str, FileRecord]:
     """Make everything CRIU wrote read-only to others (with the store's modes); fsync and hash the images.
 
-    The hashing (CPU, from the page cache) runs while a thread waits for the disk to take the same bytes: nothing
+    `hashed` are the images already hashed as they were written (snapkernel_engine.page_hashing); the rest are
+    hashed here (CPU, from the page cache) while a thread waits for the disk to take the same bytes: nothing
     writes the images any more, so what is hashed is what is flushed."""
     apply_modes(staging, dir_mode, file_mode)
+    hashed = hashed or {}
     paths = sorted(images.iterdir())
     with ThreadPoolExecutor(1, thread_name_prefix="snapkernel-fsync") as flusher:
         flushed = flusher.submit(_fsync_each, paths)
-        files = {path.name: FileRecord(size=path.stat().st_size, sha256=sha256(path)) for path in paths}
+        files = {
+            path.name: hashed.get(path.name) or FileRecord(size=path.stat().st_size, sha256=sha256(path))
+            for path in paths
+        }
+        clock.lap("hash")
         flushed.result()
     fsync_path(images)
+    clock.lap("fsync")
     return files
 
 

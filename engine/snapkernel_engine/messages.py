@@ -105,7 +105,8 @@ class SetupFailed:
 class Ready:
     """Build kernel: the first `cells` setup cells ran; checkpoint me now. `inputs` is what they read (files,
     variables); `timed` says the point is there only because its last cell ran long (not tagged, not the end);
-    `pipes` are the kernel's own fds by pipe name (KernelPipes.by_name), which its snapshot records."""
+    `pipes` are the kernel's own fds by pipe name (KernelPipes.by_name), which its snapshot records; `quiesce_s`
+    is how long the before_snapshot hooks and the quiescing of libraries took after the cells."""
 
     EVENT: ClassVar[str] = "setup_ready"
     pid: int
@@ -113,6 +114,7 @@ class Ready:
     cells: int = 0
     timed: bool = False
     pipes: dict[str, int] = field(default_factory=dict)
+    quiesce_s: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,9 @@ CAP_CHECKPOINT_RESTORE = 40
 # What a non-root CRIU needs in its user namespace: checkpoint_restore, and setpcap so that its
 # restorer may drop capabilities the dumped bounding set lacks.
 AMBIENT_CAPS = "-all,+checkpoint_restore,+setpcap"
+# With a network namespace of its own, the restore helper also brings up that namespace's loopback. The namespace
+# belongs to the user namespace made with it, so net_admin reaches nothing else; the helper drops it before CRIU.
+OWN_NETWORK_CAPS = AMBIENT_CAPS + ",+net_admin"
 NAMESPACE_PROBE_TIMEOUT_S = 20.0
 HARMLESS_PROC_MOUNTS = {"/proc/sys/fs/binfmt_misc"}
 # Restored kernels run in a user namespace that maps only the user (so do build kernels in user-namespace mode).
@@ -205,13 +208,15 @@ def current() -> Privileges:
 
 
 def in_user_namespace_command(*, net: bool = False) -> list[str]:
-    """The command prefix that runs a program in new user + PID + mount namespaces with CRIU's capabilities."""
+    """The command prefix that runs a program in new user + PID + mount namespaces with CRIU's capabilities (and,
+    with `net`, in a network namespace of its own, with the capability to bring up its loopback)."""
     unshare = shutil.which("unshare") or "unshare"
     setpriv = shutil.which("setpriv") or "setpriv"
+    caps = OWN_NETWORK_CAPS if net else AMBIENT_CAPS
     return [
         unshare, "--user", "--map-current-user", "--keep-caps", "--pid", "--mount", *(["--net"] if net else []),
         "--fork", "--mount-proc", "--kill-child",
-        setpriv, f"--inh-caps={AMBIENT_CAPS}", f"--ambient-caps={AMBIENT_CAPS}",
+        setpriv, f"--inh-caps={caps}", f"--ambient-caps={caps}",
     ]  # fmt: skip
 
 

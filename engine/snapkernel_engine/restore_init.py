@@ -66,16 +66,39 @@ def _start_lazy_pages(args: argparse.Namespace) -> subprocess.Popen[bytes]:
     return daemon
 
 
-def _bring_up_loopback() -> None:
-    """Bring up `lo`: CRIU probes TCP over it, and a new network namespace starts with it down."""
+def _bring_up_loopback(unprivileged: bool) -> None:
+    """Bring up `lo`: CRIU probes TCP over it, and a new network namespace starts with it down. Unprivileged, the
+    net_admin that allowed it (privileges.OWN_NETWORK_CAPS) is then dropped."""
     import fcntl
     import socket
     import struct
 
     get_flags, set_flags, up = 0x8913, 0x8914, 0x1  # SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        flags = struct.unpack("16sh", fcntl.ioctl(probe, get_flags, struct.pack("16sh", b"lo", 0)))[1]
-        fcntl.ioctl(probe, set_flags, struct.pack("16sh", b"lo", flags | up))
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            flags = struct.unpack("16sh", fcntl.ioctl(probe, get_flags, struct.pack("16sh", b"lo", 0)))[1]
+            fcntl.ioctl(probe, set_flags, struct.pack("16sh", b"lo", flags | up))
+    except OSError as error:
+        raise RuntimeError(f"could not bring up the loopback of the restore's network namespace: {error}") from error
+    if unprivileged:
+        _drop_net_admin()
+
+
+def _drop_net_admin() -> None:
+    """Drop net_admin from this process's capability sets (and so from the ambient set CRIU inherits): CRIU reads
+    this process's files in /proc, which the kernel allows only to a caller holding every capability it holds."""
+    import ctypes
+
+    version_3, cap_net_admin = 0x20080522, 12  # _LINUX_CAPABILITY_VERSION_3, CAP_NET_ADMIN
+    header = (ctypes.c_uint32 * 2)(version_3, 0)
+    sets = (ctypes.c_uint32 * 6)()  # (effective, permitted, inheritable) for capabilities 0-31, then 32-63
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.capget(header, sets) != 0:
+        raise RuntimeError(f"could not read this process's capabilities: {os.strerror(ctypes.get_errno())}")
+    for word in (0, 1, 2):
+        sets[word] &= ~(1 << cap_net_admin)
+    if libc.capset(header, sets) != 0:
+        raise RuntimeError(f"could not drop net_admin after bringing up lo: {os.strerror(ctypes.get_errno())}")
 
 
 def _images_for_this_user(images: str, work: str) -> str:
@@ -127,8 +150,6 @@ def main(argv: list[str] | None = None) -> int:
     status_fd = args.status_fd
     if args.watch_fd is not None:
         _exit_with_owner(args.watch_fd)
-    if args.loopback_up:
-        _bring_up_loopback()
     inherited = {}
     for item in args.inherit:
         key, _, fd = item.rpartition("=")
@@ -136,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     work_fd = os.open(args.work, os.O_DIRECTORY)
     daemon = None
     try:
+        if args.loopback_up:
+            _bring_up_loopback(args.unprivileged)
         client = rpc_client(args.criu, unprivileged=args.unprivileged)
         client.opts.images_dir = args.images
         client.opts.log_file = RESTORE_LOG

@@ -44,8 +44,10 @@ from .integrity import (
 from .layout import BUILDS, MANIFEST, MARKER, MARKER_FORMAT, STALE, UNUSABLE, StoreFolder, store_write_error, utcnow
 from .locks import LOCK, lock_snapshot, locked_snapshot, new_locked_dir
 from .manifest import FileRecord, Manifest
+from .page_hashing import PageImageHasher
 from .restore import DEFAULT_TIMEOUT_S as DEFAULT_RESTORE_TIMEOUT_S
 from .restore import RestoredTree, restore_tree
+from .stages import StageClock
 from .version import __version__
 
 __all__ = [
@@ -384,6 +386,7 @@ class SnapshotStore(SnapshotRestorer):
         replace: bool = True,
         snapshot_id: str | None = None,
         parent: Manifest | None = None,
+        clock: StageClock | None = None,
     ) -> Manifest:
         """Dump the tree rooted at `pid` and publish it atomically as `snapshot_id` (default: a new id);
         nothing is left on failure.
@@ -392,27 +395,31 @@ class SnapshotStore(SnapshotRestorer):
         With `parent` (an earlier restore point of the same tree, in this store) only the pages that differ
         from the parent's are kept. With `replace`, older snapshots of the same key on this hardware are
         deleted once this one is published, with the restore points that need them (those being restored
-        at that moment finish first and go at the next clean-up).
+        at that moment finish first and go at the next clean-up). `clock` gets the time of each stage.
         """
+        clock = clock or StageClock()
         self.ensure_layout()
         snapshot_id = snapshot_id or new_snapshot_id()
         staging = self.staging_dir / f"{snapshot_id}.tmp"
         # Locked while this process lives: a build killed mid-dump leaves a folder the next clean-up removes.
         staging_lock = new_locked_dir(self.staging_dir, staging.name)
         held: list[int] = []
+        # Worked out (and cached) while CRIU dumps, instead of after it for the manifest.
+        threading.Thread(target=self.fingerprint_digest, name="snapkernel-fingerprint", daemon=True).start()
         try:
             chain = self._held_chain(parent, held) if parent is not None else []
-            dumped = self._dump_into(
-                staging, chain, pid, pipes=pipes, leave_running=leave_running, criu_binary=criu_binary,
+            dumped, hashed = self._dump_into(
+                staging, chain, pid, clock, pipes=pipes, leave_running=leave_running, criu_binary=criu_binary,
                 gpu_state=gpu_state, cuda_driver=cuda_driver,
             )  # fmt: skip
-            files = seal(staging, staging / IMAGES, self.dir_mode, self.file_mode)
+            files = seal(staging, staging / IMAGES, self.dir_mode, self.file_mode, clock, hashed)
             manifest = _manifest_of(
                 self.environment_extra, snapshot_id, key, pid, dumped, files, labels or {}, inputs or {}
             )
             if parent is not None:
                 manifest = dataclasses.replace(manifest, parent=parent.id)
             self._publish(staging, manifest)
+            clock.lap("publish")
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             self.verified.forget(snapshot_id)
@@ -428,19 +435,28 @@ class SnapshotStore(SnapshotRestorer):
             for older in retention.replaced(self.list()):
                 if older.key == key:
                     retention.try_delete(self, older.id)  # one being restored now is left to a later clean-up
+            clock.lap("replace")
         return manifest
 
-    def _dump_into(self, staging: Path, chain: builtins.list[Manifest], pid: int, **options: Any) -> DumpResult:
-        """Dump the tree into the staging folder's images: whole, or only the pages that differ from those of the
-        restore point `chain[0]` (its chain verified and held by the caller)."""
-        dumped_to = staging / ("dumped" if chain else IMAGES)
-        dumped = dump_tree(pid, dumped_to, staging, **options)
-        if chain:
-            view = chain_view(chain, self._images_of, staging / "parent-view")
-            make_incremental(dumped_to, view, staging / IMAGES, link=False)
-            shutil.rmtree(dumped_to)
-            shutil.rmtree(view.parent)
-        return dumped
+    def _dump_into(
+        self, staging: Path, chain: builtins.list[Manifest], pid: int, clock: StageClock, **options: Any
+    ) -> tuple[DumpResult, dict[str, FileRecord]]:
+        """Dump the tree into the staging folder's images: whole, its page images hashed as CRIU writes them, or only
+        the pages that differ from those of the restore point `chain[0]` (its chain verified and held by the
+        caller). Return the dump and the images hashed so far."""
+        if not chain:
+            images = staging / IMAGES
+            images.mkdir(mode=0o700)
+            with PageImageHasher(images) as hasher:
+                dumped = dump_tree(pid, images, staging, clock=clock, **options)
+                return dumped, hasher.finish()
+        dumped = dump_tree(pid, staging / "dumped", staging, clock=clock, **options)
+        view = chain_view(chain, self._images_of, staging / "parent-view")
+        make_incremental(staging / "dumped", view, staging / IMAGES, link=False)
+        shutil.rmtree(staging / "dumped")
+        shutil.rmtree(view.parent)
+        clock.lap("incremental")
+        return dumped, {}
 
     def add_fetched(self, manifest: Manifest, fetch: Callable[[Path], dict[str, FileRecord]]) -> None:
         """Publish a snapshot fetched from elsewhere (a registry): `fetch` writes its image files into the folder it

@@ -169,7 +169,7 @@ def build_notebook(args: argparse.Namespace) -> int:
     started = time.perf_counter()
 
     def progress(event: BuildProgress) -> None:
-        line = progress_line(event, total)
+        line = progress_line(event, total, verbose=args.verbose)
         if line and not args.quiet:
             print(f"[{time.perf_counter() - started:6.1f}s] {line}", file=sys.stderr)
 
@@ -400,6 +400,12 @@ def _add_build_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         "--timeout", type=float, default=DEFAULT_BUILD_TIMEOUT_S, help="seconds the build may take"
     )
     build_parser_.add_argument("--quiet", action="store_true", help="no progress lines")
+    build_parser_.add_argument(
+        "--verbose",
+        action="store_true",
+        help="after each snapshot, where its time went: setup cells, quiesce, checks, CRIU dump, hashing, fsync, "
+        "publish",
+    )
     build_parser_.add_argument(
         "--from-top",
         action="store_true",

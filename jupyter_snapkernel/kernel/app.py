@@ -231,12 +231,14 @@ class SetupRun:
                 return 1
             with not_recorded(recorder):
                 self.setup = self.setup.then(revive.EnvironmentChanges.between(segment_start, os.environ))
+                quiesce_started = time.perf_counter()
                 if not self.checkpointable():
                     return 1
+                quiesce_s = time.perf_counter() - quiesce_started
             timed = cells - 1 not in request.points and cells - request.first < len(request.cells)
             # Set before the checkpoint: every restored copy shows it until a launch resumes it.
             set_process_title(spare_title(request.snapshot, request.notebook), "sk spare")
-            send(self.channel, Ready(os.getpid(), recorder.report(), cells, timed, self.pipes.by_name()))
+            send(self.channel, Ready(os.getpid(), recorder.report(), cells, timed, self.pipes.by_name(), quiesce_s))
             try:
                 next_request = any_request_from_wire(self.channel.receive())  # the checkpoint is taken here
             except EOFError:

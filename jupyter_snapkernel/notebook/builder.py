@@ -45,6 +45,7 @@ from snapkernel_engine.messages import (
 )
 from snapkernel_engine.privileges import current, own_user_namespace_command
 from snapkernel_engine.process import linked_semaphores_mapped, tree, tree_rss_bytes
+from snapkernel_engine.stages import StageClock, describe_stages
 from snapkernel_engine.store import new_snapshot_id, store_write_error
 from snapkernel_engine.watchdog import watch_for_owner
 
@@ -85,7 +86,16 @@ def point_saved(manifest: Manifest, cells: int, setup_cells: int) -> BuildNote:
 
 
 WAITING = BuildNote("waiting for the build already running (another server or terminal)")
-BuildProgress = KernelEvent | BuildNote
+
+
+@dataclass(frozen=True)
+class StagesTimed:
+    """Where the time of a restore point just published went, stage by stage (snapkernel_engine.stages)."""
+
+    seconds: dict[str, float]
+
+
+BuildProgress = KernelEvent | BuildNote | StagesTimed
 Progress = Callable[[BuildProgress], None]
 
 
@@ -106,12 +116,16 @@ NO_SPACE = "No space left on device"
 FILES_A_SNAPSHOT_NEEDS = 200  # image files of a kernel with some threads and children, and the store's own
 
 
-def progress_line(event: BuildProgress, cells: int) -> str | None:
-    """What a progress event of a build says to whoever watches it (None: nothing worth a line)."""
+def progress_line(event: BuildProgress, cells: int, verbose: bool = False) -> str | None:
+    """What a progress event of a build says to whoever watches it (None: nothing worth a line); the stages of
+    each restore point only when `verbose`."""
     if isinstance(event, CellStarted):
         return f"running setup cell {event.index + 1}/{cells}"
     if isinstance(event, BuildNote):
         return event.text
+    if isinstance(event, StagesTimed) and verbose:
+        checkpoint_s = StageClock(event.seconds).checkpoint_s()
+        return f"  where the time went: {describe_stages(event.seconds)} (checkpoint {checkpoint_s:.2f} s)"
     return None
 
 
@@ -511,6 +525,7 @@ def _checkpoint_each_point(
     setup_s = float(base.labels.get("setup_s", 0)) if base is not None else 0.0
     # A kernel restored from a point takes this build's environment and folder, as a launch would.
     env, cwd = (environment, str(notebook.parent)) if base is not None else ({}, "")
+    segment_s = 0.0  # since the last restore point
     while True:
         request = SetupRequest(
             list(section.cells[done:]), notebook.name, new_snapshot_id(), done, plan.marked, plan.seconds, env, cwd
@@ -519,10 +534,13 @@ def _checkpoint_each_point(
         write_message(kernel.control, to_wire(request))
         started = time.perf_counter()
         ready = _await_ready(kernel, notebook, section, progress, (timeout, deadline), cancel)
-        setup_s += time.perf_counter() - started
+        segment_s += time.perf_counter() - started
         done, final = ready.cells, ready.cells == len(section.cells)
         if ready.timed and any(uses_nvidia_devices(member) for member in tree(kernel.pid)):
             continue  # GPU setups get restore points at marked cells only: each costs a CUDA checkpoint
+        setup_s += segment_s
+        clock = StageClock({"setup": segment_s - ready.quiesce_s, "quiesce": ready.quiesce_s})
+        segment_s = 0.0
         progress(CHECKPOINTING)
         inputs = ready.inputs or {}
         manifest = _publish(
@@ -535,8 +553,10 @@ def _checkpoint_each_point(
                 inputs.get("files", []), inputs.get("variables", []), environment,
                 folder=str(notebook.resolve().parent), relative=inputs.get("relative", []),
             ),
+            clock=clock,
         )  # fmt: skip
         progress(point_saved(manifest, done, len(section.cells)))
+        progress(StagesTimed(clock.seconds))
         if final:
             return manifest
         parent = manifest

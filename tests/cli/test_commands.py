@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +67,22 @@ def test_build_list_run_rm_and_gc(tmp_path: Path, notebook: Path) -> None:
     assert missing.returncode == 1
     assert "no snapshot" in missing.stderr
     assert "deleted 0 snapshot(s)" in snapkernel("gc", "--max-age-days", "1", store=store).stdout
+
+
+def test_build_verbose_says_where_the_time_of_each_snapshot_went(tmp_path: Path, notebook: Path) -> None:
+    """`build --verbose` prints the stages of the snapshot, its CRIU dump being the one its manifest records."""
+    store = tmp_path / "store"
+    quiet = snapkernel("build", str(notebook), store=store)
+    assert "where the time went" not in quiet.stderr
+    built = snapkernel("build", "--verbose", "--from-top", str(notebook), store=store)
+    [line] = [line for line in built.stderr.splitlines() if "where the time went: " in line]
+    stages = {words: float(seconds) for words, seconds in re.findall(r"(?:: | · )([a-zA-Z ]+?) (\d+\.\d\d) s", line)}
+    assert stages["setup cells"] > 0, line
+    snapshot_id = built.stdout.split()[1].rstrip(":")
+    manifest = json.loads((store / "snapshots" / snapshot_id / "manifest.json").read_text())
+    assert stages["CRIU dump"] == pytest.approx(manifest["dump_duration_s"], abs=0.006), line
+    checkpoint_s = float(re.search(r"\(checkpoint (\d+\.\d\d) s\)", line).group(1))  # type: ignore[union-attr]
+    assert stages["CRIU dump"] <= checkpoint_s, line
 
 
 def test_gc_limits_mean_what_the_servers_settings_mean(tmp_path: Path, notebook: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -13,14 +12,6 @@ from tests.helpers import Conversation, Workload, pipes_for_restore
 
 PIPES = {"stdin": 0, "stdout": 1}
 MiB = 1 << 20
-
-
-def ask(workload: Workload, command: str) -> dict[str, object]:
-    """Send the live workload one command; return its JSON answer."""
-    assert workload.process.stdin is not None and workload.process.stdout is not None
-    workload.process.stdin.write(command + "\n")
-    workload.process.stdin.flush()
-    return json.loads(workload.process.stdout.readline())
 
 
 def pages_bytes(images: Path) -> int:
@@ -44,10 +35,10 @@ def test_a_later_dump_keeps_only_changed_pages_and_a_chain_of_two_restores_each_
     tmp_path: Path, workload: Workload
 ) -> None:
     first = dump_tree(workload.pid, tmp_path / "first", tmp_path / "work-1", pipes=PIPES)
-    after_ten = ask(workload, "rewrite 10")["checksum"]
+    after_ten = workload.ask("rewrite 10")["checksum"]
     second = dump_tree(workload.pid, tmp_path / "second", tmp_path / "work-2", pipes=PIPES)
     middle = make_incremental(tmp_path / "second", tmp_path / "first", tmp_path / "second-incremental")
-    after_three = ask(workload, "rewrite 3")["checksum"]
+    after_three = workload.ask("rewrite 3")["checksum"]
     third = dump_tree(workload.pid, tmp_path / "third", tmp_path / "work-3", pipes=PIPES)
     last = make_incremental(tmp_path / "third", tmp_path / "second-incremental", tmp_path / "third-incremental")
 

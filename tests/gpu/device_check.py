@@ -1,4 +1,5 @@
-"""GPU checks for a lent NVIDIA machine (run through device_check.sh): engine, kernel, timings."""
+"""GPU checks for a lent NVIDIA machine (run through device_check.sh): engine, kernel (its build's stages),
+timings, sessions; each prints PASS or FAIL rows."""
 
 from __future__ import annotations
 
@@ -16,8 +17,11 @@ from pathlib import Path
 
 from snapkernel_engine import SnapshotStore
 from snapkernel_engine.cuda import system_driver
+from snapkernel_engine.privileges import current
+from snapkernel_engine.stages import StageClock, describe_stages
 
 REPO = Path(__file__).resolve().parents[2]
+CHECKPOINT_TARGET_S = 8.0  # the GPU example's checkpoint and dump (issue 24)
 GPU_HOLDER = r"""
 import sys, torch
 torch.manual_seed(1234)
@@ -44,9 +48,11 @@ def engine_check() -> None:
     _, original, size = holder.stdout.readline().split()
     print(f"holder pid {holder.pid}: {int(size) / 2**30:.1f} GiB on the GPU, checksum {original}")
     started = time.perf_counter()
-    manifest = store.take_snapshot(holder.pid, "gpu", pipes={"stdin": 0, "stdout": 1}, leave_running=True)
+    clock = StageClock()
+    manifest = store.take_snapshot(holder.pid, "gpu", pipes={"stdin": 0, "stdout": 1}, leave_running=True, clock=clock)
     print(f"checkpoint: {time.perf_counter() - started:.2f} s, image {manifest.size_bytes / 1e9:.2f} GB, "
           f"CUDA processes {manifest.cuda_pids}")  # fmt: skip
+    print(f"checkpoint stages: {describe_stages(clock.seconds)}")
     holder.stdin.write("again\n")
     holder.stdin.flush()
     print("original after the checkpoint:", holder.stdout.readline().strip())
@@ -101,16 +107,32 @@ def verdict(ok: bool) -> str:
 
 async def kernel_check() -> None:
     """(b) the notebook's snapshot built, and its kernel restored through jupyter_client."""
-    from jupyter_snapkernel.notebook.builder import build_snapshot
+    from jupyter_snapkernel.notebook.builder import StagesTimed, build_snapshot
     from jupyter_snapkernel.paths import open_store
 
-    print(f"== (b) kernel: {NOTEBOOK.name} built, then restored through jupyter_client", flush=True)
+    label = os.environ.get("SESSIONS_LABEL", "")
+    mode = current().mode
+    print(f"== (b{label}) kernel: {NOTEBOOK.name} built, then restored through jupyter_client, in {mode} mode "
+          f"({current().detail})", flush=True)  # fmt: skip
+    expected = os.environ.get("EXPECT_MODE", mode)
+    print(f"(mode{label}) {verdict(mode == expected)} {mode} (expected {expected})")
+    timed: list[dict[str, float]] = []
     started = time.perf_counter()
-    manifest = build_snapshot(NOTEBOOK, open_store(), progress=lambda event: None)
+    manifest = build_snapshot(
+        NOTEBOOK, open_store(), progress=lambda event: timed.append(event.seconds) if isinstance(event, StagesTimed)
+        else None, from_top=True,
+    )  # fmt: skip
     print(f"build: {time.perf_counter() - started:.1f} s, snapshot {manifest.id}, "
           f"{manifest.size_bytes / 1e9:.2f} GB image, CUDA processes {manifest.cuda_pids}")  # fmt: skip
+    for stages in timed:
+        print(f"build stages: {describe_stages(stages)}")
+    last = timed[-1]
+    checkpoint_s = StageClock(last).checkpoint_s()
+    print(f"(b{label}-build) {verdict(checkpoint_s <= CHECKPOINT_TARGET_S)} checkpoint of the last point "
+          f"{checkpoint_s:.2f} s (target <= {CHECKPOINT_TARGET_S:g} s; CRIU dump {last.get('criu_dump', 0):.2f} s, "
+          f"GPU to host {last.get('gpu_to_host', 0):.2f} s)")  # fmt: skip
     session = await one_session(cold=False)
-    print(f"(b) {verdict(session['start'] == 'restored' and session['ok'])} {session}")
+    print(f"(b{label}) {verdict(session['start'] == 'restored' and session['ok'])} {session}")
 
 
 async def one_session(cold: bool) -> dict[str, object]:
@@ -137,8 +159,9 @@ async def one_session(cold: bool) -> dict[str, object]:
         hook = lambda m: outputs.append(m["content"].get("text", "")) if m["msg_type"] == "stream" else None  # noqa: E731
         reply = await client.execute_interactive(CHECK_CODE, timeout=600, output_hook=hook)
         pid = manager.provisioner.pid if manager.provisioner is not None else None
+        start = describe_start(manager)
         return {
-            "start": describe_start(manager)["start"], "ok": reply["content"]["status"] == "ok",
+            "start": start["start"], "reason": start.get("reason"), "ok": reply["content"]["status"] == "ok",
             "checksum": "".join(outputs).strip(), "seconds": round(time.perf_counter() - started, 2),
             "transport": manager.transport, "netns": os.stat(f"/proc/{pid}/ns/net").st_ino if pid else None,
         }  # fmt: skip

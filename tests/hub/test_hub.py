@@ -57,9 +57,11 @@ def hub(tmp_path: Path, make_user: Any, system_prefix: Path) -> Iterator[Hub]:
     os.chmod(course_notebook, 0o644)
     course_root = course / "snapshots"
     jupyter = str(system_prefix / "bin" / "jupyter")
+    # No restore points for time, here or in the servers: under load a first cell slower than a second leaves one,
+    # and bob's copy.ipynb, whose first cell is the course's, would restore it instead of starting cold.
     built = subprocess.run(
-        ["env", "-i", "PATH=/usr/bin:/bin", "HOME=/var/empty", jupyter, "snapkernel", "--store", str(course_root),
-         "build", "--shared", "--quiet", str(course_notebook)],
+        ["env", "-i", "PATH=/usr/bin:/bin", "HOME=/var/empty", "SNAPKERNEL_RESTORE_POINT_SECONDS=0", jupyter,
+         "snapkernel", "--store", str(course_root), "build", "--shared", "--quiet", str(course_notebook)],
         capture_output=True, text=True, timeout=300, check=False, cwd=course,
     )  # fmt: skip
     assert built.returncode == 0, built.stdout + built.stderr
@@ -76,7 +78,8 @@ def hub(tmp_path: Path, make_user: Any, system_prefix: Path) -> Iterator[Hub]:
         f"\nc.ConfigurableHTTPProxy.api_url = 'http://127.0.0.1:{free_port()}'"
         f"\nc.ConfigurableHTTPProxy.command = [{str(PROXY)!r}]"
         f"\nc.JupyterHub.db_url = 'sqlite:///{tmp_path / 'hub.sqlite'}'"
-        "\nc.Spawner.environment.update({'SNAPKERNEL_AUTO_BUILD': '0', 'SNAPKERNEL_SPARE_KERNELS': '0'})"
+        "\nc.Spawner.environment.update({'SNAPKERNEL_AUTO_BUILD': '0', 'SNAPKERNEL_SPARE_KERNELS': '0',"
+        " 'SNAPKERNEL_RESTORE_POINT_SECONDS': '0'})"
         "\nc.Spawner.start_timeout = 120\nc.Spawner.http_timeout = 120\n"
     )
     (tmp_path / "jupyterhub_config.py").write_text(config)

@@ -340,3 +340,45 @@ def test_an_ordinary_user_gets_restore_points_and_a_start_after_an_edit_restores
     assert len([line for line in rebuilt.stderr.splitlines() if "running setup cell" in line]) == 3, rebuilt.stderr
     whole = json.loads(user.jupyter("run", "--json", str(notebook), cwd=notebook.parent).stdout.splitlines()[-1])
     assert (whole["start"], whole["restored_cells"]) == ("restored", None), whole
+
+
+LOOPBACK_ROUND_TRIP = """
+import socket
+def loopback_round_trip():
+    with socket.create_server(("127.0.0.1", 0)) as server, socket.create_connection(server.getsockname()) as sent:
+        sent.sendall(b"ping")
+        accepted, _ = server.accept()
+        with accepted:
+            return accepted.recv(4).decode()
+"""
+
+
+@pytest.mark.parametrize(("mode", "in_group"), [("user-namespace", False), ("capability", True)])
+def test_an_ordinary_user_restores_into_networks_of_its_own_holding_no_capability(
+    make_user: Any, user_server: Any, mode: str, in_group: bool
+) -> None:
+    """restore_network "own", as GPU snapshots get by default: each restored kernel of an ordinary user runs in a
+    network of its own whose loopback works, and keeps none of the capabilities its restore needed."""
+    user = make_user(in_group=in_group)
+    notebook = user.write_notebook("work/network.ipynb", SETUP_CELLS, marked=1, after=[AFTER_SETUP])
+    built = user.jupyter("build", str(notebook), cwd=notebook.parent)
+    assert built.returncode == 0, built.stdout + built.stderr
+    [manifest] = user.manifests()
+    server = user_server(user, notebook.parent, {"SNAPKERNEL_AUTO_BUILD": "0", "SNAPKERNEL_RESTORE_NETWORK": "own"})
+
+    starts = [server.start_session("network.ipynb") for _ in range(2)]
+    assert [(start["start"], start["snapshot"]) for start in starts] == [("restored", manifest["id"])] * 2, starts
+    networks = set()
+    for start in starts:
+        with server.client(start["kernel_id"]) as client:
+            assert execute(client, LOOPBACK_ROUND_TRIP)[1]["status"] == "ok"
+            facts = value(
+                client,
+                "{'uid': os.getuid(), 'network': os.stat('/proc/self/ns/net').st_ino,"
+                " 'loopback': loopback_round_trip(),"
+                " 'capabilities': open('/proc/self/status').read().split('CapEff:')[1].split()[0],"
+                " 'sum': float(matrix.sum())}",
+            )
+        networks.add(facts.pop("network"))
+        assert facts == {"uid": user.uid, "loopback": "ping", "capabilities": "0" * 16, "sum": 499999500000.0}
+    assert len(networks) == 2 and os.stat("/proc/self/ns/net").st_ino not in networks, (mode, networks)

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from jupyter_snapkernel.notebook.builder import CHECKPOINTING, WAITING, BuildNote, BuildProgress, progress_line
+from jupyter_snapkernel.notebook.builder import (
+    CHECKPOINTING,
+    WAITING,
+    BuildNote,
+    BuildProgress,
+    StagesTimed,
+    progress_line,
+)
 from snapkernel_engine.messages import CellDone, CellStarted, Ready, Resumed, ResumeFailed, SetupFailed
 
 
@@ -31,3 +38,14 @@ def test_a_note_is_passed_on_as_its_text() -> None:
 def test_other_events_say_nothing(event: BuildProgress) -> None:
     """Events that are not progress give no line."""
     assert progress_line(event, 1) is None
+
+
+def test_stages_are_shown_in_order_only_when_verbose() -> None:
+    """A snapshot's stages make one line, in the order they ran, stages under 5 ms left out; the checkpoint's
+    total leaves out the setup cells and the removal of older snapshots."""
+    timed = StagesTimed({"replace": 0.2, "setup": 2.5, "criu_dump": 0.4, "hash": 0.004, "prepare": 0.05})
+    assert progress_line(timed, 1) is None
+    assert progress_line(timed, 1, verbose=True) == (
+        "  where the time went: setup cells 2.50 s · checks 0.05 s · CRIU dump 0.40 s · old removed 0.20 s "
+        "(checkpoint 0.45 s)"
+    )

@@ -21,7 +21,7 @@ EVERY_EVENT: list[messages.KernelEvent] = [
         2, "ZeroDivisionError", [{"output_type": "error", "ename": "E", "evalue": "", "traceback": []}]
     ),
     messages.Ready(42, {"files": ["/data/x.csv"], "relative": [], "variables": ["HOME"]}),
-    messages.Ready(44, {}, cells=2, timed=True, pipes={"stdin": 0, "control": 7}),
+    messages.Ready(44, {}, cells=2, timed=True, pipes={"stdin": 0, "control": 7}, quiesce_s=0.125),
     messages.Resumed(43),
     messages.ResumeFailed("OSError: no such file"),
 ]
