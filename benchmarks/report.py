@@ -747,7 +747,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     for part, merged in results.get("merged", {}).items():
         title += f"; {part} measured at {merged['commit']}, {merged['date'][:10]}"
     figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 1, 0.985))  # the whole figure's title above the panels' own
     figure.savefig(path, dpi=120)
     plt.close(figure)
 
