@@ -125,12 +125,13 @@ class LocalServer:
             client.stop_channels()
         return self.api("GET", f"snapkernel/api/kernels/{kernel_id}").json()
 
-    def processes(self, *markers: str) -> list[psutil.Process]:
-        """The server's descendants whose command line holds one of `markers`."""
+    def processes(self, *markers: str, other_than: str | None = None) -> list[psutil.Process]:
+        """The server's descendants whose command line holds one of `markers` (and whose name is not `other_than`);
+        those that end while they are looked at are left out."""
         found = []
         for child in psutil.Process(self.process.pid).children(recursive=True):
             try:
-                if any(marker in " ".join(child.cmdline()) for marker in markers):
+                if any(marker in " ".join(child.cmdline()) for marker in markers) and child.name() != other_than:
                     found.append(child)
             except psutil.NoSuchProcess:
                 continue

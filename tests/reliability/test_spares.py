@@ -93,7 +93,7 @@ def spares(server: LocalServer) -> list[dict[str, Any]]:
 
 def restored_trees(server: LocalServer) -> list[psutil.Process]:
     """The namespace inits of the server's restored trees (one per restored kernel, spares included)."""
-    return [process for process in server.processes(RESTORE_HELPER) if process.name() != "unshare"]
+    return server.processes(RESTORE_HELPER, other_than="unshare")
 
 
 def tree_snapshots(server: LocalServer) -> list[str]:
