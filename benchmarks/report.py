@@ -46,7 +46,7 @@ from jupyter_snapkernel.launch.headless import notebook_to_run
 from jupyter_snapkernel.notebook.setup_section import normalise, setup_section_of
 from snapkernel_engine import SnapshotError, SnapshotStore
 from snapkernel_engine.criu import criu_version, find_criu
-from snapkernel_engine.stages import CHECKPOINT_STAGES, STAGES
+from snapkernel_engine.stages import CHECKPOINT_STAGES, SHOWN_FROM_S, STAGES
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the tests' harness of a real jupyter server serves the benchmark too
@@ -329,7 +329,7 @@ def build_stage_lines(engine: list[dict[str, Any]]) -> list[str]:
     """Each size's dump end to end (to a published snapshot) split into its stages, beside CRIU's own dump."""
     if stage_key("criu_dump") not in engine[0]:
         return ["build stages: not measured (a latest.json from before they were)"]
-    shown = [name for name in CHECKPOINT_STAGES if any(row[stage_key(name)] >= 0.005 for row in engine)]
+    shown = [name for name in CHECKPOINT_STAGES if any(row[stage_key(name)] >= SHOWN_FROM_S for row in engine)]
     header = [f"build, median of {engine[0]['runs']}", *(STAGES[name] for name in shown), "published", "GB/s",
               "x CRIU dump"]  # fmt: skip
     rows = [
@@ -610,7 +610,7 @@ def plot_build_stages(axes: Any, engine: dict[str, Any] | list[dict[str, Any]]) 
         left = 0.0
         for name in CHECKPOINT_STAGES:
             width = row[stage_key(name)]
-            if width < 0.005:
+            if width < SHOWN_FROM_S:
                 continue
             label = None if name in labelled else STAGES[name]
             labelled.add(name)

@@ -27,6 +27,7 @@ CAP_CRIU_ENV_VAR = "SNAPKERNEL_CRIU_CAP"
 CAP_CRIU_IN_PREFIX = Path("libexec") / "snapkernel" / "criu-cap"  # in an environment, relative to its prefix
 SNAPKERNEL_GROUP = "snapkernel"
 CAP_SETPCAP = 8
+CAP_NET_ADMIN = 12
 CAP_CHECKPOINT_RESTORE = 40
 # What a non-root CRIU needs in its user namespace: checkpoint_restore, and setpcap so that its
 # restorer may drop capabilities the dumped bounding set lacks.

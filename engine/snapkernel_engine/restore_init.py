@@ -81,24 +81,12 @@ def _bring_up_loopback(unprivileged: bool) -> None:
     except OSError as error:
         raise RuntimeError(f"could not bring up the loopback of the restore's network namespace: {error}") from error
     if unprivileged:
-        _drop_net_admin()
+        from .privileges import CAP_NET_ADMIN
+        from .userns_exec import drop_capability
 
-
-def _drop_net_admin() -> None:
-    """Drop net_admin from this process's capability sets (and so from the ambient set CRIU inherits): CRIU reads
-    this process's files in /proc, which the kernel allows only to a caller holding every capability it holds."""
-    import ctypes
-
-    version_3, cap_net_admin = 0x20080522, 12  # _LINUX_CAPABILITY_VERSION_3, CAP_NET_ADMIN
-    header = (ctypes.c_uint32 * 2)(version_3, 0)
-    sets = (ctypes.c_uint32 * 6)()  # (effective, permitted, inheritable) for capabilities 0-31, then 32-63
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.capget(header, sets) != 0:
-        raise RuntimeError(f"could not read this process's capabilities: {os.strerror(ctypes.get_errno())}")
-    for word in (0, 1, 2):
-        sets[word] &= ~(1 << cap_net_admin)
-    if libc.capset(header, sets) != 0:
-        raise RuntimeError(f"could not drop net_admin after bringing up lo: {os.strerror(ctypes.get_errno())}")
+        # CRIU reads this process's files in /proc, which the kernel allows only to a caller that holds every
+        # capability this process holds.
+        drop_capability(CAP_NET_ADMIN)
 
 
 def _images_for_this_user(images: str, work: str) -> str:

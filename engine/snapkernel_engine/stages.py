@@ -19,6 +19,8 @@ STAGES: dict[str, str] = {
     "publish": "publish",
     "replace": "old removed",
 }
+# Stages that took less are left out of what shows them.
+SHOWN_FROM_S = 0.005
 # The stages of the checkpoint itself: from the kernel being ready to the snapshot being published.
 CHECKPOINT_STAGES = tuple(name for name in STAGES if name not in {"setup", "quiesce", "replace"})
 
@@ -47,5 +49,7 @@ class StageClock:
 
 def describe_stages(seconds: Mapping[str, float]) -> str:
     """One line naming each stage that took time, in order: ``setup cells 2.31 s · CRIU dump 0.52 s · …``."""
-    shown = [f"{words} {seconds[name]:.2f} s" for name, words in STAGES.items() if seconds.get(name, 0.0) >= 0.005]
+    shown = [
+        f"{words} {seconds[name]:.2f} s" for name, words in STAGES.items() if seconds.get(name, 0.0) >= SHOWN_FROM_S
+    ]
     return " · ".join(shown) or "no stage took time"

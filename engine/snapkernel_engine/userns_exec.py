@@ -40,17 +40,35 @@ def _check(result: int, what: str) -> None:
         raise OSError(error, f"{what}: {os.strerror(error)}")
 
 
-def raise_ambient(capabilities: tuple[int, ...]) -> None:
-    """Make permitted capabilities inheritable and ambient, so that they survive exec."""
-    libc = _libc()
+def _capabilities() -> tuple[_CapHeader, ctypes.Array[_CapData]]:
+    """This process's capability sets, as capget gives them: capabilities 0-31 in the first item, 32-63 next."""
     header = _CapHeader(LINUX_CAPABILITY_VERSION_3, 0)
     data = (_CapData * 2)()
-    _check(libc.capget(ctypes.byref(header), data), "capget")
+    _check(_libc().capget(ctypes.byref(header), data), "capget")
+    return header, data
+
+
+def raise_ambient(capabilities: tuple[int, ...]) -> None:
+    """Make permitted capabilities inheritable and ambient, so that they survive exec."""
+    header, data = _capabilities()
     for capability in capabilities:
         data[capability // 32].inheritable |= 1 << (capability % 32)
+    libc = _libc()
     _check(libc.capset(ctypes.byref(header), data), "capset")
     for capability in capabilities:
         _check(libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, capability, 0, 0), f"raise ambient {capability}")
+
+
+def drop_capability(capability: int) -> None:
+    """Remove a capability from this process's effective, permitted and inheritable sets (and so from its ambient
+    set): neither this process nor what it execs holds it any more."""
+    header, data = _capabilities()
+    mask = ~(1 << (capability % 32)) & 0xFFFFFFFF
+    sets = data[capability // 32]
+    sets.effective &= mask
+    sets.permitted &= mask
+    sets.inheritable &= mask
+    _check(_libc().capset(ctypes.byref(header), data), f"drop capability {capability}")
 
 
 def enter_and_exec(target_pid: int, binary: str) -> None:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,19 +14,10 @@ from snapkernel_engine import SnapshotStore
 from snapkernel_engine.integrity import sha256
 from snapkernel_engine.page_hashing import PageImageHasher
 from snapkernel_engine.stages import CHECKPOINT_STAGES, STAGES, StageClock
-from tests.helpers import Workload
+from tests.helpers import Workload, wait_until
 
 PIPES = {"stdin": 0, "stdout": 1}
 WAIT_S = 30.0
-
-
-def wait_for(condition: Callable[[], bool], what: str) -> None:
-    """Poll until `condition` holds; fail saying `what` did not happen."""
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} within {WAIT_S:.0f} s")
-        time.sleep(0.005)
 
 
 def test_page_images_hashed_while_criu_writes_them_have_the_digests_of_the_files_afterwards(
@@ -63,7 +52,7 @@ def test_a_file_growing_in_pieces_is_hashed_as_it_grows(tmp_path: Path) -> None:
             with open(tmp_path / f"pages-{1 + index % 2}.img", "ab") as image:
                 image.write(piece)
             written += len(piece)
-            wait_for(lambda: hasher.hashed_bytes == written, f"the {written} bytes written were not hashed")  # noqa: B023
+            wait_until(lambda: hasher.hashed_bytes == written, WAIT_S, f"the {written} bytes written were not hashed")  # noqa: B023
         (tmp_path / "core-1.img").write_bytes(b"core")
         records = hasher.finish()
     assert hasher.hashed_while_writing == sum(map(len, pieces))
@@ -80,7 +69,7 @@ def test_a_page_image_changed_after_it_was_hashed_is_refused(tmp_path: Path, cha
     image = tmp_path / "pages-1.img"
     image.write_bytes(os.urandom(1 << 20))
     with PageImageHasher(tmp_path) as hasher:
-        wait_for(lambda: hasher.hashed_bytes == 1 << 20, "the page image was not hashed")
+        wait_until(lambda: hasher.hashed_bytes == 1 << 20, WAIT_S, "the page image was not hashed")
         if change == "replaced":
             (tmp_path / "other").write_bytes(os.urandom(1 << 20))
             os.replace(tmp_path / "other", image)
@@ -95,7 +84,7 @@ def test_a_hasher_left_early_stops_its_thread(tmp_path: Path) -> None:
     (tmp_path / "pages-1.img").write_bytes(os.urandom(1 << 20))
     before = set(os.listdir("/proc/self/fd"))
     with PageImageHasher(tmp_path) as hasher:
-        wait_for(lambda: hasher.hashed_bytes == 1 << 20, "the page image was not hashed")
+        wait_until(lambda: hasher.hashed_bytes == 1 << 20, WAIT_S, "the page image was not hashed")
     assert not any(thread.name == "snapkernel-page-hash" for thread in threading.enumerate())
     assert set(os.listdir("/proc/self/fd")) <= before
 
