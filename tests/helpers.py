@@ -195,6 +195,17 @@ class Execution:
         return self.reply["content"]["status"]
 
 
+SLEEPING_CELL = "import time; print('sleeping', flush=True); time.sleep(60)"
+
+
+def says_it_sleeps(message: dict[str, Any], message_id: str) -> bool:
+    """Whether iopub `message` is request `message_id` printing that SLEEPING_CELL's code runs now.
+
+    An interrupt waits for it: a SIGINT between the busy status and the cell's code is not the cell's."""
+    text = message["content"].get("text", "") if message["msg_type"] == "stream" else ""
+    return message["parent_header"].get("msg_id") == message_id and "sleeping" in text
+
+
 class KernelSession:
     """A client on a kernel started by the server."""
 
@@ -230,6 +241,14 @@ class KernelSession:
             result = await self.execute(code)
         assert result.status == "ok", result.reply["content"]
         return json.loads(result.stdout.strip().splitlines()[-1])
+
+    async def start_sleeping_cell(self, timeout: float = 30) -> str:
+        """Send SLEEPING_CELL and return its request's id once its code runs."""
+        message_id = self.client.execute(SLEEPING_CELL)
+        deadline = time.monotonic() + timeout
+        while not says_it_sleeps(await self.client.get_iopub_msg(timeout=deadline - time.monotonic()), message_id):
+            pass
+        return message_id
 
     @property
     def restored(self) -> bool:

@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,12 @@ from snapkernel_engine import SnapshotStore
 from tests.helpers import AFTER_SETUP, REPO, SETUP_CELLS, KernelSession, write_notebook
 
 OpenKernel = Callable[[Path], Awaitable[KernelSession]]
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """The free space where the tests write: a run that fills the disk fails in many unrelated places."""
+    free_gb = shutil.disk_usage(tempfile.gettempdir()).free / 1e9
+    return f"free disk space under {tempfile.gettempdir()}: {free_gb:.1f} GB"
 
 
 def quiet_server_config() -> Config:

@@ -180,11 +180,23 @@ def _wait_until_serving(url: str, ca: Path, server: subprocess.Popen[bytes], log
     pytest.fail(f"docker-registry did not answer at {url}: {log.read_text()[-2000:]}")
 
 
-@pytest.fixture(scope="session")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    """docker-registry on 127.0.0.1 with TLS and htpasswd, one per test worker, stopped at the end of its session."""
+def _serve_for_a_fixture(folder: Path) -> Iterator[Registry]:
+    """A running registry kept in `folder`, or the test skipped saying what this machine lacks."""
     missing = registry_unavailable()
     if missing is not None:
         pytest.skip(missing)
-    with running_registry(tmp_path_factory.mktemp("registry")) as started:
+    with running_registry(folder) as started:
         yield started
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """docker-registry on 127.0.0.1 with TLS and htpasswd, one per test worker, stopped at the end of its session."""
+    yield from _serve_for_a_fixture(tmp_path_factory.mktemp("registry"))
+
+
+@pytest.fixture
+def registry_of_its_own(tmp_path: Path) -> Iterator[Registry]:
+    """A registry for one test alone: a blob it damages on the registry's disk is not one that later pushes of
+    the same bytes find there (the registry keeps the copy it has) and other tests then pull."""
+    yield from _serve_for_a_fixture(tmp_path / "registry")

@@ -23,7 +23,7 @@ from jupyter_client.manager import KernelManager
 from snapkernel_engine import SnapshotStore, process
 from snapkernel_engine.process import is_alive
 from tests.editors.conftest import PARAMETERS_INSIDE, install_bound_kernelspec, parameters_notebook
-from tests.helpers import build, wait_until
+from tests.helpers import SLEEPING_CELL, build, says_it_sleeps, wait_until
 
 KERNEL_START_S = 60.0
 
@@ -124,8 +124,7 @@ def test_a_bound_kernelspec_run_as_vscode_runs_it_restores_interrupts_and_dies_w
     _, status, _ = kernel.run("%snapshot status")
     assert f"notebook: {notebook} (named by kernelspec snapkernel-vscode-train)" in status
 
-    message_id = kernel.client.execute("import time; print('sleeping', flush=True); time.sleep(60)")
-    # A SIGINT between the busy status and the cell's code is not the cell's: interrupt once it sleeps.
+    message_id = kernel.client.execute(SLEEPING_CELL)
     wait_until(lambda: _sleeping(kernel.client, message_id), 30, "the kernel running the sleeping cell")
     os.kill(kernel.launched.pid, signal.SIGINT)
     reply = kernel.client.get_shell_msg(timeout=20)
@@ -146,8 +145,7 @@ def _sleeping(client: BlockingKernelClient, message_id: str) -> bool:
             message = client.get_iopub_msg(timeout=0.2)
         except queue.Empty:
             return False
-        text = message["content"].get("text", "") if message["msg_type"] == "stream" else ""
-        if message["parent_header"].get("msg_id") == message_id and "sleeping" in text:
+        if says_it_sleeps(message, message_id):
             return True
 
 

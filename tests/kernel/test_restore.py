@@ -113,8 +113,7 @@ async def test_interrupt_restart_and_shutdown_of_a_restored_kernel(
     build_snapshot(notebook, kernel_store)
     session: KernelSession = await open_session(notebook)
     assert session.restored
-    message_id = session.client.execute("time.sleep(60)")
-    await session.client.get_iopub_msg(timeout=10)  # busy
+    message_id = await session.start_sleeping_cell()
     await jp_fetch("api", "kernels", session.kernel_id, "interrupt", method="POST", body="")
     while True:
         reply = await session.client.get_shell_msg(timeout=20)

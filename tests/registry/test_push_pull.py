@@ -85,10 +85,11 @@ def test_a_wrong_password_gives_one_line_naming_the_registry(registry: Registry,
 
 
 def test_a_blob_changed_on_the_registrys_disk_is_refused_and_nothing_is_published(
-    registry: Registry, tmp_path: Path
+    registry_of_its_own: Registry, tmp_path: Path
 ) -> None:
     """One byte of the largest blob flipped on the registry's disk: the pull names that blob, and the store holds
     no snapshot and no staging leftover."""
+    registry = registry_of_its_own
     notebook, _, reference = pushed_notebook(registry, tmp_path, "course/tampered")
     manifest = registry.manifest("course/tampered", registry.tag_holding("course/tampered", setup_key(notebook)))
     largest = max(manifest["layers"], key=lambda layer: layer["size"])
