@@ -195,7 +195,9 @@ class Execution:
         return self.reply["content"]["status"]
 
 
-SLEEPING_CELL = "import time; print('sleeping', flush=True); time.sleep(60)"
+# A cell that blocks until it is interrupted (no time of its own to outlast a test's wait): SIGINT interrupts
+# the wait for a lock, as it would a sleep.
+SLEEPING_CELL = "import threading; print('sleeping', flush=True); threading.Event().wait()"
 
 
 def says_it_sleeps(message: dict[str, Any], message_id: str) -> bool:
@@ -246,9 +248,11 @@ class KernelSession:
         """Send SLEEPING_CELL and return its request's id once its code runs."""
         message_id = self.client.execute(SLEEPING_CELL)
         deadline = time.monotonic() + timeout
-        while not says_it_sleeps(await self.client.get_iopub_msg(timeout=deadline - time.monotonic()), message_id):
-            pass
-        return message_id
+        while True:
+            # Never negative: jupyter_client hands it to zmq's poll, which then waits for ever.
+            remaining = max(0.0, deadline - time.monotonic())
+            if says_it_sleeps(await self.client.get_iopub_msg(timeout=remaining), message_id):
+                return message_id
 
     @property
     def restored(self) -> bool:

@@ -23,8 +23,8 @@ OpenKernel = Callable[[Path], Awaitable[KernelSession]]
 
 def pytest_report_header(config: pytest.Config) -> str:
     """The free space where the tests write: a run that fills the disk fails in many unrelated places."""
-    free_gb = shutil.disk_usage(tempfile.gettempdir()).free / 1e9
-    return f"free disk space under {tempfile.gettempdir()}: {free_gb:.1f} GB"
+    where = tempfile.gettempdir()
+    return f"free disk space under {where}: {shutil.disk_usage(where).free / 1e9:.1f} GB"
 
 
 def quiet_server_config() -> Config:
